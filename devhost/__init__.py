@@ -1,0 +1,1 @@
+"""The local stack: Azurite management and a local Azure Functions host (Core Tools stand-in)."""

@@ -1,0 +1,9 @@
+"""Azure Functions entry point: create the app and register one Blueprint per trigger module."""
+
+import azure.functions as func
+
+from functions import janitor, job_events, prepare_chat_data, reconcile, scoring
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+for module in (prepare_chat_data, job_events, reconcile, scoring, janitor):
+    app.register_functions(module.bp)

@@ -1,0 +1,5 @@
+"""job_events trigger (under construction)."""
+
+import azure.functions as func
+
+bp = func.Blueprint()

@@ -1,0 +1,5 @@
+"""prepare_chat_data trigger (under construction)."""
+
+import azure.functions as func
+
+bp = func.Blueprint()

@@ -1,0 +1,5 @@
+"""reconcile trigger (under construction)."""
+
+import azure.functions as func
+
+bp = func.Blueprint()

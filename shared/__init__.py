@@ -1,0 +1,1 @@
+"""Domain code of the fine-tuning autopilot (no azure.functions imports here)."""

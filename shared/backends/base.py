@@ -1,0 +1,146 @@
+"""The small interface the app's flow needs from an ML workspace.
+
+Two implementations: ``azureml.AzureMLBackend`` (production, azure-ai-ml) and
+``local.LocalBackend`` (the embedded offline workspace). Function code only sees this.
+Long-running operations (``begin_*``) start the work and return at once; their state is
+read back later with ``get_job`` / ``get_endpoint``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+# Job states, normalised across backends.
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "queued", "running", "completed", "failed", "canceled"
+JOB_FINAL_STATES = frozenset({COMPLETED, FAILED, CANCELED})
+
+# Endpoint (with its single deployment) states.
+EP_PROVISIONING, EP_SUCCEEDED, EP_FAILED, EP_DELETING, EP_DELETED = (
+    "provisioning", "succeeded", "failed", "deleting", "deleted")
+
+# Tag put on every job and endpoint this app creates; the janitor and the event handler
+# only ever act on resources that carry it.
+MANAGED_BY_TAG = "managed-by"
+MANAGED_BY_VALUE = "finetune-autopilot"
+
+
+class BackendError(RuntimeError):
+    """A backend operation failed; the message says what and why (no secrets)."""
+
+
+class NotFoundError(BackendError):
+    """The job, model or endpoint does not exist."""
+
+
+class TransientBackendError(BackendError):
+    """Throttled or unavailable (429/5xx): safe to retry later."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneRequest:
+    dataset_id: str
+    train_blob: str  # blob name in the prepared container, e.g. datasets/<id>/train.jsonl
+    test_blob: str
+    model_name: str  # registered name of the fine-tuned model
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides (component names)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    name: str
+    state: str  # one of QUEUED..CANCELED
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. base_test_loss, test_loss
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    log_path: str | None = None
+    parent: str | None = None  # set for pipeline child steps
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    job_name: str
+    base_model: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointInfo:
+    name: str
+    state: str  # EP_*
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    model: str | None = None  # "name:version"
+    deployment: str | None = None
+    traffic: dict[str, int] = dataclasses.field(default_factory=dict)
+    instance_type: str | None = None
+    instance_count: int = 1
+    created_at: datetime | None = None
+    last_activity: datetime | None = None  # the backend's own metric (None: unknown)
+    error: str | None = None
+
+    @property
+    def managed(self) -> bool:
+        return self.tags.get(MANAGED_BY_TAG) == MANAGED_BY_VALUE
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringTarget:
+    """Where and how to call an endpoint: Azure ML's contract (POST JSON, bearer auth)."""
+
+    url: str
+    key: str | None
+    timeout_s: float
+    deployment: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self.key:
+            h["Authorization"] = f"Bearer {self.key}"
+        if self.deployment:
+            h["azureml-model-deployment"] = self.deployment
+        return h
+
+
+@runtime_checkable
+class MLBackend(Protocol):
+    name: str
+
+    @property
+    def workspace_id(self) -> str:
+        """Resource id used as the topic of the workspace's job events."""
+
+    def submit_finetune(self, request: FineTuneRequest) -> str:
+        """Submit the fine-tune; return the job name. Never waits for the job."""
+
+    def get_job(self, job_name: str) -> JobInfo:
+        """Current state of a job (raises NotFoundError)."""
+
+    def register_model(self, job_name: str, model_name: str) -> ModelRef:
+        """Register the job's trained model; the same job always gives the same version."""
+
+    def begin_deploy(self, model: ModelRef, endpoint_name: str, tags: dict[str, str]) -> None:
+        """Start creating endpoint + deployment for ``model``; return at once (idempotent)."""
+
+    def get_endpoint(self, endpoint_name: str) -> EndpointInfo | None:
+        """Endpoint and deployment state, or None when it does not exist."""
+
+    def set_traffic(self, endpoint_name: str) -> None:
+        """Route 100% of the endpoint's traffic to its deployment (once it has succeeded)."""
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        """Endpoints this app manages (carrying the managed-by tag)."""
+
+    def begin_delete_endpoint(self, endpoint_name: str) -> None:
+        """Start deleting an endpoint; return at once."""
+
+    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
+        """Scoring URI and key/token (cached; ``refresh`` re-reads them, e.g. after a 401)."""

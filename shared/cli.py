@@ -1,0 +1,57 @@
+"""Command line: ``python -m shared.cli {prepare,plan,status}``.
+
+Each subcommand's work lives with its domain module; this file only parses arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from shared.settings import SettingsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shared.cli", description="Fine-tuning autopilot command line")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    prep = sub.add_parser("prepare", help="validate, de-duplicate and split a chat data file locally")
+    prep.add_argument("input", help="chat data file (.jsonl, .jsonl.gz or .parquet)")
+    prep.add_argument("--out-dir", required=True, help="folder for train.jsonl, test.jsonl and report.json")
+    prep.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    plan = sub.add_parser("plan", help="write the Azure ML pipeline job the app would submit, as YAML")
+    plan.add_argument("--train", required=True, help="train file URI (azureml://..., https://... or a local path)")
+    plan.add_argument("--test", required=True, help="test file URI")
+    plan.add_argument("--out", help="write the YAML here instead of standard output")
+
+    status = sub.add_parser("status", help="datasets, jobs, models and endpoints with their states")
+    status.add_argument("--json", action="store_true", help="machine-readable output (stable contract)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "prepare":
+            from shared.chat_data import cli_prepare
+
+            return cli_prepare(args)
+        if args.command == "plan":
+            from shared.backends.azureml import cli_plan
+
+            return cli_plan(args)
+        if args.command == "status":
+            from shared.status import cli_status
+
+            return cli_status(args)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""One typed, frozen settings object, read once from the environment.
+
+Values come from the process environment and, when the app runs locally, from the
+``Values`` of ``local.settings.json`` (the environment wins, as under Core Tools).
+Every setting has its environment name, default and meaning in ``SPECS`` so that the
+README, the local host (``%NAME%`` binding expressions) and validation share one table.
+Tests swap the object with :func:`use_settings` instead of patching ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+LOCAL_DEV_STORAGE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+LOCAL_WORKSPACE_ID = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local"
+    "/providers/Microsoft.MachineLearningServices/workspaces/local"
+)
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+
+def _json_obj(name: str, raw: str) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _str(name: str, raw: str) -> str:
+    return raw
+
+
+def _opt(name: str, raw: str) -> str | None:
+    return raw or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    env: str
+    default: str | None  # None: required (when the condition in _required applies)
+    parse: Callable[[str, str], Any]
+    doc: str
+
+
+# field name -> spec. Order is the README's order.
+SPECS: dict[str, Spec] = {
+    # --- app and storage
+    "ml_backend": Spec("ML_BACKEND", "local", _str, "Which ML backend the app drives: `local` (embedded workspace) or `azureml`."),
+    "storage_connection": Spec("AzureWebJobsStorage", LOCAL_DEV_STORAGE, _str, "Storage connection string (Azurite locally). Leave empty in Azure and set `AzureWebJobsStorage__accountName` to connect by managed identity."),
+    "storage_account_name": Spec("AzureWebJobsStorage__accountName", "", _str, "Storage account name for identity-based connections (used when `AzureWebJobsStorage` is empty)."),
+    "chat_data_container": Spec("CHAT_DATA_CONTAINER", "chat-data", _str, "Container watched for raw chat data uploads (never modified)."),
+    "prepared_container": Spec("PREPARED_CONTAINER", "prepared", _str, "Container for prepared datasets (`datasets/<id>/train.jsonl`, `test.jsonl`, `report.json`)."),
+    "ledger_table": Spec("LEDGER_TABLE", "ledger", _str, "Table Storage table holding the ledger of datasets, jobs, models and endpoints."),
+    "function_key": Spec("FUNCTION_KEY", "", _str, "Local host only: when set, FUNCTION-level HTTP routes require it (`x-functions-key` header or `code=` query)."),
+    # --- preparation
+    "test_fraction": Spec("TEST_FRACTION", "0.1", _float, "Share of conversations put in the test split (deterministic by conversation hash)."),
+    "min_valid_examples": Spec("MIN_VALID_EXAMPLES", "10", _int, "A dataset with fewer valid conversations is rejected and never submitted."),
+    "max_invalid_share": Spec("MAX_INVALID_SHARE", "0.2", _float, "A dataset whose share of invalid lines is above this is rejected."),
+    "report_error_cap": Spec("REPORT_ERROR_CAP", "200", _int, "At most this many line errors are listed in report.json (the rest are counted)."),
+    # --- fine-tuning (both backends)
+    "experiment_name": Spec("EXPERIMENT_NAME", "chat-finetune-autopilot", _str, "Experiment the fine-tuning jobs are submitted under."),
+    "finetuned_model_name": Spec("FINETUNED_MODEL_NAME", "", _str, "Registered name of the fine-tuned model (default: `<base model>-chat-ft`)."),
+    "finetune_params": Spec("FINETUNE_PARAMS", "", _json_obj, "JSON object of fine-tune parameter overrides (component input names, e.g. `{\"num_train_epochs\": 1}`)."),
+    "eventgrid_webhook_url": Spec("EVENTGRID_WEBHOOK_URL", "http://127.0.0.1:7071/runtime/webhooks/eventgrid?functionName=on_job_event", _str, "Local backend: where the workspace posts its job events (the app's Event Grid webhook)."),
+    # --- local workspace
+    "local_workspace_dir": Spec("LOCAL_WORKSPACE_DIR", str(PROJECT_ROOT / ".local" / "workspace"), _str, "Folder of the local workspace (jobs, MLflow database, models, endpoint records)."),
+    "local_base_model": Spec("LOCAL_BASE_MODEL", "smollm2", _str, "Local base model: `smollm2` (SmolLM2-135M-Instruct) or `tiny-random` (fast tests)."),
+    "local_workspace_id": Spec("LOCAL_WORKSPACE_ID", LOCAL_WORKSPACE_ID, _str, "Resource id the local workspace uses as its Event Grid topic."),
+    # --- Azure ML
+    "azure_subscription_id": Spec("AZURE_SUBSCRIPTION_ID", "", _str, "Azure ML backend: subscription of the workspace (or use `AZURE_ML_CONFIG`)."),
+    "azure_resource_group": Spec("AZURE_RESOURCE_GROUP", "", _str, "Azure ML backend: resource group of the workspace."),
+    "azure_ml_workspace": Spec("AZURE_ML_WORKSPACE", "", _str, "Azure ML backend: workspace name."),
+    "azure_ml_config": Spec("AZURE_ML_CONFIG", "", _str, "Azure ML backend: path of a workspace `config.json` instead of the three settings above."),
+    "azure_client_id": Spec("AZURE_CLIENT_ID", "", _str, "Client id of the user-assigned managed identity (empty: DefaultAzureCredential's chain)."),
+    "azure_ml_registry": Spec("AZURE_ML_REGISTRY", "azureml", _str, "Registry holding the foundation model and the `chat_completion_pipeline` component."),
+    "foundation_model_name": Spec("FOUNDATION_MODEL_NAME", "Phi-3-mini-4k-instruct", _str, "Foundation model to fine-tune (registry model name)."),
+    "foundation_model_version": Spec("FOUNDATION_MODEL_VERSION", "", _str, "Pinned foundation model version (empty: label latest)."),
+    "pipeline_component_version": Spec("PIPELINE_COMPONENT_VERSION", "", _str, "Pinned `chat_completion_pipeline` version (empty: label latest)."),
+    "azure_ml_datastore": Spec("AZURE_ML_DATASTORE", "workspaceblobstore", _str, "Datastore registered on the prepared-data container; train/test are passed as `azureml://datastores/<it>/paths/...`."),
+    "finetune_compute": Spec("FINETUNE_COMPUTE", "", _str, "Compute cluster for fine-tuning (empty: serverless with `FINETUNE_INSTANCE_TYPE`)."),
+    "finetune_instance_type": Spec("FINETUNE_INSTANCE_TYPE", "Standard_NC24ads_A100_v4", _str, "Serverless fine-tuning instance type."),
+    "inference_instance_type": Spec("INFERENCE_INSTANCE_TYPE", "Standard_NC6s_v3", _str, "Online deployment instance type (checked against the model's inference allow list)."),
+    "inference_instance_count": Spec("INFERENCE_INSTANCE_COUNT", "1", _int, "Online deployment instance count."),
+    "endpoint_auth_mode": Spec("ENDPOINT_AUTH_MODE", "key", _str, "Online endpoint auth mode: `key`, `aml_token` or `aad_token`."),
+    # --- job events and deployment
+    "quality_gate": Spec("QUALITY_GATE", "false", _bool, "Deploy only when the job's test loss beat the base model's (where the backend reports it)."),
+    "delete_replaced_endpoints": Spec("DELETE_REPLACED_ENDPOINTS", "false", _bool, "Delete the previous endpoint at once when a newer model becomes active (else the janitor does it when idle)."),
+    "reconcile_schedule": Spec("RECONCILE_SCHEDULE", "0 */5 * * * *", _str, "NCRONTAB schedule of the `reconcile` timer."),
+    # --- scoring
+    "scoring_max_request_bytes": Spec("SCORING_MAX_REQUEST_BYTES", "262144", _int, "Largest scoring request body accepted."),
+    "scoring_max_new_tokens": Spec("SCORING_MAX_NEW_TOKENS", "1024", _int, "Upper bound for max_new_tokens / max_tokens."),
+    "scoring_redeploy_on_demand": Spec("SCORING_REDEPLOY_ON_DEMAND", "true", _bool, "When a model has no live endpoint, a scoring call starts redeploying its last version."),
+    "scoring_retry_after_s": Spec("SCORING_RETRY_AFTER_S", "60", _int, "Retry-After (seconds) sent with 503 while an endpoint is (re)deploying."),
+    "activity_flush_s": Spec("ACTIVITY_FLUSH_S", "30", _int, "Scoring records an endpoint's last activity at most once per this many seconds per worker."),
+    # --- idle janitor
+    "janitor_schedule": Spec("JANITOR_SCHEDULE", "0 */10 * * * *", _str, "NCRONTAB schedule of the `delete_idle_endpoints` timer."),
+    "idle_endpoint_minutes": Spec("IDLE_ENDPOINT_MINUTES", "60", _float, "An endpoint with no activity for longer than this is deleted."),
+    "idle_grace_minutes": Spec("IDLE_GRACE_MINUTES", "15", _float, "Never delete an endpoint within this many minutes after it became active."),
+    "janitor_keep_latest": Spec("JANITOR_KEEP_LATEST", "false", _bool, "Never delete a model's active endpoint."),
+    "janitor_dry_run": Spec("JANITOR_DRY_RUN", "false", _bool, "Report what would be deleted, delete nothing."),
+    "instance_hourly_prices": Spec("INSTANCE_HOURLY_PRICES", '{"Standard_NC6s_v3": 3.06, "Standard_NC12s_v3": 6.12, "Standard_NC24s_v3": 12.24, "Standard_NC24ads_A100_v4": 3.67, "local": 0.0}', _json_obj, "JSON object: USD per instance-hour by instance type, for the janitor's savings estimate."),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    ml_backend: str
+    storage_connection: str
+    storage_account_name: str
+    chat_data_container: str
+    prepared_container: str
+    ledger_table: str
+    function_key: str
+    test_fraction: float
+    min_valid_examples: int
+    max_invalid_share: float
+    report_error_cap: int
+    experiment_name: str
+    finetuned_model_name: str
+    finetune_params: dict[str, Any]
+    eventgrid_webhook_url: str
+    local_workspace_dir: str
+    local_base_model: str
+    local_workspace_id: str
+    azure_subscription_id: str
+    azure_resource_group: str
+    azure_ml_workspace: str
+    azure_ml_config: str
+    azure_client_id: str
+    azure_ml_registry: str
+    foundation_model_name: str
+    foundation_model_version: str
+    pipeline_component_version: str
+    azure_ml_datastore: str
+    finetune_compute: str
+    finetune_instance_type: str
+    inference_instance_type: str
+    inference_instance_count: int
+    endpoint_auth_mode: str
+    quality_gate: bool
+    delete_replaced_endpoints: bool
+    reconcile_schedule: str
+    scoring_max_request_bytes: int
+    scoring_max_new_tokens: int
+    scoring_redeploy_on_demand: bool
+    scoring_retry_after_s: int
+    activity_flush_s: int
+    janitor_schedule: str
+    idle_endpoint_minutes: float
+    idle_grace_minutes: float
+    janitor_keep_latest: bool
+    janitor_dry_run: bool
+    instance_hourly_prices: dict[str, Any]
+
+    @property
+    def base_model_name(self) -> str:
+        """The base model this app fine-tunes with the selected backend."""
+        if self.ml_backend == "local":
+            return "SmolLM2-135M-Instruct" if self.local_base_model == "smollm2" else f"local-{self.local_base_model}"
+        return self.foundation_model_name
+
+    @property
+    def model_name(self) -> str:
+        """Registered name of the fine-tuned model."""
+        if self.finetuned_model_name:
+            return self.finetuned_model_name
+        return f"{self.base_model_name.lower()}-chat-ft"
+
+    @property
+    def workspace_resource_id(self) -> str:
+        """Resource id of the workspace whose events the app trusts."""
+        if self.ml_backend == "local":
+            return self.local_workspace_id
+        return (
+            f"/subscriptions/{self.azure_subscription_id}/resourceGroups/{self.azure_resource_group}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{self.azure_ml_workspace}"
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def local_settings_values(path: Path | None = None) -> dict[str, str]:
+    """``Values`` of local.settings.json (empty when the file is absent)."""
+    path = path or PROJECT_ROOT / "local.settings.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{path} is not valid JSON: {exc}") from None
+    values = data.get("Values", {}) if isinstance(data, dict) else {}
+    if not isinstance(values, dict):
+        raise SettingsError(f"{path}: 'Values' must be an object")
+    return {str(k): str(v) for k, v in values.items()}
+
+
+def app_setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """Value of an app setting by its environment name, falling back to the defaults table.
+
+    The local host uses this to resolve ``%NAME%`` binding expressions.
+    """
+    env = dict(local_settings_values()) if environ is None else {}
+    env.update(os.environ if environ is None else environ)
+    if name in env:
+        return env[name]
+    for spec in SPECS.values():
+        if spec.env == name:
+            return spec.default
+    return None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, local_settings: Path | None = None) -> Settings:
+    """Read and validate every setting; raise SettingsError naming the first bad variable."""
+    env: dict[str, str] = {}
+    if environ is None:
+        env.update(local_settings_values(local_settings))
+        env.update(os.environ)
+    else:
+        env.update(environ)
+    values: dict[str, Any] = {}
+    for field, spec in SPECS.items():
+        raw = env.get(spec.env)
+        if raw is None:
+            raw = spec.default if spec.default is not None else ""
+        values[field] = spec.parse(spec.env, raw)
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.ml_backend not in {"local", "azureml"}:
+        raise SettingsError(f"ML_BACKEND={s.ml_backend!r} is not one of: local, azureml")
+    if not s.storage_connection and not s.storage_account_name:
+        raise SettingsError("AzureWebJobsStorage is empty and AzureWebJobsStorage__accountName is not set: no storage to use")
+    if not 0.0 < s.test_fraction < 1.0:
+        raise SettingsError(f"TEST_FRACTION={s.test_fraction} must be between 0 and 1 (exclusive)")
+    if not 0.0 <= s.max_invalid_share <= 1.0:
+        raise SettingsError(f"MAX_INVALID_SHARE={s.max_invalid_share} must be between 0 and 1")
+    if s.min_valid_examples < 1:
+        raise SettingsError(f"MIN_VALID_EXAMPLES={s.min_valid_examples} must be at least 1")
+    if s.endpoint_auth_mode not in {"key", "aml_token", "aad_token"}:
+        raise SettingsError(f"ENDPOINT_AUTH_MODE={s.endpoint_auth_mode!r} is not one of: key, aml_token, aad_token")
+    if s.local_base_model not in {"smollm2", "tiny-random"}:
+        raise SettingsError(f"LOCAL_BASE_MODEL={s.local_base_model!r} is not one of: smollm2, tiny-random")
+    if s.ml_backend == "azureml" and not s.azure_ml_config:
+        for env_name, value in (
+            ("AZURE_SUBSCRIPTION_ID", s.azure_subscription_id),
+            ("AZURE_RESOURCE_GROUP", s.azure_resource_group),
+            ("AZURE_ML_WORKSPACE", s.azure_ml_workspace),
+        ):
+            if not value:
+                raise SettingsError(f"{env_name} is required when ML_BACKEND=azureml (or set AZURE_ML_CONFIG to a config.json)")
+    if s.inference_instance_count < 1:
+        raise SettingsError(f"INFERENCE_INSTANCE_COUNT={s.inference_instance_count} must be at least 1")
+    if s.idle_endpoint_minutes <= 0:
+        raise SettingsError(f"IDLE_ENDPOINT_MINUTES={s.idle_endpoint_minutes} must be positive")
+
+
+_override: Settings | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _cached() -> Settings:
+    return load_settings()
+
+
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return _override if _override is not None else _cached()
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Swap the process-wide settings (tests, the local host); None restores the environment's."""
+    global _override
+    _override = settings
+    _cached.cache_clear()

@@ -1,0 +1,72 @@
+"""Storage clients (blob, queue, table), created once per worker.
+
+Locally (Azurite) the connection string is used; in Azure the app connects by managed
+identity (``AzureWebJobsStorage__accountName`` + ``DefaultAzureCredential``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableServiceClient
+    from azure.storage.blob import BlobServiceClient
+
+log = logging.getLogger(__name__)
+
+WEBJOBS_HOSTS_CONTAINER = "azure-webjobs-hosts"
+
+
+@functools.lru_cache(maxsize=1)
+def credential(client_id: str = ""):  # noqa: ANN201 - azure.identity type imported lazily
+    """One credential per worker (managed identity in Azure, developer login locally)."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=client_id or None)
+
+
+@functools.lru_cache(maxsize=8)
+def _blob_service(connection: str, account: str, client_id: str) -> BlobServiceClient:
+    from azure.storage.blob import BlobServiceClient
+
+    if connection:
+        return BlobServiceClient.from_connection_string(connection)
+    return BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=credential(client_id))
+
+
+@functools.lru_cache(maxsize=8)
+def _table_service(connection: str, account: str, client_id: str) -> TableServiceClient:
+    from azure.data.tables import TableServiceClient
+
+    if connection:
+        return TableServiceClient.from_connection_string(connection)
+    return TableServiceClient(f"https://{account}.table.core.windows.net", credential=credential(client_id))
+
+
+def blob_service(settings: Settings | None = None) -> BlobServiceClient:
+    s = settings or get_settings()
+    return _blob_service(s.storage_connection, s.storage_account_name, s.azure_client_id)
+
+
+def table_service(settings: Settings | None = None) -> TableServiceClient:
+    s = settings or get_settings()
+    return _table_service(s.storage_connection, s.storage_account_name, s.azure_client_id)
+
+
+def ensure_storage(settings: Settings | None = None) -> None:
+    """Create the app's containers and ledger table if missing (idempotent)."""
+    from azure.core.exceptions import ResourceExistsError
+
+    s = settings or get_settings()
+    blobs = blob_service(s)
+    for name in (s.chat_data_container, s.prepared_container, WEBJOBS_HOSTS_CONTAINER):
+        try:
+            blobs.create_container(name)
+            log.info("created container %s", name)
+        except ResourceExistsError:
+            pass
+    table_service(s).create_table_if_not_exists(s.ledger_table)

@@ -1,0 +1,76 @@
+"""Shared fixtures: Azurite for the storage tier, and per-test settings swapped in, not os.environ."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devhost.azurite import Azurite, free_port, start, stop_process
+from shared.backends import use_backend
+from shared.settings import Settings, load_settings, use_settings
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+if not FIXTURES.is_dir():  # the read-only reference material beside the checkout
+    FIXTURES = Path(os.environ.get("AUTOPILOT_FIXTURES", "/work/shared/fixtures"))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    assert FIXTURES.is_dir(), f"fixtures not found at {FIXTURES}"
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """A private Azurite on free ports for the whole test session."""
+    az = Azurite(blob_port=free_port(), queue_port=free_port(), table_port=free_port())
+    location = tmp_path_factory.mktemp("azurite")
+    proc = start(az, location)
+    try:
+        yield az
+    finally:
+        stop_process(proc.pid)
+
+
+def make_settings(**env: str) -> Settings:
+    """Settings from defaults plus ``env`` (no local.settings.json, no os.environ)."""
+    return load_settings(environ=env)
+
+
+@pytest.fixture
+def unit_settings(tmp_path: Path) -> Iterator[Settings]:
+    """Settings for unit tests that need no storage."""
+    s = make_settings(LOCAL_WORKSPACE_DIR=str(tmp_path / "workspace"), LOCAL_BASE_MODEL="tiny-random")
+    use_settings(s)
+    try:
+        yield s
+    finally:
+        use_settings(None)
+        use_backend(None)
+
+
+@pytest.fixture
+def storage_settings(azurite: Azurite, tmp_path: Path) -> Iterator[Settings]:
+    """Settings pointing at the session's Azurite, with containers and a table of this test's own."""
+    from shared.storage import ensure_storage
+
+    suffix = uuid.uuid4().hex[:10]
+    s = make_settings(
+        AzureWebJobsStorage=azurite.connection_string,
+        CHAT_DATA_CONTAINER=f"chat-data-{suffix}",
+        PREPARED_CONTAINER=f"prepared-{suffix}",
+        LEDGER_TABLE=f"ledger{suffix}",
+        LOCAL_WORKSPACE_DIR=str(tmp_path / "workspace"),
+        LOCAL_BASE_MODEL="tiny-random",
+    )
+    ensure_storage(s)
+    use_settings(s)
+    try:
+        yield s
+    finally:
+        use_settings(None)
+        use_backend(None)
