@@ -1,0 +1,204 @@
+"""The local stack in the background, like `func start`: Azurite + the local host (+ the local
+workspace, whose jobs and endpoints are processes it tracks itself).
+
+    python -m devhost.stack up        # start what is not running, print the URLs
+    python -m devhost.stack down      # stop everything the stack and the workspace started
+    python -m devhost.stack upload FILE [--name BLOB]
+    python -m devhost.stack ps        # what is running
+
+Settings come from the environment and local.settings.json, as for the functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from devhost.azurite import RUN_DIR, Azurite, start, stop_process
+from shared.settings import PROJECT_ROOT, get_settings
+
+LOG_DIR = PROJECT_ROOT / ".local" / "logs"
+HOST_PORT = int(os.environ.get("LOCAL_HOST_PORT", "7071"))
+HOST_PID = RUN_DIR / "host.pid"
+AZURITE_PID = RUN_DIR / "azurite.pid"
+
+
+def offline_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for child processes: fully offline Hugging Face, caches inside the project."""
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    env.setdefault("HF_HOME", str(PROJECT_ROOT / ".local" / "hf"))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _alive(pid_file: Path) -> int | None:
+    if not pid_file.exists():
+        return None
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (ValueError, ProcessLookupError, PermissionError):
+        return None
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def azurite_config() -> Azurite:
+    """Azurite ports from the storage connection string (defaults 10000-10002)."""
+    conn = get_settings().storage_connection
+    ports = {"BlobEndpoint": 10000, "QueueEndpoint": 10001, "TableEndpoint": 10002}
+    for part in conn.split(";"):
+        key, _, value = part.partition("=")
+        if key in ports and value:
+            ports[key] = int(value.split(":")[-1].split("/")[0])
+    return Azurite(ports["BlobEndpoint"], ports["QueueEndpoint"], ports["TableEndpoint"])
+
+
+def start_azurite() -> None:
+    az = azurite_config()
+    if az.is_up():
+        print(f"Azurite: already listening (blob {az.blob_port}, queue {az.queue_port}, table {az.table_port})")
+        return
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    proc = start(az, PROJECT_ROOT / ".local" / "azurite", LOG_DIR / "azurite.log")
+    AZURITE_PID.write_text(str(proc.pid))
+    print(f"Azurite: started (pid {proc.pid}) blob http://127.0.0.1:{az.blob_port} log {LOG_DIR / 'azurite.log'}")
+
+
+def start_host(port: int = HOST_PORT, env: dict[str, str] | None = None, timeout_s: float = 120.0) -> int:
+    """Start the local Functions host in the background; return its pid once it answers."""
+    if _alive(HOST_PID) and _port_open(port):
+        print(f"Local host: already running on http://127.0.0.1:{port}")
+        return int(HOST_PID.read_text())
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / "host.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "devhost.host", "--port", str(port)],
+            cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=offline_env(env), start_new_session=True,
+        )
+    HOST_PID.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the local host exited with code {proc.returncode}; see {log_path}")
+        if _port_open(port):
+            print(f"Local host: started (pid {proc.pid}) http://127.0.0.1:{port} log {log_path}")
+            return proc.pid
+        time.sleep(0.3)
+    stop_process(proc.pid)
+    raise RuntimeError(f"the local host did not answer within {timeout_s:.0f}s; see {log_path}")
+
+
+def stop_host() -> None:
+    pid = _alive(HOST_PID)
+    if pid:
+        stop_process(pid, timeout_s=20)
+        print(f"Local host: stopped (pid {pid})")
+    HOST_PID.unlink(missing_ok=True)
+
+
+def stop_workspace() -> None:
+    s = get_settings()
+    if s.ml_backend != "local":
+        return
+    from shared.backends.local import LocalBackend
+
+    LocalBackend(s).shutdown()
+    print(f"Local workspace: every job and endpoint process stopped ({s.local_workspace_dir})")
+
+
+def stop_azurite() -> None:
+    pid = _alive(AZURITE_PID)
+    if pid:
+        stop_process(pid)
+        print(f"Azurite: stopped (pid {pid})")
+    AZURITE_PID.unlink(missing_ok=True)
+
+
+def print_urls(port: int = HOST_PORT) -> None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/functions", timeout=5) as r:
+            print(r.read().decode())
+    except OSError:
+        pass
+    s = get_settings()
+    print(f"""
+Functions (local host http://127.0.0.1:{port}):
+  prepare_chat_data      blob trigger on {s.chat_data_container}/{{name}}  (make upload FILE=...)
+  on_job_event           POST http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event
+  reconcile              timer {s.reconcile_schedule!r}; on demand: POST http://127.0.0.1:{port}/admin/functions/reconcile
+  delete_idle_endpoints  timer {s.janitor_schedule!r}; on demand: POST http://127.0.0.1:{port}/admin/functions/delete_idle_endpoints
+  score                  POST http://127.0.0.1:{port}/api/score
+  chat_completions       POST http://127.0.0.1:{port}/api/v1/chat/completions
+  list_models            GET  http://127.0.0.1:{port}/api/v1/models
+Local workspace: {s.local_workspace_dir} (backend {s.ml_backend})
+Logs: {LOG_DIR}""")
+
+
+def upload(path: Path, name: str | None = None) -> str:
+    from shared.storage import blob_service, ensure_storage
+
+    s = get_settings()
+    ensure_storage(s)
+    blob_name = name or path.name
+    with path.open("rb") as f:
+        blob_service(s).get_blob_client(s.chat_data_container, blob_name).upload_blob(f, overwrite=True)
+    print(f"uploaded {path} -> {s.chat_data_container}/{blob_name}")
+    return blob_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m devhost.stack")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up")
+    sub.add_parser("down")
+    sub.add_parser("ps")
+    up = sub.add_parser("upload")
+    up.add_argument("file")
+    up.add_argument("--name")
+    args = p.parse_args(argv)
+    if args.cmd == "up":
+        start_azurite()
+        from shared.storage import ensure_storage
+
+        ensure_storage(get_settings())
+        start_host()
+        print_urls()
+        print("\nStop everything with: make down")
+    elif args.cmd == "down":
+        stop_host()
+        try:
+            stop_workspace()
+        except Exception as exc:  # noqa: BLE001 - down must go on and stop Azurite
+            print(f"Local workspace: could not stop its processes: {exc}", file=sys.stderr)
+        stop_azurite()
+    elif args.cmd == "ps":
+        print(f"Azurite: {'up' if azurite_config().is_up() else 'down'}")
+        print(f"Local host: {'up' if _alive(HOST_PID) else 'down'}")
+    elif args.cmd == "upload":
+        upload(Path(args.file), args.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
