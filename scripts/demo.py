@@ -28,7 +28,7 @@ from typing import Any
 
 from devhost.azurite import Azurite, free_port, start, stop_process
 from devhost.stack import offline_env
-from scripts.make_sample_data import HELD_OUT, OPENING
+from scripts.make_sample_data import HELD_OUT, STYLE_OPENING, in_house_style
 from scripts.make_sample_data import write as write_sample
 from shared.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -263,15 +263,16 @@ def run(demo: Demo) -> None:
     say(f"endpoint {endpoint.id}: {endpoint.state}, active since {endpoint.get('active_since')}")
 
     stage(6, "Held-out questions: base model vs fine-tuned model (through POST /api/score)")
-    fine = [demo.score(q) for q in HELD_OUT]
-    base = base_model_answers(demo.settings, HELD_OUT)
-    for q, b, f in zip(HELD_OUT, base, fine, strict=True):
+    questions = HELD_OUT[:6]
+    fine = [demo.score(q) for q in questions]
+    base = base_model_answers(demo.settings, questions)
+    for q, b, f in zip(questions, base, fine, strict=True):
         say(f"Q: {q}")
         say(textwrap.indent(textwrap.fill(f"base      : {b}", 110), "  "))
         say(textwrap.indent(textwrap.fill(f"fine-tuned: {f}", 110), "  "))
-    style_base = sum(OPENING.lower() in a.lower() for a in base)
-    style_fine = sum(OPENING.lower() in a.lower() for a in fine)
-    say(f"house style ('{OPENING}'): base {style_base}/{len(base)}, fine-tuned {style_fine}/{len(fine)}")
+    style_base = sum(in_house_style(a) for a in base)
+    style_fine = sum(in_house_style(a) for a in fine)
+    say(f"house style ('{STYLE_OPENING} ... arr!'): base {style_base}/{len(base)}, fine-tuned {style_fine}/{len(fine)}")
     if demo.settings.local_base_model == "smollm2" and style_fine <= style_base:
         raise StageFailed("the fine-tuned answers do not carry the house style more often than the base model's")
 

@@ -34,6 +34,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         yield az
     finally:
         stop_process(proc.pid)
+        proc.wait(timeout=5)  # already reaped by stop_process; tells Popen, so no ResourceWarning
 
 
 def make_settings(**env: str) -> Settings:
