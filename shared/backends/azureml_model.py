@@ -1,0 +1,95 @@
+"""Foundation model facts from its registry tags, and the fine-tuned model's registered version.
+
+The registry publishes the compute allow lists and the model's own fine-tune defaults as tags
+holding Python literals in strings (``"['Standard_NC24ads_A100_v4', ...]"``). The notebook reads
+them with ``ast.literal_eval``; so does the app, but a malformed tag is a clear error that names
+the tag instead of a crash deep inside a handler. No azure.ai.ml import here.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from shared.backends.base import BackendError
+
+FINETUNE_ALLOW_LIST_TAG = "finetune_compute_allow_list"
+INFERENCE_ALLOW_LIST_TAG = "inference_compute_allow_list"
+MODEL_SPECIFIC_DEFAULTS_TAG = "model_specific_defaults"
+
+
+def literal_tag(tags: Mapping[str, str] | None, name: str, expected: type, model: str = "") -> Any:
+    """The tag's Python literal (None when the tag is absent); BackendError when it is malformed."""
+    if not tags or name not in tags or tags[name] in (None, ""):
+        return None
+    raw = tags[name]
+    where = f" of foundation model {model}" if model else ""
+    try:
+        value = ast.literal_eval(raw) if isinstance(raw, str) else raw
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise BackendError(f"tag {name}{where} is not a valid Python literal: {_clip(raw)!r}") from None
+    if expected is list and isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, expected):
+        raise BackendError(f"tag {name}{where} must be a {expected.__name__}, got {type(value).__name__}: {_clip(raw)!r}")
+    if expected is list and not all(isinstance(v, str) for v in value):
+        raise BackendError(f"tag {name}{where} must list instance type names (strings): {_clip(raw)!r}")
+    if expected is dict and not all(isinstance(k, str) for k in value):
+        raise BackendError(f"tag {name}{where} must map parameter names (strings) to values: {_clip(raw)!r}")
+    return value
+
+
+def _clip(raw: Any, limit: int = 120) -> str:
+    text = str(raw)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundationModel:
+    """What the app needs from the registry's foundation model."""
+
+    id: str  # azureml://registries/<registry>/models/<name>/versions/<version>, the pipeline's mlflow_model_path
+    name: str
+    version: str
+    finetune_compute_allow_list: list[str] | None = None
+    inference_compute_allow_list: list[str] | None = None
+    model_specific_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_tags(cls, id: str, name: str, version: str, tags: Mapping[str, str] | None) -> FoundationModel:
+        label = f"{name}:{version}"
+        return cls(
+            id=id,
+            name=name,
+            version=str(version),
+            finetune_compute_allow_list=literal_tag(tags, FINETUNE_ALLOW_LIST_TAG, list, label),
+            inference_compute_allow_list=literal_tag(tags, INFERENCE_ALLOW_LIST_TAG, list, label),
+            model_specific_defaults=literal_tag(tags, MODEL_SPECIFIC_DEFAULTS_TAG, dict, label) or {},
+        )
+
+    def check_inference_instance(self, instance_type: str) -> None:
+        """The notebook only prints a hint; unattended, deploying to a size the model does not support is an error."""
+        allowed = self.inference_compute_allow_list
+        if allowed is not None and instance_type.lower() not in {a.lower() for a in allowed}:
+            raise BackendError(
+                f"inference instance type {instance_type} is not in the inference allow list of {self.name}: "
+                f"{', '.join(allowed)} (set INFERENCE_INSTANCE_TYPE)"
+            )
+
+
+def registered_model_version(job_name: str, job_created_at: datetime | None) -> str:
+    """The fine-tuned model's version for ``job_name``: the same job always gives the same version.
+
+    Like the notebook's ``timestamp`` version, it is the job's creation time (epoch milliseconds):
+    numeric, valid for Azure ML, increasing with each new job (the app compares versions to find
+    the newest model), and fixed for a job, so a repeated completion event registers nothing new.
+    Without a creation time (never seen for a real job) a number derived from the name is used.
+    """
+    if job_created_at is not None:
+        return str(int(job_created_at.timestamp() * 1000))
+    digest = hashlib.sha256(job_name.encode()).hexdigest()
+    return str(int(digest[:12], 16) % 900_000_000 + 100_000_000)

@@ -1,0 +1,477 @@
+"""A fake Azure ML control plane for contract tests: the real azure-ai-ml SDK, intercepted HTTP.
+
+``FakeCredential`` hands out an unsigned JWT with audience https://ml.azure.com (the SDK decodes
+the token before submitting a pipeline job). ``FakeAzureML`` answers the HTTP requests the SDK
+sends (ARM under the workspace, the registry's discovery and data-plane endpoints, Azure Monitor
+metrics) with replies shaped like the real services', keeps what was PUT so later GETs see it,
+records every request, and can be told to fail chosen calls (409, 429, 5xx ...).
+Long-running operations answer with an ``Azure-AsyncOperation`` header and a long ``Retry-After``,
+so the SDK's background poller sleeps instead of calling after a test has ended.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import responses
+import yaml
+
+SUB = "6f1c2b3a-1111-4222-8333-444455556666"
+RG = "rg-finetune"
+WS = "ws-finetune"
+LOCATION = "eastus"
+ARM = "https://management.azure.com"
+WS_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.MachineLearningServices/workspaces/{WS}"
+REGISTRY = "azureml"
+REGISTRY_SUB = "5c5f2a1d-0000-4000-8000-000000000001"
+REGISTRY_RG = "registry-builtin-prod-eastus-01"
+REGISTRY_HOST = "https://eastus.api.azureml.ms/"
+REGISTRY_PATH = (
+    f"/mferp/managementfrontend/subscriptions/{REGISTRY_SUB}/resourceGroups/{REGISTRY_RG}"
+    f"/providers/Microsoft.MachineLearningServices/registries/{REGISTRY}"
+)
+METRICS_HOST = f"https://{LOCATION}.metrics.monitor.azure.com"
+FOUNDATION_NAME = "Phi-3-mini-4k-instruct"
+FOUNDATION_VERSION = "15"
+COMPONENT_VERSION = "0.0.57"
+
+# The tags the registry publishes on Phi-3-mini-4k-instruct (Python literals in strings).
+PHI3_TAGS = {
+    "task": "chat-completion",
+    "license": "mit",
+    "finetune_compute_allow_list": "['Standard_NC6s_v3', 'Standard_NC12s_v3', 'Standard_NC24s_v3', 'Standard_NC24ads_A100_v4', 'Standard_NC48ads_A100_v4', 'Standard_NC96ads_A100_v4', 'Standard_ND96asr_v4', 'Standard_ND96amsr_A100_v4', 'Standard_ND40rs_v2']",
+    "inference_compute_allow_list": "['Standard_NC6s_v3', 'Standard_NC12s_v3', 'Standard_NC24s_v3', 'Standard_NC24ads_A100_v4', 'Standard_NC48ads_A100_v4', 'Standard_NC96ads_A100_v4']",
+    "model_specific_defaults": "{'apply_deepspeed': 'true', 'apply_lora': 'true', 'precision': '16'}",
+}
+
+VM_SIZES = [
+    {"name": "Standard_DS3_v2", "family": "standardDSv2Family", "vCPUs": 4, "gpus": 0, "memoryGB": 14.0},
+    {"name": "Standard_NC6s_v3", "family": "standardNCSv3Family", "vCPUs": 6, "gpus": 1, "memoryGB": 112.0},
+    {"name": "Standard_NC24s_v3", "family": "standardNCSv3Family", "vCPUs": 24, "gpus": 4, "memoryGB": 448.0},
+    {"name": "Standard_NC24ads_A100_v4", "family": "StandardNCADSA100v4Family", "vCPUs": 24, "gpus": 1, "memoryGB": 220.0},
+    {"name": "Standard_NC48ads_A100_v4", "family": "StandardNCADSA100v4Family", "vCPUs": 48, "gpus": 2, "memoryGB": 440.0},
+    {"name": "Standard_NC24", "family": "standardNCFamily", "vCPUs": 24, "gpus": 4, "memoryGB": 224.0},
+]
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def fake_jwt(audience: str = "https://ml.azure.com", lifetime_s: int = 3600) -> str:
+    """An unsigned JWT shaped like an Entra ID access token."""
+    now = int(time.time())
+    claims = {"aud": audience, "iss": "https://sts.windows.net/tenant/", "iat": now, "nbf": now,
+              "exp": now + lifetime_s, "tid": "72f988bf-0000-0000-0000-000000000000", "oid": "app-identity"}
+    return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}."
+
+
+class FakeCredential:
+    """A TokenCredential whose tokens are unsigned JWTs for the requested resource."""
+
+    def __init__(self) -> None:
+        self.scopes: list[str] = []
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        self.scopes.extend(scopes)
+        resource = scopes[0].removesuffix("/.default") if scopes else "https://management.azure.com"
+        return AccessToken(fake_jwt(resource), int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        from azure.core.credentials import AccessTokenInfo
+
+        token = self.get_token(*scopes)
+        return AccessTokenInfo(token.token, token.expires_on)
+
+
+@dataclasses.dataclass
+class Recorded:
+    method: str
+    url: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclasses.dataclass
+class _Failure:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    code: str
+    message: str
+    times: int | None  # None: every time
+    headers: dict[str, str]
+
+
+def _system_data(created: datetime | None = None) -> dict[str, Any]:
+    at = (created or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"createdAt": at, "createdBy": "app-identity", "createdByType": "Application",
+            "lastModifiedAt": at, "lastModifiedBy": "app-identity", "lastModifiedByType": "Application"}
+
+
+class FakeAzureML:
+    """Stateful fake of the Azure ML services the backend talks to (see the module docstring)."""
+
+    def __init__(self, rsps: responses.RequestsMock, interface_path: str, *, foundation_tags: dict[str, str] | None = None) -> None:
+        self.rsps = rsps
+        self.requests: list[Recorded] = []
+        self.failures: list[_Failure] = []
+        with open(interface_path, encoding="utf-8") as f:
+            self.interface = yaml.safe_load(f)
+        self.foundation_tags = dict(PHI3_TAGS if foundation_tags is None else foundation_tags)
+        self.computes: dict[str, dict[str, Any]] = {}
+        self.vm_sizes = list(VM_SIZES)
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.models: dict[tuple[str, str], dict[str, Any]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.metrics: dict[str, list[tuple[datetime, float]]] = {}  # endpoint name -> (minute, average)
+        self.metrics_status = 200
+        for method in ("GET", "PUT", "POST", "DELETE", "PATCH"):
+            rsps.add_callback(method, re.compile(r"https://.*"), callback=self._handle)
+        self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
+            ("GET", re.compile(r"^/registrymanagement/v1\.0/registries/(?P<reg>[^/]+)/discovery$"), self._discovery),
+            ("GET", re.compile(re.escape(REGISTRY_PATH) + r"/models/(?P<name>[^/]+)/versions$"), self._registry_model_list),
+            ("GET", re.compile(re.escape(REGISTRY_PATH) + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$"), self._registry_model),
+            ("GET", re.compile(re.escape(REGISTRY_PATH) + r"/components/(?P<name>[^/]+)/versions$"), self._registry_component_list),
+            ("GET", re.compile(re.escape(REGISTRY_PATH) + r"/components/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$"), self._registry_component),
+            ("GET", re.compile(re.escape(WS_ID) + r"$", re.I), self._workspace),
+            ("GET", re.compile(re.escape(WS_ID) + r"/computes/(?P<name>[^/]+)$", re.I), self._compute),
+            ("GET", re.compile(rf"^/subscriptions/{SUB}/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)/vmSizes$", re.I), self._vm_size_list),
+            ("PUT", re.compile(re.escape(WS_ID) + r"/jobs/(?P<name>[^/]+)$", re.I), self._put_job),
+            ("GET", re.compile(re.escape(WS_ID) + r"/jobs/(?P<name>[^/]+)$", re.I), self._get_job),
+            ("GET", re.compile(re.escape(WS_ID) + r"/models/(?P<name>[^/]+)/versions$", re.I), self._list_models),
+            ("PUT", re.compile(re.escape(WS_ID) + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", re.I), self._put_model),
+            ("GET", re.compile(re.escape(WS_ID) + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", re.I), self._get_model),
+            ("GET", re.compile(re.escape(WS_ID) + r"/onlineEndpoints$", re.I), self._list_endpoints),
+            ("PUT", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<name>[^/]+)$", re.I), self._put_endpoint),
+            ("GET", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<name>[^/]+)$", re.I), self._get_endpoint),
+            ("DELETE", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<name>[^/]+)$", re.I), self._delete_endpoint),
+            ("POST", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<name>[^/]+)/listKeys$", re.I), self._list_keys),
+            ("POST", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<name>[^/]+)/token$", re.I), self._token),
+            ("GET", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments$", re.I), self._list_deployments),
+            ("PUT", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<name>[^/]+)$", re.I), self._put_deployment),
+            ("GET", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<name>[^/]+)$", re.I), self._get_deployment),
+            ("GET", re.compile(r"/mfeOperationsStatus/[^/]+$|/mfeOperationResults/[^/]+$", re.I), self._operation_status),
+            ("POST", re.compile(rf"^/subscriptions/{SUB}/metrics:getBatch$", re.I), self._metrics_batch),
+        ]
+
+    # ------------------------------------------------------------------ knobs
+    def fail(self, method: str, pattern: str, status: int, code: str = "", message: str = "", *, times: int | None = 1,
+             headers: dict[str, str] | None = None) -> None:
+        """Answer the next ``times`` matching requests (None: all) with an ARM error."""
+        self.failures.append(_Failure(method.upper(), re.compile(pattern, re.I), status,
+                                      code or {409: "Conflict", 429: "TooManyRequests"}.get(status, "InternalServerError"),
+                                      message or f"simulated HTTP {status}", times, headers or {}))
+
+    def add_compute(self, name: str, size: str, state: str = "Succeeded") -> None:
+        self.computes[name] = {
+            "id": f"{WS_ID}/computes/{name}", "name": name, "location": LOCATION,
+            "type": "Microsoft.MachineLearningServices/workspaces/computes",
+            "identity": None,
+            "properties": {
+                "computeType": "AmlCompute", "computeLocation": LOCATION, "provisioningState": state,
+                "provisioningErrors": [{"error": {"code": "QuotaExceeded", "message": "quota"}}] if state == "Failed" else None,
+                "isAttachedCompute": False, "disableLocalAuth": True, "description": None,
+                "properties": {
+                    "vmSize": size, "vmPriority": "Dedicated", "osType": "Linux",
+                    "scaleSettings": {"maxNodeCount": 2, "minNodeCount": 0, "nodeIdleTimeBeforeScaleDown": "PT120S"},
+                    "allocationState": "Steady", "currentNodeCount": 0, "targetNodeCount": 0,
+                    "remoteLoginPortPublicAccess": "Disabled", "enableNodePublicIp": True,
+                },
+            },
+            "systemData": _system_data(),
+        }
+
+    def set_endpoint_state(self, name: str, state: str) -> None:
+        self.endpoints[name]["properties"]["provisioningState"] = state
+
+    def set_deployment_state(self, endpoint: str, state: str, name: str = "demo") -> None:
+        self.deployments[(endpoint, name)]["properties"]["provisioningState"] = state
+
+    def add_job(self, name: str, status: str = "Completed", tags: dict[str, str] | None = None) -> dict[str, Any]:
+        """A pipeline job as the service returns it (for tests that start after the submission)."""
+        self.jobs[name] = {
+            "id": f"{WS_ID}/jobs/{name}", "name": name, "type": "Microsoft.MachineLearningServices/workspaces/jobs",
+            "properties": {
+                "jobType": "Pipeline", "status": status, "displayName": f"{FOUNDATION_NAME}-chat-bs1-cosine-ds2-lora-save_limit-1-seqlen-1",
+                "experimentName": "chat-finetune-autopilot", "isArchived": False,
+                "tags": dict(tags or {}), "properties": {"azureml.runsource": "azureml.PipelineRun"},
+                "inputs": {}, "jobs": {}, "settings": {"force_rerun": True, "continue_on_step_failure": False},
+                "outputs": {"trained_model": {"mode": "ReadWriteMount", "jobOutputType": "mlflow_model"}},
+                "services": {"Studio": {"endpoint": f"https://ml.azure.com/runs/{name}?wsid={WS_ID}", "jobServiceType": "Studio"}},
+            },
+            "systemData": _system_data(),
+        }
+        return self.jobs[name]
+
+    def set_job_status(self, name: str, status: str) -> None:
+        self.jobs[name]["properties"]["status"] = status
+
+    def calls(self, method: str | None = None, pattern: str | None = None) -> list[Recorded]:
+        rx = re.compile(pattern, re.I) if pattern else None
+        return [r for r in self.requests if (method is None or r.method == method.upper()) and (rx is None or rx.search(r.path))]
+
+    def writes(self) -> list[Recorded]:
+        """Requests that change something (PUT, PATCH, DELETE and POSTs other than reads)."""
+        reads = re.compile(r"/listKeys$|/token$|metrics:getBatch$", re.I)
+        return [r for r in self.requests if r.method in {"PUT", "PATCH", "DELETE"} or (r.method == "POST" and not reads.search(r.path))]
+
+    # ------------------------------------------------------------------ dispatch
+    def _handle(self, request: Any) -> tuple[int, dict[str, str], str]:
+        parts = urlsplit(request.url)
+        body: Any = None
+        if request.body:
+            raw = request.body.decode() if isinstance(request.body, bytes) else request.body
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw
+        rec = Recorded(request.method, request.url, parts.path, parse_qs(parts.query), body, dict(request.headers))
+        self.requests.append(rec)
+        for failure in self.failures:
+            if failure.method == request.method and failure.pattern.search(parts.path) and failure.times != 0:
+                if failure.times is not None:
+                    failure.times -= 1
+                error = {"error": {"code": failure.code, "message": failure.message}}
+                return failure.status, {"content-type": "application/json", **failure.headers}, json.dumps(error)
+        for method, pattern, handler in self._routes:
+            if method == request.method:
+                m = pattern.search(parts.path)
+                if m:
+                    status, payload, *extra = handler(rec, **m.groupdict())
+                    headers = {"content-type": "application/json", **(extra[0] if extra else {})}
+                    return status, headers, json.dumps(payload) if payload is not None else ""
+        return 404, {"content-type": "application/json"}, json.dumps(
+            {"error": {"code": "UnexpectedRequest", "message": f"the fake has no route for {request.method} {parts.path}"}})
+
+    @staticmethod
+    def _not_found(what: str) -> tuple[int, dict[str, Any]]:
+        return 404, {"error": {"code": "UserError", "message": f"{what} not found",
+                               "details": [], "innerError": {"code": "NotFoundError"}}}
+
+    def _async_headers(self) -> dict[str, str]:
+        op = uuid.uuid4().hex
+        status_url = f"{ARM}/subscriptions/{SUB}/providers/Microsoft.MachineLearningServices/locations/{LOCATION}/mfeOperationsStatus/{op}?api-version=2023-04-01-preview"
+        # Long Retry-After: the SDK's background poller sleeps instead of calling after the test.
+        return {"Azure-AsyncOperation": status_url, "Retry-After": "3600"}
+
+    # ------------------------------------------------------------------ registry
+    def _discovery(self, rec: Recorded, reg: str) -> tuple[int, Any]:
+        if reg != REGISTRY:
+            return self._not_found(f"registry {reg}")
+        return 200, {"registryName": REGISTRY, "tenantId": "72f988bf-0000-0000-0000-000000000000", "primaryRegion": LOCATION,
+                     "regions": [LOCATION, "westeurope"], "subscriptionId": REGISTRY_SUB, "resourceGroup": REGISTRY_RG,
+                     "workspaceName": None, "primaryRegionResourceProviderUri": REGISTRY_HOST}
+
+    def foundation_body(self, version: str = FOUNDATION_VERSION) -> dict[str, Any]:
+        asset_id = f"azureml://registries/{REGISTRY}/models/{FOUNDATION_NAME}/versions/{version}"
+        return {
+            "id": asset_id, "name": version, "type": "Microsoft.MachineLearningServices/registries/models/versions",
+            "properties": {
+                "description": "Phi-3 Mini-4K-Instruct is a 3.8B parameters, lightweight, state-of-the-art open model.",
+                "tags": self.foundation_tags, "properties": {}, "isArchived": False, "isAnonymous": False,
+                "flavors": {"transformers": {"data": {"task": "text-generation"}}, "python_function": {"data": {"loader_module": "mlflow.transformers"}}},
+                "modelType": "mlflow_model", "modelUri": asset_id, "jobName": None, "stage": None,
+            },
+            "systemData": _system_data(datetime(2024, 5, 1, tzinfo=UTC)),
+        }
+
+    def _registry_model_list(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        if name != FOUNDATION_NAME:
+            return 200, {"value": []}
+        return 200, {"value": [self.foundation_body()]}
+
+    def _registry_model(self, rec: Recorded, name: str, version: str) -> tuple[int, Any]:
+        if name != FOUNDATION_NAME:
+            return self._not_found(f"model {name}")
+        return 200, self.foundation_body(version)
+
+    def component_body(self, version: str = COMPONENT_VERSION) -> dict[str, Any]:
+        spec = {
+            "$schema": "https://azuremlschemas.azureedge.net/latest/pipelineComponent.schema.json",
+            "name": self.interface["name"], "version": version, "display_name": "Chat Completion Pipeline",
+            "type": "pipeline", "is_deterministic": True,
+            "inputs": copy.deepcopy(self.interface["inputs"]), "outputs": copy.deepcopy(self.interface["outputs"]),
+        }
+        return {
+            "id": f"azureml://registries/{REGISTRY}/components/{spec['name']}/versions/{version}",
+            "name": version, "type": "Microsoft.MachineLearningServices/registries/components/versions",
+            "properties": {"description": "Pipeline component for chat completion", "tags": {}, "properties": {},
+                           "isArchived": False, "isAnonymous": False, "componentSpec": spec},
+            "systemData": _system_data(datetime(2024, 6, 1, tzinfo=UTC)),
+        }
+
+    def _registry_component_list(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        return 200, {"value": [self.component_body()] if name == self.interface["name"] else []}
+
+    def _registry_component(self, rec: Recorded, name: str, version: str) -> tuple[int, Any]:
+        if name != self.interface["name"]:
+            return self._not_found(f"component {name}")
+        return 200, self.component_body(version)
+
+    # ------------------------------------------------------------------ workspace
+    def _workspace(self, rec: Recorded) -> tuple[int, Any]:
+        return 200, {
+            "id": WS_ID, "name": WS, "type": "Microsoft.MachineLearningServices/workspaces", "location": LOCATION,
+            "kind": "Default", "sku": {"name": "Basic", "tier": "Basic"},
+            "identity": {"type": "SystemAssigned", "principalId": "p", "tenantId": "t"},
+            "properties": {
+                "friendlyName": WS, "workspaceId": "0e8a2b14-7777-4888-9999-aaaabbbbcccc", "provisioningState": "Succeeded",
+                "storageAccount": f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Storage/storageAccounts/stfinetune",
+                "keyVault": f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.KeyVault/vaults/kv-finetune",
+                "discoveryUrl": f"https://{LOCATION}.api.azureml.ms/discovery",
+                "mlFlowTrackingUri": f"azureml://{LOCATION}.api.azureml.ms/mlflow/v1.0{WS_ID}",
+                "publicNetworkAccess": "Enabled", "hbiWorkspace": False, "v1LegacyMode": False,
+            },
+            "systemData": _system_data(datetime(2024, 1, 1, tzinfo=UTC)),
+        }
+
+    def _compute(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        if name not in self.computes:
+            return self._not_found(f"compute {name}")
+        return 200, self.computes[name]
+
+    def _vm_size_list(self, rec: Recorded, loc: str) -> tuple[int, Any]:
+        return 200, {"value": [{"osVhdSizeMB": 1047552, "maxResourceVolumeMB": 65536, "lowPriorityCapable": True,
+                                "premiumIO": True, "supportedComputeTypes": ["ComputeInstance", "AmlCompute"], **s}
+                               for s in self.vm_sizes]}
+
+    # ------------------------------------------------------------------ jobs
+    def _put_job(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        body = copy.deepcopy(rec.body)
+        body.update({"id": f"{WS_ID}/jobs/{name}", "name": name, "type": "Microsoft.MachineLearningServices/workspaces/jobs",
+                     "systemData": _system_data()})
+        body["properties"]["status"] = "NotStarted"
+        body["properties"]["services"] = {"Studio": {"endpoint": f"https://ml.azure.com/runs/{name}?wsid={WS_ID}", "jobServiceType": "Studio"}}
+        self.jobs[name] = body
+        return 201, body
+
+    def _get_job(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        if name not in self.jobs:
+            return self._not_found(f"job {name}")
+        return 200, self.jobs[name]
+
+    # ------------------------------------------------------------------ models
+    def _put_model(self, rec: Recorded, name: str, version: str) -> tuple[int, Any]:
+        body = copy.deepcopy(rec.body)
+        body.update({"id": f"{WS_ID}/models/{name}/versions/{version}", "name": version,
+                     "type": "Microsoft.MachineLearningServices/workspaces/models/versions", "systemData": _system_data()})
+        body["properties"].setdefault("flavors", {"python_function": {"data": {"loader_module": "mlflow.transformers"}}})
+        self.models[(name, version)] = body
+        return 201, body
+
+    def _list_models(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        return 200, {"value": [m for (n, _), m in self.models.items() if n == name]}
+
+    def _get_model(self, rec: Recorded, name: str, version: str) -> tuple[int, Any]:
+        if (name, version) not in self.models:
+            return self._not_found(f"model {name}:{version}")
+        return 200, self.models[(name, version)]
+
+    # ------------------------------------------------------------------ endpoints
+    def _put_endpoint(self, rec: Recorded, name: str) -> tuple[int, Any, dict[str, str]]:
+        body = copy.deepcopy(rec.body)
+        previous = self.endpoints.get(name)
+        props = body.setdefault("properties", {})
+        props.update({
+            "provisioningState": "Updating" if previous else "Creating",
+            "scoringUri": f"https://{name}.{LOCATION}.inference.ml.azure.com/score",
+            "swaggerUri": f"https://{name}.{LOCATION}.inference.ml.azure.com/swagger.json",
+        })
+        props.setdefault("traffic", {})
+        props.setdefault("properties", {})
+        body.update({"id": f"{WS_ID}/onlineEndpoints/{name}", "name": name,
+                     "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
+                     "kind": "Managed", "location": body.get("location", LOCATION),
+                     "identity": {"type": "SystemAssigned", "principalId": "p", "tenantId": "t"},
+                     "systemData": previous["systemData"] if previous else _system_data()})
+        self.endpoints[name] = body
+        return 201, body, self._async_headers()
+
+    def _get_endpoint(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        if name not in self.endpoints:
+            return self._not_found(f"endpoint {name}")
+        return 200, self.endpoints[name]
+
+    def _list_endpoints(self, rec: Recorded) -> tuple[int, Any]:
+        return 200, {"value": list(self.endpoints.values())}
+
+    def _delete_endpoint(self, rec: Recorded, name: str) -> tuple[int, Any, dict[str, str]]:
+        if name not in self.endpoints:
+            return 204, None, {}
+        self.endpoints[name]["properties"]["provisioningState"] = "Deleting"
+        headers = self._async_headers()
+        headers["Location"] = headers["Azure-AsyncOperation"].replace("mfeOperationsStatus", "mfeOperationResults")
+        return 202, None, headers
+
+    def _list_keys(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        if name not in self.endpoints:
+            return self._not_found(f"endpoint {name}")
+        return 200, {"primaryKey": f"pk-{name}", "secondaryKey": f"sk-{name}"}
+
+    def _token(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        now = int(time.time())
+        return 200, {"accessToken": f"aml-token-{name}", "expiryTimeUtc": now + 3600, "refreshAfterTimeUtc": now + 1800, "tokenType": "Bearer"}
+
+    def _put_deployment(self, rec: Recorded, ep: str, name: str) -> tuple[int, Any, dict[str, str]]:
+        body = copy.deepcopy(rec.body)
+        body.update({"id": f"{WS_ID}/onlineEndpoints/{ep}/deployments/{name}", "name": name,
+                     "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments",
+                     "kind": "Managed", "systemData": _system_data()})
+        body.setdefault("sku", {"name": "Default", "capacity": body["properties"].get("instanceCount", 1)})
+        body["properties"]["provisioningState"] = "Creating"
+        body["properties"].setdefault("scaleSettings", {"scaleType": "Default"})
+        self.deployments[(ep, name)] = body
+        return 201, body, self._async_headers()
+
+    def _get_deployment(self, rec: Recorded, ep: str, name: str) -> tuple[int, Any]:
+        if (ep, name) not in self.deployments:
+            return self._not_found(f"deployment {name} of endpoint {ep}")
+        return 200, self.deployments[(ep, name)]
+
+    def _list_deployments(self, rec: Recorded, ep: str) -> tuple[int, Any]:
+        if ep not in self.endpoints:
+            return self._not_found(f"endpoint {ep}")
+        return 200, {"value": [d for (e, _), d in self.deployments.items() if e == ep]}
+
+    def _operation_status(self, rec: Recorded) -> tuple[int, Any, dict[str, str]]:
+        return 200, {"status": "InProgress"}, {"Retry-After": "3600"}
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics_batch(self, rec: Recorded) -> tuple[int, Any]:
+        if self.metrics_status != 200:
+            return self.metrics_status, {"error": {"code": "AuthorizationFailed", "message": "no Monitoring Reader role"}}
+        values = []
+        for resource_id in rec.body["resourceids"]:
+            name = resource_id.rsplit("/", 1)[-1]
+            points = self.metrics.get(name, [])
+            values.append({
+                "starttime": (datetime.now(UTC) - timedelta(hours=2)).isoformat(), "endtime": datetime.now(UTC).isoformat(),
+                "interval": "PT1M", "namespace": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
+                "resourceregion": LOCATION, "resourceid": resource_id,
+                "value": [{
+                    "id": f"{resource_id}/providers/Microsoft.Insights/metrics/RequestsPerMinute",
+                    "type": "Microsoft.Insights/metrics",
+                    "name": {"value": "RequestsPerMinute", "localizedValue": "Requests Per Minute"},
+                    "displayDescription": "The number of requests sent to online endpoint within a minute",
+                    "unit": "Count", "errorCode": "Success",
+                    "timeseries": [{"metadatavalues": [], "data": [
+                        {"timeStamp": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "average": v} for t, v in points]}],
+                }],
+            })
+        return 200, {"values": values}

@@ -1,0 +1,96 @@
+"""``python -m shared.cli plan``: the pipeline job the app would submit, as Azure ML v2 YAML, offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import responses
+import yaml
+
+from shared.backends.azureml import AzureMLBackend, plan_pipeline_job
+from shared.backends.azureml_params import ComponentInterface
+from shared.settings import PROJECT_ROOT
+from tests.azureml_fakes import RG, SUB, WS, FakeAzureML, FakeCredential
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning:marshmallow")
+
+TRAIN = "azureml://datastores/workspaceblobstore/paths/datasets/abc/train.jsonl"
+TEST = "azureml://datastores/workspaceblobstore/paths/datasets/abc/test.jsonl"
+NOTEBOOK_INPUTS = {
+    "num_train_epochs": 3, "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
+    "learning_rate": 5e-6, "lr_scheduler_type": "cosine", "apply_lora": "true", "apply_deepspeed": "true",
+    "deepspeed_stage": "2",
+}
+
+
+@pytest.fixture(scope="module")
+def fixture_interface(fixtures_dir) -> ComponentInterface:
+    return ComponentInterface.load(fixtures_dir / "azureml" / "chat_completion_pipeline.interface.yaml")
+
+
+def check_plan(document: str, interface: ComponentInterface) -> dict[str, Any]:
+    plan = yaml.safe_load(document)
+    assert plan["type"] == "pipeline"
+    assert plan["settings"] == {"continue_on_step_failure": False, "force_rerun": True}
+    assert plan["outputs"] == {"trained_model": {"mode": "rw_mount", "type": "mlflow_model"}}
+    [node] = plan["jobs"].values()
+    assert node["outputs"] == {"mlflow_model_folder": "${{parent.outputs.trained_model}}"}
+    inputs = node["inputs"]
+    # YAML keeps the types: "2" must stay a string, 3 an integer.
+    assert interface.problems(inputs) == []
+    for name, value in NOTEBOOK_INPUTS.items():
+        assert inputs[name] == value and type(inputs[name]) is type(value), name
+    assert inputs["train_file_path"] == {"type": "uri_file", "path": TRAIN}
+    assert inputs["test_file_path"] == {"type": "uri_file", "path": TEST}
+    assert inputs["mlflow_model_path"]["type"] == "mlflow_model"
+    return plan
+
+
+def test_plan_offline_uses_the_repo_interface(fixture_interface):
+    settings = make_settings()
+    backend = AzureMLBackend(settings, credential=FakeCredential(), client_kwargs={"retry_total": 0})
+    with responses.RequestsMock(assert_all_requests_are_fired=False):  # no route: every request fails to connect
+        plan = plan_pipeline_job(settings, TRAIN, TEST, backend=backend)
+    assert plan.component_source.startswith("repo interface copy")
+    doc = check_plan(plan.yaml, fixture_interface)
+    [node] = doc["jobs"].values()
+    assert node["component"] == "azureml://registries/azureml/components/chat_completion_pipeline/labels/latest"
+    assert node["inputs"]["mlflow_model_path"]["path"] == "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/latest"
+    assert node["inputs"]["compute_finetune"] == "serverless"
+    assert node["inputs"]["instance_type_finetune"] == "Standard_NC24ads_A100_v4"
+    assert "# note: registry not reachable" in plan.yaml
+
+
+def test_plan_online_uses_the_registry_and_workspace(fixture_interface, fixtures_dir):
+    settings = make_settings(ML_BACKEND="azureml", AZURE_SUBSCRIPTION_ID=SUB, AZURE_RESOURCE_GROUP=RG, AZURE_ML_WORKSPACE=WS,
+                             FINETUNE_COMPUTE="gpu-cluster")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        azure = FakeAzureML(rsps, str(fixtures_dir / "azureml" / "chat_completion_pipeline.interface.yaml"))
+        azure.add_compute("gpu-cluster", "Standard_NC48ads_A100_v4")
+        plan = plan_pipeline_job(settings, TRAIN, TEST, backend=AzureMLBackend(settings, credential=FakeCredential()))
+    assert plan.component_source == "registry azureml"
+    doc = check_plan(plan.yaml, fixture_interface)
+    [node] = doc["jobs"].values()
+    assert node["component"] == "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.57"
+    assert node["inputs"]["precision"] == "16"  # from the model's model_specific_defaults tag
+    assert node["inputs"]["number_of_gpu_to_use_finetuning"] == 2
+    assert node["inputs"]["compute_finetune"] == "gpu-cluster"
+    assert azure.writes() == []  # planning submits nothing
+
+
+def test_cli_plan_works_without_network_or_credentials(tmp_path, fixture_interface):
+    out = tmp_path / "plan.yaml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
+    env.update(ML_BACKEND="azureml", HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "plan", "--train", TRAIN, "--test", TEST, "--out", str(out)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stderr
+    check_plan(out.read_text(encoding="utf-8"), fixture_interface)
