@@ -1,0 +1,248 @@
+"""``python -m shared.cli status [--json]``: what the app knows, from the ledger and the backend.
+
+The JSON form is a contract for scripts (keep it stable, add fields only):
+
+- top-level lists ``datasets``, ``jobs``, ``models``, ``endpoints``; every item has ``id`` and
+  ``state`` (the ledger's state); endpoints also have ``name`` (= ``id``), ``model``
+  ("name:version"), ``last_activity`` (ISO 8601 or null), ``idle_minutes`` (or null),
+  ``backend_state`` (null when the backend does not list it or cannot be reached) and
+  ``janitor_verdict`` (what the idle policy would decide now);
+- ``janitor``: the janitor's settings (``policy``) and its last run (``last``, or null);
+- ``backend``: ``name``, ``reachable`` and ``error``. When the backend cannot be reached the
+  ledger's data is still shown and ``reachable`` is false.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import Any
+
+from shared.idle_policy import EndpointFacts, IdlePolicy, decide
+from shared.ledger import ACTIVE, DATASET, ENDPOINT, JANITOR, JOB, MODEL, Ledger, Record, iso, parse_iso, utcnow
+from shared.settings import Settings, SettingsError, get_settings
+
+log = logging.getLogger(__name__)
+
+_ENDPOINT_DONE = {"deleted", "deleting"}
+
+
+def _latest(*times: datetime | None) -> datetime | None:
+    present = [t for t in times if t is not None]
+    return max(present) if present else None
+
+
+def _by_recency(records: list[Record]) -> list[Record]:
+    return sorted(records, key=lambda r: (r.updated_at or "", r.id), reverse=True)
+
+
+def _dataset_item(r: Record) -> dict[str, Any]:
+    return {"id": r.id, "state": r.state, "updated_at": r.updated_at, "blob_name": r.get("blob_name"),
+            "counts": r.get("counts"), "job_name": r.get("job_name"), "error": r.get("error")}
+
+
+def _job_item(r: Record) -> dict[str, Any]:
+    return {"id": r.id, "state": r.state, "updated_at": r.updated_at, "dataset_id": r.get("dataset_id"),
+            "model_name": r.get("model_name"), "base_model": r.get("base_model"), "backend": r.get("backend"),
+            "submitted_at": r.get("submitted_at"), "model": r.get("model"), "error": r.get("error")}
+
+
+def _model_item(r: Record, active: dict[str, str]) -> dict[str, Any]:
+    name, _, version = r.id.partition(":")
+    endpoint = r.get("endpoint")
+    return {"id": r.id, "name": name, "version": version, "state": r.state, "updated_at": r.updated_at,
+            "job_name": r.get("job_name"), "base_model": r.get("base_model"), "endpoint": endpoint,
+            "serving": bool(endpoint) and active.get(name) == endpoint, "error": r.get("error")}
+
+
+def _endpoint_item(name: str, record: Record | None, info: Any, active_endpoints: set[str], policy: IdlePolicy,
+                   now: datetime, backend_reachable: bool) -> dict[str, Any]:
+    fields = record.fields if record is not None else {}
+    ledger_activity = parse_iso(fields.get("last_activity"))
+    metric_activity = getattr(info, "last_activity", None)
+    last_activity = _latest(ledger_activity, metric_activity)
+    active_since = parse_iso(fields.get("active_since"))
+    state = record.state if record is not None else getattr(info, "state", "")
+    item: dict[str, Any] = {
+        "id": name,
+        "name": name,
+        "state": state,
+        "backend_state": getattr(info, "state", None),
+        "in_ledger": record is not None,
+        "managed": bool(getattr(info, "managed", record is not None)),
+        "model": getattr(info, "model", None) or fields.get("model"),
+        "active": name in active_endpoints,
+        "instance_type": getattr(info, "instance_type", None) or fields.get("instance_type"),
+        "active_since": iso(active_since),
+        "last_activity": iso(last_activity),
+        "idle_minutes": None,
+        "janitor_verdict": None,
+        "deleted_at": fields.get("deleted_at"),
+        "delete_reason": fields.get("delete_reason"),
+        "hours_saved": fields.get("hours_saved"),
+        "cost_saved": fields.get("cost_saved"),
+        "error": fields.get("error") or getattr(info, "error", None),
+    }
+    if state in _ENDPOINT_DONE:
+        return item
+    idle_since = _latest(last_activity, active_since)
+    if idle_since is not None:
+        item["idle_minutes"] = round(max((now - idle_since).total_seconds(), 0.0) / 60.0, 1)
+    if backend_reachable:
+        facts = EndpointFacts(
+            name=name, state=getattr(info, "state", "missing") if info is not None else "missing",
+            managed=bool(getattr(info, "managed", False)), in_ledger=record is not None,
+            ledger_state=record.state if record is not None else None, ledger_last_activity=ledger_activity,
+            metric_last_activity=metric_activity, active_since=active_since, created_at=getattr(info, "created_at", None),
+            is_active_endpoint=name in active_endpoints, model=item["model"],
+        )
+        decision = decide(facts, policy, now)
+        item["janitor_verdict"] = {"action": decision.action, "reason": decision.reason}
+    return item
+
+
+def collect_status(settings: Settings | None = None, ledger: Ledger | None = None, backend: Any = None) -> dict[str, Any]:
+    """Everything ``status`` shows, as the JSON contract above. Raises when the ledger is unreachable."""
+    s = settings or get_settings()
+    if ledger is None:
+        ledger = Ledger.from_settings(s)
+    now = utcnow()
+    datasets = _by_recency(ledger.list(DATASET))
+    jobs = _by_recency(ledger.list(JOB))
+    models = _by_recency(ledger.list(MODEL))
+    endpoints = {r.id: r for r in ledger.list(ENDPOINT)}
+    active = {r.id: r.get("endpoint") for r in ledger.list(ACTIVE) if r.get("endpoint")}
+    janitor_last = ledger.get(JANITOR, "last")
+
+    backend_info: dict[str, Any] = {"name": s.ml_backend, "reachable": True, "error": None}
+    listed: dict[str, Any] = {}
+    try:
+        if backend is None:
+            from shared.backends import get_backend
+
+            backend = get_backend(s)
+        listed = {info.name: info for info in backend.list_endpoints()}
+    except Exception as exc:  # noqa: BLE001 - status must still show the ledger
+        log.debug("backend unreachable", exc_info=True)
+        backend_info.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
+
+    policy = IdlePolicy.from_settings(s)
+    active_endpoints = set(active.values())
+    names = sorted(set(endpoints) | set(listed), key=lambda n: ((endpoints[n].updated_at if n in endpoints else ""), n), reverse=True)
+    endpoint_items = [
+        _endpoint_item(n, endpoints.get(n), listed.get(n), active_endpoints, policy, now, bool(backend_info["reachable"]))
+        for n in names
+    ]
+    return {
+        "generated_at": iso(now),
+        "backend": backend_info,
+        "datasets": [_dataset_item(r) for r in datasets],
+        "jobs": [_job_item(r) for r in jobs],
+        "models": [_model_item(r, active) for r in models],
+        "endpoints": endpoint_items,
+        "janitor": {
+            "policy": {"schedule": s.janitor_schedule, "idle_minutes": s.idle_endpoint_minutes,
+                       "grace_minutes": s.idle_grace_minutes, "keep_latest": s.janitor_keep_latest,
+                       "dry_run": s.janitor_dry_run},
+            "last": ({"state": janitor_last.state, **janitor_last.fields} if janitor_last is not None else None),
+        },
+    }
+
+
+# ---------------------------------------------------------------- human form
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        scalars = [f"{k}={v}" for k, v in value.items() if isinstance(v, int | float | str)]
+        return " ".join(scalars[:4]) or "-"
+    return str(value)
+
+
+def _duration(minutes: float | None) -> str:
+    if minutes is None:
+        return "-"
+    if minutes < 60:
+        return f"{minutes:.0f}m"
+    hours, mins = divmod(int(minutes), 60)
+    return f"{hours}h{mins:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
+
+
+def _short_time(value: str | None) -> str:
+    dt = parse_iso(value)
+    return dt.strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
+
+
+def format_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Columns padded to their widest cell, so the output reads as a table in any terminal."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _section(title: str, headers: list[str], rows: list[list[Any]]) -> str:
+    body = format_table(headers, rows) if rows else "  (none)"
+    return f"{title} ({len(rows)})\n{body}"
+
+
+def render_status(status: dict[str, Any]) -> str:
+    parts = []
+    backend = status["backend"]
+    if not backend["reachable"]:
+        parts.append(f"note: backend {backend['name']!r} unreachable ({backend['error']}); showing the ledger only")
+    parts.append(_section("Datasets", ["id", "state", "counts", "job", "updated", "error"], [
+        [d["id"], d["state"], d["counts"], d["job_name"], _short_time(d["updated_at"]), d["error"]] for d in status["datasets"]]))
+    parts.append(_section("Jobs", ["id", "state", "dataset", "model", "updated", "error"], [
+        [j["id"], j["state"], j["dataset_id"], j["model"] or j["model_name"], _short_time(j["updated_at"]), j["error"]]
+        for j in status["jobs"]]))
+    parts.append(_section("Models", ["id", "state", "job", "endpoint", "serving"], [
+        [m["id"], m["state"], m["job_name"], m["endpoint"], m["serving"]] for m in status["models"]]))
+    parts.append(_section("Endpoints", ["name", "state", "backend", "model", "active", "last activity", "idle", "janitor"], [
+        [e["name"], e["state"], e["backend_state"], e["model"], e["active"], _short_time(e["last_activity"]),
+         _duration(e["idle_minutes"]),
+         (e["janitor_verdict"] or {}).get("action") or (e["delete_reason"] and f"deleted: {e['delete_reason']}")]
+        for e in status["endpoints"]]))
+    janitor = status["janitor"]
+    policy = janitor["policy"]
+    line = (f"Janitor: idle threshold {policy['idle_minutes']:g} min, grace {policy['grace_minutes']:g} min, "
+            f"keep_latest {_cell(policy['keep_latest'])}, dry run {_cell(policy['dry_run'])}, schedule {policy['schedule']!r}")
+    last = janitor["last"]
+    if last is None:
+        line += "\n  last run: never"
+    else:
+        line += f"\n  last run: {_short_time(last.get('ran_at'))} ({last.get('state')})"
+        if last.get("error"):
+            line += f" error: {last['error']}"
+        else:
+            verb = "would delete" if last.get("dry_run") else "deleted"
+            chosen = last.get("would_delete") if last.get("dry_run") else last.get("deleted")
+            failed = [f["name"] for f in last.get("failed") or []]
+            line += (f": {verb} {_cell(', '.join(chosen or []))}; failed {_cell(', '.join(failed))}; "
+                     f"unknown {_cell(', '.join(last.get('unknown') or []))}; "
+                     f"estimated {last.get('hours_saved') or 0:.1f} instance-hours, ${last.get('cost_saved') or 0:.2f} saved")
+    parts.append(line)
+    return "\n\n".join(parts)
+
+
+def cli_status(args: Any) -> int:
+    try:
+        status = collect_status()
+    except SettingsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a clear line beats a traceback for a CLI user
+        log.debug("ledger unreachable", exc_info=True)
+        print(f"cannot read the ledger: {type(exc).__name__}: {exc}\n(is storage running? `make up` starts Azurite locally)",
+              file=sys.stderr)
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        print(render_status(status))
+    return 0

@@ -1,0 +1,168 @@
+"""The idle janitor end to end on the local backend, driven by the local host's timers.
+
+A tiny real fine-tune is registered under two model names and deployed to two real endpoint
+servers. The app runs in the local Functions host with the reconcile and janitor timers firing
+every few seconds and a 45-second idle threshold. A client keeps calling one model through the
+app's scoring route; nobody calls the other. The janitor timer must delete the silent endpoint
+(its server process gone, its port closed) and leave the called one serving.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from devhost.azurite import free_port
+from localworkspace.workspace import process_alive, read_pid_file
+from scripts.make_sample_data import pirate_conversations
+from shared import deployment
+from shared.backends import use_backend
+from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+from shared.ledger import ACTIVE, ENDPOINT, JANITOR, MODEL, Ledger
+from shared.settings import use_settings
+from shared.storage import blob_service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.storage]
+
+JOB_TIMEOUT_S = 300
+DEPLOY_TIMEOUT_S = 300
+IDLE_MINUTES = 0.75
+
+
+def _wait(predicate, timeout_s: float, what: str, every_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _upload_dataset(settings) -> tuple[str, str]:
+    rows = pirate_conversations(count=24, seed=5)
+    container = blob_service(settings).get_container_client(settings.prepared_container)
+    names = []
+    for role, part in (("train", rows[:20]), ("test", rows[20:])):
+        name = f"datasets/janitor-e2e/{role}.jsonl"
+        container.upload_blob(name, "\n".join(json.dumps(r) for r in part) + "\n", overwrite=True)
+        names.append(name)
+    return names[0], names[1]
+
+
+class Caller:
+    """A client app calling one model through the app's chat completions route every few seconds."""
+
+    def __init__(self, base_url: str, model: str, every_s: float = 4.0):
+        self.url = f"{base_url}/api/v1/chat/completions"
+        self.model = model
+        self.every_s = every_s
+        self.statuses: list[int] = []
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        body = {"model": self.model, "messages": [{"role": "user", "content": "Ahoy?"}], "max_tokens": 4}
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                try:
+                    reply = client.post(self.url, json=body)
+                    self.statuses.append(reply.status_code)
+                    if reply.status_code != 200:
+                        self.last_error = reply.text[:300]
+                except httpx.HTTPError as exc:
+                    self.statuses.append(0)
+                    self.last_error = repr(exc)
+                self._stop.wait(self.every_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(70)
+
+
+def test_timer_deletes_the_endpoint_nobody_calls_and_keeps_the_called_one(storage_settings):
+    from devhost.host import run_host
+    from shared.backends.local import LocalBackend
+
+    settings = storage_settings.replace(
+        janitor_schedule="*/3 * * * * *",
+        reconcile_schedule="*/3 * * * * *",
+        idle_endpoint_minutes=IDLE_MINUTES,
+        idle_grace_minutes=0.0,
+        finetune_params={"max_steps": 2},
+        eventgrid_webhook_url=f"http://127.0.0.1:{free_port()}/runtime/webhooks/eventgrid",  # events not needed here
+        activity_flush_s=1,
+    )
+    use_settings(settings)
+    backend = LocalBackend(settings, event_retry_total_s=0)
+    use_backend(backend, settings)
+    ledger = Ledger.from_settings(settings)
+    called_model, silent_model = "janitor-called", "janitor-silent"
+    try:
+        train, test = _upload_dataset(settings)
+        job = backend.submit_finetune(FineTuneRequest("janitor-e2e", train, test, called_model,
+                                                      tags={MANAGED_BY_TAG: MANAGED_BY_VALUE}))
+        _wait(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, JOB_TIMEOUT_S, "the job", 2.0)
+        assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
+
+        endpoints = {}
+        for name in (called_model, silent_model):
+            model = backend.register_model(job, name)
+            ledger.create(MODEL, model.ref, "registered", job_name=job, base_model=model.base_model)
+            endpoints[name] = deployment.deploy_model(model, reason="janitor e2e", settings=settings,
+                                                      ledger=ledger, backend=backend).id
+
+        with run_host("function_app:app", settings=settings, port=0, poll_interval_s=1.0) as host:
+            with Caller(host.base_url, called_model) as caller:
+                # The host's reconcile timer activates both endpoints once their servers answer.
+                _wait(lambda: all(ledger.get(ACTIVE, n) for n in endpoints), DEPLOY_TIMEOUT_S, "both endpoints to serve")
+                silent_ep, called_ep = endpoints[silent_model], endpoints[called_model]
+                silent_port = backend.get_endpoint(silent_ep) and json.loads(
+                    (backend.ws.endpoint_dir(silent_ep) / "record.json").read_text())["port"]
+                silent_server = read_pid_file(backend.ws.endpoint_dir(silent_ep) / "server.pid")
+                assert silent_port and _port_open(silent_port) and process_alive(silent_server)
+
+                # The janitor timer deletes the silent one once it has been idle longer than the threshold.
+                _wait(lambda: ledger.get(ENDPOINT, silent_ep).state == "deleted", IDLE_MINUTES * 60 + 90,
+                      "the janitor to delete the silent endpoint")
+                time.sleep(5)  # a few more janitor runs: the called endpoint must survive them too
+                called_record = ledger.get(ENDPOINT, called_ep)
+                statuses = list(caller.statuses)
+                last_error = caller.last_error
+
+        silent_record = ledger.get(ENDPOINT, silent_ep)
+        assert "idle" in silent_record.get("delete_reason") and silent_record.get("deleted_at")
+        assert not _port_open(silent_port), "the deleted endpoint's port is still open"
+        assert not process_alive(silent_server), "the deleted endpoint's server process is still running"
+        assert backend.get_endpoint(silent_ep) is None
+        # The model stays registered (and known to the ledger) so scoring can bring it back.
+        assert ledger.get(MODEL, f"{silent_model}:1") is not None
+        assert ledger.get(ACTIVE, silent_model).get("endpoint") == silent_ep
+
+        assert called_record.state == "succeeded", called_record
+        assert statuses.count(200) >= 3, (statuses, last_error)
+        assert backend.get_endpoint(called_ep).state == "succeeded"
+        target = backend.get_scoring_target(called_ep)
+        assert _port_open(int(target.url.split(":")[2].split("/")[0]))
+
+        last = ledger.get(JANITOR, "last")
+        assert last.state == "done" and silent_ep not in (last.get("deleted") or [])  # later runs had nothing to delete
+        assert called_ep not in (last.get("deleted") or [])
+    finally:
+        backend.shutdown()
