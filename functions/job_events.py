@@ -1,5 +1,58 @@
-"""job_events trigger (under construction)."""
+"""Event Grid trigger: Azure ML job events -> register and deploy the fine-tuned model.
+
+The function name ``on_job_event`` is part of the Event Grid subscription's webhook URL
+(``...?functionName=on_job_event``): keep it stable.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
 
 import azure.functions as func
 
+from shared.deployment import handle_job_event
+
+log = logging.getLogger(__name__)
+
 bp = func.Blueprint()
+
+
+def event_envelope(event: Any) -> dict[str, Any]:
+    """The trigger's event object back as the envelope it was published as (either schema)."""
+    if isinstance(event, func.CloudEvent):
+        return {
+            "specversion": event.specversion,
+            "id": event.id,
+            "source": event.source,
+            "type": event.type,
+            "subject": event.subject,
+            "time": event.time.isoformat() if event.time else None,
+            "data": event.get_json(),
+        }
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "eventTime": event.event_time.isoformat() if event.event_time else None,
+        "dataVersion": event.data_version,
+        "data": event.get_json(),
+    }
+
+
+@bp.function_name("on_job_event")
+@bp.event_grid_trigger(arg_name="event")
+def on_job_event(event: func.EventGridEvent) -> None:
+    # Returning normally answers 200: events that are not ours or cannot be read are logged and
+    # dropped by handle_job_event. Transient backend/storage errors propagate so Event Grid retries.
+    outcome = handle_job_event(event_envelope(event))
+    log.info(
+        "on_job_event %s: %s (%s) job=%s model=%s endpoint=%s",
+        event.id,
+        outcome.action,
+        outcome.reason,
+        outcome.job_name,
+        outcome.model,
+        outcome.endpoint,
+    )

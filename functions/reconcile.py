@@ -1,5 +1,25 @@
-"""reconcile trigger (under construction)."""
+"""Timer trigger: finish what job events started or missed (lost events, deployments rolling out).
+
+Also run on demand by the local host: ``POST /admin/functions/reconcile``.
+"""
+
+from __future__ import annotations
+
+import logging
 
 import azure.functions as func
 
+from shared import deployment
+
+log = logging.getLogger(__name__)
+
 bp = func.Blueprint()
+
+
+@bp.function_name("reconcile")
+@bp.timer_trigger(schedule="%RECONCILE_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+def reconcile(timer: func.TimerRequest) -> None:
+    if timer.past_due:
+        log.info("reconcile is running late (past due)")
+    summary = deployment.reconcile()
+    log.info("reconcile summary: %s", summary)
