@@ -318,6 +318,27 @@ def run_host(app: str | func.FunctionApp = DEFAULT_APP, **options: Any) -> Itera
         host.stop()
 
 
+def _warm_backend_in_background(_host: Host) -> None:
+    """Warm the ML backend's clients off the request path, like a worker's first invocation would.
+
+    The Event Grid handler must answer within seconds; the local backend's first MLflow registry
+    access costs several seconds, so the CLI host pays it at start-up instead.
+    """
+
+    def warm() -> None:
+        try:
+            from shared.backends import get_backend
+
+            warm_up = getattr(get_backend(), "warm_up", None)
+            if warm_up is not None:
+                warm_up()
+                log.info("ML backend warmed up")
+        except Exception as exc:  # noqa: BLE001 - warming is an optimisation, never fatal
+            log.warning("could not warm up the ML backend: %s", exc)
+
+    threading.Thread(target=warm, name="warm-backend", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devhost.host", description="Serve the Function App locally (Core Tools stand-in)."
@@ -335,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    host = Host(args.app, host=args.host, port=args.port, poll_interval_s=args.poll_interval, host_json=args.host_json)
+    host = Host(args.app, host=args.host, port=args.port, poll_interval_s=args.poll_interval, host_json=args.host_json,
+                on_start=_warm_backend_in_background)
     try:
         host.start()
     except AzureError as exc:

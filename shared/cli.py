@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("input", help="chat data file (.jsonl, .jsonl.gz or .parquet)")
     prep.add_argument("--out-dir", required=True, help="folder for train.jsonl, test.jsonl and report.json")
     prep.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    prep.add_argument("--tokenizer", help="a Hugging Face tokenizer.json: adds token counts to the report's statistics")
 
     plan = sub.add_parser("plan", help="write the Azure ML pipeline job the app would submit, as YAML")
     plan.add_argument("--train", required=True, help="train file URI (azureml://..., https://... or a local path)")

@@ -1,0 +1,736 @@
+"""Chat data preparation: stream a file, validate every line, normalise, de-duplicate, split, report.
+
+Input: one conversation per line in the ultrachat_200k schema
+``{"prompt", "prompt_id", "messages": [{"role", "content"}, ...]}`` as ``.jsonl``, ``.jsonl.gz``
+or ``.parquet`` (rows instead of lines). Output: ``train.jsonl`` and ``test.jsonl`` in the schema
+the ``chat_completion_pipeline`` component reads (the same three keys, nothing else) and a
+report (counts, every bad line with its 1-based number, warnings, length statistics, decision).
+
+Memory stays flat whatever the file size: lines are read one at a time through a 1 MiB buffer
+(a line longer than ``MAX_LINE_BYTES`` is reported, not held), outputs are written as they go,
+and statistics are histograms. The one thing that grows is the de-duplication index: one
+16-byte digest and a line number per distinct conversation (about 120 bytes each, so
+~25 MB for ultrachat_200k's 208k train conversations).
+
+Everything here works on local files and binary streams; storage and the ledger live in
+``shared.datasets``. Nothing heavy is imported at module level (pyarrow only for parquet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import hashlib
+import io
+import logging
+import operator
+import queue
+import re
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# Suffix -> format. ".jsonl.gz" before ".jsonl"'s neighbours: matched by endswith.
+FORMATS: dict[str, str] = {".jsonl.gz": "jsonl.gz", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+ROLES = frozenset({"system", "user", "assistant"})
+CONVERSATION_KEYS = frozenset({"prompt", "prompt_id", "messages"})
+MESSAGE_KEYS = frozenset({"role", "content"})
+
+# A line longer than this is reported and skipped without being held in memory.
+MAX_LINE_BYTES = 8 << 20
+READ_BUFFER_BYTES = 1 << 20
+WRITE_BUFFER_BYTES = 1 << 20
+# Token statistics (when a tokenizer is given) are estimated on this many conversations.
+TOKEN_SAMPLE = 1000
+MAX_WARNING_KEYS = 50
+_UTF8_BOM = b"\xef\xbb\xbf"
+_JSON_POSITION = re.compile(r"line \d+ column (\d+) \(char \d+\)")
+
+# Error kinds: one per bad line (the first problem found), with its 1-based line number.
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+LINE_TOO_LONG = "line_too_long"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_MESSAGES = "missing_messages"
+MESSAGES_NOT_A_LIST = "messages_not_a_list"
+EMPTY_MESSAGES = "empty_messages"
+MESSAGE_NOT_AN_OBJECT = "message_not_an_object"
+MISSING_ROLE = "missing_role"
+UNKNOWN_ROLE = "unknown_role"
+MISSING_CONTENT = "missing_content"
+CONTENT_NOT_A_STRING = "content_not_a_string"
+EMPTY_CONTENT = "empty_content"
+SYSTEM_NOT_FIRST = "system_not_first"
+NO_USER_TURN = "no_user_turn"
+NO_ASSISTANT_TURN = "no_assistant_turn"
+INVALID_PROMPT = "invalid_prompt"
+INVALID_PROMPT_ID = "invalid_prompt_id"
+DUPLICATE = "duplicate"  # counted apart from the invalid lines: the data is fine, just repeated
+UNREADABLE_FILE = "unreadable_file"  # corrupt gzip/parquet: reading stops there
+
+ERROR_KINDS = (
+    INVALID_UTF8, INVALID_JSON, LINE_TOO_LONG, NOT_AN_OBJECT, MISSING_MESSAGES, MESSAGES_NOT_A_LIST,
+    EMPTY_MESSAGES, MESSAGE_NOT_AN_OBJECT, MISSING_ROLE, UNKNOWN_ROLE, MISSING_CONTENT,
+    CONTENT_NOT_A_STRING, EMPTY_CONTENT, SYSTEM_NOT_FIRST, NO_USER_TURN, NO_ASSISTANT_TURN,
+    INVALID_PROMPT, INVALID_PROMPT_ID, DUPLICATE, UNREADABLE_FILE,
+)
+
+
+def detect_format(name: str) -> str | None:
+    """The data format from a file or blob name, None when it is not chat data we read."""
+    lowered = name.lower()
+    for suffix, fmt in FORMATS.items():
+        if lowered.endswith(suffix):
+            return fmt
+    return None
+
+
+def strip_format_suffix(name: str) -> str:
+    lowered = name.lower()
+    for suffix in FORMATS:
+        if lowered.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+# --------------------------------------------------------------------------- streams
+
+
+class ChunkStream(io.RawIOBase):
+    """A readable raw stream over an iterator of byte chunks (e.g. a blob download's ``chunks()``)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class HashingReader(io.RawIOBase):
+    """Passes a binary stream through while computing its SHA-256 and size (the content identity).
+
+    The hashing runs on a helper thread (hashlib releases the GIL on large buffers), so on a
+    machine with a second core it costs the parsing thread only a copy of each chunk.
+    Use as a context manager, or call ``close()``: it stops the thread.
+    """
+
+    def __init__(self, source: BinaryIO):
+        self._source = source
+        self._readinto = getattr(source, "readinto", None)
+        self._sha256 = hashlib.sha256()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # bounded: at most ~8 MiB in flight
+        self._thread: threading.Thread | None = None
+        self._digest: str | None = None
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _hash_chunks(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._sha256.update(chunk)
+
+    def readinto(self, buffer: Any) -> int:
+        if self._readinto is not None:
+            n = self._readinto(buffer) or 0
+            chunk = bytes(memoryview(buffer)[:n]) if n else b""
+        else:  # streams without readinto
+            chunk = self._source.read(len(buffer))
+            n = len(chunk)
+            buffer[:n] = chunk
+        if n:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._hash_chunks, name="content-sha256", daemon=True)
+                self._thread.start()
+            self._chunks.put(chunk)
+            self.size += n
+        return n
+
+    def drain(self) -> None:
+        """Read (and hash) whatever the parser left unread, so the hash always covers the whole file."""
+        buffer = bytearray(READ_BUFFER_BYTES)
+        while self.readinto(buffer):
+            pass
+
+    def hexdigest(self) -> str:
+        """SHA-256 of everything read so far; ends the hashing thread (call after the last read)."""
+        if self._digest is None:
+            self._stop()
+            self._digest = self._sha256.hexdigest()
+        return self._digest
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._chunks.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+class Distribution:
+    """Streaming count / mean / min / max and quantiles, in constant memory.
+
+    Values below 128 are counted exactly; larger ones in buckets keeping their top 4 bits
+    (quantiles within about 6%), which costs a couple of integer operations per value.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0
+        self.min: int | None = None
+        self.max: int | None = None
+        self._buckets: dict[int, int] = {}
+
+    def add(self, value: int) -> None:
+        self.count += 1
+        self.total += value
+        if self.min is None:
+            self.min = self.max = value
+        elif value < self.min:
+            self.min = value
+        elif value > self.max:  # type: ignore[operator]
+            self.max = value
+        if value >= 128:
+            shift = value.bit_length() - 4
+            value = value >> shift << shift
+        self._buckets[value] = self._buckets.get(value, 0) + 1
+
+    def quantile(self, q: float) -> int | None:
+        if not self.count:
+            return None
+        rank = q * self.count
+        seen = 0
+        for bucket in sorted(self._buckets):
+            seen += self._buckets[bucket]
+            if seen >= rank:
+                if bucket >= 128:  # the middle of the bucket
+                    bucket += (1 << (bucket.bit_length() - 4)) // 2
+                return max(self.min or 0, min(self.max or 0, bucket))
+        return self.max
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.count:
+            return None
+        return {
+            "min": self.min, "mean": round(self.total / self.count, 1), "max": self.max,
+            "p50": self.quantile(0.5), "p90": self.quantile(0.9), "p99": self.quantile(0.99),
+            "total": self.total,
+        }
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__)
+
+
+class LineError(Exception):
+    """A line that cannot be used; ``kind`` is one of ERROR_KINDS."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+_get_role = operator.itemgetter("role")
+_get_content = operator.itemgetter("content")
+_strip = str.strip
+
+
+def normalise_conversation(obj: Any) -> tuple[str, str, list[dict[str, str]], int, bool, list[tuple[str, str]] | None]:
+    """Check one parsed conversation and return it normalised; raise LineError for the first problem.
+
+    Returns ``(prompt, prompt_id, messages, characters, canonical, unknown_keys)``:
+    ``canonical`` says the input already was exactly the output form (the line can be passed
+    through), ``unknown_keys`` lists dropped keys for the warnings (or None).
+
+    Normalisation: roles are lower-cased and stripped, content is stripped of surrounding
+    whitespace, unknown keys are dropped, a missing prompt is the first user turn and a missing
+    prompt_id is the SHA-256 hex of the prompt (ultrachat's own convention).
+    """
+    if type(obj) is not dict:
+        raise LineError(NOT_AN_OBJECT, f"a line must be a JSON object, got {_type_name(obj)}")
+    messages = obj.get("messages")
+    if type(messages) is not list or not messages:
+        if messages is None:
+            raise LineError(MISSING_MESSAGES, "no 'messages' list")
+        if type(messages) is not list:
+            raise LineError(MESSAGES_NOT_A_LIST, f"'messages' must be a list, got {_type_name(messages)}")
+        raise LineError(EMPTY_MESSAGES, "'messages' is empty")
+    unknown: list[tuple[str, str]] | None = None
+    # Fast path: a conversation already in normal form (the common case) is checked with
+    # C-level passes over the message list and used as it is. Anything unusual (a failed
+    # check, an exception) falls through to the full check, which names the problem.
+    normal = False
+    try:
+        roles = list(map(_get_role, messages))
+        contents = list(map(_get_content, messages))
+        # str.strip returns the very same object when there is nothing to strip, so the list
+        # compares by identity: "already stripped" costs no string comparison.
+        normal = (list(map(_strip, contents)) == contents and "" not in contents
+                  and ROLES.issuperset(roles) and "assistant" in roles and "user" in roles
+                  and ((systems := roles.count("system")) == 0 or (systems == 1 and roles[0] == "system"))
+                  and set(map(len, messages)) == {2})
+    except (TypeError, KeyError):  # a message that is not an object, a missing key, an unhashable role...
+        normal = False
+    if normal:
+        messages_out = messages
+        chars = sum(map(len, contents))
+    else:
+        messages_out, chars, unknown = _normalise_messages(messages)
+    canonical = normal
+    if len(obj) != 3 or not obj.keys() <= CONVERSATION_KEYS:
+        canonical = False
+        if not obj.keys() <= CONVERSATION_KEYS:
+            unknown = [("conversation", str(k)) for k in obj if k not in CONVERSATION_KEYS] + (unknown or [])
+    prompt = obj.get("prompt")
+    if type(prompt) is not str or not prompt or prompt.isspace():
+        if prompt is not None and type(prompt) is not str:
+            raise LineError(INVALID_PROMPT, f"'prompt' must be a string, got {_type_name(prompt)}")
+        prompt = next(m["content"] for m in messages_out if m["role"] == "user")
+        canonical = False
+    prompt_id = obj.get("prompt_id")
+    if type(prompt_id) is not str or not prompt_id:
+        if prompt_id is not None and type(prompt_id) is not str:
+            raise LineError(INVALID_PROMPT_ID, f"'prompt_id' must be a string, got {_type_name(prompt_id)}")
+        prompt_id = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
+        canonical = False
+    return prompt, prompt_id, messages_out, chars, canonical, unknown
+
+
+def _normalise_messages(messages: list[Any]) -> tuple[list[dict[str, str]], int, list[tuple[str, str]] | None]:
+    """The full check of a message list, naming the first problem; builds normalised messages."""
+    out: list[dict[str, str]] = []
+    unknown: list[tuple[str, str]] = []
+    has_user = has_assistant = False
+    chars = 0
+    for index, message in enumerate(messages, 1):
+        if type(message) is not dict:
+            raise LineError(MESSAGE_NOT_AN_OBJECT, f"message {index} must be an object, got {_type_name(message)}")
+        role = message.get("role")
+        content = message.get("content")
+        if type(role) is not str or role not in ROLES:
+            if role is None:
+                raise LineError(MISSING_ROLE, f"message {index} has no 'role'")
+            normalised = role.strip().lower() if type(role) is str else None
+            if normalised not in ROLES:
+                raise LineError(UNKNOWN_ROLE, f"message {index}: role {_short(role)} is not one of system, user, assistant")
+            role = normalised
+        if type(content) is not str:
+            if content is None:
+                raise LineError(MISSING_CONTENT, f"message {index} ({role}) has no 'content'")
+            raise LineError(CONTENT_NOT_A_STRING, f"message {index} ({role}): content must be a string, got {_type_name(content)}")
+        stripped = content.strip()
+        if not stripped:
+            raise LineError(EMPTY_CONTENT, f"message {index} ({role}) has empty content")
+        if role == "assistant":
+            has_assistant = True
+        elif role == "user":
+            has_user = True
+        elif index != 1:
+            raise LineError(SYSTEM_NOT_FIRST, f"message {index} is a system message; only the first may be")
+        if len(message) > 2:
+            unknown.extend(("message", str(k)) for k in message if k not in MESSAGE_KEYS)
+        chars += len(stripped)
+        out.append({"role": role, "content": stripped})
+    if not has_user:
+        raise LineError(NO_USER_TURN, "no user message")
+    if not has_assistant:
+        raise LineError(NO_ASSISTANT_TURN, "no assistant message")
+    return out, chars, unknown or None
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """Result of one preparation: where the outputs are, the report, and the input's identity."""
+
+    report: dict[str, Any]
+    content_sha256: str
+    size_bytes: int
+    train_path: Path
+    test_path: Path
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.report["decision"]["accepted"])
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.report["counts"]
+
+
+class _Preparation:
+    """State of one pass: counters, dedup index, statistics, and the two open output files."""
+
+    def __init__(self, settings: Settings, train: BinaryIO, test: BinaryIO,
+                 token_counter: Callable[[list[dict[str, str]]], int] | None):
+        self.settings = settings
+        self.train = train
+        self.test = test
+        self.token_counter = token_counter
+        self.test_below = int(settings.test_fraction * (1 << 32))  # on the conversation's CRC-32
+        self.seen: dict[int, int] = {}  # conversation hash -> line it was first seen on
+        self.lines = 0
+        self.blank = 0
+        self.valid = 0
+        self.duplicates = 0
+        self.invalid: dict[str, int] = {}
+        self.n_train = 0
+        self.n_test = 0
+        self.train_bytes = 0
+        self.last_train_offset = 0
+        self.errors: list[dict[str, Any]] = []
+        self.errors_omitted = 0
+        self.warnings: dict[tuple[str, str], dict[str, Any]] = {}
+        self.warnings_omitted = 0
+        self.messages = Distribution()
+        self.chars = Distribution()
+        self.tokens = Distribution()
+        self.unreadable: str | None = None
+
+    def error(self, line: int, kind: str, message: str) -> None:
+        if kind == DUPLICATE:
+            self.duplicates += 1
+        else:
+            self.invalid[kind] = self.invalid.get(kind, 0) + 1
+        if len(self.errors) < self.settings.report_error_cap:
+            self.errors.append({"line": line, "kind": kind, "message": message})
+        else:
+            self.errors_omitted += 1
+
+    def warn_unknown(self, line: int, unknown: list[tuple[str, str]]) -> None:
+        for where, key in unknown:
+            entry = self.warnings.get((where, key))
+            if entry is not None:
+                entry["count"] += 1
+            elif len(self.warnings) < MAX_WARNING_KEYS:
+                self.warnings[(where, key)] = {
+                    "kind": "unknown_key", "where": where, "key": key[:100], "count": 1, "first_line": line,
+                    "message": f"unknown {where} key {_short(key)} dropped from the output"}
+            else:
+                self.warnings_omitted += 1
+
+    def add(self, line: int, obj: Any, raw: bytes | None = None) -> None:
+        """One parsed conversation (and its raw line, if any): validate, de-duplicate, write to its split."""
+        try:
+            prompt, prompt_id, messages, chars, canonical, unknown = normalise_conversation(obj)
+        except LineError as exc:
+            self.error(line, exc.kind, exc.message)
+            return
+        if unknown:
+            self.warn_unknown(line, unknown)
+        # The normalised conversation as bytes: sorted keys, so equal conversations give equal
+        # bytes whatever the input's key order, spacing or escapes.
+        body = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+        # Dedup key: the interpreter's keyed 64-bit hash of those bytes (fast, not forgeable from
+        # outside, stable within this run, which is all de-duplication needs).
+        first = self.seen.setdefault(hash(body), line)
+        if first != line:
+            self.error(line, DUPLICATE, f"same conversation as line {first}")
+            return
+        self.valid += 1
+        if canonical and raw is not None:
+            # Already exactly the output form: pass the line through instead of re-serialising it.
+            record = raw if raw[-1:] == b"\n" and raw[-2:] != b"\r\n" else raw.rstrip(b"\r\n") + b"\n"
+        else:
+            record = b"".join((b'{"prompt":', orjson.dumps(prompt), b',"prompt_id":', orjson.dumps(prompt_id),
+                               b',"messages":', body, b"}\n"))
+        # Split key: CRC-32 of the normalised conversation, stable across runs, machines and
+        # input formats, so re-preparing the same data gives the same split.
+        if zlib.crc32(body) < self.test_below:
+            self.test.write(record)
+            self.n_test += 1
+        else:
+            self.train.write(record)
+            self.last_train_offset = self.train_bytes
+            self.train_bytes += len(record)
+            self.n_train += 1
+        self.messages.add(len(messages))
+        self.chars.add(chars)
+        if self.token_counter is not None and self.tokens.count < TOKEN_SAMPLE:
+            self.tokens.add(self.token_counter(messages))
+
+    def add_line(self, line: int, raw: bytes) -> None:
+        """One raw JSONL line (bytes, newline included)."""
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                self.error(line, INVALID_UTF8, f"bytes are not UTF-8 (byte {bad.start + 1} of the line: {bad.reason})")
+                return
+            # orjson counts the trailing newline as a line of its own: say "column" only.
+            message = _JSON_POSITION.sub(r"column \1", str(exc))[:160]
+            self.error(line, INVALID_JSON, f"not valid JSON: {message}")
+            return
+        self.add(line, obj, raw)
+
+    def read_jsonl(self, stream: BinaryIO) -> None:
+        readline = functools.partial(stream.readline, MAX_LINE_BYTES + 1)
+        add_line = self.add_line
+        line = 0
+        for raw in iter(readline, b""):
+            line += 1
+            self.lines = line  # kept current: a corrupt gzip stops the loop and is reported at the next line
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                skipped = len(raw)
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the line in bounded pieces
+                    raw = readline()
+                    skipped += len(raw)
+                self.error(line, LINE_TOO_LONG, f"line is {skipped} bytes, more than the {MAX_LINE_BYTES} allowed")
+                continue
+            if line == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[3:]
+            if raw.isspace():
+                self.blank += 1
+                continue
+            add_line(line, raw)
+
+    def read_parquet(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        row = 0
+        parquet = pq.ParquetFile(path, buffer_size=READ_BUFFER_BYTES)
+        for batch in parquet.iter_batches(batch_size=256):
+            for obj in batch.to_pylist():
+                row += 1
+                self.add(row, obj)
+            self.lines = row
+
+    def ensure_test_split(self) -> None:
+        """A tiny dataset can hash every conversation into train: move the last one to test.
+
+        Deterministic (depends only on the content), so re-preparing gives the same split.
+        """
+        if self.n_test or self.n_train < 2:
+            return
+        self.train.flush()
+        self.train.seek(self.last_train_offset)
+        last = self.train.read()
+        self.train.seek(self.last_train_offset)
+        self.train.truncate()
+        self.test.write(last)
+        self.n_train -= 1
+        self.n_test += 1
+
+    def report(self, source: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
+        s = self.settings
+        invalid = sum(self.invalid.values())
+        considered = self.valid + invalid + self.duplicates
+        share = invalid / considered if considered else 0.0
+        reasons: list[str] = []
+        if self.unreadable:
+            reasons.append(f"the file could not be read to the end: {self.unreadable}")
+        if self.valid < s.min_valid_examples:
+            reasons.append(f"{self.valid} valid conversations, fewer than the minimum of {s.min_valid_examples}")
+        if share > s.max_invalid_share:
+            reasons.append(f"{invalid} of {considered} lines are invalid ({share:.1%}), above the maximum of {s.max_invalid_share:.1%}")
+        if self.valid and (not self.n_train or not self.n_test):
+            reasons.append("too few conversations for both a train and a test split")
+        accepted = not reasons
+        if accepted:
+            reasons = [f"{self.valid} valid conversations (minimum {s.min_valid_examples})",
+                       f"{share:.1%} invalid lines (maximum {s.max_invalid_share:.1%})"]
+        warnings = sorted(self.warnings.values(), key=lambda w: w["first_line"])
+        tokens = self.tokens.summary()
+        return {
+            "source": source,
+            "counts": {
+                "lines": self.lines,
+                "blank_lines": self.blank,
+                "valid": self.valid,
+                "invalid": invalid,
+                "invalid_by_kind": dict(sorted(self.invalid.items())),
+                "duplicates": self.duplicates,
+                "train": self.n_train,
+                "test": self.n_test,
+            },
+            "errors": self.errors,
+            "errors_omitted": self.errors_omitted,
+            "warnings": warnings,
+            "warnings_omitted": self.warnings_omitted,
+            "stats": {
+                "messages_per_conversation": self.messages.summary(),
+                "characters_per_conversation": self.chars.summary(),
+                "tokens_per_conversation": tokens,
+                "tokens_note": (f"estimated on the first {self.tokens.count} valid conversations (content only, no chat template)"
+                                if tokens else "no tokenizer configured: token counts not computed"),
+            },
+            "decision": {"accepted": accepted, "reasons": reasons},
+            "policy": {"min_valid_examples": s.min_valid_examples, "max_invalid_share": s.max_invalid_share,
+                       "test_fraction": s.test_fraction},
+            "elapsed_s": round(elapsed_s, 3),
+        }
+
+
+def prepare_stream(source: BinaryIO, fmt: str, out_dir: Path, settings: Settings | None = None, *,
+                   source_name: str = "", token_counter: Callable[[list[dict[str, str]]], int] | None = None,
+                   ) -> PreparedData:
+    """Prepare a raw binary stream of ``fmt`` into ``out_dir``/{train,test}.jsonl.
+
+    The stream is read once; its SHA-256 (of the raw bytes, compressed or not) identifies the
+    content. Bad data never raises: it ends up in the report. Errors of the stream itself
+    (network, disk) do raise, so callers can retry.
+    """
+    s = settings or get_settings()
+    if fmt not in FORMATS.values():
+        raise ValueError(f"unsupported format {fmt!r}")
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_path, test_path = out_dir / "train.jsonl", out_dir / "test.jsonl"
+    hashing = HashingReader(source)
+    with hashing, open(train_path, "w+b", buffering=WRITE_BUFFER_BYTES) as train, \
+            open(test_path, "wb", buffering=WRITE_BUFFER_BYTES) as test:
+        prep = _Preparation(s, train, test, token_counter)
+        if fmt == "parquet":
+            # pyarrow needs a seekable file: spool the stream to disk (hashing it on the way).
+            spool = out_dir / ".source.parquet"
+            try:
+                with open(spool, "wb") as f:
+                    chunk = bytearray(READ_BUFFER_BYTES)
+                    view = memoryview(chunk)
+                    while n := hashing.readinto(chunk):
+                        f.write(view[:n])
+                _read_guarded(prep, lambda: prep.read_parquet(spool))
+            finally:
+                spool.unlink(missing_ok=True)
+        else:
+            buffered = io.BufferedReader(hashing, READ_BUFFER_BYTES)
+            if fmt == "jsonl.gz":
+                reader: BinaryIO = io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), READ_BUFFER_BYTES)  # type: ignore[arg-type]
+            else:
+                reader = buffered
+            _read_guarded(prep, lambda: prep.read_jsonl(reader))
+        # Whatever the parser did not consume (after a corrupt gzip member) still counts in the hash.
+        hashing.drain()
+        prep.ensure_test_split()
+        source_info = {"name": source_name, "format": fmt, "bytes": hashing.size, "sha256": hashing.hexdigest(),
+                       "line_unit": "row" if fmt == "parquet" else "line"}
+        report = prep.report(source_info, time.perf_counter() - started)
+    log.info("prepared %s: %d lines, %d valid, %d invalid, %d duplicates, accepted=%s", source_name or fmt,
+             prep.lines, prep.valid, sum(prep.invalid.values()), prep.duplicates, report["decision"]["accepted"])
+    return PreparedData(report, source_info["sha256"], hashing.size, train_path, test_path)
+
+
+def _read_guarded(prep: _Preparation, read: Callable[[], None]) -> None:
+    """Run the reader; a corrupt file (bad gzip, bad parquet) is a data problem, not a crash."""
+    try:
+        read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        _unreadable(prep, f"corrupt or truncated gzip data ({exc})")
+    except Exception as exc:
+        if type(exc).__module__.startswith("pyarrow"):
+            _unreadable(prep, f"unreadable parquet ({exc})")
+        else:
+            raise
+
+
+def _unreadable(prep: _Preparation, message: str) -> None:
+    prep.unreadable = message
+    prep.error(prep.lines + 1, UNREADABLE_FILE, message)
+
+
+def prepare_file(path: Path, out_dir: Path, settings: Settings | None = None, *,
+                 token_counter: Callable[[list[dict[str, str]]], int] | None = None) -> PreparedData:
+    """Prepare a local file into ``out_dir`` (train.jsonl, test.jsonl, report.json)."""
+    fmt = detect_format(path.name)
+    if fmt is None:
+        raise ValueError(f"{path.name}: not a chat data file (expected {', '.join(FORMATS)})")
+    with open(path, "rb", buffering=0) as f:
+        prepared = prepare_stream(f, fmt, out_dir, settings, source_name=path.name, token_counter=token_counter)  # type: ignore[arg-type]
+    (out_dir / "report.json").write_bytes(orjson.dumps(prepared.report, option=orjson.OPT_INDENT_2))
+    return prepared
+
+
+def tokenizer_counter(tokenizer_file: str) -> Callable[[list[dict[str, str]]], int]:
+    """Token counter from a Hugging Face ``tokenizer.json`` (``tokenizers`` imported only here)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(tokenizer_file)
+
+    def count(messages: list[dict[str, str]]) -> int:
+        return sum(len(e.ids) for e in tokenizer.encode_batch([m["content"] for m in messages], add_special_tokens=False))
+
+    return count
+
+
+def iter_errors(report: dict[str, Any]) -> Iterator[str]:
+    for err in report.get("errors", []):
+        yield f"line {err['line']}: {err['kind']}: {err['message']}"
+
+
+def cli_prepare(args: Any) -> int:
+    """``python -m shared.cli prepare INPUT --out-dir DIR``: 0 accepted, 2 rejected, 1 unusable input."""
+    path = Path(args.input)
+    out_dir = Path(args.out_dir)
+    quiet = getattr(args, "quiet", False)
+    if not path.is_file():
+        print(f"{path}: no such file", file=sys.stderr)
+        return 1
+    if detect_format(path.name) is None:
+        print(f"{path.name}: not a chat data file (expected {', '.join(FORMATS)})", file=sys.stderr)
+        return 1
+    tokenizer = getattr(args, "tokenizer", None)
+    counter = tokenizer_counter(tokenizer) if tokenizer else None
+    prepared = prepare_file(path, out_dir, get_settings(), token_counter=counter)
+    report = prepared.report
+    if not quiet:
+        c = report["counts"]
+        print(f"{path.name}: {c['lines']} lines, {c['valid']} valid, {c['invalid']} invalid, "
+              f"{c['duplicates']} duplicates, {c['blank_lines']} blank -> train {c['train']}, test {c['test']}")
+        for kind, n in c["invalid_by_kind"].items():
+            print(f"  {kind}: {n}")
+        for text in list(iter_errors(report))[:10]:
+            print(f"  {text}")
+        shown = min(10, len(report["errors"]))
+        more = len(report["errors"]) - shown + report["errors_omitted"]
+        if more:
+            print(f"  ... and {more} more (see report.json)")
+        for w in report["warnings"][:5]:
+            print(f"  warning: {w['message']} ({w['count']} times, first on line {w['first_line']})")
+        decision = "ACCEPTED" if prepared.accepted else "REJECTED"
+        print(f"{decision}: " + "; ".join(report["decision"]["reasons"]))
+        print(f"wrote {out_dir / 'train.jsonl'}, {out_dir / 'test.jsonl'}, {out_dir / 'report.json'}")
+    return 0 if prepared.accepted else 2

@@ -1,0 +1,240 @@
+"""An uploaded chat data blob becomes a prepared dataset and, when accepted, a fine-tuning job.
+
+The flow for one blob (``prepare_uploaded_blob``), safe to run any number of times for the
+same upload (blob triggers deliver at least once; a host restart replays them):
+
+1. Stream the blob through ``shared.chat_data`` into local spool files, hashing the raw bytes.
+2. The dataset id is the sanitised blob name plus the content hash, so the same content is the
+   same dataset and changed content is a new dataset version. The raw upload is only read.
+3. ``dataset/<id>`` is created "received" (or found as an earlier delivery left it). While it
+   is "received", the outputs are uploaded to ``<prepared>/datasets/<id>/`` (deterministic
+   bytes: overwriting after a crash is harmless) and the record moves to "accepted" or
+   "rejected" exactly once (ETag-conditional).
+4. An accepted dataset is submitted once: a delivery claims the submission with a conditional
+   write, submits through the ML backend, records ``job/<name>`` "submitted" and moves the
+   dataset to "submitted". A claim left by a crashed delivery expires after
+   ``SUBMIT_CLAIM_LEASE`` so a later delivery (or ``submit_pending_datasets``) finishes it.
+
+Only infrastructure errors raise (so the host retries, then poisons); bad data is an outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import tempfile
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest, MLBackend
+from shared.chat_data import ChunkStream, PreparedData, detect_format, prepare_stream, strip_format_suffix
+from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, utcnow
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobClient, ContainerClient
+
+log = logging.getLogger(__name__)
+
+# Dataset states (see the ledger conventions).
+RECEIVED, ACCEPTED, REJECTED, SUBMITTED = "received", "accepted", "rejected", "submitted"
+DATASET_TAG = "dataset-id"
+SOURCE_BLOB_TAG = "source-blob"
+# A submission claimed longer ago than this is taken to have died with its worker. Far longer
+# than any submit call takes, so two live deliveries never both submit.
+SUBMIT_CLAIM_LEASE = timedelta(minutes=15)
+UPLOAD_BLOCK_BYTES = 4 << 20
+_MAX_STEM = 48
+_NOT_ID_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetOutcome:
+    """What one delivery did. ``status``: ignored, missing, rejected, submitted, already_rejected,
+    already_submitted, submission_in_progress."""
+
+    status: str
+    blob_name: str
+    dataset_id: str | None = None
+    job_name: str | None = None
+    reasons: tuple[str, ...] = ()
+    counts: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def dataset_id_for(blob_name: str, content_sha256: str) -> str:
+    """``<sanitised name>-<first 16 hex of the content hash>``: lowercase letters, digits, hyphens.
+
+    Blob names are untrusted: every character outside [a-z0-9] (slashes, backslashes, dots,
+    control characters) becomes a hyphen, so the id can never escape ``datasets/<id>/`` and is
+    a valid ledger key, Azure ML tag value and path segment.
+    """
+    stem = _NOT_ID_CHARS.sub("-", strip_format_suffix(blob_name).lower()).strip("-")
+    stem = stem[-_MAX_STEM:].strip("-") or "dataset"  # keep the end: the file name says the most
+    return f"{stem}-{content_sha256[:16]}"
+
+
+def dataset_prefix(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}/"
+
+
+def prepare_uploaded_blob(blob: BlobClient, settings: Settings | None = None, *, ledger: Ledger | None = None,
+                          backend: MLBackend | None = None) -> DatasetOutcome:
+    """Prepare the uploaded blob, record it, and submit a fine-tune when it is accepted (idempotent)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    s = settings or get_settings()
+    name = blob.blob_name
+    fmt = detect_format(name)
+    if fmt is None:
+        return DatasetOutcome("ignored", name)
+    with tempfile.TemporaryDirectory(prefix="prepare-chat-data-") as tmp:
+        try:
+            downloader = blob.download_blob()
+        except ResourceNotFoundError:
+            return DatasetOutcome("missing", name)
+        # chunks() streams the blob in pieces (pinned to the version it started on): never readall.
+        prepared = prepare_stream(ChunkStream(downloader.chunks()), fmt, Path(tmp), s, source_name=name)  # type: ignore[arg-type]
+        dataset_id = dataset_id_for(name, prepared.content_sha256)
+        ledger = ledger or Ledger.from_settings(s)
+        return _record_prepared(s, ledger, backend, name, dataset_id, prepared)
+
+
+def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blob_name: str, dataset_id: str,
+                     prepared: PreparedData) -> DatasetOutcome:
+    prefix = dataset_prefix(dataset_id)
+    record = ledger.get(DATASET, dataset_id)
+    if record is None:
+        record = ledger.create(
+            DATASET, dataset_id, RECEIVED, blob_name=blob_name, content_sha256=prepared.content_sha256,
+            size_bytes=prepared.size_bytes, format=prepared.report["source"]["format"], prefix=prefix,
+        ) or ledger.get(DATASET, dataset_id)
+        if record is None:
+            raise ConflictError(f"dataset/{dataset_id} vanished while being created")
+    decided_now = False
+    if record.state == RECEIVED:
+        report = {**prepared.report, "dataset": {"id": dataset_id, "prefix": prefix, "blob_name": blob_name}}
+        blobs = _upload_outputs(s, prefix, prepared, report)
+        if prepared.accepted:
+            moved = ledger.transition(DATASET, dataset_id, [RECEIVED], ACCEPTED, counts=prepared.counts, **blobs)
+        else:
+            moved = ledger.transition(DATASET, dataset_id, [RECEIVED], REJECTED, counts=prepared.counts,
+                                      report_blob=blobs["report_blob"], error="; ".join(prepared.report["decision"]["reasons"]))
+        decided_now = moved is not None
+        record = moved or ledger.get(DATASET, dataset_id) or record
+        log.info("dataset %s: %s (%d valid, %d invalid, %d duplicates)", dataset_id, record.state,
+                 prepared.counts["valid"], prepared.counts["invalid"], prepared.counts["duplicates"])
+    reasons = tuple(prepared.report["decision"]["reasons"])
+    if record.state == REJECTED:
+        return DatasetOutcome("rejected" if decided_now else "already_rejected", blob_name, dataset_id,
+                              reasons=reasons, counts=prepared.counts)
+    outcome = submit_accepted_dataset(dataset_id, s, ledger=ledger, backend=backend)
+    return dataclasses.replace(outcome, blob_name=blob_name, reasons=reasons, counts=prepared.counts)
+
+
+def _upload_outputs(s: Settings, prefix: str, prepared: PreparedData, report: dict[str, Any]) -> dict[str, str]:
+    """Upload report (always) and train/test (when accepted) under the dataset's prefix."""
+    from azure.storage.blob import ContentSettings
+
+    from shared.storage import blob_service
+
+    container = blob_service(s).get_container_client(s.prepared_container)
+    blobs = {"report_blob": prefix + "report.json"}
+    if prepared.accepted:
+        blobs["train_blob"] = prefix + "train.jsonl"
+        blobs["test_blob"] = prefix + "test.jsonl"
+        _upload_file(container, blobs["train_blob"], prepared.train_path)
+        _upload_file(container, blobs["test_blob"], prepared.test_path)
+    container.upload_blob(blobs["report_blob"], orjson.dumps(report, option=orjson.OPT_INDENT_2), overwrite=True,
+                          content_settings=ContentSettings(content_type="application/json"))
+    return blobs
+
+
+def _upload_file(container: ContainerClient, name: str, path: Path) -> None:
+    """Upload a spool file block by block (memory stays at one block whatever the file size)."""
+    from azure.storage.blob import BlobBlock, ContentSettings
+
+    content = ContentSettings(content_type="application/jsonl")
+    blob = container.get_blob_client(name)
+    if path.stat().st_size <= UPLOAD_BLOCK_BYTES:
+        blob.upload_blob(path.read_bytes(), overwrite=True, content_settings=content)
+        return
+    blocks = []
+    with open(path, "rb") as f:
+        while chunk := f.read(UPLOAD_BLOCK_BYTES):
+            block_id = f"{len(blocks):08d}"
+            blob.stage_block(block_id, chunk)
+            blocks.append(BlobBlock(block_id=block_id))
+    blob.commit_block_list(blocks, content_settings=content)
+
+
+def submit_accepted_dataset(dataset_id: str, settings: Settings | None = None, *, ledger: Ledger | None = None,
+                            backend: MLBackend | None = None) -> DatasetOutcome:
+    """Submit the fine-tune for an accepted dataset, exactly once across deliveries and workers."""
+    s = settings or get_settings()
+    ledger = ledger or Ledger.from_settings(s)
+    claim = uuid.uuid4().hex
+    for _ in range(10):
+        record = ledger.get(DATASET, dataset_id)
+        if record is None:
+            raise LookupError(f"dataset/{dataset_id} is not in the ledger")
+        blob_name = record.get("blob_name", "")
+        if record.state == SUBMITTED:
+            return DatasetOutcome("already_submitted", blob_name, dataset_id, job_name=record.get("job_name"))
+        if record.state != ACCEPTED:
+            return DatasetOutcome(f"already_{record.state}", blob_name, dataset_id)
+        if _claim_is_live(record):
+            return DatasetOutcome("submission_in_progress", blob_name, dataset_id)
+        try:
+            record = ledger.update(record, submit_claim=claim, submit_claimed_at=iso(utcnow()))
+        except ConflictError:
+            continue  # somebody else moved first: look again
+        return _submit(s, ledger, backend, record, claim)
+    raise ConflictError(f"dataset/{dataset_id}: too much contention to claim the submission")
+
+
+def _claim_is_live(record: Record) -> bool:
+    claimed_at = parse_iso(record.get("submit_claimed_at"))
+    return bool(record.get("submit_claim")) and claimed_at is not None and utcnow() - claimed_at < SUBMIT_CLAIM_LEASE
+
+
+def _submit(s: Settings, ledger: Ledger, backend: MLBackend | None, record: Record, claim: str) -> DatasetOutcome:
+    from shared.backends import get_backend
+
+    dataset_id = record.id
+    blob_name = record.get("blob_name", "")
+    backend = backend or get_backend(s)
+    tags = {MANAGED_BY_TAG: MANAGED_BY_VALUE, DATASET_TAG: dataset_id, SOURCE_BLOB_TAG: blob_name[:256]}
+    request = FineTuneRequest(dataset_id=dataset_id, train_blob=record.get("train_blob"), test_blob=record.get("test_blob"),
+                              model_name=s.model_name, tags=tags, params=dict(s.finetune_params))
+    try:
+        job_name = backend.submit_finetune(request)
+    except Exception as exc:
+        # Release the claim so the retry (host redelivery or the reconcile timer) can submit.
+        ledger.merge(DATASET, dataset_id, submit_claim=None, submit_claimed_at=None, error=f"submission failed: {exc}"[:500])
+        raise
+    ledger.create(JOB, job_name, SUBMITTED, dataset_id=dataset_id, model_name=s.model_name, base_model=s.base_model_name,
+                  backend=getattr(backend, "name", s.ml_backend), tags=tags, submitted_at=iso(utcnow()),
+                  train_blob=request.train_blob, test_blob=request.test_blob)
+    moved = ledger.transition(DATASET, dataset_id, [ACCEPTED], SUBMITTED, job_name=job_name,
+                              submitted_at=iso(utcnow()), submit_claim=None, error=None)
+    if moved is None:  # cannot happen while our claim is live; say so loudly if it does
+        log.warning("dataset %s left 'accepted' while job %s was being submitted (claim %s)", dataset_id, job_name, claim)
+    log.info("dataset %s submitted as job %s (model %s)", dataset_id, job_name, s.model_name)
+    return DatasetOutcome("submitted", blob_name, dataset_id, job_name=job_name)
+
+
+def submit_pending_datasets(settings: Settings | None = None, *, ledger: Ledger | None = None,
+                            backend: MLBackend | None = None) -> list[DatasetOutcome]:
+    """Finish submissions a crashed delivery left behind (accepted, no live claim). For the reconcile timer."""
+    s = settings or get_settings()
+    ledger = ledger or Ledger.from_settings(s)
+    outcomes = []
+    for record in ledger.list(DATASET, [ACCEPTED]):
+        if not _claim_is_live(record):
+            outcomes.append(submit_accepted_dataset(record.id, s, ledger=ledger, backend=backend))
+    return outcomes

@@ -1,0 +1,260 @@
+"""The prepare_chat_data blob trigger, called as the host calls it: a real BlobClient to Azurite.
+
+Submission goes through the ML backend interface to a small recording backend installed with
+``use_backend``; the ledger and the prepared container are real (Azurite).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.storage.blob import BlobClient
+
+from functions import prepare_chat_data
+from shared.backends import use_backend
+from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError, FineTuneRequest
+from shared.datasets import SUBMIT_CLAIM_LEASE, dataset_id_for, submit_pending_datasets
+from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
+from shared.settings import Settings
+from shared.storage import blob_service
+
+pytestmark = pytest.mark.storage
+
+
+class RecordingBackend:
+    """Records fine-tune submissions; can be told to fail the next N submissions."""
+
+    name = "recording"
+
+    def __init__(self, fail_next: int = 0):
+        self.requests: list[FineTuneRequest] = []
+        self.fail_next = fail_next
+
+    @property
+    def workspace_id(self) -> str:
+        return "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/recording"
+
+    def submit_finetune(self, request: FineTuneRequest) -> str:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise BackendError("workspace unavailable (503)")
+        self.requests.append(request)
+        return f"ftjob-{len(self.requests):03d}"
+
+    def __getattr__(self, name: str) -> Any:  # every other backend operation is out of scope here
+        raise NotImplementedError(name)
+
+
+def conv(i: int) -> bytes:
+    prompt = f"What is {i} plus {i}?"
+    return json.dumps({"prompt": prompt, "prompt_id": hashlib.sha256(prompt.encode()).hexdigest(),
+                       "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"{2 * i}, arr!"}]}).encode() + b"\n"
+
+
+GOOD = b"".join(conv(i) for i in range(60)) + b"not json\n"
+MOSTLY_BAD = b"".join(conv(i) for i in range(10)) + b"{broken\n" * 30
+
+
+@pytest.fixture
+def backend(storage_settings: Settings) -> RecordingBackend:
+    b = RecordingBackend()
+    use_backend(b, storage_settings)  # type: ignore[arg-type]
+    return b
+
+
+@pytest.fixture
+def trigger() -> Callable[[BlobClient], None]:
+    """The decorated function itself, as indexed from a FunctionApp (what the host calls)."""
+    app = func.FunctionApp()
+    app.register_functions(prepare_chat_data.bp)
+    (fn,) = [f for f in app.get_functions() if f.get_function_name() == "prepare_chat_data"]
+    return fn.get_user_function()
+
+
+def upload(s: Settings, name: str, data: bytes, *, small_chunks: bool = False) -> BlobClient:
+    blob_service(s).get_blob_client(s.chat_data_container, name).upload_blob(data, overwrite=True)
+    if small_chunks:  # make the download come in many pieces, as a large blob would
+        return BlobClient.from_connection_string(s.storage_connection, s.chat_data_container, name,
+                                                 max_single_get_size=1024, max_chunk_get_size=1024)
+    return blob_service(s).get_blob_client(s.chat_data_container, name)
+
+
+def prepared_blob(s: Settings, name: str) -> bytes:
+    return blob_service(s).get_blob_client(s.prepared_container, name).download_blob().readall()
+
+
+def test_function_binding_is_event_grid_blob_trigger_with_sdk_type() -> None:
+    import function_app
+
+    (fn,) = [f for f in function_app.app.get_functions() if f.get_function_name() == "prepare_chat_data"]
+    (binding,) = json.loads(fn.get_function_json())["bindings"]
+    assert binding == {"direction": "IN", "type": "blobTrigger", "name": "client", "path": "%CHAT_DATA_CONTAINER%/{name}",
+                       "connection": "AzureWebJobsStorage", "source": "EventGrid"}
+    import azurefunctions.extensions.bindings.blob as blob
+
+    assert fn.get_user_function().__annotations__["client"] is blob.BlobClient
+
+
+def test_upload_is_prepared_recorded_and_submitted_once(storage_settings: Settings, backend: RecordingBackend, trigger) -> None:
+    s = storage_settings
+    client = upload(s, "team/chat data.jsonl", GOOD, small_chunks=True)
+    raw_etag = client.get_blob_properties().etag
+    trigger(client)
+
+    dataset_id = dataset_id_for("team/chat data.jsonl", hashlib.sha256(GOOD).hexdigest())
+    assert re.fullmatch(r"team-chat-data-[0-9a-f]{16}", dataset_id)
+    ledger = Ledger.from_settings(s)
+    record = ledger.get(DATASET, dataset_id)
+    assert record is not None and record.state == "submitted"
+    assert record.get("job_name") == "ftjob-001"
+    assert record.get("blob_name") == "team/chat data.jsonl"
+    assert record.get("content_sha256") == hashlib.sha256(GOOD).hexdigest()
+    assert record.get("counts")["valid"] == 60 and record.get("counts")["invalid"] == 1
+
+    (request,) = backend.requests
+    prefix = f"datasets/{dataset_id}/"
+    assert request.dataset_id == dataset_id
+    assert (request.train_blob, request.test_blob) == (prefix + "train.jsonl", prefix + "test.jsonl")
+    assert request.model_name == s.model_name
+    assert request.tags[MANAGED_BY_TAG] == MANAGED_BY_VALUE and request.tags["dataset-id"] == dataset_id
+
+    job = ledger.get(JOB, "ftjob-001")
+    assert job is not None and job.state == "submitted"
+    assert job.get("dataset_id") == dataset_id and job.get("model_name") == s.model_name
+    assert job.get("base_model") == s.base_model_name and job.get("backend") == "recording"
+
+    train = prepared_blob(s, prefix + "train.jsonl").splitlines()
+    test = prepared_blob(s, prefix + "test.jsonl").splitlines()
+    report = json.loads(prepared_blob(s, prefix + "report.json"))
+    assert len(train) == report["counts"]["train"] and len(test) == report["counts"]["test"] and len(train) + len(test) == 60
+    assert report["dataset"]["id"] == dataset_id and report["decision"]["accepted"] is True
+    assert report["errors"] == [{"line": 61, "kind": "invalid_json", "message": report["errors"][0]["message"]}]
+
+    # the raw upload is untouched
+    assert client.get_blob_properties().etag == raw_etag
+    assert client.download_blob().readall() == GOOD
+
+    # the same event delivered again (or after a host restart): nothing new is submitted
+    trigger(upload_client := blob_service(s).get_blob_client(s.chat_data_container, "team/chat data.jsonl"))
+    trigger(upload_client)
+    assert len(backend.requests) == 1
+    assert [r.id for r in ledger.list(JOB)] == ["ftjob-001"]
+
+
+def test_changed_content_is_a_new_dataset_version(storage_settings: Settings, backend: RecordingBackend, trigger) -> None:
+    s = storage_settings
+    trigger(upload(s, "chat.jsonl", GOOD))
+    changed = GOOD + conv(1000)
+    trigger(upload(s, "chat.jsonl", changed))
+    ids = sorted(r.id for r in Ledger.from_settings(s).list(DATASET))
+    assert ids == sorted([dataset_id_for("chat.jsonl", hashlib.sha256(GOOD).hexdigest()),
+                          dataset_id_for("chat.jsonl", hashlib.sha256(changed).hexdigest())])
+    assert [r.dataset_id for r in backend.requests] == [dataset_id_for("chat.jsonl", hashlib.sha256(GOOD).hexdigest()),
+                                                        dataset_id_for("chat.jsonl", hashlib.sha256(changed).hexdigest())]
+
+
+def test_mostly_bad_file_is_rejected_reported_and_never_submitted(storage_settings: Settings, backend: RecordingBackend,
+                                                                   trigger) -> None:
+    s = storage_settings
+    trigger(upload(s, "bad.jsonl", MOSTLY_BAD))
+    dataset_id = dataset_id_for("bad.jsonl", hashlib.sha256(MOSTLY_BAD).hexdigest())
+    record = Ledger.from_settings(s).get(DATASET, dataset_id)
+    assert record is not None and record.state == "rejected"
+    assert "above the maximum" in record.get("error")
+    report = json.loads(prepared_blob(s, f"datasets/{dataset_id}/report.json"))
+    assert report["decision"]["accepted"] is False
+    assert [e["line"] for e in report["errors"]] == list(range(11, 41))
+    names = [b.name for b in blob_service(s).get_container_client(s.prepared_container).list_blobs()]
+    assert names == [f"datasets/{dataset_id}/report.json"]  # no train/test for a rejected dataset
+    trigger(upload(s, "bad.jsonl", MOSTLY_BAD))  # a duplicate delivery changes nothing
+    assert backend.requests == []
+    assert Ledger.from_settings(s).get(DATASET, dataset_id).state == "rejected"  # type: ignore[union-attr]
+
+
+def test_other_files_are_ignored(storage_settings: Settings, backend: RecordingBackend, trigger,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    s = storage_settings
+    caplog.set_level("INFO", logger="functions.prepare_chat_data")
+    trigger(upload(s, "notes.txt", b"hello"))
+    assert "ignored blob 'notes.txt'" in caplog.text
+    assert Ledger.from_settings(s).list(DATASET) == [] and backend.requests == []
+
+
+def test_parquet_and_gzip_uploads(storage_settings: Settings, backend: RecordingBackend, trigger) -> None:
+    import gzip
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    s = storage_settings
+    rows = [json.loads(conv(i)) for i in range(40)]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    trigger(upload(s, "ultrachat/train_sft-00000.parquet", buf.getvalue(), small_chunks=True))
+    trigger(upload(s, "chat.jsonl.gz", gzip.compress(b"".join(conv(i) for i in range(40)))))
+    assert len(backend.requests) == 2
+    counts = [r.get("counts") for r in Ledger.from_settings(s).list(DATASET)]
+    assert all(c["valid"] == 40 for c in counts)
+
+
+def test_failed_submission_is_retried_by_the_next_delivery(storage_settings: Settings, trigger) -> None:
+    s = storage_settings
+    backend = RecordingBackend(fail_next=1)
+    use_backend(backend, s)  # type: ignore[arg-type]
+    client = upload(s, "chat.jsonl", GOOD)
+    with pytest.raises(BackendError):  # an infrastructure error: the host retries the blob
+        trigger(client)
+    dataset_id = dataset_id_for("chat.jsonl", hashlib.sha256(GOOD).hexdigest())
+    ledger = Ledger.from_settings(s)
+    record = ledger.get(DATASET, dataset_id)
+    assert record is not None and record.state == "accepted" and not record.get("submit_claim")
+    assert "submission failed" in record.get("error")
+    trigger(client)  # the retry finishes the job
+    assert len(backend.requests) == 1
+    assert ledger.get(DATASET, dataset_id).state == "submitted"  # type: ignore[union-attr]
+
+
+def test_a_live_claim_blocks_a_second_submission_and_a_stale_one_does_not(storage_settings: Settings,
+                                                                           backend: RecordingBackend, trigger) -> None:
+    s = storage_settings
+    backend.fail_next = 1
+    client = upload(s, "chat.jsonl", GOOD)
+    with pytest.raises(BackendError):
+        trigger(client)
+    dataset_id = dataset_id_for("chat.jsonl", hashlib.sha256(GOOD).hexdigest())
+    ledger = Ledger.from_settings(s)
+    # another worker is submitting right now
+    ledger.merge(DATASET, dataset_id, submit_claim="other-worker", submit_claimed_at=iso(utcnow()))
+    trigger(client)
+    assert backend.requests == []
+    # that worker died long ago: the reconcile path (or the next delivery) takes over
+    ledger.merge(DATASET, dataset_id, submit_claimed_at=iso(utcnow() - SUBMIT_CLAIM_LEASE * 2))
+    (outcome,) = submit_pending_datasets(s)
+    assert outcome.status == "submitted" and len(backend.requests) == 1
+    assert submit_pending_datasets(s) == []
+
+
+def test_a_crash_before_the_decision_is_finished_by_the_next_delivery(storage_settings: Settings, backend: RecordingBackend,
+                                                                      trigger) -> None:
+    s = storage_settings
+    dataset_id = dataset_id_for("chat.jsonl", hashlib.sha256(GOOD).hexdigest())
+    # an earlier delivery created the record and died before uploading anything
+    Ledger.from_settings(s).create(DATASET, dataset_id, "received", blob_name="chat.jsonl")
+    trigger(upload(s, "chat.jsonl", GOOD))
+    assert Ledger.from_settings(s).get(DATASET, dataset_id).state == "submitted"  # type: ignore[union-attr]
+    assert len(backend.requests) == 1
+
+
+def test_deleted_blob_is_not_an_error(storage_settings: Settings, backend: RecordingBackend, trigger) -> None:
+    s = storage_settings
+    client = upload(s, "gone.jsonl", GOOD)
+    client.delete_blob()
+    trigger(client)
+    assert Ledger.from_settings(s).list(DATASET) == []
