@@ -75,7 +75,7 @@ def load_app(target: str | func.FunctionApp) -> func.FunctionApp:
 def index_app(app: func.FunctionApp) -> dict[str, IndexedFunction]:
     """Index every function of ``app`` by name; fail fast on bindings the host cannot drive."""
     indexed: dict[str, IndexedFunction] = {}
-    for function in _functions_of(app):
+    for function in functions_of(app):
         name = function.get_function_name()
         bindings = json.loads(function.get_function_json())["bindings"]
         triggers = [b for b in bindings if b["type"].endswith("Trigger")]
@@ -116,7 +116,8 @@ def index_app(app: func.FunctionApp) -> dict[str, IndexedFunction]:
 _INDEXED_APPS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 
-def _functions_of(app: func.FunctionApp) -> list[Any]:
+def functions_of(app: func.FunctionApp) -> list[Any]:
+    """``app.get_functions()``, once per app object (a second call on the same app raises)."""
     if app not in _INDEXED_APPS:
         _INDEXED_APPS[app] = list(app.get_functions())
     return _INDEXED_APPS[app]

@@ -10,6 +10,7 @@ import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 
+from devhost.app_index import functions_of
 from shared import janitor
 from shared.backends import use_backend
 from shared.backends.base import (
@@ -284,7 +285,7 @@ def _timer_function():
 
     app = func.FunctionApp()
     app.register_functions(janitor_trigger.bp)
-    (fn,) = [f for f in app.get_functions() if f.get_function_name() == "delete_idle_endpoints"]
+    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "delete_idle_endpoints"]
     return fn
 
 
@@ -326,7 +327,7 @@ def test_timer_failure_propagates_so_the_host_records_it(storage_settings):
 def test_function_app_registers_the_janitor_timer():
     from function_app import app
 
-    assert "delete_idle_endpoints" in {f.get_function_name() for f in app.get_functions()}
+    assert "delete_idle_endpoints" in {f.get_function_name() for f in functions_of(app)}
 
 
 def test_a_lost_deletion_call_is_started_again(storage_settings, ledger):

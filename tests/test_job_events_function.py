@@ -13,6 +13,7 @@ from azure.functions import meta
 from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.timer import TimerRequest
 
+from devhost.app_index import functions_of
 from functions import job_events
 from functions import reconcile as reconcile_function
 from shared import ledger as L
@@ -29,7 +30,7 @@ def test_bindings_keep_their_stable_names_and_schedule():
     app = func.FunctionApp()
     app.register_functions(job_events.bp)
     app.register_functions(reconcile_function.bp)
-    functions = {f.get_function_name(): json.loads(f.get_function_json()) for f in app.get_functions()}
+    functions = {f.get_function_name(): json.loads(f.get_function_json()) for f in functions_of(app)}
     assert functions["on_job_event"]["bindings"] == [{"direction": "IN", "type": "eventGridTrigger", "name": "event"}]
     timer = functions["reconcile"]["bindings"][0]
     assert (timer["type"], timer["schedule"], timer["useMonitor"], timer["runOnStartup"]) == (

@@ -16,6 +16,7 @@ import azure.functions as func
 import pytest
 from azure.storage.blob import BlobClient
 
+from devhost.app_index import functions_of
 from functions import prepare_chat_data
 from shared.backends import use_backend
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError, FineTuneRequest
@@ -73,7 +74,7 @@ def trigger() -> Callable[[BlobClient], None]:
     """The decorated function itself, as indexed from a FunctionApp (what the host calls)."""
     app = func.FunctionApp()
     app.register_functions(prepare_chat_data.bp)
-    (fn,) = [f for f in app.get_functions() if f.get_function_name() == "prepare_chat_data"]
+    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
     return fn.get_user_function()
 
 
@@ -92,7 +93,7 @@ def prepared_blob(s: Settings, name: str) -> bytes:
 def test_function_binding_is_event_grid_blob_trigger_with_sdk_type() -> None:
     import function_app
 
-    (fn,) = [f for f in function_app.app.get_functions() if f.get_function_name() == "prepare_chat_data"]
+    (fn,) = [f for f in functions_of(function_app.app) if f.get_function_name() == "prepare_chat_data"]
     (binding,) = json.loads(fn.get_function_json())["bindings"]
     assert binding == {"direction": "IN", "type": "blobTrigger", "name": "client", "path": "%CHAT_DATA_CONTAINER%/{name}",
                        "connection": "AzureWebJobsStorage", "source": "EventGrid"}
