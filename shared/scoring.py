@@ -1,0 +1,526 @@
+"""Serve client apps: route a chat request to the model's live endpoint and return its answer.
+
+The ledger says which endpoint serves a model (``active/<model_name>``); the backend says
+where and how to call it (:class:`ScoringTarget`). Both are cached per worker: the route for
+``ROUTE_TTL_S`` seconds, the target until the endpoint answers 401/403 (keys rotate) or stops
+answering (it may have been deleted as idle). One pooled HTTP client per worker keeps
+connections to the endpoint warm.
+
+When a model has no live endpoint (the janitor deleted it, it failed, it never got one) the
+caller gets 503 with ``Retry-After`` and, if ``scoring_redeploy_on_demand``, the model's version
+is redeployed: Azure ML managed endpoints cannot scale to zero, so deleting and redeploying on
+demand is how this app scales from zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from shared.backends import get_backend
+from shared.backends.base import (
+    EP_PROVISIONING,
+    EP_SUCCEEDED,
+    MANAGED_BY_VALUE,
+    BackendError,
+    MLBackend,
+    ModelRef,
+    NotFoundError,
+    ScoringTarget,
+    TransientBackendError,
+)
+from shared.ledger import ACTIVE, ENDPOINT, MODEL, Ledger, Record, parse_iso
+from shared.naming import endpoint_name
+from shared.scoring_activity import ActivityRecorder
+from shared.scoring_contract import (
+    TIMEOUT,
+    UNAVAILABLE,
+    UPSTREAM_ERROR,
+    ChatRequest,
+    Completion,
+    ScoringError,
+    chat_completion_response,
+    endpoint_request_body,
+    parse_chat_completion_request,
+    parse_endpoint_reply,
+    parse_score_request,
+    score_response,
+)
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# How long a worker trusts its cached model -> endpoint route before re-reading the ledger.
+# A newly activated model is picked up within this time; a deleted endpoint is noticed at
+# once anyway (the call fails and the route is re-resolved).
+ROUTE_TTL_S = 10.0
+# Bounded retries on 429/503 from the endpoint (throttled / instance busy), with back-off.
+BUSY_RETRIES = 2
+BACKOFF_BASE_S = 0.2
+# A Retry-After above this is not waited for inside a client's request: it is passed on.
+MAX_WAITED_RETRY_AFTER_S = 2.0
+# Retry-After sent to the client when the endpoint stayed busy and did not say how long.
+BUSY_RETRY_AFTER_S = 5
+CONNECT_TIMEOUT_S = 10.0
+
+Redeploy = Callable[[ModelRef], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    model_name: str
+    version: str
+    endpoint: str
+    target: ScoringTarget
+    # Parsed once per route: httpx's per-call URL and header parsing is a measurable share of
+    # the function's own CPU cost per request.
+    url: httpx.URL
+    headers: httpx.Headers
+    timeout: httpx.Timeout
+    expires_at: float
+
+
+def version_key(version: str) -> tuple[int, int | str]:
+    """Registry versions are integers in practice; compare them as numbers, others as text."""
+    return (1, int(version)) if version.isdigit() else (0, version)
+
+
+def _deploy_model_scale_from_zero(settings: Settings, ledger: Ledger, backend: MLBackend) -> Redeploy:
+    def redeploy(model: ModelRef) -> Any:
+        from shared.deployment import deploy_model  # owned by the job-events module
+
+        return deploy_model(model, reason="scale-from-zero", settings=settings, ledger=ledger, backend=backend)
+
+    return redeploy
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class Scorer:
+    """Everything a worker keeps between scoring calls: routes, HTTP connections, activity throttle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ledger: Ledger | None = None,
+        backend: MLBackend | None = None,
+        redeploy: Redeploy | None = None,
+        route_ttl_s: float = ROUTE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.settings = settings
+        self._ledger = ledger
+        self._backend = backend
+        self._redeploy = redeploy
+        self._route_ttl_s = route_ttl_s
+        self._clock = clock
+        self._sleep = sleep
+        self._routes: dict[str, Route] = {}
+        self._redeploy_requested: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._client = httpx.Client(
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=32, keepalive_expiry=30.0),
+            follow_redirects=False,
+        )
+        self.activity = ActivityRecorder(lambda: self.ledger, settings.activity_flush_s, clock=clock)
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger.from_settings(self.settings)
+        return self._ledger
+
+    @property
+    def backend(self) -> MLBackend:
+        return self._backend if self._backend is not None else get_backend(self.settings)
+
+    def close(self) -> None:
+        self.activity.close()
+        self._client.close()
+
+    # ---- the hot path
+
+    def complete(self, request: ChatRequest) -> Completion:
+        model_name = request.model or self.settings.model_name
+        route = self._route(model_name)
+        started = time.perf_counter()
+        route, completion = self._forward(route, request)  # the route that answered (refreshed/re-resolved)
+        log.debug(
+            "scored model %s:%s on %s in %.1f ms (%d messages)",
+            route.model_name,
+            route.version,
+            route.endpoint,
+            (time.perf_counter() - started) * 1000,
+            len(request.messages),
+        )
+        self.activity.touch(route.endpoint)
+        return completion
+
+    def _forward(self, route: Route, request: ChatRequest) -> tuple[Route, Completion]:
+        body = endpoint_request_body(request)
+        refreshed = rerouted = False
+        busy_retries = 0
+        while True:
+            try:
+                response = self._client.post(route.url, content=body, headers=route.headers, timeout=route.timeout)
+            except httpx.TimeoutException:
+                log.warning(
+                    "endpoint %s of model %s did not answer within %.0f s",
+                    route.endpoint,
+                    route.model_name,
+                    route.target.timeout_s,
+                )
+                raise ScoringError(
+                    504, f"the endpoint of model {route.model_name} did not answer in time", type=TIMEOUT, code="upstream_timeout"
+                ) from None
+            except httpx.TransportError as exc:
+                log.warning("endpoint %s of model %s unreachable (%s)", route.endpoint, route.model_name, type(exc).__name__)
+                if not rerouted:
+                    # It may have been deleted since the route was cached: ask the ledger again.
+                    rerouted = True
+                    route = self._reroute(route)
+                    continue
+                raise ScoringError(
+                    502,
+                    f"the endpoint of model {route.model_name} is unreachable",
+                    type=UPSTREAM_ERROR,
+                    code="upstream_unreachable",
+                ) from None
+
+            status = response.status_code
+            if status == 200:
+                return route, self._completion(route, response)
+            if status in (401, 403) and not refreshed:
+                refreshed = True
+                route = self._refresh_credentials(route)
+                continue
+            if status in (429, 503) and busy_retries < BUSY_RETRIES:
+                delay = self._busy_delay(busy_retries, response.headers.get("retry-after"))
+                if delay is not None:
+                    busy_retries += 1
+                    log.info("endpoint %s answered %d; retry %d in %.2f s", route.endpoint, status, busy_retries, delay)
+                    self._sleep(delay)
+                    continue
+            if status == 404 and not rerouted:
+                rerouted = True
+                route = self._reroute(route)
+                continue
+            raise self._upstream_failure(route, response)
+
+    def _completion(self, route: Route, response: httpx.Response) -> Completion:
+        try:
+            payload = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            payload = None
+        completion = parse_endpoint_reply(payload, route.model_name)
+        if completion is None:
+            log.warning("endpoint %s answered 200 without an output string (%d bytes)", route.endpoint, len(response.content))
+            raise ScoringError(
+                502,
+                f"the endpoint of model {route.model_name} gave an answer in an unexpected shape",
+                type=UPSTREAM_ERROR,
+                code="upstream_bad_response",
+            )
+        return completion
+
+    def _busy_delay(self, attempt: int, retry_after: str | None) -> float | None:
+        """Back-off before retrying a busy endpoint; None when it asked for longer than we wait."""
+        asked = _retry_after_seconds(retry_after)
+        if asked is not None:
+            return asked if asked <= MAX_WAITED_RETRY_AFTER_S else None
+        return BACKOFF_BASE_S * (2**attempt) * random.uniform(0.5, 1.0)  # jitter spreads retrying workers
+
+    def _upstream_failure(self, route: Route, response: httpx.Response) -> ScoringError:
+        status = response.status_code
+        log.warning("endpoint %s of model %s answered HTTP %d", route.endpoint, route.model_name, status)
+        log.debug("endpoint %s error body: %.500r", route.endpoint, response.content)
+        model = route.model_name
+        if status in (429, 503):
+            asked = _retry_after_seconds(response.headers.get("retry-after"))
+            return ScoringError(
+                503,
+                f"the endpoint of model {model} is busy; retry later",
+                type=UNAVAILABLE,
+                code="upstream_busy",
+                retry_after=math.ceil(asked) if asked is not None else BUSY_RETRY_AFTER_S,
+            )
+        if status in (408, 504):
+            return ScoringError(504, f"the endpoint of model {model} timed out", type=TIMEOUT, code="upstream_timeout")
+        if status in (401, 403):
+            return ScoringError(
+                502, f"the endpoint of model {model} refused the app's credentials", type=UPSTREAM_ERROR, code="upstream_auth"
+            )
+        return ScoringError(
+            502, f"the endpoint of model {model} failed with HTTP {status}", type=UPSTREAM_ERROR, code="upstream_status"
+        )
+
+    # ---- routes
+
+    def _route(self, model_name: str) -> Route:
+        route = self._routes.get(model_name)
+        if route is not None and route.expires_at > self._clock():
+            return route
+        route = self._resolve(model_name)
+        self._routes[model_name] = route
+        return route
+
+    def forget_route(self, model_name: str) -> None:
+        self._routes.pop(model_name, None)
+
+    def _reroute(self, stale: Route) -> Route:
+        self.forget_route(stale.model_name)
+        return self._route(stale.model_name)
+
+    def _refresh_credentials(self, route: Route) -> Route:
+        log.info("endpoint %s refused the cached credentials; refreshing them", route.endpoint)
+        target = self._scoring_target(route.model_name, route.version, route.endpoint, refresh=True)
+        fresh = self._make_route(route.model_name, route.version, route.endpoint, target)
+        self._routes[route.model_name] = fresh
+        return fresh
+
+    def _make_route(self, model_name: str, version: str, endpoint: str, target: ScoringTarget) -> Route:
+        return Route(
+            model_name=model_name,
+            version=version,
+            endpoint=endpoint,
+            target=target,
+            url=httpx.URL(target.url),
+            headers=httpx.Headers(target.headers()),
+            timeout=httpx.Timeout(target.timeout_s, connect=min(CONNECT_TIMEOUT_S, target.timeout_s)),
+            expires_at=self._clock() + self._route_ttl_s,
+        )
+
+    def _resolve(self, model_name: str) -> Route:
+        """The live endpoint of ``model_name`` per the ledger, or the ScoringError saying why there is none."""
+        ledger = self.ledger
+        active = ledger.get(ACTIVE, model_name)
+        if active is not None and active.get("endpoint"):
+            ep_name = str(active.get("endpoint"))
+            endpoint = ledger.get(ENDPOINT, ep_name)
+            version = str(active.get("model_version") or (endpoint.get("model_version") if endpoint else "") or "")
+        else:
+            versions = self._registered_versions(model_name)
+            if not versions:
+                raise ScoringError(
+                    404,
+                    f"model {model_name!r} does not exist (no fine-tuned model of that name)",
+                    param="model",
+                    code="model_not_found",
+                )
+            version = versions[-1].id.rpartition(":")[2]
+            ep_name = endpoint_name(model_name, version)
+            endpoint = ledger.get(ENDPOINT, ep_name)
+
+        if endpoint is not None and endpoint.state == EP_SUCCEEDED:
+            target = self._scoring_target(model_name, version, ep_name)
+            return self._make_route(model_name, version, ep_name, target)
+        if endpoint is not None and endpoint.state == EP_PROVISIONING:
+            raise ScoringError(
+                503,
+                f"model {model_name} (version {version}) is being deployed; retry later",
+                type=UNAVAILABLE,
+                code="provisioning",
+                retry_after=self.settings.scoring_retry_after_s,
+            )
+        raise self._scale_from_zero(
+            self._model_ref(model_name, version, endpoint), endpoint.state if endpoint is not None else "missing"
+        )
+
+    def _scoring_target(self, model_name: str, version: str, ep_name: str, refresh: bool = False) -> ScoringTarget:
+        try:
+            return self.backend.get_scoring_target(ep_name, refresh=refresh)
+        except NotFoundError:
+            # The ledger still calls it live but the workspace has no such endpoint (deleted
+            # outside the app); reconcile will correct the ledger, redeploying restores service.
+            log.warning("endpoint %s of model %s is missing in the workspace", ep_name, model_name)
+            self.forget_route(model_name)
+            raise self._scale_from_zero(self._model_ref(model_name, version, None), "missing") from None
+        except TransientBackendError:
+            log.warning("scoring target of endpoint %s unavailable for now", ep_name, exc_info=True)
+            raise ScoringError(
+                503,
+                f"the endpoint of model {model_name} cannot be reached right now; retry later",
+                type=UNAVAILABLE,
+                code="backend_unavailable",
+                retry_after=BUSY_RETRY_AFTER_S,
+            ) from None
+        except BackendError:
+            log.error("cannot get the scoring target of endpoint %s", ep_name, exc_info=True)
+            raise ScoringError(
+                502, f"the endpoint of model {model_name} cannot be called", type=UPSTREAM_ERROR, code="backend_error"
+            ) from None
+
+    def _registered_versions(self, model_name: str) -> list[Record]:
+        prefix = f"{model_name}:"
+        records = [r for r in self.ledger.list(MODEL) if r.id.startswith(prefix)]
+        return sorted(records, key=lambda r: version_key(r.id[len(prefix) :]))
+
+    def _model_ref(self, model_name: str, version: str, endpoint: Record | None) -> ModelRef:
+        record = self.ledger.get(MODEL, f"{model_name}:{version}") if version else None
+        if record is None and not version:
+            versions = self._registered_versions(model_name)
+            record = versions[-1] if versions else None
+            version = record.id.rpartition(":")[2] if record else ""
+
+        def field(name: str) -> str:
+            value = (record.get(name) if record else None) or (endpoint.get(name) if endpoint else None)
+            return str(value or "")
+
+        return ModelRef(name=model_name, version=version, job_name=field("job_name"), base_model=field("base_model"))
+
+    # ---- scale from zero
+
+    def _scale_from_zero(self, model: ModelRef, endpoint_state: str) -> ScoringError:
+        retry_after = self.settings.scoring_retry_after_s
+        if not self.settings.scoring_redeploy_on_demand:
+            log.info("model %s has no live endpoint (%s); redeploy on demand is off", model.ref, endpoint_state)
+            return ScoringError(
+                503,
+                f"model {model.name} has no live endpoint and redeploy on demand is off",
+                type=UNAVAILABLE,
+                code="no_endpoint",
+                retry_after=retry_after,
+            )
+        if model.version and self._claim_redeploy(model.name, retry_after):
+            log.info("scale from zero: redeploying %s (its endpoint is %s)", model.ref, endpoint_state)
+            try:
+                redeploy = self._redeploy or _deploy_model_scale_from_zero(self.settings, self.ledger, self.backend)
+                redeploy(model)
+            except Exception:
+                log.error("could not start redeploying %s", model.ref, exc_info=True)
+        return ScoringError(
+            503,
+            f"model {model.name} was scaled to zero; version {model.version} is being redeployed, retry in {retry_after} s",
+            type=UNAVAILABLE,
+            code="scaled_to_zero",
+            retry_after=retry_after,
+        )
+
+    def _claim_redeploy(self, model_name: str, interval_s: float) -> bool:
+        """At most one redeploy request per model per worker per interval (deploy_model is idempotent anyway)."""
+        now = self._clock()
+        with self._lock:
+            last = self._redeploy_requested.get(model_name)
+            if last is not None and now - last < interval_s:
+                return False
+            self._redeploy_requested[model_name] = now
+            return True
+
+    # ---- model list
+
+    def list_models(self) -> list[dict[str, Any]]:
+        ledger = self.ledger
+        actives = {r.id: r for r in ledger.list(ACTIVE)}
+        registered: dict[str, list[Record]] = {}
+        for record in ledger.list(MODEL):
+            registered.setdefault(record.id.rpartition(":")[0], []).append(record)
+        endpoints = {r.id: r for r in ledger.list(ENDPOINT)}
+        models = []
+        for name in sorted(set(actives) | set(registered)):
+            versions = sorted(registered.get(name, []), key=lambda r: version_key(r.id.rpartition(":")[2]))
+            active = actives.get(name)
+            if active is not None and active.get("endpoint"):
+                version = str(active.get("model_version") or "")
+                ep_name = str(active.get("endpoint"))
+            else:
+                version = versions[-1].id.rpartition(":")[2]
+                ep_name = endpoint_name(name, version)
+            endpoint = endpoints.get(ep_name)
+            status = {EP_SUCCEEDED: "ready", EP_PROVISIONING: "starting"}.get(
+                endpoint.state if endpoint else "", "scaled_to_zero"
+            )
+            first = versions[0] if versions else active
+            created = parse_iso(first.created_at) if first is not None else None
+            models.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": int(created.timestamp()) if created else 0,
+                    "owned_by": MANAGED_BY_VALUE,
+                    "version": version,
+                    "status": status,
+                    "default": name == self.settings.model_name,
+                }
+            )
+        return models
+
+
+_scorers: dict[int, tuple[Settings, Scorer]] = {}
+_scorers_lock = threading.Lock()
+
+
+def scorer_for(settings: Settings | None = None) -> Scorer:
+    """The worker's Scorer for ``settings`` (created once, reused by every call)."""
+    s = settings or get_settings()
+    entry = _scorers.get(id(s))
+    if entry is not None and entry[0] is s:
+        return entry[1]
+    with _scorers_lock:
+        entry = _scorers.get(id(s))
+        if entry is None or entry[0] is not s:
+            entry = (s, Scorer(s))
+            _scorers[id(s)] = entry
+        return entry[1]
+
+
+def use_scorer(scorer: Scorer) -> None:
+    """Install a Scorer for its settings (tests inject one with a recording redeploy)."""
+    with _scorers_lock:
+        _scorers[id(scorer.settings)] = (scorer.settings, scorer)
+
+
+def reset_scorers() -> None:
+    """Close and forget every Scorer (tests; a worker never needs it)."""
+    with _scorers_lock:
+        entries = list(_scorers.values())
+        _scorers.clear()
+    for _, scorer in entries:
+        scorer.close()
+
+
+# ---- what the HTTP triggers call
+
+
+def score(body: bytes, settings: Settings | None = None) -> dict[str, Any]:
+    """``POST /api/score``: Azure ML's request shape in, ``{"output": ...}`` out."""
+    scorer = scorer_for(settings)
+    return score_response(scorer.complete(parse_score_request(body, scorer.settings)))
+
+
+def chat_completion(body: bytes, settings: Settings | None = None) -> dict[str, Any]:
+    """``POST /api/v1/chat/completions``: OpenAI's chat completion in and out."""
+    scorer = scorer_for(settings)
+    return chat_completion_response(scorer.complete(parse_chat_completion_request(body, scorer.settings)))
+
+
+def list_models(settings: Settings | None = None) -> dict[str, Any]:
+    """``GET /api/v1/models``: the fine-tuned models in OpenAI's list shape."""
+    return {"object": "list", "data": scorer_for(settings).list_models()}

@@ -1,0 +1,352 @@
+"""What client apps may send to the scoring routes, and what they get back.
+
+Two request shapes arrive (Azure ML's cookbook contract on ``/api/score`` and OpenAI's chat
+completions on ``/api/v1/chat/completions``); both are validated here and normalised into one
+:class:`ChatRequest` so that routing and forwarding never look at the wire format again.
+Every rejection is a :class:`ScoringError` whose JSON body names the offending field, in the
+``{"error": {"message", "type", "param", "code"}}`` shape OpenAI clients already understand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from shared.settings import Settings
+
+ROLES = ("system", "user", "assistant")
+# Azure ML's text-generation parameters as the cookbook sends them.
+SCORE_PARAMETERS = ("temperature", "top_p", "do_sample", "max_new_tokens")
+SCORE_TOP_LEVEL = ("input_data", "params", "messages", "parameters", "model")
+# OpenAI request fields the endpoint cannot honour: rejected rather than silently dropped,
+# so a client never believes it got e.g. JSON mode or stop sequences when it did not.
+CHAT_UNSUPPORTED = (
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "stop",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "audio",
+    "modalities",
+    "prediction",
+)
+FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "function_call")
+
+# Error types (the "type" of the JSON error; OpenAI's names where one exists).
+INVALID_REQUEST = "invalid_request_error"
+UPSTREAM_ERROR = "upstream_error"
+UNAVAILABLE = "service_unavailable"
+TIMEOUT = "timeout"
+INTERNAL = "internal_error"
+
+
+class ScoringError(Exception):
+    """A request that cannot be answered with a completion; carries its HTTP status and JSON body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+def invalid(param: str | None, message: str, code: str = "invalid_value") -> ScoringError:
+    return ScoringError(400, message, param=param, code=code)
+
+
+def internal_error_body() -> dict[str, Any]:
+    return ScoringError(500, "internal error while scoring; see the app's logs", type=INTERNAL).body()
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to compute, independent of the route it came in on."""
+
+    messages: list[dict[str, str]]  # {"role", "content"} only, validated
+    parameters: dict[str, Any]  # Azure ML parameter names (SCORE_PARAMETERS), only those given
+    model: str | None = None  # fine-tuned model name; None: the app's default model
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """The endpoint's answer, normalised."""
+
+    text: str
+    model: str
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+
+
+def read_json_object(body: bytes, settings: Settings) -> dict[str, Any]:
+    if len(body) > settings.scoring_max_request_bytes:
+        raise ScoringError(
+            413, f"request body is {len(body)} bytes; the limit is {settings.scoring_max_request_bytes}", code="request_too_large"
+        )
+    if not body.strip():
+        raise invalid(None, "request body is empty; send a JSON object", code="invalid_json")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(None, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise invalid(None, f"request body must be a JSON object, got {_json_type(data)}", code="invalid_type")
+    return data
+
+
+def parse_score_request(body: bytes, settings: Settings) -> ChatRequest:
+    """``{"input_data": {"input_string": [...], "parameters": {...}}, "params": {}}`` or ``{"messages", "parameters"}``."""
+    data = read_json_object(body, settings)
+    for key in data:
+        if key not in SCORE_TOP_LEVEL:
+            raise invalid(key, f"unknown field {key!r}; expected input_data (Azure ML) or messages", code="unknown_field")
+    if "input_data" in data and "messages" in data:
+        raise invalid("messages", "send either input_data (Azure ML shape) or messages, not both", code="ambiguous")
+    if "params" in data and not isinstance(data["params"], dict):
+        raise invalid("params", "params must be a JSON object", code="invalid_type")
+    if "input_data" in data:
+        input_data = data["input_data"]
+        if not isinstance(input_data, dict):
+            raise invalid("input_data", "input_data must be a JSON object with input_string and parameters", code="invalid_type")
+        for key in input_data:
+            if key not in ("input_string", "parameters"):
+                raise invalid(f"input_data.{key}", f"unknown field input_data.{key}", code="unknown_field")
+        if "input_string" not in input_data:
+            raise invalid("input_data.input_string", "input_data.input_string (the list of messages) is required", code="missing")
+        messages = parse_messages(input_data["input_string"], "input_data.input_string")
+        parameters = parse_score_parameters(input_data.get("parameters"), "input_data.parameters", settings)
+    elif "messages" in data:
+        messages = parse_messages(data["messages"], "messages")
+        parameters = parse_score_parameters(data.get("parameters"), "parameters", settings)
+    else:
+        raise invalid("input_data", "input_data.input_string (Azure ML shape) or messages is required", code="missing")
+    return ChatRequest(messages=messages, parameters=parameters, model=parse_model(data.get("model")))
+
+
+def parse_chat_completion_request(body: bytes, settings: Settings) -> ChatRequest:
+    """OpenAI's chat completions request, restricted to what the endpoint can honour."""
+    data = read_json_object(body, settings)
+    if data.get("stream") not in (None, False):
+        raise invalid("stream", "streaming is not supported; send stream: false or leave it out", code="unsupported")
+    if data.get("n") not in (None, 1):
+        raise invalid("n", "only n = 1 is supported", code="unsupported")
+    for key in CHAT_UNSUPPORTED:
+        if data.get(key) not in (None, False, [], {}):
+            raise invalid(key, f"{key} is not supported by the fine-tuned model's endpoint", code="unsupported")
+    response_format = data.get("response_format")
+    if response_format not in (None, {"type": "text"}):
+        raise invalid("response_format", 'only response_format {"type": "text"} is supported', code="unsupported")
+    if "messages" not in data:
+        raise invalid("messages", "messages is required", code="missing")
+    messages = parse_messages(data["messages"], "messages")
+
+    parameters: dict[str, Any] = {}
+    temperature = _number(data.get("temperature"), "temperature", 0.0, 2.0, low_inclusive=True)
+    top_p = _number(data.get("top_p"), "top_p", 0.0, 1.0, low_inclusive=False)
+    max_tokens = _max_tokens(data.get("max_tokens"), "max_tokens", settings)
+    max_completion = _max_tokens(data.get("max_completion_tokens"), "max_completion_tokens", settings)
+    if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
+        raise invalid(
+            "max_completion_tokens", "max_tokens and max_completion_tokens disagree; send one of them", code="ambiguous"
+        )
+    limit = max_completion if max_completion is not None else max_tokens
+    if temperature == 0:
+        # OpenAI's temperature 0 means greedy; Hugging Face generation wants do_sample=False
+        # and rejects temperature 0 when sampling.
+        parameters["do_sample"] = False
+    else:
+        if temperature is not None:
+            parameters["temperature"] = temperature
+        if top_p is not None:
+            parameters["top_p"] = top_p
+        if temperature is not None or top_p is not None:
+            parameters["do_sample"] = True
+    if limit is not None:
+        parameters["max_new_tokens"] = limit
+    return ChatRequest(messages=messages, parameters=parameters, model=parse_model(data.get("model")))
+
+
+def parse_model(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise invalid("model", "model must be a non-empty string (a fine-tuned model name)", code="invalid_type")
+    return value.strip()
+
+
+def parse_messages(value: Any, param: str) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        raise invalid(param, f"{param} must be a list of messages, got {_json_type(value)}", code="invalid_type")
+    if not value:
+        raise invalid(param, f"{param} must contain at least one message", code="empty")
+    messages: list[dict[str, str]] = []
+    for i, item in enumerate(value):
+        where = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise invalid(where, f"{where} must be an object with role and content, got {_json_type(item)}", code="invalid_type")
+        role = item.get("role")
+        if role not in ROLES:
+            raise invalid(
+                f"{where}.role", f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}"[:300], code="invalid_role"
+            )
+        content = item.get("content")
+        if not isinstance(content, str):
+            raise invalid(f"{where}.content", f"{where}.content must be a string, got {_json_type(content)}", code="invalid_type")
+        if not content.strip():
+            raise invalid(f"{where}.content", f"{where}.content is empty", code="empty")
+        messages.append({"role": role, "content": content})
+    if messages[-1]["role"] != "user":
+        last = f"{param}[{len(messages) - 1}].role"
+        raise invalid(last, f"the last message must come from the user (got {messages[-1]['role']})", code="invalid_role")
+    return messages
+
+
+def parse_score_parameters(value: Any, param: str, settings: Settings) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(param, f"{param} must be a JSON object", code="invalid_type")
+    for key in value:
+        if key not in SCORE_PARAMETERS:
+            raise invalid(
+                f"{param}.{key}", f"unknown parameter {key!r}; supported: {', '.join(SCORE_PARAMETERS)}", code="unknown_field"
+            )
+    out: dict[str, Any] = {}
+    temperature = _number(value.get("temperature"), f"{param}.temperature", 0.0, 2.0, low_inclusive=True)
+    top_p = _number(value.get("top_p"), f"{param}.top_p", 0.0, 1.0, low_inclusive=False)
+    max_new = _max_tokens(value.get("max_new_tokens"), f"{param}.max_new_tokens", settings)
+    do_sample = value.get("do_sample")
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise invalid(f"{param}.do_sample", f"{param}.do_sample must be true or false", code="invalid_type")
+    for key, v in (("temperature", temperature), ("top_p", top_p), ("do_sample", do_sample), ("max_new_tokens", max_new)):
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def _number(value: Any, param: str, low: float, high: float, *, low_inclusive: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(param, f"{param} must be a number, got {_json_type(value)}", code="invalid_type")
+    ok_low = value >= low if low_inclusive else value > low
+    if not ok_low or value > high:
+        bracket = "[" if low_inclusive else "("
+        raise invalid(param, f"{param} must be in {bracket}{low:g}, {high:g}], got {value}", code="out_of_range")
+    return value
+
+
+def _max_tokens(value: Any, param: str, settings: Settings) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(param, f"{param} must be an integer, got {_json_type(value)}", code="invalid_type")
+    if not 1 <= value <= settings.scoring_max_new_tokens:
+        raise invalid(param, f"{param} must be between 1 and {settings.scoring_max_new_tokens}, got {value}", code="out_of_range")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+# ---- the upstream endpoint's contract
+
+
+def endpoint_request_body(request: ChatRequest) -> bytes:
+    """Azure ML's scoring body, as the cookbook invokes a chat-completion deployment."""
+    return orjson.dumps({"input_data": {"input_string": request.messages, "parameters": request.parameters}, "params": {}})
+
+
+def parse_endpoint_reply(payload: Any, model: str) -> Completion | None:
+    """``{"output": "..."}`` (optionally with finish_reason and usage); None when it is not that."""
+    if isinstance(payload, list) and len(payload) == 1:
+        payload = payload[0]  # some MLflow scoring servers wrap a single prediction in a list
+    if isinstance(payload, str):
+        return Completion(text=payload, model=model)
+    if not isinstance(payload, dict) or not isinstance(payload.get("output"), str):
+        return None
+    finish = payload.get("finish_reason")
+    return Completion(
+        text=payload["output"],
+        model=model,
+        finish_reason=finish if finish in FINISH_REASONS else None,
+        usage=_usage(payload.get("usage")),
+    )
+
+
+def _usage(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, Mapping):
+        return None
+    try:
+        prompt = int(value["prompt_tokens"])
+        completion = int(value["completion_tokens"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    total = value.get("total_tokens")
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(total) if isinstance(total, int) else prompt + completion,
+    }
+
+
+# ---- responses to the client
+
+
+def score_response(completion: Completion) -> dict[str, Any]:
+    return {"output": completion.text}
+
+
+def chat_completion_response(completion: Completion) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": completion.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason or "stop",
+            }
+        ],
+    }
+    if completion.usage is not None:
+        response["usage"] = completion.usage
+    return response
