@@ -9,8 +9,13 @@ report (counts, every bad line with its 1-based number, warnings, length statist
 Memory stays flat whatever the file size: lines are read one at a time through a 1 MiB buffer
 (a line longer than ``MAX_LINE_BYTES`` is reported, not held), outputs are written as they go,
 and statistics are histograms. The one thing that grows is the de-duplication index: one
-16-byte digest and a line number per distinct conversation (about 120 bytes each, so
-~25 MB for ultrachat_200k's 208k train conversations).
+128-bit digest and a line number per distinct conversation (about 130 bytes each, so
+~27 MB for ultrachat_200k's 208k train conversations).
+
+The same digest (xxh3-128 of the normalised conversation, see ``conversation_digest``) is the
+de-duplication key and the split bucket, so a line costs one canonical serialisation and one
+hash. Lines already in the output form take a fast path in ``_Preparation.read_jsonl`` and are
+written through byte for byte.
 
 Everything here works on local files and binary streams; storage and the ledger live in
 ``shared.datasets``. Nothing heavy is imported at module level (pyarrow only for parquet).
@@ -19,10 +24,10 @@ Everything here works on local files and binary streams; storage and the ledger 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import hashlib
 import io
+import itertools
 import logging
 import operator
 import queue
@@ -31,11 +36,13 @@ import sys
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+import xxhash
 
 from shared.settings import Settings, get_settings
 
@@ -200,32 +207,43 @@ class HashingReader(io.RawIOBase):
 class Distribution:
     """Streaming count / mean / min / max and quantiles, in constant memory.
 
-    Values below 128 are counted exactly; larger ones in buckets keeping their top 4 bits
-    (quantiles within about 6%), which costs a couple of integer operations per value.
+    Values below 128 are counted exactly; larger ones in buckets keeping their top 7 bits
+    (quantiles within about 1%). The hot loop appends values to ``batch`` (a list append per
+    value); ``flush`` folds a batch in with C-level passes (``sum``, ``min``, ``max``,
+    ``Counter`` over mapped shifts), so no Python function runs per value.
     """
+
+    BATCH = 8192
 
     def __init__(self) -> None:
         self.count = 0
         self.total = 0
         self.min: int | None = None
         self.max: int | None = None
-        self._buckets: dict[int, int] = {}
+        self._buckets: Counter[int] = Counter()
+        self.batch: list[int] = []
 
     def add(self, value: int) -> None:
-        self.count += 1
-        self.total += value
-        if self.min is None:
-            self.min = self.max = value
-        elif value < self.min:
-            self.min = value
-        elif value > self.max:  # type: ignore[operator]
-            self.max = value
-        if value >= 128:
-            shift = value.bit_length() - 4
-            value = value >> shift << shift
-        self._buckets[value] = self._buckets.get(value, 0) + 1
+        self.batch.append(value)
+        if len(self.batch) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        values = self.batch  # emptied in place at the end: the hot loop holds on to this list
+        if not values:
+            return
+        self.count += len(values)
+        self.total += sum(values)
+        low, high = min(values), max(values)
+        self.min = low if self.min is None else min(self.min, low)
+        self.max = high if self.max is None else max(self.max, high)
+        # bucket = value with all but its top 7 bits cleared: shift = max(bit_length - 7, 0)
+        shifts = list(map(max, map(operator.sub, map(int.bit_length, values), _SEVENS), _ZEROS))
+        self._buckets.update(map(operator.lshift, map(operator.rshift, values, shifts), shifts))
+        values.clear()
 
     def quantile(self, q: float) -> int | None:
+        self.flush()
         if not self.count:
             return None
         rank = q * self.count
@@ -234,11 +252,12 @@ class Distribution:
             seen += self._buckets[bucket]
             if seen >= rank:
                 if bucket >= 128:  # the middle of the bucket
-                    bucket += (1 << (bucket.bit_length() - 4)) // 2
+                    bucket += (1 << (bucket.bit_length() - 7)) // 2
                 return max(self.min or 0, min(self.max or 0, bucket))
         return self.max
 
     def summary(self) -> dict[str, Any] | None:
+        self.flush()
         if not self.count:
             return None
         return {
@@ -246,6 +265,10 @@ class Distribution:
             "p50": self.quantile(0.5), "p90": self.quantile(0.9), "p99": self.quantile(0.99),
             "total": self.total,
         }
+
+
+_SEVENS = itertools.repeat(7)
+_ZEROS = itertools.repeat(0)
 
 
 # --------------------------------------------------------------------------- validation
@@ -273,12 +296,64 @@ class LineError(Exception):
 _get_role = operator.itemgetter("role")
 _get_content = operator.itemgetter("content")
 _strip = str.strip
+_dumps = orjson.dumps
 
 
-def normalise_conversation(obj: Any) -> tuple[str, str, list[dict[str, str]], int, bool, list[tuple[str, str]] | None]:
+def conversation_digest(roles: list[str], contents: list[str]) -> int:
+    """128-bit digest of a normalised conversation: its de-duplication key and its split bucket.
+
+    The bytes hashed are ``[[roles...], [contents...]]`` as JSON: unambiguous (JSON escapes
+    every string) and cheap (two flat lists of strings, no per-message objects or sorted keys),
+    and independent of the input's key order, spacing or escapes. xxh3 is fixed by its
+    specification, so the digest, hence the split, is the same across runs, machines and input
+    formats. It is not keyed: someone who crafted a collision would only get one of their own
+    conversations dropped as a duplicate.
+    """
+    return xxhash.xxh3_128_intdigest(_dumps((roles, contents)))
+
+
+def _output_form(obj: Any) -> tuple[list[dict[str, str]], list[str], list[str]] | None:
+    """``(messages, roles, contents)`` when ``obj`` is a conversation exactly in the output form, else None.
+
+    The common case, checked with a few C-level passes over the message list and no Python
+    call per message: exactly the keys prompt, prompt_id (non-empty strings) and messages, every
+    message exactly ``{"role", "content"}`` with a known role and already-stripped non-empty
+    string content, a user and an assistant turn, a system turn only first. None means "look
+    closer": ``normalise_conversation`` then normalises the line or names its problem.
+    """
+    if type(obj) is not dict or len(obj) != 3:
+        return None
+    messages = obj.get("messages")
+    prompt = obj.get("prompt")
+    prompt_id = obj.get("prompt_id")
+    if (type(messages) is not list or type(prompt) is not str or type(prompt_id) is not str
+            or not prompt_id or not prompt or prompt.isspace()):
+        return None
+    try:
+        roles = list(map(_get_role, messages))  # TypeError/KeyError: a message that is not an object, no role
+        contents = list(map(_get_content, messages))
+        # str.strip returns the very same object when there is nothing to strip, so the list
+        # compares by identity: "already stripped" costs no string comparison (and a
+        # non-string content raises TypeError).
+        if not (list(map(_strip, contents)) == contents and "" not in contents
+                and sum(map(len, messages)) == 2 * len(roles)):  # both keys present: no other key
+            return None
+        # Every role a user or assistant turn but one system turn first (compared, not hashed:
+        # fresh strings would have to be hashed for a set test).
+        users, assistants = roles.count("user"), roles.count("assistant")
+        others = len(roles) - users - assistants
+        if not users or not assistants or (others and (others != 1 or roles[0] != "system")):
+            return None
+    except (TypeError, KeyError):  # not an object, a missing key, an unhashable role...
+        return None
+    return messages, roles, contents
+
+
+def normalise_conversation(obj: Any) -> tuple[str, str, list[dict[str, str]], list[str], list[str], bool,
+                                              list[tuple[str, str]] | None]:
     """Check one parsed conversation and return it normalised; raise LineError for the first problem.
 
-    Returns ``(prompt, prompt_id, messages, characters, canonical, unknown_keys)``:
+    Returns ``(prompt, prompt_id, messages, roles, contents, canonical, unknown_keys)``:
     ``canonical`` says the input already was exactly the output form (the line can be passed
     through), ``unknown_keys`` lists dropped keys for the warnings (or None).
 
@@ -286,6 +361,10 @@ def normalise_conversation(obj: Any) -> tuple[str, str, list[dict[str, str]], in
     whitespace, unknown keys are dropped, a missing prompt is the first user turn and a missing
     prompt_id is the SHA-256 hex of the prompt (ultrachat's own convention).
     """
+    fast = _output_form(obj)
+    if fast is not None:
+        messages, roles, contents = fast
+        return obj["prompt"], obj["prompt_id"], messages, roles, contents, True, None
     if type(obj) is not dict:
         raise LineError(NOT_AN_OBJECT, f"a line must be a JSON object, got {_type_name(obj)}")
     messages = obj.get("messages")
@@ -295,28 +374,8 @@ def normalise_conversation(obj: Any) -> tuple[str, str, list[dict[str, str]], in
         if type(messages) is not list:
             raise LineError(MESSAGES_NOT_A_LIST, f"'messages' must be a list, got {_type_name(messages)}")
         raise LineError(EMPTY_MESSAGES, "'messages' is empty")
-    unknown: list[tuple[str, str]] | None = None
-    # Fast path: a conversation already in normal form (the common case) is checked with
-    # C-level passes over the message list and used as it is. Anything unusual (a failed
-    # check, an exception) falls through to the full check, which names the problem.
-    normal = False
-    try:
-        roles = list(map(_get_role, messages))
-        contents = list(map(_get_content, messages))
-        # str.strip returns the very same object when there is nothing to strip, so the list
-        # compares by identity: "already stripped" costs no string comparison.
-        normal = (list(map(_strip, contents)) == contents and "" not in contents
-                  and ROLES.issuperset(roles) and "assistant" in roles and "user" in roles
-                  and ((systems := roles.count("system")) == 0 or (systems == 1 and roles[0] == "system"))
-                  and set(map(len, messages)) == {2})
-    except (TypeError, KeyError):  # a message that is not an object, a missing key, an unhashable role...
-        normal = False
-    if normal:
-        messages_out = messages
-        chars = sum(map(len, contents))
-    else:
-        messages_out, chars, unknown = _normalise_messages(messages)
-    canonical = normal
+    messages_out, roles, contents, unknown = _normalise_messages(messages)
+    canonical = messages_out is messages
     if len(obj) != 3 or not obj.keys() <= CONVERSATION_KEYS:
         canonical = False
         if not obj.keys() <= CONVERSATION_KEYS:
@@ -325,7 +384,7 @@ def normalise_conversation(obj: Any) -> tuple[str, str, list[dict[str, str]], in
     if type(prompt) is not str or not prompt or prompt.isspace():
         if prompt is not None and type(prompt) is not str:
             raise LineError(INVALID_PROMPT, f"'prompt' must be a string, got {_type_name(prompt)}")
-        prompt = next(m["content"] for m in messages_out if m["role"] == "user")
+        prompt = contents[roles.index("user")]
         canonical = False
     prompt_id = obj.get("prompt_id")
     if type(prompt_id) is not str or not prompt_id:
@@ -333,15 +392,21 @@ def normalise_conversation(obj: Any) -> tuple[str, str, list[dict[str, str]], in
             raise LineError(INVALID_PROMPT_ID, f"'prompt_id' must be a string, got {_type_name(prompt_id)}")
         prompt_id = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
         canonical = False
-    return prompt, prompt_id, messages_out, chars, canonical, unknown
+    return prompt, prompt_id, messages_out, roles, contents, canonical, unknown
 
 
-def _normalise_messages(messages: list[Any]) -> tuple[list[dict[str, str]], int, list[tuple[str, str]] | None]:
-    """The full check of a message list, naming the first problem; builds normalised messages."""
-    out: list[dict[str, str]] = []
+def _normalise_messages(messages: list[Any]) -> tuple[list[dict[str, str]], list[str], list[str],
+                                                      list[tuple[str, str]] | None]:
+    """The full check of a message list, naming the first problem.
+
+    Returns ``(messages, roles, contents, unknown)``; ``messages`` is the input list itself when
+    every message already was in normal form, else a new normalised list.
+    """
+    roles: list[str] = []
+    contents: list[str] = []
     unknown: list[tuple[str, str]] = []
+    changed = False
     has_user = has_assistant = False
-    chars = 0
     for index, message in enumerate(messages, 1):
         if type(message) is not dict:
             raise LineError(MESSAGE_NOT_AN_OBJECT, f"message {index} must be an object, got {_type_name(message)}")
@@ -354,6 +419,7 @@ def _normalise_messages(messages: list[Any]) -> tuple[list[dict[str, str]], int,
             if normalised not in ROLES:
                 raise LineError(UNKNOWN_ROLE, f"message {index}: role {_short(role)} is not one of system, user, assistant")
             role = normalised
+            changed = True
         if type(content) is not str:
             if content is None:
                 raise LineError(MISSING_CONTENT, f"message {index} ({role}) has no 'content'")
@@ -361,6 +427,8 @@ def _normalise_messages(messages: list[Any]) -> tuple[list[dict[str, str]], int,
         stripped = content.strip()
         if not stripped:
             raise LineError(EMPTY_CONTENT, f"message {index} ({role}) has empty content")
+        if stripped is not content:
+            changed = True
         if role == "assistant":
             has_assistant = True
         elif role == "user":
@@ -369,13 +437,20 @@ def _normalise_messages(messages: list[Any]) -> tuple[list[dict[str, str]], int,
             raise LineError(SYSTEM_NOT_FIRST, f"message {index} is a system message; only the first may be")
         if len(message) > 2:
             unknown.extend(("message", str(k)) for k in message if k not in MESSAGE_KEYS)
-        chars += len(stripped)
-        out.append({"role": role, "content": stripped})
+            changed = True
+        roles.append(role)
+        contents.append(stripped)
     if not has_user:
         raise LineError(NO_USER_TURN, "no user message")
     if not has_assistant:
         raise LineError(NO_ASSISTANT_TURN, "no assistant message")
-    return out, chars, unknown or None
+    out = [{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)] if changed else messages
+    return out, roles, contents, unknown or None
+
+
+def _output_line(raw: bytes) -> bytes:
+    """A line already in the output form, with exactly one "\\n" at its end."""
+    return raw if raw[-1:] == b"\n" and raw[-2:] != b"\r\n" else raw.rstrip(b"\r\n") + b"\n"
 
 
 # --------------------------------------------------------------------------- preparation
@@ -409,17 +484,16 @@ class _Preparation:
         self.train = train
         self.test = test
         self.token_counter = token_counter
-        self.test_below = int(settings.test_fraction * (1 << 32))  # on the conversation's CRC-32
-        self.seen: dict[int, int] = {}  # conversation hash -> line it was first seen on
+        # A conversation goes to test when the top 64 bits of its digest are below this.
+        self.test_below = int(settings.test_fraction * (1 << 64)) << 64
+        self.seen: dict[int, int] = {}  # conversation digest -> line it was first seen on
         self.lines = 0
         self.blank = 0
-        self.valid = 0
         self.duplicates = 0
         self.invalid: dict[str, int] = {}
         self.n_train = 0
         self.n_test = 0
-        self.train_bytes = 0
-        self.last_train_offset = 0
+        self.last_train: bytes = b""  # the last record written to train (see ensure_test_split)
         self.errors: list[dict[str, Any]] = []
         self.errors_omitted = 0
         self.warnings: dict[tuple[str, str], dict[str, Any]] = {}
@@ -428,6 +502,10 @@ class _Preparation:
         self.chars = Distribution()
         self.tokens = Distribution()
         self.unreadable: str | None = None
+
+    @property
+    def valid(self) -> int:
+        return self.n_train + self.n_test
 
     def error(self, line: int, kind: str, message: str) -> None:
         if kind == DUPLICATE:
@@ -452,81 +530,123 @@ class _Preparation:
                 self.warnings_omitted += 1
 
     def add(self, line: int, obj: Any, raw: bytes | None = None) -> None:
-        """One parsed conversation (and its raw line, if any): validate, de-duplicate, write to its split."""
+        """One parsed conversation (and its raw line, if any): validate, de-duplicate, write to its split.
+
+        ``read_jsonl`` runs the same steps inline for lines already in the output form.
+        """
         try:
-            prompt, prompt_id, messages, chars, canonical, unknown = normalise_conversation(obj)
+            prompt, prompt_id, messages, roles, contents, canonical, unknown = normalise_conversation(obj)
         except LineError as exc:
             self.error(line, exc.kind, exc.message)
             return
         if unknown:
             self.warn_unknown(line, unknown)
-        # The normalised conversation as bytes: sorted keys, so equal conversations give equal
-        # bytes whatever the input's key order, spacing or escapes.
-        body = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
-        # Dedup key: the interpreter's keyed 64-bit hash of those bytes (fast, not forgeable from
-        # outside, stable within this run, which is all de-duplication needs).
-        first = self.seen.setdefault(hash(body), line)
+        digest = conversation_digest(roles, contents)
+        first = self.seen.setdefault(digest, line)
         if first != line:
             self.error(line, DUPLICATE, f"same conversation as line {first}")
             return
-        self.valid += 1
         if canonical and raw is not None:
-            # Already exactly the output form: pass the line through instead of re-serialising it.
-            record = raw if raw[-1:] == b"\n" and raw[-2:] != b"\r\n" else raw.rstrip(b"\r\n") + b"\n"
+            record = _output_line(raw)  # already exactly the output form: passed through
         else:
-            record = b"".join((b'{"prompt":', orjson.dumps(prompt), b',"prompt_id":', orjson.dumps(prompt_id),
-                               b',"messages":', body, b"}\n"))
-        # Split key: CRC-32 of the normalised conversation, stable across runs, machines and
-        # input formats, so re-preparing the same data gives the same split.
-        if zlib.crc32(body) < self.test_below:
+            record = b"".join((b'{"prompt":', _dumps(prompt), b',"prompt_id":', _dumps(prompt_id),
+                               b',"messages":', _dumps(messages), b"}\n"))
+        if digest < self.test_below:
             self.test.write(record)
             self.n_test += 1
         else:
             self.train.write(record)
-            self.last_train_offset = self.train_bytes
-            self.train_bytes += len(record)
+            self.last_train = record
             self.n_train += 1
-        self.messages.add(len(messages))
-        self.chars.add(chars)
-        if self.token_counter is not None and self.tokens.count < TOKEN_SAMPLE:
+        self.messages.add(len(roles))
+        self.chars.add(sum(map(len, contents)))
+        if self.token_counter is not None and self.tokens.count + len(self.tokens.batch) < TOKEN_SAMPLE:
             self.tokens.add(self.token_counter(messages))
 
     def add_line(self, line: int, raw: bytes) -> None:
-        """One raw JSONL line (bytes, newline included)."""
+        """One raw JSONL line (bytes, newline included) that ``read_jsonl``'s fast path did not take."""
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as bad:
-                self.error(line, INVALID_UTF8, f"bytes are not UTF-8 (byte {bad.start + 1} of the line: {bad.reason})")
-                return
-            # orjson counts the trailing newline as a line of its own: say "column" only.
-            message = _JSON_POSITION.sub(r"column \1", str(exc))[:160]
-            self.error(line, INVALID_JSON, f"not valid JSON: {message}")
+            self.bad_json(line, raw, exc)
             return
         self.add(line, obj, raw)
 
+    def bad_json(self, line: int, raw: bytes, exc: Exception) -> None:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            self.error(line, INVALID_UTF8, f"bytes are not UTF-8 (byte {bad.start + 1} of the line: {bad.reason})")
+            return
+        # orjson counts the trailing newline as a line of its own: say "column" only.
+        message = _JSON_POSITION.sub(r"column \1", str(exc))[:160]
+        self.error(line, INVALID_JSON, f"not valid JSON: {message}")
+
     def read_jsonl(self, stream: BinaryIO) -> None:
-        readline = functools.partial(stream.readline, MAX_LINE_BYTES + 1)
-        add_line = self.add_line
-        line = 0
-        for raw in iter(readline, b""):
-            line += 1
-            self.lines = line  # kept current: a corrupt gzip stops the loop and is reported at the next line
-            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                skipped = len(raw)
-                while raw and not raw.endswith(b"\n"):  # skip the rest of the line in bounded pieces
-                    raw = readline()
-                    skipped += len(raw)
-                self.error(line, LINE_TOO_LONG, f"line is {skipped} bytes, more than the {MAX_LINE_BYTES} allowed")
-                continue
-            if line == 1 and raw.startswith(_UTF8_BOM):
-                raw = raw[3:]
-            if raw.isspace():
-                self.blank += 1
-                continue
-            add_line(line, raw)
+        """Every line of a JSONL stream.
+
+        This is the per-row hot loop, so a line already in the output form (nearly all of a
+        well-made file) is validated, de-duplicated, split and written right here, with bound
+        methods in locals and no Python call per line beyond the C-level ones; ``add`` does
+        the same steps for anything else (and names its problems).
+        """
+        limit = MAX_LINE_BYTES + 1
+        readline = stream.readline
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        output_form, dumps, digest_of = _output_form, _dumps, xxhash.xxh3_128_intdigest
+        remember = self.seen.setdefault
+        test_below = self.test_below
+        write_train, write_test = self.train.write, self.test.write
+        messages_batch, chars_batch = self.messages.batch, self.chars.batch
+        tokens_wanted = self.token_counter is not None
+        batch_size = Distribution.BATCH
+        line = self.lines
+        try:
+            while raw := readline(limit):
+                line += 1
+                if len(raw) == limit and raw[-1:] != b"\n":
+                    skipped = len(raw)
+                    while raw and not raw.endswith(b"\n"):  # skip the rest of the line in bounded pieces
+                        raw = readline(limit)
+                        skipped += len(raw)
+                    self.error(line, LINE_TOO_LONG, f"line is {skipped} bytes, more than the {MAX_LINE_BYTES} allowed")
+                    continue
+                if line == 1 and raw.startswith(_UTF8_BOM):
+                    raw = raw[3:]
+                if raw.isspace():
+                    self.blank += 1
+                    continue
+                try:
+                    obj = loads(raw)
+                except decode_error as exc:
+                    self.bad_json(line, raw, exc)
+                    continue
+                fast = output_form(obj)
+                if fast is None or (tokens_wanted and self.tokens.count + len(self.tokens.batch) < TOKEN_SAMPLE):
+                    self.add(line, obj, raw)
+                    continue
+                _, roles, contents = fast
+                digest = digest_of(dumps((roles, contents)))  # = conversation_digest(roles, contents)
+                first = remember(digest, line)
+                if first != line:
+                    self.error(line, DUPLICATE, f"same conversation as line {first}")
+                    continue
+                if raw[-1:] != b"\n" or raw[-2:] == b"\r\n":
+                    raw = _output_line(raw)
+                if digest < test_below:
+                    write_test(raw)
+                    self.n_test += 1
+                else:
+                    write_train(raw)
+                    self.last_train = raw
+                    self.n_train += 1
+                messages_batch.append(len(roles))
+                chars_batch.append(sum(map(len, contents)))
+                if len(chars_batch) >= batch_size:
+                    self.messages.flush()
+                    self.chars.flush()
+        finally:
+            self.lines = line  # also when a corrupt gzip stops the loop: it is reported at the next line
 
     def read_parquet(self, path: Path) -> None:
         import pyarrow.parquet as pq
@@ -546,10 +666,9 @@ class _Preparation:
         """
         if self.n_test or self.n_train < 2:
             return
+        last = self.last_train
         self.train.flush()
-        self.train.seek(self.last_train_offset)
-        last = self.train.read()
-        self.train.seek(self.last_train_offset)
+        self.train.seek(-len(last), io.SEEK_END)
         self.train.truncate()
         self.test.write(last)
         self.n_train -= 1

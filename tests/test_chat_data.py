@@ -306,3 +306,61 @@ def test_cli_token_counts_with_a_tokenizer_file(tmp_path: Path, capsys: pytest.C
     assert cli_main(["prepare", str(path), "--out-dir", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "tokenizer.json")]) == 0
     tokens = json.loads((tmp_path / "o" / "report.json").read_text())["stats"]["tokens_per_conversation"]
     assert (tokens["min"], tokens["max"]) == (4, 8)  # "question i.t" + "answer i.t" per turn: 2 + 2 words
+
+
+def respell(obj: dict[str, Any]) -> dict[str, Any]:
+    """The same conversation in a form that needs normalising (the slow path): padded content,
+    upper-case roles, content before role, an extra key, no prompt_id."""
+    return {"messages": [{"content": f" {m['content']}\n", "role": m["role"].upper(), "weight": 1} for m in obj["messages"]],
+            "prompt": obj["prompt"]}
+
+
+def test_fast_and_slow_paths_give_the_same_outputs_and_split(tmp_path: Path) -> None:
+    rows = [conv(i, turns=1 + i % 3, system=i % 5 == 0) for i in range(300)]
+    fast = prepare_file(write(tmp_path / "f.jsonl", [line(r) for r in rows]), tmp_path / "f", make_settings())
+    slow = prepare_file(write(tmp_path / "s.jsonl", [line(respell(r)) for r in rows]), tmp_path / "s", make_settings())
+    mixed = prepare_file(write(tmp_path / "m.jsonl", [line(respell(r) if i % 2 else r) for i, r in enumerate(rows)]),
+                         tmp_path / "m", make_settings())
+    assert slow.report["warnings"] and not fast.report["warnings"]
+    for other in (slow, mixed):
+        assert other.counts == fast.counts
+        assert read_jsonl(other.train_path) == read_jsonl(fast.train_path)
+        assert read_jsonl(other.test_path) == read_jsonl(fast.test_path)
+        assert other.report["stats"] == fast.report["stats"]
+
+
+def test_statistics_are_exact_across_batches_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Distribution, "BATCH", 5)  # many folds, some in the middle of slow-path rows
+    rows = [conv(i, turns=1 + i % 4) for i in range(37)]
+    lines = [line(respell(r) if i % 3 == 0 else r) for i, r in enumerate(rows)]
+    stats = prepare_file(write(tmp_path / "c.jsonl", lines), tmp_path / "o", make_settings()).report["stats"]
+    n_messages = [len(r["messages"]) for r in rows]
+    chars = [sum(len(m["content"]) for m in r["messages"]) for r in rows]
+    got = stats["messages_per_conversation"]
+    assert (got["min"], got["max"], got["total"], got["mean"]) == (2, 8, sum(n_messages), round(sum(n_messages) / 37, 1))
+    got = stats["characters_per_conversation"]
+    assert (got["min"], got["max"], got["total"]) == (min(chars), max(chars), sum(chars))
+
+
+def test_tokens_are_sampled_then_lines_take_the_fast_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chat_data, "TOKEN_SAMPLE", 5)
+    counted: list[int] = []
+
+    def counter(messages: list[dict[str, str]]) -> int:
+        counted.append(len(messages))
+        return sum(len(m["content"].split()) for m in messages)
+
+    path = write(tmp_path / "c.jsonl", [line(conv(i)) for i in range(30)])
+    report = prepare_file(path, tmp_path / "o", make_settings(), token_counter=counter).report
+    assert len(counted) == 5 and "first 5 valid" in report["stats"]["tokens_note"]
+    assert report["counts"]["valid"] == 30 and report["stats"]["characters_per_conversation"]["total"] == sum(
+        len(f"question {i}.{t}") + len(f"answer {i}.{t}") for i in range(30) for t in range(2))
+
+
+def test_split_follows_the_conversation_digest(tmp_path: Path) -> None:
+    rows = [conv(i) for i in range(400)]
+    prepared = prepare_file(write(tmp_path / "c.jsonl", [line(r) for r in rows]), tmp_path / "o", make_settings(TEST_FRACTION="0.25"))
+    expected_test = {r["prompt"] for r in rows
+                     if chat_data.conversation_digest([m["role"] for m in r["messages"]], [m["content"] for m in r["messages"]]) >> 64
+                     < int(0.25 * (1 << 64))}
+    assert {r["prompt"] for r in read_jsonl(prepared.test_path)} == expected_test
