@@ -255,11 +255,15 @@ def run(demo: Demo) -> None:
         return rec if rec and rec.state not in {"submitted"} else None
 
     job_rec = wait_for("the job-completed event to be handled", job_recorded, 180)
-    say(f"event handled: job record {job_rec.state} {json.dumps({k: v for k, v in job_rec.fields.items() if k in ('model', 'model_version', 'event_type')})}")
+    say(f"event handled by on_job_event: job {job_name} recorded {job_rec.state}, test loss "
+        f"{job_rec.get('metrics', {}).get('base_test_loss', float('nan')):.3f} (base) -> {job_rec.get('metrics', {}).get('test_loss', float('nan')):.3f}")
+    model_rec = wait_for("the model to be registered", lambda: (r := ledger.get("job", job_name)) and r.get("model") and r, 120)
+    say(f"model registered: {model_rec.get('model')} at {model_rec.get('registered_at')} (MLflow registry)")
+    ep_rec = wait_for("the endpoint deployment to start", lambda: next(iter(ledger.list("endpoint")), None), 120)
+    say(f"deployment started: endpoint {ep_rec.id} {ep_rec.state} (instance {ep_rec.get('instance_type') or 'local'})")
     model_name = demo.settings.model_name
     active = wait_for("the endpoint to be deployed and active", lambda: ledger.get("active", model_name), 300, 2.0)
     endpoint = ledger.get("endpoint", active.get("endpoint"))
-    say(f"model {model_name} version {active.get('model_version')} registered (MLflow registry)")
     say(f"endpoint {endpoint.id}: {endpoint.state}, active since {endpoint.get('active_since')}")
 
     stage(6, "Held-out questions: base model vs fine-tuned model (through POST /api/score)")
@@ -299,7 +303,7 @@ def run(demo: Demo) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--base-model", default=os.environ.get("LOCAL_BASE_MODEL", "smollm2"), choices=["smollm2", "tiny-random"])
-    p.add_argument("--max-steps", type=int, default=int(os.environ.get("DEMO_MAX_STEPS", "40")))
+    p.add_argument("--max-steps", type=int, default=int(os.environ.get("DEMO_MAX_STEPS", "30")))
     args = p.parse_args(argv)
     for k, v in offline_env().items():
         os.environ.setdefault(k, v)
