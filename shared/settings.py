@@ -111,6 +111,7 @@ SPECS: dict[str, Spec] = {
     "local_workspace_dir": Spec("LOCAL_WORKSPACE_DIR", str(PROJECT_ROOT / ".local" / "workspace"), _str, "Folder of the local workspace (jobs, MLflow database, models, endpoint records)."),
     "local_base_model": Spec("LOCAL_BASE_MODEL", "smollm2", _str, "Local base model: `smollm2` (SmolLM2-135M-Instruct) or `tiny-random` (fast tests)."),
     "local_workspace_id": Spec("LOCAL_WORKSPACE_ID", LOCAL_WORKSPACE_ID, _str, "Resource id the local workspace uses as its Event Grid topic."),
+    "local_model_cache": Spec("LOCAL_MODEL_CACHE", str(PROJECT_ROOT / ".local" / "models"), _str, "Local workspace: folder caching the base models as plain transformers folders (shared by workspaces, built once)."),
     # --- Azure ML
     "azure_subscription_id": Spec("AZURE_SUBSCRIPTION_ID", "", _str, "Azure ML backend: subscription of the workspace (or use `AZURE_ML_CONFIG`)."),
     "azure_resource_group": Spec("AZURE_RESOURCE_GROUP", "", _str, "Azure ML backend: resource group of the workspace."),
@@ -167,6 +168,7 @@ class Settings:
     local_workspace_dir: str
     local_base_model: str
     local_workspace_id: str
+    local_model_cache: str
     azure_subscription_id: str
     azure_resource_group: str
     azure_ml_workspace: str

@@ -1,0 +1,183 @@
+"""A local online endpoint: MLflow's own scoring server app plus Azure ML's scoring contract.
+
+``python -m localworkspace.serve --model-uri models:/NAME/VERSION --tracking-uri URI --port P
+--activity-file F [--host 127.0.0.1] [--deployment default]``; the key comes from the
+environment variable ``LOCAL_ENDPOINT_KEY`` (never the command line, which ``ps`` shows).
+
+Routes: ``/ping`` and ``/health`` (open; the workspace's health check), ``/invocations``
+(MLflow's contract), ``POST /score`` (Azure ML's contract: ``{"input_data": {"input_string":
+[messages], "parameters": {...}}, "params": {}}`` -> ``{"output": ..., "finish_reason": ...,
+"usage": {...}}``). Everything but the health routes needs ``Authorization: Bearer <key>``.
+Each scoring request writes the time to the activity file: the endpoint's own activity metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request  # module level: FastAPI resolves the route's annotations here
+
+log = logging.getLogger("localworkspace.serve")
+
+KEY_ENV = "LOCAL_ENDPOINT_KEY"
+OPEN_PATHS = frozenset({"/ping", "/health"})
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+class ScoreRequestError(ValueError):
+    """The /score body does not follow the contract."""
+
+
+def chat_request_from_azure(body: Any, max_new_tokens_cap: int = 1024) -> dict[str, Any]:
+    """Azure ML scoring body -> the MLflow chat model's input (messages + OpenAI-style params)."""
+    if not isinstance(body, dict) or not isinstance(body.get("input_data"), dict):
+        raise ScoreRequestError("body must be a JSON object with an 'input_data' object")
+    input_data = body["input_data"]
+    messages = input_data.get("input_string")
+    if not isinstance(messages, list) or not messages:
+        raise ScoreRequestError("input_data.input_string must be a non-empty list of chat messages")
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ScoreRequestError("every message needs string 'role' and 'content'")
+        if m["role"] not in {"system", "user", "assistant"}:
+            raise ScoreRequestError(f"unknown role {m['role']!r}")
+    params = input_data.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ScoreRequestError("input_data.parameters must be an object")
+    try:
+        max_new_tokens = int(params.get("max_new_tokens", params.get("max_tokens", DEFAULT_MAX_NEW_TOKENS)))
+        temperature = float(params.get("temperature", 1.0))
+        top_p = float(params.get("top_p", 1.0))
+    except (TypeError, ValueError):
+        raise ScoreRequestError("max_new_tokens, temperature and top_p must be numbers") from None
+    if not 1 <= max_new_tokens <= max_new_tokens_cap:
+        raise ScoreRequestError(f"max_new_tokens must be between 1 and {max_new_tokens_cap}")
+    do_sample = params.get("do_sample")
+    do_sample = bool(do_sample) if do_sample is not None else temperature > 0 and "temperature" in params
+    request: dict[str, Any] = {
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "max_tokens": max_new_tokens,
+    }
+    generation: dict[str, Any] = {"do_sample": do_sample}
+    if do_sample:
+        # transformers rejects temperature 0 when sampling; greedy is what 0 means.
+        generation["temperature"] = max(temperature, 1e-3)
+        generation["top_p"] = min(max(top_p, 1e-3), 1.0)
+    return {"data": request, "generation": generation}
+
+
+def azure_response(completion: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI-style chat.completion -> Azure ML's ``{"output": ...}`` (+ finish_reason, usage)."""
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    return {
+        "output": message.get("content", ""),
+        "finish_reason": choice.get("finish_reason"),
+        "usage": completion.get("usage") or {},
+    }
+
+
+class ChatScorer:
+    """Runs the chat model; one generation at a time (two would only thrash the CPU)."""
+
+    def __init__(self, pyfunc_model: Any) -> None:
+        self.pyfunc_model = pyfunc_model
+        self._lock = threading.Lock()
+
+    def complete(self, data: dict[str, Any], generation: dict[str, Any]) -> dict[str, Any]:
+        # The transformers flavor's own predict takes generation kwargs (do_sample, top_p, ...)
+        # as params and hands them to the pipeline; the pyfunc wrapper would drop params the
+        # chat signature does not declare.
+        impl = self.pyfunc_model._model_impl
+        with self._lock:
+            result = impl.predict(dict(data), params=dict(generation))
+        return result[0] if isinstance(result, list) else result
+
+
+def build_app(pyfunc_model: Any, key: str, activity_file: Path, max_new_tokens_cap: int = 1024):  # noqa: ANN201
+    from fastapi.responses import JSONResponse
+    from mlflow.pyfunc import scoring_server
+    from starlette.concurrency import run_in_threadpool
+
+    app = scoring_server.init(pyfunc_model)
+    scorer = ChatScorer(pyfunc_model)
+    expected = f"Bearer {key}".encode()
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):  # noqa: ANN001, ANN202
+        if request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "").encode()
+            if not key or not hmac.compare_digest(given, expected):
+                return JSONResponse({"error": "missing or invalid key"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            record_activity(activity_file)
+        return await call_next(request)
+
+    @app.post("/score")
+    async def score(request: Request):  # noqa: ANN202
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
+        try:
+            chat = chat_request_from_azure(body, max_new_tokens_cap)
+        except ScoreRequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        try:
+            completion = await run_in_threadpool(scorer.complete, chat["data"], chat["generation"])
+        except Exception as exc:
+            log.error("generation failed: %s", exc, exc_info=True)
+            return JSONResponse({"error": f"generation failed: {type(exc).__name__}"}, status_code=500)
+        return JSONResponse(azure_response(completion))
+
+    return app
+
+
+def record_activity(activity_file: Path) -> None:
+    from datetime import UTC, datetime
+
+    tmp = activity_file.with_suffix(".tmp")
+    tmp.write_text(datetime.now(UTC).isoformat(), encoding="utf-8")
+    os.replace(tmp, activity_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localworkspace.serve")
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--activity-file", required=True)
+    parser.add_argument("--max-new-tokens-cap", type=int, default=1024)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    key = os.environ.get(KEY_ENV, "")
+    if not key:
+        print(f"{KEY_ENV} is not set: refusing to serve without a key", file=sys.stderr)
+        return 2
+
+    import mlflow
+    import uvicorn
+
+    # It warns on every request that params override the saved inference config: that is the intent.
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
+
+    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_registry_uri(args.tracking_uri)
+    log.info("loading %s", args.model_uri)
+    model = mlflow.pyfunc.load_model(args.model_uri)
+    app = build_app(model, key, Path(args.activity_file), args.max_new_tokens_cap)
+    log.info("serving on http://%s:%d", args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""The embedded local workspace behind the ``MLBackend`` interface.
+
+Jobs are ``localworkspace.job_runner`` processes, endpoints are ``localworkspace.serve``
+processes on 127.0.0.1, models live in the workspace's MLflow registry (SQLite). This module
+starts and reads those; it never imports torch or transformers, and imports mlflow only for
+registration (``warm_up`` pre-imports it so the job-event handler answers fast).
+State is kept in files under ``LOCAL_WORKSPACE_DIR`` (see localworkspace.workspace), so it
+survives a restart of the app; a process that died is reported as failed, never as healthy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from localworkspace import PROCESS_ENV
+from localworkspace.workspace import (
+    Workspace,
+    now_iso,
+    process_alive,
+    read_json,
+    read_pid_file,
+    stop_process_group,
+    write_json,
+    write_pid_file,
+)
+from shared.backends.base import (
+    COMPLETED,
+    EP_DELETED,
+    EP_FAILED,
+    EP_PROVISIONING,
+    EP_SUCCEEDED,
+    FAILED,
+    JOB_FINAL_STATES,
+    MANAGED_BY_TAG,
+    MANAGED_BY_VALUE,
+    QUEUED,
+    RUNNING,
+    BackendError,
+    EndpointInfo,
+    FineTuneRequest,
+    JobInfo,
+    ModelRef,
+    NotFoundError,
+    ScoringTarget,
+)
+from shared.settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "default"
+INSTANCE_TYPE = "local"
+SCORING_TIMEOUT_S = 90.0
+ENDPOINT_STARTUP_TIMEOUT_S = 600.0  # a cold SmolLM2 server on a busy 2-core CPU can be slow
+EVENT_RETRY_TOTAL_S = 120.0
+SUBMIT_GRACE_S = 30.0
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class LocalBackend:
+    """``MLBackend`` on the local workspace folder ``settings.local_workspace_dir``."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings, *, event_retry_total_s: float = EVENT_RETRY_TOTAL_S,
+                 endpoint_startup_timeout_s: float = ENDPOINT_STARTUP_TIMEOUT_S) -> None:
+        self.settings = settings
+        self.ws = Workspace(settings.local_workspace_dir)
+        self.event_retry_total_s = event_retry_total_s
+        self.endpoint_startup_timeout_s = endpoint_startup_timeout_s
+        # Popen handles of the processes this instance started, so exited children are reaped.
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def workspace_id(self) -> str:
+        return self.settings.local_workspace_id
+
+    @property
+    def base_model_name(self) -> str:
+        return self.settings.base_model_name
+
+    def warm_up(self) -> None:
+        """Pre-import mlflow (seconds on a cold process) so registration answers fast later."""
+        import mlflow  # noqa: F401
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def _child_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(PROCESS_ENV)
+        env.setdefault("HF_HOME", str(PROJECT_ROOT / ".local" / "hf"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["TQDM_DISABLE"] = "1"
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        env["TRANSFORMERS_VERBOSITY"] = "warning"
+        env.update(extra or {})
+        return env
+
+    def _spawn(self, args: list[str], log_path: Path, pid_path: Path, extra_env: dict[str, str] | None = None) -> int:
+        """Start ``python args...`` in its own session (detached from the app), logging to ``log_path``."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, *args], cwd=str(PROJECT_ROOT), env=self._child_env(extra_env),
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self._children[proc.pid] = proc
+        write_pid_file(pid_path, proc.pid)
+        return proc.pid
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+
+    def _alive(self, pid_path: Path) -> bool:
+        self._reap()
+        proc = read_pid_file(pid_path)
+        return proc is not None and process_alive(proc)
+
+    def shutdown(self) -> list[str]:
+        """Stop every job runner and endpoint server of the workspace."""
+        stopped = self.ws.shutdown()
+        self._reap()
+        return stopped
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    def submit_finetune(self, request: FineTuneRequest) -> str:
+        from localworkspace.trainer import ParamError, resolve_params
+
+        try:
+            params, ignored = resolve_params(self.settings.finetune_params, request.params)
+        except ParamError as exc:
+            raise BackendError(str(exc)) from None
+        self.ws.ensure()
+        job_name = f"ftjob-{uuid.uuid4().hex[:12]}"
+        job_dir = self.ws.job_dir(job_name)
+        job_dir.mkdir(parents=True)
+        s = self.settings
+        tags = {**request.tags, MANAGED_BY_TAG: MANAGED_BY_VALUE}
+        spec = {
+            "job_name": job_name,
+            "workspace_dir": str(self.ws.root),
+            "workspace_id": s.local_workspace_id,
+            "experiment_name": s.experiment_name,
+            "base_model": s.local_base_model,
+            "base_model_name": self.base_model_name,
+            "model_cache": str(Path(s.local_model_cache).resolve()),
+            "model_name": request.model_name,
+            "dataset_id": request.dataset_id,
+            "train_blob": request.train_blob,
+            "test_blob": request.test_blob,
+            "storage": {
+                "connection": s.storage_connection,
+                "account_name": s.storage_account_name,
+                "client_id": s.azure_client_id,
+                "container": s.prepared_container,
+            },
+            "params": params,
+            "ignored_params": ignored,
+            "tags": tags,
+            "webhook_url": s.eventgrid_webhook_url,
+            "event_retry_total_s": self.event_retry_total_s,
+            "submitted_at": now_iso(),
+        }
+        # The spec holds the storage connection string: readable by the owner only.
+        write_json(job_dir / "spec.json", spec, mode=0o600)
+        write_json(self.ws.job_state_path(job_name), {"state": QUEUED, "submitted_at": spec["submitted_at"], "tags": tags})
+        self._spawn(["-m", "localworkspace.job_runner", str(job_dir)], job_dir / "job.log", job_dir / "runner.pid")
+        log.info("submitted local fine-tune %s (dataset %s)", job_name, request.dataset_id)
+        return job_name
+
+    def get_job(self, job_name: str) -> JobInfo:
+        job_dir = self.ws.job_dir(job_name)
+        state = read_json(self.ws.job_state_path(job_name))
+        if state is None:
+            raise NotFoundError(f"local job {job_name} not found")
+        if state.get("state") not in JOB_FINAL_STATES and not self._alive(job_dir / "runner.pid") \
+                and not self._just_submitted(job_dir, state):
+            # Written only if the runner did not finish meanwhile (it records under the same lock).
+            updated = self.ws.update_job_state(
+                job_name, expect={QUEUED, RUNNING}, state=FAILED, ended_at=now_iso(),
+                error=f"process died (runner exited without recording an outcome; see {job_dir / 'job.log'})",
+            )
+            state = updated or read_json(self.ws.job_state_path(job_name)) or state
+        return JobInfo(
+            name=job_name,
+            state=state.get("state", FAILED),
+            tags=dict(state.get("tags") or {}),
+            error=state.get("error"),
+            metrics={k: float(v) for k, v in (state.get("metrics") or {}).items()},
+            started_at=_parse_time(state.get("started_at")),
+            ended_at=_parse_time(state.get("ended_at")),
+            log_path=str(job_dir / "job.log"),
+        )
+
+    @staticmethod
+    def _just_submitted(job_dir: Path, state: dict[str, Any]) -> bool:
+        # Another worker may read the record between its creation and the runner's pid file.
+        if state.get("state") != QUEUED or (job_dir / "runner.pid").exists():
+            return False
+        submitted = _parse_time(state.get("submitted_at"))
+        return submitted is not None and time.time() - submitted.timestamp() < SUBMIT_GRACE_S
+
+    def cancel_job(self, job_name: str) -> None:
+        """Stop a running job; the runner records it as canceled."""
+        proc = read_pid_file(self.ws.job_dir(job_name) / "runner.pid")
+        if proc is None:
+            raise NotFoundError(f"local job {job_name} not found")
+        stop_process_group(proc)
+        self._reap()
+
+    # --- registry -------------------------------------------------------------------------------
+
+    def _mlflow(self):  # noqa: ANN202
+        import mlflow
+
+        mlflow.set_tracking_uri(self.ws.tracking_uri)
+        mlflow.set_registry_uri(self.ws.tracking_uri)
+        return mlflow
+
+    def register_model(self, job_name: str, model_name: str) -> ModelRef:
+        info = self.get_job(job_name)
+        state = read_json(self.ws.job_state_path(job_name)) or {}
+        if info.state != COMPLETED or not state.get("model_uri"):
+            raise BackendError(f"job {job_name} is {info.state}: it has no model to register")
+        mlflow = self._mlflow()
+        # One registration per job, across processes: look for the job's version under a lock.
+        # (MLflow's SQL store emits a SQLAlchemy deprecation warning on first use: not ours to fix.)
+        with self.ws.lock("mlflow"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            client = mlflow.MlflowClient()
+            existing = client.search_model_versions(f"name = '{model_name}' and tag.job = '{job_name}'")
+            if existing:
+                version = min(existing, key=lambda v: int(v.version))
+            else:
+                version = mlflow.register_model(
+                    state["model_uri"], model_name,
+                    tags={"job": job_name, "base_model": self.base_model_name, MANAGED_BY_TAG: MANAGED_BY_VALUE},
+                )
+        log.info("model %s:%s registered from job %s", model_name, version.version, job_name)
+        return ModelRef(name=model_name, version=str(version.version), job_name=job_name, base_model=self.base_model_name)
+
+    # --- endpoints ------------------------------------------------------------------------------
+
+    def _record_path(self, endpoint_name: str) -> Path:
+        return self.ws.endpoint_dir(endpoint_name) / "record.json"
+
+    def begin_deploy(self, model: ModelRef, endpoint_name: str, tags: dict[str, str]) -> None:
+        ep_dir = self.ws.endpoint_dir(endpoint_name)
+        with self.ws.lock("endpoint", ep_dir):
+            record = read_json(self._record_path(endpoint_name))
+            if (record and record.get("model") == model.ref and record.get("state") in {EP_PROVISIONING, EP_SUCCEEDED}
+                    and self._alive(ep_dir / "server.pid")):
+                return  # already deploying or serving this model
+            if record and self._alive(ep_dir / "server.pid"):  # a different model: replace the server
+                stop_process_group(read_pid_file(ep_dir / "server.pid") or {})
+            port = _free_port()
+            key = secrets.token_urlsafe(32)
+            activity = ep_dir / "activity"
+            activity.unlink(missing_ok=True)
+            record = {
+                "name": endpoint_name,
+                "state": EP_PROVISIONING,
+                "model": model.ref,
+                "model_name": model.name,
+                "model_version": model.version,
+                "job_name": model.job_name,
+                "base_model": model.base_model,
+                "tags": {**tags, MANAGED_BY_TAG: MANAGED_BY_VALUE},
+                "deployment": DEPLOYMENT_NAME,
+                "traffic": {},
+                "port": port,
+                "key": key,
+                "created_at": (record or {}).get("created_at") or now_iso(),
+                "deploy_started_at": now_iso(),
+                "log_path": str(ep_dir / "server.log"),
+                "error": None,
+            }
+            write_json(self._record_path(endpoint_name), record, mode=0o600)
+            self._spawn(
+                ["-m", "localworkspace.serve", "--model-uri", f"models:/{model.name}/{model.version}",
+                 "--tracking-uri", self.ws.tracking_uri, "--port", str(port), "--activity-file", str(activity),
+                 "--max-new-tokens-cap", str(self.settings.scoring_max_new_tokens)],
+                ep_dir / "server.log", ep_dir / "server.pid", extra_env={"LOCAL_ENDPOINT_KEY": key},
+            )
+        log.info("deploying %s to local endpoint %s on port %d", model.ref, endpoint_name, port)
+
+    def _refresh_endpoint(self, endpoint_name: str) -> dict[str, Any] | None:
+        """The record, with provisioning/succeeded checked against the real server process."""
+        ep_dir = self.ws.endpoint_dir(endpoint_name)
+        record = read_json(self._record_path(endpoint_name))
+        if record is None or record.get("state") not in {EP_PROVISIONING, EP_SUCCEEDED}:
+            return record
+        alive = self._alive(ep_dir / "server.pid")
+        changes: dict[str, Any] = {}
+        if not alive:
+            changes = {"state": EP_FAILED, "error": f"server process died; see {ep_dir / 'server.log'}"}
+        elif record["state"] == EP_PROVISIONING:
+            if self._healthy(record["port"]):
+                changes = {"state": EP_SUCCEEDED, "ready_at": now_iso()}
+            elif (time.time() - datetime.fromisoformat(record["deploy_started_at"]).timestamp()) > self.endpoint_startup_timeout_s:
+                stop_process_group(read_pid_file(ep_dir / "server.pid") or {})
+                changes = {"state": EP_FAILED,
+                           "error": f"server not healthy after {self.endpoint_startup_timeout_s:.0f} s; see {ep_dir / 'server.log'}"}
+        if changes:
+            with self.ws.lock("endpoint", ep_dir):
+                current = read_json(self._record_path(endpoint_name)) or record
+                # begin_deploy writes the record and the pid file under this lock: re-check here so
+                # a deployment caught between the two is not taken for a dead one.
+                if (current.get("state") == record["state"] and current.get("port") == record.get("port")
+                        and (alive or not self._alive(ep_dir / "server.pid"))):
+                    current.update(changes)
+                    write_json(self._record_path(endpoint_name), current, mode=0o600)
+                record = current
+        return record
+
+    @staticmethod
+    def _healthy(port: int) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _info(self, record: dict[str, Any]) -> EndpointInfo:
+        ep_dir = self.ws.endpoint_dir(record["name"])
+        activity = None
+        try:
+            activity = datetime.fromisoformat((ep_dir / "activity").read_text(encoding="utf-8").strip())
+        except (FileNotFoundError, ValueError):
+            pass
+        return EndpointInfo(
+            name=record["name"],
+            state=record["state"],
+            tags=dict(record.get("tags") or {}),
+            model=record.get("model"),
+            deployment=record.get("deployment"),
+            traffic=dict(record.get("traffic") or {}),
+            instance_type=INSTANCE_TYPE,
+            instance_count=1,
+            created_at=_parse_time(record.get("created_at")),
+            last_activity=activity,
+            error=record.get("error"),
+        )
+
+    def get_endpoint(self, endpoint_name: str) -> EndpointInfo | None:
+        record = self._refresh_endpoint(endpoint_name)
+        if record is None or record.get("state") == EP_DELETED:
+            return None
+        return self._info(record)
+
+    def set_traffic(self, endpoint_name: str) -> None:
+        ep_dir = self.ws.endpoint_dir(endpoint_name)
+        with self.ws.lock("endpoint", ep_dir):
+            record = read_json(self._record_path(endpoint_name))
+            if record is None or record.get("state") == EP_DELETED:
+                raise NotFoundError(f"local endpoint {endpoint_name} not found")
+            record["traffic"] = {record.get("deployment") or DEPLOYMENT_NAME: 100}
+            write_json(self._record_path(endpoint_name), record, mode=0o600)
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        found = []
+        if not self.ws.endpoints_dir.is_dir():
+            return found
+        for record_path in sorted(self.ws.endpoints_dir.glob("*/record.json")):
+            record = self._refresh_endpoint(record_path.parent.name)
+            if record is None or record.get("state") == EP_DELETED:
+                continue
+            info = self._info(record)
+            if info.managed:
+                found.append(info)
+        return found
+
+    def begin_delete_endpoint(self, endpoint_name: str) -> None:
+        ep_dir = self.ws.endpoint_dir(endpoint_name)
+        with self.ws.lock("endpoint", ep_dir):
+            record = read_json(self._record_path(endpoint_name))
+            if record is None:
+                raise NotFoundError(f"local endpoint {endpoint_name} not found")
+            if record.get("state") == EP_DELETED:
+                return
+            proc = read_pid_file(ep_dir / "server.pid")
+            if proc is not None:
+                stop_process_group(proc)
+            self._reap()
+            record.update(state=EP_DELETED, deleted_at=now_iso(), traffic={})
+            write_json(self._record_path(endpoint_name), record, mode=0o600)
+        log.info("deleted local endpoint %s", endpoint_name)
+
+    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
+        record = read_json(self._record_path(endpoint_name))
+        if record is None or record.get("state") == EP_DELETED:
+            raise NotFoundError(f"local endpoint {endpoint_name} not found")
+        return ScoringTarget(
+            url=f"http://127.0.0.1:{record['port']}/score", key=record["key"], timeout_s=SCORING_TIMEOUT_S,
+            deployment=record.get("deployment"),
+        )
+
