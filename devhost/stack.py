@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from devhost.azurite import RUN_DIR, Azurite, start, stop_process
@@ -136,11 +135,6 @@ def stop_azurite() -> None:
 
 
 def print_urls(port: int = HOST_PORT) -> None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/functions", timeout=5) as r:
-            print(r.read().decode())
-    except OSError:
-        pass
     s = get_settings()
     print(f"""
 Functions (local host http://127.0.0.1:{port}):
