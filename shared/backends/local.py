@@ -66,6 +66,23 @@ EVENT_RETRY_TOTAL_S = 120.0
 SUBMIT_GRACE_S = 30.0
 
 
+# Forks the workspace process, prints its pid and exits: the process is re-parented to init.
+_LAUNCHER = """
+import os, sys
+log_path, args = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid:
+    print(pid, flush=True)
+    os._exit(0)
+os.setsid()
+fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.dup2(fd, 1)
+os.dup2(fd, 2)
+os.close(fd)
+os.execv(sys.executable, [sys.executable, *args])
+"""
+
+
 def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -74,12 +91,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class LocalBackend:
@@ -93,8 +104,6 @@ class LocalBackend:
         self.ws = Workspace(settings.local_workspace_dir)
         self.event_retry_total_s = event_retry_total_s
         self.endpoint_startup_timeout_s = endpoint_startup_timeout_s
-        # Popen handles of the processes this instance started, so exited children are reaped.
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def workspace_id(self) -> str:
@@ -105,8 +114,12 @@ class LocalBackend:
         return self.settings.base_model_name
 
     def warm_up(self) -> None:
-        """Pre-import mlflow (seconds on a cold process) so registration answers fast later."""
-        import mlflow  # noqa: F401
+        """Pre-import mlflow and open its store once (seconds on a cold process, more on a new
+        database), so the job-event handler's registration answers in milliseconds later."""
+        from mlflow.tracking import MlflowClient
+
+        with self.ws.lock("mlflow"):
+            MlflowClient(self.ws.tracking_uri, registry_uri=self.ws.tracking_uri).search_registered_models(max_results=1)
 
     # --- processes ----------------------------------------------------------------------------
 
@@ -123,32 +136,28 @@ class LocalBackend:
         return env
 
     def _spawn(self, args: list[str], log_path: Path, pid_path: Path, extra_env: dict[str, str] | None = None) -> int:
-        """Start ``python args...`` in its own session (detached from the app), logging to ``log_path``."""
+        """Start ``python args...`` detached (own session, not our child), logging to ``log_path``.
+
+        A launcher forks the real process and exits at once, so the app never holds child
+        handles (no zombies, no Popen objects outliving it) and the process survives an app restart.
+        """
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, *args], cwd=str(PROJECT_ROOT), env=self._child_env(extra_env),
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self._children[proc.pid] = proc
-        write_pid_file(pid_path, proc.pid)
-        return proc.pid
+        launched = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(log_path), *args], cwd=str(PROJECT_ROOT), env=self._child_env(extra_env),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=True, timeout=60,
+        )
+        pid = int(launched.stdout.decode().strip())
+        write_pid_file(pid_path, pid)
+        return pid
 
-    def _reap(self) -> None:
-        for pid, proc in list(self._children.items()):
-            if proc.poll() is not None:
-                del self._children[pid]
-
-    def _alive(self, pid_path: Path) -> bool:
-        self._reap()
+    @staticmethod
+    def _alive(pid_path: Path) -> bool:
         proc = read_pid_file(pid_path)
         return proc is not None and process_alive(proc)
 
     def shutdown(self) -> list[str]:
         """Stop every job runner and endpoint server of the workspace."""
-        stopped = self.ws.shutdown()
-        self._reap()
-        return stopped
+        return self.ws.shutdown()
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -235,7 +244,6 @@ class LocalBackend:
         if proc is None:
             raise NotFoundError(f"local job {job_name} not found")
         stop_process_group(proc)
-        self._reap()
 
     # --- registry -------------------------------------------------------------------------------
 
@@ -411,7 +419,6 @@ class LocalBackend:
             proc = read_pid_file(ep_dir / "server.pid")
             if proc is not None:
                 stop_process_group(proc)
-            self._reap()
             record.update(state=EP_DELETED, deleted_at=now_iso(), traffic={})
             write_json(self._record_path(endpoint_name), record, mode=0o600)
         log.info("deleted local endpoint %s", endpoint_name)
