@@ -484,9 +484,10 @@ def _reconcile_endpoint(record: Record, ctx: _Context, summary: Counter[str]) ->
     elif record.state == EP_SUCCEEDED:
         # Normally activated when it succeeded; this covers a run that stopped in between.
         _activate(record, ctx, summary)
-    elif record.state == EP_DELETING and record.get("delete_reason") == "replaced":
-        # Only deletions this module started; the idle janitor finishes its own.
-        _reconcile_replaced_deletion(record, ctx, summary)
+    elif record.state == EP_DELETING:
+        # Any deletion that has finished is recorded (so scale-from-zero can revive the endpoint
+        # at once); only deletions this module started are restarted here, the janitor restarts its own.
+        _reconcile_deletion(record, ctx, summary)
 
 
 def _reconcile_provisioning(record: Record, ctx: _Context, summary: Counter[str]) -> None:
@@ -610,14 +611,14 @@ def _begin_delete(name: str, ctx: _Context, summary: Counter[str]) -> None:
     summary["endpoints_deleting"] += 1
 
 
-def _reconcile_replaced_deletion(record: Record, ctx: _Context, summary: Counter[str]) -> None:
+def _reconcile_deletion(record: Record, ctx: _Context, summary: Counter[str]) -> None:
     info = ctx.backend.get_endpoint(record.id)
     if info is None or info.state == EP_DELETED:
         if ctx.ledger.transition(L.ENDPOINT, record.id, {EP_DELETING}, EP_DELETED, deleted_at=_now_iso()) is not None:
             summary["endpoints_deleted"] += 1
-            log.info("replaced endpoint %s is deleted", record.id)
+            log.info("endpoint %s is deleted (%s)", record.id, record.get("delete_reason"))
         return
-    if info.state != EP_DELETING:  # the delete call was lost: start it again
+    if record.get("delete_reason") == "replaced" and info.state != EP_DELETING:  # the delete call was lost: start it again
         _begin_delete(record.id, ctx, summary)
 
 

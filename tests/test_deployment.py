@@ -492,3 +492,27 @@ def test_one_broken_record_does_not_stop_reconcile(env):
     assert summary["errors"] == 1 and summary["models_deploying"] == 1
     assert reconcile()["models_deploying"] == 1
     assert len(ledger.list(L.ENDPOINT)) == 2
+
+
+def test_reconcile_records_a_janitor_deletion_once_it_is_done_so_scoring_can_revive_it(env, fixtures_dir):
+    settings, ledger, ws = env
+    submit_job(ledger, settings, ws, "job-j", COMPLETED)
+    handle_job_event(completed_event(fixtures_dir, settings, "job-j"))
+    ep = endpoint_name(settings.model_name, "1")
+    ws.finish_deployment(ep)
+    reconcile()
+    # The janitor started an (asynchronous, Azure-like) deletion and recorded "deleting".
+    record = ledger.get(L.ENDPOINT, ep)
+    ledger.update(record, "deleting", delete_reason="idle: test")
+    ws.begin_delete_endpoint(ep)
+
+    reconcile()
+    assert ledger.get(L.ENDPOINT, ep).state == "deleting"  # still going: nothing recorded, nothing restarted
+    assert ws.calls["begin_delete_endpoint"] == 1
+
+    ws.finish_deletion(ep)
+    summary = reconcile()
+    assert summary["endpoints_deleted"] == 1
+    deleted = ledger.get(L.ENDPOINT, ep)
+    assert deleted.state == "deleted" and deleted.get("deleted_at")
+    assert ws.calls["begin_delete_endpoint"] == 1  # the janitor's deletion is never restarted by reconcile
