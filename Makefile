@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.local/hf
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow test-all up down status upload lint bench clean
+.PHONY: install demo test test-fast test-slow test-all up down status upload lint bench clean
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -39,6 +39,9 @@ PYTEST = $(PY) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 
 test: install
 	$(call PYTEST,-m "not slow")
+
+test-fast: install
+	$(call PYTEST,-m "not slow and not e2e")
 
 test-slow: install
 	$(call PYTEST,-m slow)
