@@ -7,7 +7,6 @@ delivery with the same helpers the host uses (devhost.eventgrid) and calls the d
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,14 +17,13 @@ import pytest
 from devhost.azurite import free_port
 from devhost.eventgrid import decode_event, parse_delivery
 from functions import job_events
-from scripts.make_sample_data import pirate_conversations
 from shared import deployment
 from shared import ledger as L
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
 from shared.ledger import Ledger
 from shared.settings import use_settings
-from shared.storage import blob_service
+from tests.support import upload_prepared_dataset, wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -109,40 +107,6 @@ class TimedBackend:
         return timed
 
 
-def _open_registry_store(local) -> None:
-    """Pay MLflow's one-time store start-up (schema check: about 4 s here, 17 s on a fresh database)
-    before the first event, as a long-running host worker has. LocalBackend.warm_up only imports
-    mlflow so far; without this the first registration in a process makes the handler take ~4 s
-    (still far inside Event Grid's 30 s, but above this app's 1 s target)."""
-    import mlflow
-
-    with local.ws.lock("mlflow"):  # the job runner creates the tables under the same lock
-        mlflow.MlflowClient(tracking_uri=local.ws.tracking_uri, registry_uri=local.ws.tracking_uri).search_registered_models(
-            max_results=1
-        )
-
-
-def _upload_dataset(settings, dataset_id: str) -> tuple[str, str]:
-    rows = pirate_conversations(count=24, seed=11)
-    container = blob_service(settings).get_container_client(settings.prepared_container)
-    names = []
-    for role, part in (("train", rows[:20]), ("test", rows[20:])):
-        name = f"datasets/{dataset_id}/{role}.jsonl"
-        container.upload_blob(name, "\n".join(json.dumps(r) for r in part) + "\n", overwrite=True)
-        names.append(name)
-    return names[0], names[1]
-
-
-def _wait(predicate, timeout_s: float, what: str, every_s: float = 2.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 @pytest.mark.parametrize("webhook_reachable", [True, False], ids=["event-delivered", "event-lost"])
 def test_local_workspace_job_is_registered_deployed_and_served(storage_settings, webhook_reachable):
     from shared.backends.local import LocalBackend
@@ -158,8 +122,8 @@ def test_local_workspace_job_is_registered_deployed_and_served(storage_settings,
         ledger = Ledger.from_settings(settings)
         try:
             backend.warm_up()  # the app host pre-imports mlflow, so registration answers fast
-            _open_registry_store(local)
-            train, test = _upload_dataset(settings, "e2e")
+            local.warm_up()  # as the local host does at start-up: the first registry access costs seconds
+            train, test = upload_prepared_dataset(settings, "e2e", seed=11)
             job = backend.submit_finetune(
                 FineTuneRequest(
                     "e2e", train, test, settings.model_name, tags={MANAGED_BY_TAG: MANAGED_BY_VALUE, "dataset_id": "e2e"}
@@ -176,12 +140,12 @@ def test_local_workspace_job_is_registered_deployed_and_served(storage_settings,
                 backend="local",
             )
 
-            _wait(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, JOB_TIMEOUT_S, "the job")
+            wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, JOB_TIMEOUT_S, "the job", every_s=2.0)
             info = backend.get_job(job)
             assert info.state == COMPLETED, f"{info.error}; see {info.log_path}"
 
             if webhook_reachable:
-                delivery = _wait(lambda: receiver.deliveries[0] if receiver.deliveries else None, 60, "the event")
+                delivery = wait_until(lambda: receiver.deliveries[0] if receiver.deliveries else None, 60, "the event", every_s=2.0)
                 assert delivery["aeg"] == "Notification" and delivery["error"] is None
                 assert delivery["event"]["eventType"] == "Microsoft.MachineLearningServices.RunCompleted"
                 assert delivery["seconds"] < 1.0, f"handler took {delivery['seconds']:.2f} s: {backend.timings}"
@@ -202,7 +166,7 @@ def test_local_workspace_job_is_registered_deployed_and_served(storage_settings,
                 deployment.reconcile()
                 return ledger.get(L.ACTIVE, settings.model_name)
 
-            active_record = _wait(active, DEPLOY_TIMEOUT_S, "the endpoint to serve", every_s=3.0)
+            active_record = wait_until(active, DEPLOY_TIMEOUT_S, "the endpoint to serve", every_s=3.0)
             assert active_record.get("endpoint") == ep
             assert ledger.get(L.ENDPOINT, ep).state == "succeeded"
             assert ledger.get(L.MODEL, record.get("model")).state == "deployed"

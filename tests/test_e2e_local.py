@@ -13,7 +13,6 @@ Retry-After, then 200).
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -26,26 +25,11 @@ from shared.backends import get_backend
 from shared.ledger import ACTIVE, DATASET, ENDPOINT, JANITOR, JOB, MODEL, Ledger
 from shared.settings import use_settings
 from shared.storage import blob_service
+from tests.support import port_open, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.storage]
 
 KEY = "e2e-function-key"
-
-
-def wait(predicate, timeout_s: float, what: str, every_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_path: Path) -> None:
@@ -73,7 +57,7 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
             # 1. upload -> blob trigger -> prepared, reported, submitted
             with sample.open("rb") as f:
                 blob_service(settings).get_blob_client(settings.chat_data_container, "team/sample.jsonl").upload_blob(f)
-            dataset = wait(lambda: next((r for r in ledger.list(DATASET) if r.state in {"submitted", "rejected"}), None),
+            dataset = wait_until(lambda: next((r for r in ledger.list(DATASET) if r.state in {"submitted", "rejected"}), None),
                            120, "the dataset to be prepared and submitted")
             assert dataset.state == "submitted", dataset
             report = json.loads(blob_service(settings).get_blob_client(settings.prepared_container, dataset.get("report_blob"))
@@ -88,16 +72,16 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
             # 2. the fine-tune runs and ends; its RunCompleted event reaches on_job_event
             job_name = dataset.get("job_name")
             assert ledger.get(JOB, job_name).get("dataset_id") == dataset.id
-            wait(lambda: backend.get_job(job_name).state in {"completed", "failed", "canceled"}, 240, "the job to end", 1.0)
+            wait_until(lambda: backend.get_job(job_name).state in {"completed", "failed", "canceled"}, 240, "the job to end", 1.0)
             job = backend.get_job(job_name)
             assert job.state == "completed", job.error
             assert job.metrics.get("test_loss") is not None and job.metrics.get("base_test_loss") is not None
-            wait(lambda: ledger.get(JOB, job_name).state == "completed", 60, "the job-completed event to be handled")
+            wait_until(lambda: ledger.get(JOB, job_name).state == "completed", 60, "the job-completed event to be handled")
 
             # 3. registered, deployed, made active by reconcile
-            model = wait(lambda: next(iter(ledger.list(MODEL)), None), 30, "the model record")
+            model = wait_until(lambda: next(iter(ledger.list(MODEL)), None), 30, "the model record")
             assert model.get("job_name") == job_name
-            active = wait(lambda: ledger.get(ACTIVE, settings.model_name), 180, "the endpoint to become active")
+            active = wait_until(lambda: ledger.get(ACTIVE, settings.model_name), 180, "the endpoint to become active")
             endpoint_name = active.get("endpoint")
             assert ledger.get(ENDPOINT, endpoint_name).state == "succeeded"
 
@@ -123,17 +107,17 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
             use_settings(settings.replace(idle_endpoint_minutes=0.02, idle_grace_minutes=0.0))
             time.sleep(2)
             assert client.post("/admin/functions/delete_idle_endpoints", headers=headers, json={}).status_code == 202
-            deleted = wait(lambda: (r := ledger.get(ENDPOINT, endpoint_name)).state == "deleted" and r, 60,
+            deleted = wait_until(lambda: (r := ledger.get(ENDPOINT, endpoint_name)).state == "deleted" and r, 60,
                            "the janitor to delete the idle endpoint")
             assert "idle" in deleted.get("delete_reason")
             assert endpoint_name in (ledger.get(JANITOR, "last").get("deleted") or [])
-            wait(lambda: not port_open(ep_port), 30, "the endpoint server's port to close")
+            wait_until(lambda: not port_open(ep_port), 30, "the endpoint server's port to close")
             use_settings(settings)
 
             # 6. scale from zero: 503 + Retry-After and a redeploy, then the same request succeeds
             cold = client.post("/api/score", json=cookbook, headers=headers)
             assert cold.status_code == 503 and int(cold.headers["Retry-After"]) == 5, cold.text
-            back = wait(lambda: (r := client.post("/api/score", json=cookbook, headers=headers)).status_code == 200 and r,
+            back = wait_until(lambda: (r := client.post("/api/score", json=cookbook, headers=headers)).status_code == 200 and r,
                         180, "the redeployed endpoint to answer", 2.0)
             assert isinstance(back.json()["output"], str)
             assert ledger.get(ENDPOINT, endpoint_name).state == "succeeded"

@@ -10,7 +10,6 @@ app's scoring route; nobody calls the other. The janitor timer must delete the s
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -19,46 +18,18 @@ import pytest
 
 from devhost.azurite import free_port
 from localworkspace.workspace import process_alive, read_pid_file
-from scripts.make_sample_data import pirate_conversations
 from shared import deployment
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
 from shared.ledger import ACTIVE, ENDPOINT, JANITOR, MODEL, Ledger
 from shared.settings import use_settings
-from shared.storage import blob_service
+from tests.support import port_open, upload_prepared_dataset, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.storage]
 
 JOB_TIMEOUT_S = 300
 DEPLOY_TIMEOUT_S = 300
 IDLE_MINUTES = 0.75
-
-
-def _wait(predicate, timeout_s: float, what: str, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _upload_dataset(settings) -> tuple[str, str]:
-    rows = pirate_conversations(count=24, seed=5)
-    container = blob_service(settings).get_container_client(settings.prepared_container)
-    names = []
-    for role, part in (("train", rows[:20]), ("test", rows[20:])):
-        name = f"datasets/janitor-e2e/{role}.jsonl"
-        container.upload_blob(name, "\n".join(json.dumps(r) for r in part) + "\n", overwrite=True)
-        names.append(name)
-    return names[0], names[1]
 
 
 class Caller:
@@ -115,10 +86,10 @@ def test_timer_deletes_the_endpoint_nobody_calls_and_keeps_the_called_one(storag
     ledger = Ledger.from_settings(settings)
     called_model, silent_model = "janitor-called", "janitor-silent"
     try:
-        train, test = _upload_dataset(settings)
+        train, test = upload_prepared_dataset(settings, "janitor-e2e", seed=5)
         job = backend.submit_finetune(FineTuneRequest("janitor-e2e", train, test, called_model,
                                                       tags={MANAGED_BY_TAG: MANAGED_BY_VALUE}))
-        _wait(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, JOB_TIMEOUT_S, "the job", 2.0)
+        wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, JOB_TIMEOUT_S, "the job", 2.0)
         assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
 
         endpoints = {}
@@ -131,15 +102,15 @@ def test_timer_deletes_the_endpoint_nobody_calls_and_keeps_the_called_one(storag
         with run_host("function_app:app", settings=settings, port=0, poll_interval_s=1.0) as host:
             with Caller(host.base_url, called_model) as caller:
                 # The host's reconcile timer activates both endpoints once their servers answer.
-                _wait(lambda: all(ledger.get(ACTIVE, n) for n in endpoints), DEPLOY_TIMEOUT_S, "both endpoints to serve")
+                wait_until(lambda: all(ledger.get(ACTIVE, n) for n in endpoints), DEPLOY_TIMEOUT_S, "both endpoints to serve")
                 silent_ep, called_ep = endpoints[silent_model], endpoints[called_model]
                 silent_port = backend.get_endpoint(silent_ep) and json.loads(
                     (backend.ws.endpoint_dir(silent_ep) / "record.json").read_text())["port"]
                 silent_server = read_pid_file(backend.ws.endpoint_dir(silent_ep) / "server.pid")
-                assert silent_port and _port_open(silent_port) and process_alive(silent_server)
+                assert silent_port and port_open(silent_port) and process_alive(silent_server)
 
                 # The janitor timer deletes the silent one once it has been idle longer than the threshold.
-                _wait(lambda: ledger.get(ENDPOINT, silent_ep).state == "deleted", IDLE_MINUTES * 60 + 90,
+                wait_until(lambda: ledger.get(ENDPOINT, silent_ep).state == "deleted", IDLE_MINUTES * 60 + 90,
                       "the janitor to delete the silent endpoint")
                 time.sleep(5)  # a few more janitor runs: the called endpoint must survive them too
                 called_record = ledger.get(ENDPOINT, called_ep)
@@ -148,7 +119,7 @@ def test_timer_deletes_the_endpoint_nobody_calls_and_keeps_the_called_one(storag
 
         silent_record = ledger.get(ENDPOINT, silent_ep)
         assert "idle" in silent_record.get("delete_reason") and silent_record.get("deleted_at")
-        assert not _port_open(silent_port), "the deleted endpoint's port is still open"
+        assert not port_open(silent_port), "the deleted endpoint's port is still open"
         assert not process_alive(silent_server), "the deleted endpoint's server process is still running"
         assert backend.get_endpoint(silent_ep) is None
         # The model stays registered (and known to the ledger) so scoring can bring it back.
@@ -159,7 +130,7 @@ def test_timer_deletes_the_endpoint_nobody_calls_and_keeps_the_called_one(storag
         assert statuses.count(200) >= 3, (statuses, last_error)
         assert backend.get_endpoint(called_ep).state == "succeeded"
         target = backend.get_scoring_target(called_ep)
-        assert _port_open(int(target.url.split(":")[2].split("/")[0]))
+        assert port_open(int(target.url.split(":")[2].split("/")[0]))
 
         last = ledger.get(JANITOR, "last")
         assert last.state == "done" and silent_ep not in (last.get("deleted") or [])  # later runs had nothing to delete

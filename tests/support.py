@@ -1,0 +1,42 @@
+"""Helpers shared by the end-to-end tests (waiting on a condition, ports, prepared data)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from scripts.make_sample_data import pirate_conversations
+from shared.settings import Settings
+from shared.storage import blob_service
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str = "the condition", every_s: float = 0.5) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def upload_prepared_dataset(settings: Settings, dataset_id: str, seed: int, count: int = 24, train: int = 20) -> tuple[str, str]:
+    """Put a small house-style train/test split in the prepared container; return the two blob names."""
+    rows = pirate_conversations(count=count, seed=seed)
+    container = blob_service(settings).get_container_client(settings.prepared_container)
+    names = []
+    for role, part in (("train", rows[:train]), ("test", rows[train:])):
+        name = f"datasets/{dataset_id}/{role}.jsonl"
+        container.upload_blob(name, "\n".join(json.dumps(r) for r in part) + "\n", overwrite=True)
+        names.append(name)
+    return names[0], names[1]
