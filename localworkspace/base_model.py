@@ -12,15 +12,14 @@ with a file lock and each build lands by an atomic rename, so a reader never see
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+
+from localworkspace.workspace import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +48,12 @@ def base_model_dir(kind: str, cache_dir: str | Path) -> Path:
     return Path(cache_dir) / f"{kind}-v{_BUILD_VERSION}"
 
 
-@contextlib.contextmanager
-def _build_lock(cache_dir: Path, kind: str) -> Iterator[None]:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".{kind}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_base_model(kind: str, cache_dir: str | Path) -> Path:
     """Folder of the base model ``kind`` (model + tokenizer), building it on first use."""
     target = base_model_dir(kind, cache_dir)
     if (target / "config.json").is_file():
         return target
-    with _build_lock(Path(cache_dir), kind):
+    with file_lock(Path(cache_dir), kind):
         if (target / "config.json").is_file():  # another process built it while we waited
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-build-", dir=cache_dir))

@@ -31,6 +31,18 @@ from typing import Any
 import psutil
 
 
+@contextlib.contextmanager
+def file_lock(folder: Path, name: str) -> Iterator[None]:
+    """Exclusive lock across processes on ``folder/.name.lock`` (held until the block ends)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class Workspace:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -61,17 +73,9 @@ class Workspace:
         for d in (self.jobs_dir, self.endpoints_dir, self.root / "mlartifacts"):
             d.mkdir(parents=True, exist_ok=True)
 
-    @contextlib.contextmanager
-    def lock(self, name: str, folder: Path | None = None) -> Iterator[None]:
+    def lock(self, name: str, folder: Path | None = None) -> contextlib.AbstractContextManager[None]:
         """Exclusive lock across processes (registry writes, state updates)."""
-        folder = folder or self.root
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f".{name}.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return file_lock(folder or self.root, name)
 
     def job_state_path(self, job_name: str) -> Path:
         return self.job_dir(job_name) / "state.json"
