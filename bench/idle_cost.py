@@ -5,7 +5,7 @@ minute 0 (the app deploys a model when its training ends). Three strategies:
 
 - ``never``: the endpoint is never deleted (what happens without the janitor).
 - ``policy``: the janitor runs on ``JANITOR_SCHEDULE`` (every 10 minutes by default) and asks the
-  real ``shared.idle_policy.decide`` about the endpoint, with the ledger's and the backend's last
+  real ``shared.janitor.policy.decide`` about the endpoint, with the ledger's and the backend's last
   activity both known. A deleted endpoint is brought back by the first request after deletion
   (the scoring route's redeploy on demand): ``--startup`` minutes are billed before it serves, and
   that request is a cold start (it waits for the deployment).
@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.backends.base import EP_PROVISIONING, EP_SUCCEEDED  # noqa: E402
-from shared.idle_policy import EndpointFacts, IdlePolicy, decide  # noqa: E402
+from shared.janitor.policy import EndpointFacts, IdlePolicy, decide  # noqa: E402
 from shared.settings import SPECS  # noqa: E402
 
 T0 = datetime(2025, 1, 6, 0, 0, tzinfo=UTC)  # a Monday, midnight

@@ -6,7 +6,7 @@ Generates (once, cached under .local/bench/) an ultrachat_200k-shaped JSONL file
 size (multi-turn conversations of about 7 KB), then measures, each in its own subprocess so
 peak RSS is the run's own:
 
-- ``prepare``: ``shared.chat_data.prepare_file`` (validate, normalise, de-duplicate, split, write)
+- ``prepare``: ``shared.datasets.chat_data.prepare_file`` (validate, normalise, de-duplicate, split, write)
 - ``raw orjson``: ``for line in file: orjson.loads(line)`` over the same file (the ceiling)
 - ``pandas``: ``pandas.read_json(path, lines=True)`` (what the cookbook notebook does)
 
@@ -110,7 +110,7 @@ def worker(kind: str, path: Path, out_dir: Path | None) -> dict:
     if kind == "baseline":
         import orjson  # noqa: F401
 
-        from shared import chat_data  # noqa: F401
+        from shared.datasets import chat_data  # noqa: F401
 
         return {"elapsed_s": 0.0, "rows": 0}
     if kind == "raw":
@@ -125,7 +125,7 @@ def worker(kind: str, path: Path, out_dir: Path | None) -> dict:
                 rows += 1
         return {"elapsed_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, "rows": rows}
     if kind == "prepare":
-        from shared.chat_data import prepare_file
+        from shared.datasets.chat_data import prepare_file
         from shared.settings import load_settings
 
         settings = load_settings(environ={})

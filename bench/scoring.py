@@ -211,8 +211,8 @@ def measure_in_process(settings: Any, stub_url: str, requests: int) -> dict[str,
     and not a difference between HTTP clients."""
     import urllib3
 
-    from shared import scoring
     from shared.backends import use_backend
+    from shared.scoring import scorer as scoring
     from shared.settings import use_settings
 
     use_settings(settings)

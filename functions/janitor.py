@@ -1,10 +1,10 @@
-"""Timer trigger ``delete_idle_endpoints``: delete online endpoints nobody calls (shared.janitor)."""
+"""Timer trigger ``delete_idle_endpoints``: delete online endpoints nobody calls (shared.janitor.run)."""
 
 import logging
 
 import azure.functions as func
 
-from shared import janitor
+from shared.janitor import run as janitor
 
 log = logging.getLogger(__name__)
 

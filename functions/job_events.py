@@ -11,14 +11,20 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.deployment import handle_job_event
+from shared.deployment.events import JobEvent, MalformedEventError, parse_job_event
+from shared.deployment.job_events import handle_job_event
 
 log = logging.getLogger(__name__)
 
 bp = func.Blueprint()
 
 
-def event_envelope(event: Any) -> dict[str, Any]:
+def job_event(event: Any) -> JobEvent:
+    """The trigger's event (either schema) as the one typed :class:`JobEvent` the domain takes."""
+    return parse_job_event(_envelope(event))
+
+
+def _envelope(event: Any) -> dict[str, Any]:
     """The trigger's event object back as the envelope it was published as (either schema)."""
     if isinstance(event, func.CloudEvent):
         return {
@@ -46,7 +52,12 @@ def event_envelope(event: Any) -> dict[str, Any]:
 def on_job_event(event: func.EventGridEvent) -> None:
     # Returning normally answers 200: events that are not ours or cannot be read are logged and
     # dropped by handle_job_event. Transient backend/storage errors propagate so Event Grid retries.
-    outcome = handle_job_event(event_envelope(event))
+    try:
+        parsed = job_event(event)
+    except MalformedEventError as exc:
+        log.warning("on_job_event %s ignored: malformed payload (%s)", event.id, exc)
+        return
+    outcome = handle_job_event(parsed)
     log.info(
         "on_job_event %s: %s (%s) job=%s model=%s endpoint=%s",
         event.id,

@@ -13,7 +13,7 @@ import logging
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob
 
-from shared.datasets import prepare_uploaded_blob
+from shared.datasets.intake import prepare_uploaded_blob
 
 log = logging.getLogger(__name__)
 

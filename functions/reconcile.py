@@ -9,7 +9,7 @@ import logging
 
 import azure.functions as func
 
-from shared import deployment
+from shared.deployment import reconcile as reconciliation
 
 log = logging.getLogger(__name__)
 
@@ -21,5 +21,5 @@ bp = func.Blueprint()
 def reconcile(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.info("reconcile is running late (past due)")
-    summary = deployment.reconcile()
+    summary = reconciliation.reconcile()
     log.info("reconcile summary: %s", summary)

@@ -1,7 +1,7 @@
 """HTTP triggers for client apps: Azure ML's scoring contract and OpenAI-compatible chat completions.
 
 Clients never see endpoint names, URIs or keys: the routes find the model's live endpoint.
-Handlers only translate HTTP <-> :mod:`shared.scoring`; every refusal is a JSON error.
+Handlers only translate HTTP <-> :mod:`shared.scoring.scorer`; every refusal is a JSON error.
 
 The official ``openai`` client works unchanged. It sends its ``api_key`` as
 ``Authorization: Bearer``, while Functions checks the function key in ``x-functions-key`` (or
@@ -19,8 +19,8 @@ from typing import Any
 import azure.functions as func
 import orjson
 
-from shared import scoring
-from shared.scoring_contract import ScoringError, internal_error_body
+from shared.scoring import scorer as scoring
+from shared.scoring.contract import ScoringError, internal_error_body
 
 log = logging.getLogger(__name__)
 

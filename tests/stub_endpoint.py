@@ -196,8 +196,8 @@ class StubTargetBackend:
 
 def seed_model(ledger: Any, model_name: str, version: str, endpoint_state: str = "succeeded", active: bool = True) -> str:
     """Ledger records of a registered, deployed model as the job-events module writes them."""
-    from shared.ledger import ACTIVE, ENDPOINT, MODEL, iso, utcnow
-    from shared.naming import endpoint_name
+    from shared.endpoints.naming import endpoint_name
+    from shared.ledger import ENDPOINT, MODEL, ROUTE, iso, utcnow
 
     endpoint = endpoint_name(model_name, version)
     common = {"job_name": f"job-{model_name}-{version}", "base_model": "base-model"}
@@ -214,7 +214,7 @@ def seed_model(ledger: Any, model_name: str, version: str, endpoint_state: str =
         **common,
     )
     if active:
-        ledger.merge(ACTIVE, model_name, "active", endpoint=endpoint, model_version=version, since=iso(utcnow()))
+        ledger.merge(ROUTE, model_name, "active", endpoint=endpoint, model_version=version, since=iso(utcnow()))
     return endpoint
 
 

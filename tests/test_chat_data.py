@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from shared import chat_data
-from shared.chat_data import ChunkStream, Distribution, prepare_file, prepare_stream
-from shared.cli import main as cli_main
+from shared.cli.commands import main as cli_main
+from shared.datasets import chat_data
+from shared.datasets.chat_data import ChunkStream, Distribution, prepare_file, prepare_stream
 from tests.conftest import make_settings
 
 

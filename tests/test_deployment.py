@@ -8,7 +8,6 @@ from datetime import timedelta
 
 import pytest
 
-from shared import deployment
 from shared import ledger as L
 from shared.backends import use_backend
 from shared.backends.base import (
@@ -22,9 +21,13 @@ from shared.backends.base import (
     ModelRef,
     TransientBackendError,
 )
-from shared.deployment import deploy_model, handle_job_event, reconcile
+from shared.deployment.events import MalformedEventError, parse_job_event
+from shared.deployment.job_events import handle_job_event
+from shared.deployment.reconcile import reconcile
+from shared.endpoints import lifecycle
+from shared.endpoints.lifecycle import deploy_model
+from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
-from shared.naming import endpoint_name
 from shared.settings import use_settings
 from tests.test_deployment_fakes import InMemoryWorkspace, load_sample, ours, submit_job
 
@@ -44,16 +47,16 @@ def _env(settings, **workspace_kw):
 
 
 def completed_event(fixtures_dir, settings, run_id, **data):
-    return ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), settings, run_id, **data)
+    return parse_job_event(ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), settings, run_id, **data))
 
 
 def status_event(fixtures_dir, settings, run_id, status, schema="eventgrid"):
     name = "run_status_changed.cloudevents.json" if schema == "cloudevents" else "run_status_changed.eventgrid.json"
-    return ours(load_sample(fixtures_dir, name), settings, run_id, runStatus=status)
+    return parse_job_event(ours(load_sample(fixtures_dir, name), settings, run_id, runStatus=status))
 
 
 def snapshot(ledger):
-    return {kind: sorted((r.id, r.state) for r in ledger.list(kind)) for kind in (L.JOB, L.MODEL, L.ENDPOINT, L.ACTIVE)}
+    return {kind: sorted((r.id, r.state) for r in ledger.list(kind)) for kind in (L.JOB, L.MODEL, L.ENDPOINT, L.ROUTE)}
 
 
 # --------------------------------------------------------------------------- happy path
@@ -79,7 +82,7 @@ def test_completed_job_is_registered_deployed_and_after_reconcile_active(env, fi
         "job-1",
     )
     assert ws.deploy_calls == [(model_ref, ep, {MANAGED_BY_TAG: MANAGED_BY_VALUE, "model": model_ref, "job_name": "job-1"})]
-    assert ledger.get(L.ACTIVE, settings.model_name) is None  # not serving before it succeeded
+    assert ledger.get(L.ROUTE, settings.model_name) is None  # not serving before it succeeded
 
     # Still rolling out: reconcile waits.
     summary = reconcile()
@@ -92,7 +95,7 @@ def test_completed_job_is_registered_deployed_and_after_reconcile_active(env, fi
     assert ws.endpoints[ep].traffic == {"default": 100}
     ep_record = ledger.get(L.ENDPOINT, ep)
     assert ep_record.state == "succeeded" and ep_record.get("active_since")
-    active = ledger.get(L.ACTIVE, settings.model_name)
+    active = ledger.get(L.ROUTE, settings.model_name)
     assert (active.state, active.get("endpoint"), active.get("model_version")) == ("active", ep, "1")
     assert ledger.get(L.MODEL, model_ref).state == "deployed"
 
@@ -213,13 +216,18 @@ def test_concurrent_reconciles_activate_once(env, fixtures_dir):
         t.join(30)
     assert sum(s["endpoints_activated"] for s in summaries) == 1
     assert sum(s["errors"] for s in summaries) == 0
-    assert ledger.get(L.ACTIVE, settings.model_name).get("endpoint") == endpoint_name(settings.model_name, "1")
+    assert ledger.get(L.ROUTE, settings.model_name).get("endpoint") == endpoint_name(settings.model_name, "1")
 
 
 # --------------------------------------------------------------------------- not ours
 
 
+def _raw_completed(fixtures_dir, settings, run_id, **data):
+    return ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), settings, run_id, **data)
+
+
 def _not_ours_cases(fixtures_dir, settings):
+    completed_event = _raw_completed  # envelopes as delivered; the test parses them as the trigger does
     other_topic = completed_event(fixtures_dir, settings, "job-x")
     other_topic["topic"] = settings.workspace_resource_id.replace("/workspaces/local", "/workspaces/someone-else")
     child = completed_event(fixtures_dir, settings, "job-x")
@@ -247,9 +255,14 @@ def test_events_that_are_not_ours_do_nothing_and_say_why(env, fixtures_dir, capl
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-x", COMPLETED)
     before = snapshot(ledger)
-    for case, (event, expected_log) in _not_ours_cases(fixtures_dir, settings).items():
+    for case, (envelope, expected_log) in _not_ours_cases(fixtures_dir, settings).items():
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="shared.deployment"):
+        try:
+            event = parse_job_event(envelope)
+        except MalformedEventError:
+            assert expected_log == "malformed", case  # the trigger logs and drops it (tests/test_job_events_function.py)
+            continue
+        with caplog.at_level(logging.INFO, logger="shared.deployment.job_events"):
             outcome = handle_job_event(event)
         assert outcome.action == "ignored", case
         assert expected_log in caplog.text, (case, caplog.text)
@@ -284,7 +297,7 @@ def test_lost_event_the_next_reconcile_deploys(env):
     ws.finish_deployment(ep)
     summary = reconcile()
     assert summary["jobs_polled"] == 0 and summary["endpoints_activated"] == 1
-    assert ledger.get(L.ACTIVE, settings.model_name).get("endpoint") == ep
+    assert ledger.get(L.ROUTE, settings.model_name).get("endpoint") == ep
 
 
 def test_reconcile_records_a_failed_job_whose_event_was_lost(env):
@@ -368,7 +381,7 @@ def test_newer_model_replaces_the_active_endpoint_old_one_left_for_the_janitor(e
     ep1 = _deploy_and_activate(fixtures_dir, settings, ledger, ws, "job-v1")
     ep2 = _deploy_and_activate(fixtures_dir, settings, ledger, ws, "job-v2")
     assert ep1 != ep2
-    active = ledger.get(L.ACTIVE, settings.model_name)
+    active = ledger.get(L.ROUTE, settings.model_name)
     assert (active.get("endpoint"), active.get("model_version"), active.get("previous_endpoint")) == (ep2, "2", ep1)
     old = ledger.get(L.ENDPOINT, ep1)
     assert old.state == "succeeded" and old.get("replaced_by") == ep2
@@ -399,7 +412,7 @@ def test_an_older_version_finishing_late_does_not_take_over(env, fixtures_dir):
     reconcile()
     ws.finish_deployment(ep1)
     reconcile()
-    assert ledger.get(L.ACTIVE, settings.model_name).get("endpoint") == ep2
+    assert ledger.get(L.ROUTE, settings.model_name).get("endpoint") == ep2
     assert ledger.get(L.ENDPOINT, ep1).state == "succeeded"
 
 
@@ -413,7 +426,7 @@ def test_failed_deployment_is_recorded_with_its_error(env, fixtures_dir):
     record = ledger.get(L.ENDPOINT, ep)
     assert record.state == "failed" and record.get("error") == "ResourceNotReady: liveness probe failed"
     assert ledger.get(L.MODEL, f"{settings.model_name}:1").get("deploy_error") == record.get("error")
-    assert ledger.get(L.ACTIVE, settings.model_name) is None
+    assert ledger.get(L.ROUTE, settings.model_name) is None
     assert reconcile()["endpoints_failed"] == 0 and ws.calls["begin_deploy"] == 1  # not retried in a loop
 
 
@@ -470,7 +483,7 @@ def test_reconcile_restarts_a_deployment_whose_start_was_lost(env, monkeypatch):
         base_model=model.base_model,
     )
     assert reconcile()["endpoints_restarted"] == 0  # within the grace period: begin_deploy may be under way
-    monkeypatch.setattr(deployment, "DEPLOY_RESTART_GRACE", timedelta(0))
+    monkeypatch.setattr(lifecycle, "DEPLOY_RESTART_GRACE", timedelta(0))
     assert reconcile()["endpoints_restarted"] == 1
     assert ws.deploy_calls[0][:2] == (model.ref, ep)
 

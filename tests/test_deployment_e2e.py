@@ -17,10 +17,10 @@ import pytest
 from devhost.azurite import free_port
 from devhost.eventgrid import decode_event, parse_delivery
 from functions import job_events
-from shared import deployment
 from shared import ledger as L
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+from shared.deployment import reconcile as reconciliation
 from shared.ledger import Ledger
 from shared.settings import use_settings
 from tests.support import upload_prepared_dataset, wait_until
@@ -153,7 +153,7 @@ def test_local_workspace_job_is_registered_deployed_and_served(storage_settings,
             else:
                 assert receiver.deliveries == []
                 assert ledger.get(L.JOB, job).state == "submitted"  # nobody heard of the completion
-                summary = deployment.reconcile()
+                summary = reconciliation.reconcile()
                 assert summary["jobs_polled"] == 1 and summary["models_deploying"] == 1, summary
 
             record = ledger.get(L.JOB, job)
@@ -163,8 +163,8 @@ def test_local_workspace_job_is_registered_deployed_and_served(storage_settings,
             assert ledger.get(L.ENDPOINT, ep).state == "provisioning"
 
             def active():
-                deployment.reconcile()
-                return ledger.get(L.ACTIVE, settings.model_name)
+                reconciliation.reconcile()
+                return ledger.get(L.ROUTE, settings.model_name)
 
             active_record = wait_until(active, DEPLOY_TIMEOUT_S, "the endpoint to serve", every_s=3.0)
             assert active_record.get("endpoint") == ep

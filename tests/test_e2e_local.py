@@ -22,7 +22,7 @@ import pytest
 from devhost.azurite import free_port
 from scripts.make_sample_data import MALFORMED_LINES, write
 from shared.backends import get_backend
-from shared.ledger import ACTIVE, DATASET, ENDPOINT, JANITOR, JOB, MODEL, Ledger
+from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger
 from shared.settings import use_settings
 from shared.storage import blob_service
 from tests.support import port_open, wait_until
@@ -81,7 +81,7 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
             # 3. registered, deployed, made active by reconcile
             model = wait_until(lambda: next(iter(ledger.list(MODEL)), None), 30, "the model record")
             assert model.get("job_name") == job_name
-            active = wait_until(lambda: ledger.get(ACTIVE, settings.model_name), 180, "the endpoint to become active")
+            active = wait_until(lambda: ledger.get(ROUTE, settings.model_name), 180, "the endpoint to become active")
             endpoint_name = active.get("endpoint")
             assert ledger.get(ENDPOINT, endpoint_name).state == "succeeded"
 

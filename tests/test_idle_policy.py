@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.backends.base import EP_DELETED, EP_DELETING, EP_FAILED, EP_PROVISIONING, EP_SUCCEEDED
-from shared.idle_policy import DELETE, KEEP, UNKNOWN, EndpointFacts, IdlePolicy, decide
+from shared.janitor.policy import DELETE, KEEP, UNKNOWN, EndpointFacts, IdlePolicy, decide
 
 NOW = datetime(2025, 3, 4, 12, 0, tzinfo=UTC)
 POLICY = IdlePolicy(idle_minutes=60, grace_minutes=15, keep_latest=False)

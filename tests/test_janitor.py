@@ -11,7 +11,6 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from devhost.app_index import functions_of
-from shared import janitor
 from shared.backends import use_backend
 from shared.backends.base import (
     EP_DELETING,
@@ -24,7 +23,8 @@ from shared.backends.base import (
     NotFoundError,
     ScoringTarget,
 )
-from shared.ledger import ACTIVE, ENDPOINT, JANITOR, MODEL, Ledger, iso, utcnow
+from shared.janitor import run as janitor
+from shared.ledger import ENDPOINT, JANITOR, MODEL, ROUTE, Ledger, iso, utcnow
 from shared.settings import use_settings
 
 pytestmark = pytest.mark.storage
@@ -123,7 +123,7 @@ def test_deletes_only_idle_managed_endpoints_and_records_why(storage_settings, l
     record(ledger, "fresh", active_since_minutes_ago=5, now=now)
     record(ledger, "deploying", state=EP_PROVISIONING, active_since_minutes_ago=None, now=now)
     record(ledger, "untagged", last_activity_minutes_ago=900, now=now)
-    ledger.create(ACTIVE, "chat-ft", "active", endpoint="idle", model_version="idle", since=iso(ago(500, now)))
+    ledger.create(ROUTE, "chat-ft", "active", endpoint="idle", model_version="idle", since=iso(ago(500, now)))
 
     report = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now)
 
@@ -142,7 +142,7 @@ def test_deletes_only_idle_managed_endpoints_and_records_why(storage_settings, l
     assert rec.get("cost_saved") == pytest.approx(9.18, abs=0.05)
     # The model stays registered and stays the active one, so scoring can bring it back.
     assert ledger.get(MODEL, "chat-ft:idle").state == "deployed"
-    assert ledger.get(ACTIVE, "chat-ft").get("endpoint") == "idle"
+    assert ledger.get(ROUTE, "chat-ft").get("endpoint") == "idle"
     assert ledger.get(ENDPOINT, "untagged").state == EP_SUCCEEDED
 
     last = ledger.get(JANITOR, "last")
@@ -236,7 +236,7 @@ def test_keep_latest_protects_the_models_active_endpoint(storage_settings, ledge
                                     endpoint("latest", metric_minutes_ago=400, now=now)])
     record(ledger, "old-version", last_activity_minutes_ago=400, now=now)
     record(ledger, "latest", last_activity_minutes_ago=400, now=now)
-    ledger.create(ACTIVE, "chat-ft", "active", endpoint="latest", model_version="latest")
+    ledger.create(ROUTE, "chat-ft", "active", endpoint="latest", model_version="latest")
 
     report = janitor.delete_idle_endpoints(s, ledger, backend, now=now)
     assert report.deleted == ["old-version"] and report.kept == ["latest"]

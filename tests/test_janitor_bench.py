@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.idle_policy import IdlePolicy
+from shared.janitor.policy import IdlePolicy
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "idle_cost.py"
 

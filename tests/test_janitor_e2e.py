@@ -18,10 +18,10 @@ import pytest
 
 from devhost.azurite import free_port
 from localworkspace.workspace import process_alive, read_pid_file
-from shared import deployment
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
-from shared.ledger import ACTIVE, ENDPOINT, JANITOR, MODEL, Ledger
+from shared.endpoints import lifecycle
+from shared.ledger import ENDPOINT, JANITOR, MODEL, ROUTE, Ledger
 from shared.settings import use_settings
 from tests.support import port_open, upload_prepared_dataset, wait_until
 
@@ -96,13 +96,13 @@ def test_timer_deletes_the_endpoint_nobody_calls_and_keeps_the_called_one(storag
         for name in (called_model, silent_model):
             model = backend.register_model(job, name)
             ledger.create(MODEL, model.ref, "registered", job_name=job, base_model=model.base_model)
-            endpoints[name] = deployment.deploy_model(model, reason="janitor e2e", settings=settings,
+            endpoints[name] = lifecycle.deploy_model(model, reason="janitor e2e", settings=settings,
                                                       ledger=ledger, backend=backend).id
 
         with run_host("function_app:app", settings=settings, port=0, poll_interval_s=1.0) as host:
             with Caller(host.base_url, called_model) as caller:
                 # The host's reconcile timer activates both endpoints once their servers answer.
-                wait_until(lambda: all(ledger.get(ACTIVE, n) for n in endpoints), DEPLOY_TIMEOUT_S, "both endpoints to serve")
+                wait_until(lambda: all(ledger.get(ROUTE, n) for n in endpoints), DEPLOY_TIMEOUT_S, "both endpoints to serve")
                 silent_ep, called_ep = endpoints[silent_model], endpoints[called_model]
                 silent_port = backend.get_endpoint(silent_ep) and json.loads(
                     (backend.ws.endpoint_dir(silent_ep) / "record.json").read_text())["port"]
@@ -124,7 +124,7 @@ def test_timer_deletes_the_endpoint_nobody_calls_and_keeps_the_called_one(storag
         assert backend.get_endpoint(silent_ep) is None
         # The model stays registered (and known to the ledger) so scoring can bring it back.
         assert ledger.get(MODEL, f"{silent_model}:1") is not None
-        assert ledger.get(ACTIVE, silent_model).get("endpoint") == silent_ep
+        assert ledger.get(ROUTE, silent_model).get("endpoint") == silent_ep
 
         assert called_record.state == "succeeded", called_record
         assert statuses.count(200) >= 3, (statuses, last_error)

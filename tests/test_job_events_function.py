@@ -19,8 +19,8 @@ from functions import reconcile as reconcile_function
 from shared import ledger as L
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, FAILED, MANAGED_BY_TAG, RUNNING, TransientBackendError
+from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
-from shared.naming import endpoint_name
 from tests.test_deployment_fakes import InMemoryWorkspace, load_sample, ours, submit_job
 
 HANDLER_BUDGET_S = 1.0  # the handler must answer fast; Event Grid gives 30 s in all
@@ -81,7 +81,7 @@ def test_completed_event_deploys_and_reconcile_timer_activates(env, fixtures_dir
 
     ws.finish_deployment(ep)
     assert call_timed(reconcile_function.reconcile, timer()) < HANDLER_BUDGET_S
-    assert ledger.get(L.ACTIVE, settings.model_name).get("endpoint") == ep
+    assert ledger.get(L.ROUTE, settings.model_name).get("endpoint") == ep
     assert ledger.get(L.ENDPOINT, ep).state == "succeeded"
 
 
@@ -181,4 +181,4 @@ def test_lost_event_reconcile_timer_deploys(env):
     assert ledger.get(L.JOB, "job-l").get("ended_at") == "2024-05-01T00:00:00Z"
     ws.finish_deployment(ep)
     reconcile_function.reconcile(TimerRequest(past_due=True))
-    assert ledger.get(L.ACTIVE, settings.model_name).get("endpoint") == ep
+    assert ledger.get(L.ROUTE, settings.model_name).get("endpoint") == ep

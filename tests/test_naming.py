@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.naming import endpoint_name, is_valid_endpoint_name
+from shared.endpoints.naming import endpoint_name, is_valid_endpoint_name
 
 
 @pytest.mark.parametrize(

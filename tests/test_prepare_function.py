@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import azure.functions as func
@@ -20,7 +21,7 @@ from devhost.app_index import functions_of
 from functions import prepare_chat_data
 from shared.backends import use_backend
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError, FineTuneRequest
-from shared.datasets import SUBMIT_CLAIM_LEASE, dataset_id_for, submit_pending_datasets
+from shared.datasets.intake import dataset_id_for, submit_pending_datasets
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.settings import Settings
 from shared.storage import blob_service
@@ -236,7 +237,7 @@ def test_a_live_claim_blocks_a_second_submission_and_a_stale_one_does_not(storag
     trigger(client)
     assert backend.requests == []
     # that worker died long ago: the reconcile path (or the next delivery) takes over
-    ledger.merge(DATASET, dataset_id, submit_claimed_at=iso(utcnow() - SUBMIT_CLAIM_LEASE * 2))
+    ledger.merge(DATASET, dataset_id, submit_claimed_at=iso(utcnow() - timedelta(seconds=s.submit_claim_lease_s * 2)))
     (outcome,) = submit_pending_datasets(s)
     assert outcome.status == "submitted" and len(backend.requests) == 1
     assert submit_pending_datasets(s) == []

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from shared.datasets import dataset_id_for, dataset_prefix
+from shared.datasets.intake import dataset_id_for, dataset_prefix
 from shared.ledger import check_key
 
 SHA = hashlib.sha256(b"content").hexdigest()

@@ -19,10 +19,10 @@ import pytest
 from functions import scoring as scoring_functions
 from shared.backends import use_backend
 from shared.backends.base import ModelRef
-from shared.ledger import ACTIVE, ENDPOINT, MODEL, Ledger, parse_iso
-from shared.naming import endpoint_name
-from shared.scoring import BUSY_RETRIES, Scorer, reset_scorers, use_scorer
-from shared.scoring_activity import record_last_activity
+from shared.endpoints.naming import endpoint_name
+from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, parse_iso
+from shared.scoring.activity import record_last_activity
+from shared.scoring.scorer import BUSY_RETRIES, Scorer, reset_scorers, use_scorer
 from shared.settings import Settings, use_settings
 from tests.stub_endpoint import (
     RunningServer,
@@ -377,7 +377,8 @@ def test_deleted_endpoint_answers_503_and_redeploys_the_model(world: World) -> N
     assert len(world.redeploys) == 1
 
     # the redeploy finished (job events / reconcile mark the endpoint succeeded): the same request succeeds
-    world.ledger.merge(ENDPOINT, ep, "succeeded")
+    world.ledger.merge(ENDPOINT, ep, "provisioning")  # revived by the redeploy ...
+    world.ledger.merge(ENDPOINT, ep, "succeeded")  # ... and settled by reconcile
     assert world.post(CHAT, {"messages": [{"role": "user", "content": "hi"}]}).status == 200
 
 
@@ -423,6 +424,7 @@ def test_endpoint_deleted_while_cached_is_noticed_on_the_failed_call(world: Worl
     finally:
         # the janitor deletes the endpoint: its server goes away and the ledger says so
         doomed.stop()
+    world.ledger.merge(ENDPOINT, ep, "deleting")
     world.ledger.merge(ENDPOINT, ep, "deleted")
     reply = world.post(SCORE, cookbook())
     assert reply.status == 503 and reply.body["error"]["code"] == "scaled_to_zero"
@@ -437,8 +439,8 @@ def test_endpoint_missing_in_workspace_scales_from_zero(world: World) -> None:
     assert [m.ref for m in world.redeploys] == [f"{MODEL_NAME}:1"]
 
 
-def test_scale_from_zero_uses_the_deployment_module(world: World) -> None:
-    """The default redeploy is shared.deployment.deploy_model (owned by the job-events module)."""
+def test_scale_from_zero_uses_the_endpoint_lifecycle(world: World) -> None:
+    """The default redeploy is shared.endpoints.lifecycle.deploy_model (the owner of endpoint records)."""
     reset_scorers()  # the worker's own Scorer, with the real redeploy
     use_scorer(Scorer(world.settings, clock=world.clock, sleep=world.sleeps.append))
     ep = seed_model(world.ledger, MODEL_NAME, "3", endpoint_state="deleted")
@@ -499,13 +501,14 @@ def test_activity_never_revives_a_deleted_endpoint_or_goes_backwards(world: Worl
     now = utcnow()
     assert record_last_activity(world.ledger, ep, now) is True
     assert record_last_activity(world.ledger, ep, now - timedelta(seconds=5)) is False
+    world.ledger.merge(ENDPOINT, ep, "deleting")
     world.ledger.merge(ENDPOINT, ep, "deleted")
     assert record_last_activity(world.ledger, ep, now + timedelta(seconds=5)) is False
     record = world.ledger.get(ENDPOINT, ep)
     assert record is not None and record.state == "deleted" and parse_iso(record.get("last_activity")) == now
     assert record_last_activity(world.ledger, "no-such-endpoint", now) is False
     assert world.ledger.get(ENDPOINT, "no-such-endpoint") is None
-    assert world.ledger.get(ACTIVE, MODEL_NAME) is not None
+    assert world.ledger.get(ROUTE, MODEL_NAME) is not None
 
 
 def test_prompt_text_is_never_logged_at_info(world: World, caplog: pytest.LogCaptureFixture) -> None:

@@ -14,8 +14,7 @@ import orjson
 import pytest
 
 from functions import scoring as scoring_functions
-from shared.scoring import _retry_after_seconds, reset_scorers, version_key
-from shared.scoring_contract import (
+from shared.scoring.contract import (
     ChatRequest,
     chat_completion_response,
     endpoint_request_body,
@@ -24,6 +23,7 @@ from shared.scoring_contract import (
     parse_score_request,
     score_response,
 )
+from shared.scoring.scorer import _retry_after_seconds, reset_scorers, version_key
 from shared.settings import Settings, use_settings
 from tests.conftest import make_settings
 

@@ -7,12 +7,13 @@ from datetime import timedelta
 
 import pytest
 
-from shared import cli, janitor
 from shared.backends import use_backend
 from shared.backends.base import EP_SUCCEEDED, BackendError
-from shared.ledger import ACTIVE, DATASET, JOB, Ledger, iso, utcnow
+from shared.cli import commands as cli
+from shared.janitor import run as janitor
+from shared.ledger import DATASET, JOB, ROUTE, Ledger, iso, utcnow
+from shared.observability.status import collect_status, format_table, render_status
 from shared.settings import use_settings
-from shared.status import collect_status, format_table, render_status
 from tests.conftest import make_settings
 from tests.test_janitor import FakeEndpointsBackend, endpoint, record
 
@@ -35,7 +36,7 @@ def populated(storage_settings, ledger):
                                     endpoint("ep-idle", metric_minutes_ago=400, now=now)], removes_at_once=True)
     record(ledger, "ep-live", last_activity_minutes_ago=7, model_version="2", now=now)
     record(ledger, "ep-idle", last_activity_minutes_ago=400, model_version="1", now=now)
-    ledger.create(ACTIVE, "chat-ft", "active", endpoint="ep-live", model_version="2")
+    ledger.create(ROUTE, "chat-ft", "active", endpoint="ep-live", model_version="2")
     report = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now)
     assert report.deleted == ["ep-idle"]
     return backend, now

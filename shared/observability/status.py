@@ -20,8 +20,8 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from shared.idle_policy import EndpointFacts, IdlePolicy, decide
-from shared.ledger import ACTIVE, DATASET, ENDPOINT, JANITOR, JOB, MODEL, Ledger, Record, iso, parse_iso, utcnow
+from shared.janitor.policy import EndpointFacts, IdlePolicy, decide
+from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
 from shared.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
     jobs = _by_recency(ledger.list(JOB))
     models = _by_recency(ledger.list(MODEL))
     endpoints = {r.id: r for r in ledger.list(ENDPOINT)}
-    active = {r.id: r.get("endpoint") for r in ledger.list(ACTIVE) if r.get("endpoint")}
+    active = {r.id: r.get("endpoint") for r in ledger.list(ROUTE) if r.get("endpoint")}
     janitor_last = ledger.get(JANITOR, "last")
 
     backend_info: dict[str, Any] = {"name": s.ml_backend, "reachable": True, "error": None}

@@ -3,7 +3,7 @@
 The flow for one blob (``prepare_uploaded_blob``), safe to run any number of times for the
 same upload (blob triggers deliver at least once; a host restart replays them):
 
-1. Stream the blob through ``shared.chat_data`` into local spool files, hashing the raw bytes.
+1. Stream the blob through ``shared.datasets.chat_data`` into local spool files, hashing the raw bytes.
 2. The dataset id is the sanitised blob name plus the content hash, so the same content is the
    same dataset and changed content is a new dataset version. The raw upload is only read.
 3. ``dataset/<id>`` is created "received" (or found as an earlier delivery left it). While it
@@ -13,7 +13,8 @@ same upload (blob triggers deliver at least once; a host restart replays them):
 4. An accepted dataset is submitted once: a delivery claims the submission with a conditional
    write, submits through the ML backend, records ``job/<name>`` "submitted" and moves the
    dataset to "submitted". A claim left by a crashed delivery expires after
-   ``SUBMIT_CLAIM_LEASE`` so a later delivery (or ``submit_pending_datasets``) finishes it.
+   ``SUBMIT_CLAIM_LEASE_SECONDS`` so a later delivery (or ``reconcile``, through
+   ``submit_pending_datasets``) finishes it.
 
 Only infrastructure errors raise (so the host retries, then poisons); bad data is an outcome.
 """
@@ -32,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest, MLBackend
-from shared.chat_data import ChunkStream, PreparedData, detect_format, prepare_stream, strip_format_suffix
-from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, utcnow
+from shared.datasets.chat_data import ChunkStream, PreparedData, detect_format, prepare_stream, strip_format_suffix
+from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
+from shared.ledger import records as R
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -41,13 +43,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Dataset states (see the ledger conventions).
-RECEIVED, ACCEPTED, REJECTED, SUBMITTED = "received", "accepted", "rejected", "submitted"
+# Dataset states: see shared.ledger.records.
+RECEIVED, ACCEPTED, REJECTED, SUBMITTED = R.DATASET_RECEIVED, R.DATASET_ACCEPTED, R.DATASET_REJECTED, R.DATASET_SUBMITTED
 DATASET_TAG = "dataset-id"
 SOURCE_BLOB_TAG = "source-blob"
 # A submission claimed longer ago than this is taken to have died with its worker. Far longer
 # than any submit call takes, so two live deliveries never both submit.
-SUBMIT_CLAIM_LEASE = timedelta(minutes=15)
 UPLOAD_BLOCK_BYTES = 4 << 20
 _MAX_STEM = 48
 _NOT_ID_CHARS = re.compile(r"[^a-z0-9]+")
@@ -178,7 +179,8 @@ def submit_accepted_dataset(dataset_id: str, settings: Settings | None = None, *
     s = settings or get_settings()
     ledger = ledger or Ledger.from_settings(s)
     claim = uuid.uuid4().hex
-    for _ in range(10):
+
+    def attempt() -> DatasetOutcome | Record:
         record = ledger.get(DATASET, dataset_id)
         if record is None:
             raise LookupError(f"dataset/{dataset_id} is not in the ledger")
@@ -187,19 +189,22 @@ def submit_accepted_dataset(dataset_id: str, settings: Settings | None = None, *
             return DatasetOutcome("already_submitted", blob_name, dataset_id, job_name=record.get("job_name"))
         if record.state != ACCEPTED:
             return DatasetOutcome(f"already_{record.state}", blob_name, dataset_id)
-        if _claim_is_live(record):
+        if _claim_is_live(record, s):
             return DatasetOutcome("submission_in_progress", blob_name, dataset_id)
-        try:
-            record = ledger.update(record, submit_claim=claim, submit_claimed_at=iso(utcnow()))
-        except ConflictError:
-            continue  # somebody else moved first: look again
-        return _submit(s, ledger, backend, record, claim)
-    raise ConflictError(f"dataset/{dataset_id}: too much contention to claim the submission")
+        return ledger.update(record, submit_claim=claim, submit_claimed_at=iso(utcnow()))
+
+    claimed = retry_on_conflict(attempt, f"dataset/{dataset_id} submission claim")
+    if isinstance(claimed, DatasetOutcome):
+        return claimed
+    return _submit(s, ledger, backend, claimed, claim)
 
 
-def _claim_is_live(record: Record) -> bool:
+def _claim_is_live(record: Record, s: Settings) -> bool:
+    """A submission claim is honoured for SUBMIT_CLAIM_LEASE_SECONDS: longer than any submission
+    takes, so a live delivery is never doubled; after it, a crashed delivery's claim is taken over."""
     claimed_at = parse_iso(record.get("submit_claimed_at"))
-    return bool(record.get("submit_claim")) and claimed_at is not None and utcnow() - claimed_at < SUBMIT_CLAIM_LEASE
+    lease = timedelta(seconds=s.submit_claim_lease_s)
+    return bool(record.get("submit_claim")) and claimed_at is not None and utcnow() - claimed_at < lease
 
 
 def _submit(s: Settings, ledger: Ledger, backend: MLBackend | None, record: Record, claim: str) -> DatasetOutcome:
@@ -235,6 +240,6 @@ def submit_pending_datasets(settings: Settings | None = None, *, ledger: Ledger 
     ledger = ledger or Ledger.from_settings(s)
     outcomes = []
     for record in ledger.list(DATASET, [ACCEPTED]):
-        if not _claim_is_live(record):
+        if not _claim_is_live(record, s):
             outcomes.append(submit_accepted_dataset(record.id, s, ledger=ledger, backend=backend))
     return outcomes

@@ -18,7 +18,7 @@ hash. Lines already in the output form take a fast path in ``_Preparation.read_j
 written through byte for byte.
 
 Everything here works on local files and binary streams; storage and the ledger live in
-``shared.datasets``. Nothing heavy is imported at module level (pyarrow only for parquet).
+``shared.datasets.intake``. Nothing heavy is imported at module level (pyarrow only for parquet).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 
 from shared.backends.base import EP_SUCCEEDED
-from shared.ledger import ENDPOINT, ConflictError, Ledger, iso, parse_iso, utcnow
+from shared.ledger import ENDPOINT, ConflictError, Ledger, iso, parse_iso, retry_on_conflict, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +29,21 @@ def record_last_activity(ledger: Ledger, endpoint_name: str, at: datetime) -> bo
     the janitor has meanwhile marked deleting or deleted. A later time written by another
     worker is never overwritten with an earlier one.
     """
-    for _ in range(5):
+
+    def attempt() -> bool:
         record = ledger.get(ENDPOINT, endpoint_name)
         if record is None or record.state != EP_SUCCEEDED:
             return False
         current = parse_iso(record.get("last_activity"))
         if current is not None and current >= at:
             return False
-        try:
-            ledger.update(record, last_activity=iso(at))
-            return True
-        except ConflictError:
-            continue
-    return False
+        ledger.update(record, last_activity=iso(at))
+        return True
+
+    try:
+        return retry_on_conflict(attempt, f"endpoint/{endpoint_name} last activity", attempts=5)
+    except ConflictError:
+        return False  # others kept writing a later time meanwhile
 
 
 class ActivityRecorder:

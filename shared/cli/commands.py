@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "prepare":
-            from shared.chat_data import cli_prepare
+            from shared.datasets.chat_data import cli_prepare
 
             return cli_prepare(args)
         if args.command == "plan":
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return cli_plan(args)
         if args.command == "status":
-            from shared.status import cli_status
+            from shared.observability.status import cli_status
 
             return cli_status(args)
     except SettingsError as exc:

@@ -44,10 +44,11 @@ from shared.backends.base import (
     ScoringTarget,
     TransientBackendError,
 )
-from shared.ledger import ACTIVE, ENDPOINT, MODEL, Ledger, Record, parse_iso
-from shared.naming import endpoint_name
-from shared.scoring_activity import ActivityRecorder
-from shared.scoring_contract import (
+from shared.endpoints.routing import serving_endpoint, split_model_ref
+from shared.endpoints.versions import version_key
+from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, parse_iso
+from shared.scoring.activity import ActivityRecorder
+from shared.scoring.contract import (
     TIMEOUT,
     UNAVAILABLE,
     UPSTREAM_ERROR,
@@ -98,14 +99,9 @@ class Route:
     expires_at: float
 
 
-def version_key(version: str) -> tuple[int, int | str]:
-    """Registry versions are integers in practice; compare them as numbers, others as text."""
-    return (1, int(version)) if version.isdigit() else (0, version)
-
-
 def _deploy_model_scale_from_zero(settings: Settings, ledger: Ledger, backend: MLBackend) -> Redeploy:
     def redeploy(model: ModelRef) -> Any:
-        from shared.deployment import deploy_model  # owned by the job-events module
+        from shared.endpoints.lifecycle import deploy_model  # the owner of endpoint records
 
         return deploy_model(model, reason="scale-from-zero", settings=settings, ledger=ledger, backend=backend)
 
@@ -362,23 +358,17 @@ class Scorer:
     def _resolve(self, model_name: str) -> Route:
         """The live endpoint of ``model_name`` per the ledger, or the ScoringError saying why there is none."""
         ledger = self.ledger
-        active = ledger.get(ACTIVE, model_name)
-        if active is not None and active.get("endpoint"):
-            ep_name = str(active.get("endpoint"))
-            endpoint = ledger.get(ENDPOINT, ep_name)
-            version = str(active.get("model_version") or (endpoint.get("model_version") if endpoint else "") or "")
-        else:
-            versions = self._registered_versions(model_name)
-            if not versions:
-                raise ScoringError(
-                    404,
-                    f"model {model_name!r} does not exist (no fine-tuned model of that name)",
-                    param="model",
-                    code="model_not_found",
-                )
-            version = versions[-1].id.rpartition(":")[2]
-            ep_name = endpoint_name(model_name, version)
-            endpoint = ledger.get(ENDPOINT, ep_name)
+        serving = serving_endpoint(model_name, ledger.get(ROUTE, model_name), self._registered_versions(model_name))
+        if serving is None:
+            raise ScoringError(
+                404,
+                f"model {model_name!r} does not exist (no fine-tuned model of that name)",
+                param="model",
+                code="model_not_found",
+            )
+        ep_name = serving.endpoint
+        endpoint = ledger.get(ENDPOINT, ep_name)
+        version = serving.version or str((endpoint.get("model_version") if endpoint else "") or "")
 
         if endpoint is not None and endpoint.state == EP_SUCCEEDED:
             target = self._scoring_target(model_name, version, ep_name)
@@ -419,17 +409,16 @@ class Scorer:
                 502, f"the endpoint of model {model_name} cannot be called", type=UPSTREAM_ERROR, code="backend_error"
             ) from None
 
-    def _registered_versions(self, model_name: str) -> list[Record]:
+    def _registered_versions(self, model_name: str) -> list[str]:
         prefix = f"{model_name}:"
-        records = [r for r in self.ledger.list(MODEL) if r.id.startswith(prefix)]
-        return sorted(records, key=lambda r: version_key(r.id[len(prefix) :]))
+        return [r.id[len(prefix) :] for r in self.ledger.list(MODEL) if r.id.startswith(prefix)]
 
     def _model_ref(self, model_name: str, version: str, endpoint: Record | None) -> ModelRef:
         record = self.ledger.get(MODEL, f"{model_name}:{version}") if version else None
         if record is None and not version:
             versions = self._registered_versions(model_name)
-            record = versions[-1] if versions else None
-            version = record.id.rpartition(":")[2] if record else ""
+            version = max(versions, key=version_key) if versions else ""
+            record = self.ledger.get(MODEL, f"{model_name}:{version}") if version else None
 
         def field(name: str) -> str:
             value = (record.get(name) if record else None) or (endpoint.get(name) if endpoint else None)
@@ -479,21 +468,18 @@ class Scorer:
 
     def list_models(self) -> list[dict[str, Any]]:
         ledger = self.ledger
-        actives = {r.id: r for r in ledger.list(ACTIVE)}
+        routes = {r.id: r for r in ledger.list(ROUTE)}
         registered: dict[str, list[Record]] = {}
         for record in ledger.list(MODEL):
-            registered.setdefault(record.id.rpartition(":")[0], []).append(record)
+            registered.setdefault(split_model_ref(record.id)[0], []).append(record)
         endpoints = {r.id: r for r in ledger.list(ENDPOINT)}
         models = []
-        for name in sorted(set(actives) | set(registered)):
-            versions = sorted(registered.get(name, []), key=lambda r: version_key(r.id.rpartition(":")[2]))
-            active = actives.get(name)
-            if active is not None and active.get("endpoint"):
-                version = str(active.get("model_version") or "")
-                ep_name = str(active.get("endpoint"))
-            else:
-                version = versions[-1].id.rpartition(":")[2]
-                ep_name = endpoint_name(name, version)
+        for name in sorted(set(routes) | set(registered)):
+            versions = sorted(registered.get(name, []), key=lambda r: version_key(split_model_ref(r.id)[1]))
+            active = routes.get(name)
+            serving = serving_endpoint(name, active, [split_model_ref(r.id)[1] for r in versions])
+            assert serving is not None  # every name here has a route or a registered version
+            version, ep_name = serving.version, serving.endpoint
             endpoint = endpoints.get(ep_name)
             status = {EP_SUCCEEDED: "ready", EP_PROVISIONING: "starting"}.get(
                 endpoint.state if endpoint else "", "scaled_to_zero"

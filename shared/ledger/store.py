@@ -1,4 +1,4 @@
-"""The ledger: datasets, jobs, models and endpoints with their states, in Table Storage.
+"""The ledger store: records with their states in Table Storage, written ETag-conditionally.
 
 Every trigger delivers at least once and out of order, so every action the app takes is
 claimed here first with an ETag-conditional write: of two concurrent or repeated deliveries
@@ -6,7 +6,9 @@ exactly one wins the transition and acts; the other sees the new state and does 
 
 Layout: PartitionKey is the record kind, RowKey its id. ``state``, ``created_at`` and
 ``updated_at`` are columns; the record's other fields are one JSON column (``fields``) so
-records can carry nested values (counts, tags, metrics).
+records can carry nested values (counts, tags, metrics). The record kinds, their states and
+the transitions allowed between them are in :mod:`shared.ledger.records`; :meth:`Ledger.update`
+refuses any other state change.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from shared.ledger import records as R
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -26,19 +29,36 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Record kinds.
-DATASET = "dataset"
-JOB = "job"
-MODEL = "model"
-ENDPOINT = "endpoint"
-ACTIVE = "active"  # id: fine-tuned model name -> which endpoint serves it
-JANITOR = "janitor"  # id "last": what the idle janitor did last
-
 _BAD_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+
+
+T = TypeVar("T")
+
+# How often a read-modify-write is retried after losing a race before giving up.
+CONFLICT_RETRIES = 10
 
 
 class ConflictError(RuntimeError):
     """The record changed since it was read (ETag mismatch)."""
+
+
+class InvalidTransitionError(ValueError):
+    """A state change the state machine in :mod:`shared.ledger.records` does not allow (a bug)."""
+
+
+def retry_on_conflict(attempt: Callable[[], T], what: str, attempts: int = CONFLICT_RETRIES) -> T:
+    """Run ``attempt`` (which re-reads what it writes) again each time it loses a race.
+
+    ``attempt`` raises :class:`ConflictError` to be retried (an ETag mismatch from
+    :meth:`Ledger.update`, or its own "someone created it first"); after ``attempts`` losses the
+    last ConflictError propagates, naming ``what``.
+    """
+    for _ in range(attempts):
+        try:
+            return attempt()
+        except ConflictError:
+            continue
+    raise ConflictError(f"{what}: too much contention")
 
 
 def utcnow() -> datetime:
@@ -150,6 +170,8 @@ class Ledger:
 
         merged = {**record.fields, **fields}
         new_state = state if state is not None else record.state
+        if new_state != record.state and not R.allowed(record.kind, record.state, new_state):
+            raise InvalidTransitionError(f"{record.kind}/{record.id}: {record.state!r} -> {new_state!r} is not an allowed transition")
         entity = _to_entity(record.kind, record.id, new_state, merged, record.created_at)
         try:
             meta = self._table.update_entity(
@@ -167,30 +189,37 @@ class Ledger:
         record, so a caller never acts on a transition somebody else made.
         """
         allowed = set(from_states)
-        for _ in range(10):
+
+        def attempt() -> Record | None:
             record = self.get(kind, id_)
             if record is None or record.state not in allowed:
                 return None
-            try:
-                return self.update(record, to_state, **fields)
-            except ConflictError:
-                continue
-        raise ConflictError(f"{kind}/{id_}: too much contention for {to_state}")
+            return self.update(record, to_state, **fields)
+
+        return retry_on_conflict(attempt, f"{kind}/{id_} -> {to_state}")
 
     def merge(self, kind: str, id_: str, state: str | None = None, **fields: Any) -> Record:
         """Read-modify-write with retry on conflict (creates the record when missing)."""
-        for _ in range(10):
+
+        def attempt() -> Record:
             record = self.get(kind, id_)
             if record is None:
                 created = self.create(kind, id_, state or "", **fields)
-                if created is not None:
-                    return created
-                continue
-            try:
-                return self.update(record, state, **fields)
-            except ConflictError:
-                continue
-        raise ConflictError(f"{kind}/{id_}: too much contention")
+                if created is None:
+                    raise ConflictError(f"{kind}/{id_} created concurrently")
+                return created
+            return self.update(record, state, **fields)
+
+        return retry_on_conflict(attempt, f"{kind}/{id_}")
+
+    def annotate(self, kind: str, id_: str, **fields: Any) -> Record | None:
+        """Add fields to an existing record without changing its state; None when it is missing."""
+
+        def attempt() -> Record | None:
+            current = self.get(kind, id_)
+            return None if current is None else self.update(current, **fields)
+
+        return retry_on_conflict(attempt, f"{kind}/{id_}")
 
     def delete(self, kind: str, id_: str) -> None:
         self._table.delete_entity(check_key(kind), check_key(id_))

@@ -6,7 +6,7 @@ One run (the ``delete_idle_endpoints`` timer, every 10 minutes by default):
    with the ledger's endpoint records (last activity written by scoring, when it became active)
    and the models' active endpoints. An endpoint must carry the tag **and** be in the ledger to
    be touched;
-2. asks the idle policy (``shared.idle_policy.decide``) about each one;
+2. asks the idle policy (``shared.janitor.policy.decide``) about each one;
 3. for each idle endpoint: claims it in the ledger (``succeeded`` -> ``deleting``, conditional on
    the record being unchanged since the decision, so a request recorded meanwhile wins), then
    starts the deletion through the backend and never waits for it. A failure is recorded on the
@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from shared.backends.base import EP_DELETED, EP_DELETING, EP_SUCCEEDED, BackendError, EndpointInfo, MLBackend, NotFoundError
-from shared.idle_policy import DELETE, KEEP, UNKNOWN, Decision, EndpointFacts, IdlePolicy, decide
-from shared.ledger import ACTIVE, ENDPOINT, JANITOR, ConflictError, Ledger, Record, iso, parse_iso, utcnow
+from shared.endpoints import lifecycle
+from shared.janitor.policy import DELETE, KEEP, UNKNOWN, Decision, EndpointFacts, IdlePolicy, decide
+from shared.ledger import ENDPOINT, JANITOR, ROUTE, ConflictError, Ledger, Record, iso, parse_iso, utcnow
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ FINALIZED = "finalized"  # a deleting record whose endpoint is now gone -> delet
 MISSING = "missing"  # ledger says it exists, the backend does not list it (nothing changed)
 RESTARTED = "restarted"  # a deletion whose backend call had been lost was started again
 
-# A "deleting" record the backend still shows as live after this long lost its delete call.
-LOST_DELETE_AFTER = timedelta(minutes=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +189,7 @@ def endpoint_facts(info: EndpointInfo, record: Record | None, active_endpoints: 
 
 
 def _active_endpoints(ledger: Ledger) -> set[str]:
-    return {r.get("endpoint") for r in ledger.list(ACTIVE) if r.get("endpoint")}
+    return {r.get("endpoint") for r in ledger.list(ROUTE) if r.get("endpoint")}
 
 
 def _delete_one(
@@ -202,10 +201,7 @@ def _delete_one(
         return EndpointOutcome(outcome=WOULD_DELETE, reason=decision.reason, hours_saved=hours, cost_saved=cost, **base)
     try:
         # Conditional on the record we decided on: a request recorded since then wins.
-        ledger.update(
-            record, EP_DELETING, delete_reason=decision.reason, delete_requested_at=iso(now),
-            hours_saved=hours, cost_saved=cost, error=None,
-        )
+        lifecycle.claim_deletion(ledger, record, reason=decision.reason, at=now, hours_saved=hours, cost_saved=cost)
     except ConflictError:
         return EndpointOutcome(outcome=SKIPPED, reason="ledger record changed while deciding; next run re-evaluates", **base)
     try:
@@ -217,7 +213,7 @@ def _delete_one(
         error = f"delete failed: {type(exc).__name__}: {exc}"
         try:
             # Back to succeeded so the next run tries again and scoring keeps using it.
-            ledger.transition(ENDPOINT, facts.name, [EP_DELETING], EP_SUCCEEDED, error=error, delete_failed_at=iso(now))
+            lifecycle.undo_deletion_claim(ledger, facts.name, error=error, at=now)
         except Exception:  # noqa: BLE001
             log.warning("could not record the failed deletion of %s", facts.name, exc_info=True)
         return EndpointOutcome(outcome=FAILED, reason=decision.reason, error=error, **base)
@@ -225,50 +221,24 @@ def _delete_one(
     return EndpointOutcome(outcome=DELETED, reason=decision.reason, hours_saved=hours, cost_saved=cost, **base)
 
 
-def _current_endpoint(backend: MLBackend, name: str, listed: dict[str, EndpointInfo]) -> EndpointInfo | None:
-    info = listed.get(name)
-    if info is not None:
-        return info
-    try:
-        return backend.get_endpoint(name)
-    except NotFoundError:
-        return None
-
-
 def _finish_deletions(ledger: Ledger, backend: MLBackend, listed: dict[str, EndpointInfo], started_now: set[str],
                       now: datetime) -> list[EndpointOutcome]:
-    """Finalize "deleting" records whose endpoint is gone; restart our deletions whose call was lost."""
+    """Finalize "deleting" records whose endpoint is gone; restart deletions whose call was lost."""
     outcomes = []
     for record in ledger.list(ENDPOINT, states=[EP_DELETING]):
         try:
             # Endpoints deleted in this run are read again: a backend may remove them at once.
-            info = _current_endpoint(backend, record.id, {} if record.id in started_now else listed)
+            info = lifecycle.current_endpoint(backend, record.id, None if record.id in started_now else listed)
+            done = None if record.id in started_now and info is not None else lifecycle.settle_deletion(
+                record, info, backend, ledger, now)
         except BackendError as exc:
-            log.warning("could not check whether endpoint %s is gone: %s", record.id, exc)
+            log.warning("could not settle the deletion of endpoint %s: %s", record.id, exc)
+            outcomes.append(EndpointOutcome(record.id, FAILED, "following a deletion", record.get("model"),
+                                            error=f"delete failed: {type(exc).__name__}: {exc}"))
             continue
-        if info is None or info.state == EP_DELETED:
-            if ledger.transition(ENDPOINT, record.id, [EP_DELETING], EP_DELETED, deleted_at=iso(now)) is not None:
-                outcomes.append(EndpointOutcome(record.id, FINALIZED, "endpoint is gone", record.get("model")))
-            continue
-        claimed_at = parse_iso(record.updated_at)
-        lost = (
-            info.state != EP_DELETING
-            and record.id not in started_now
-            and record.get("delete_reason") != "replaced"  # the deployment module restarts its own
-            and claimed_at is not None
-            and now - claimed_at > LOST_DELETE_AFTER
-        )
-        if lost:
-            # Claimed "deleting" but the backend never heard of it (a crash between the two writes).
-            log.warning("endpoint %s is deleting in the ledger but %s in the backend; deleting it again", record.id, info.state)
-            try:
-                backend.begin_delete_endpoint(record.id)
-            except NotFoundError:
-                continue
-            except Exception as exc:  # noqa: BLE001 - reported; the next run tries again
-                outcomes.append(EndpointOutcome(record.id, FAILED, "restarting a lost deletion", record.get("model"),
-                                                error=f"delete failed: {type(exc).__name__}: {exc}"))
-                continue
+        if done == "deleted":
+            outcomes.append(EndpointOutcome(record.id, FINALIZED, "endpoint is gone", record.get("model")))
+        elif done == "restarted":
             outcomes.append(EndpointOutcome(record.id, RESTARTED, "deletion call had been lost; started again", record.get("model")))
     return outcomes
 

@@ -1,0 +1,1 @@
+"""The command line (``python -m shared.cli``): every command and all printing."""

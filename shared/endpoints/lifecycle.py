@@ -1,0 +1,309 @@
+"""Online endpoints, the only owner of endpoint and route (``active/<model>``) records.
+
+Deploy (create or revive an endpoint and start its deployment, never waiting), settle a
+provisioning endpoint (traffic, succeeded, the model deployed), activate it (the route of its
+model, unless a newer version already serves), retire the endpoint it replaced, start and finish
+deletions (for the janitor and for replaced endpoints alike). Every change is an ETag-conditional
+transition of :mod:`shared.ledger.records`' state machine, so repeated or concurrent callers act
+once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.backends.base import (
+    EP_DELETED,
+    EP_DELETING,
+    EP_FAILED,
+    EP_PROVISIONING,
+    EP_SUCCEEDED,
+    MANAGED_BY_TAG,
+    MANAGED_BY_VALUE,
+    BackendError,
+    MLBackend,
+    ModelRef,
+    NotFoundError,
+    TransientBackendError,
+)
+from shared.context import Context, context
+from shared.endpoints.naming import endpoint_name
+from shared.endpoints.versions import is_newer
+from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
+from shared.ledger import records as R
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# An endpoint record in "provisioning" that the backend still does not know after this long
+# lost its begin_deploy call (crash or error between the ledger write and the call).
+DEPLOY_RESTART_GRACE = timedelta(seconds=60)
+
+
+def _now_iso() -> str:
+    return iso(utcnow()) or ""
+
+
+def start_deployment(model: ModelRef, ctx: Context, *, reason: str) -> tuple[bool, str]:
+    """Start the deployment of a freshly registered model, exactly once: (started by this call, endpoint name)."""
+    ep_name = endpoint_name(model.name, model.version)
+    won = ctx.ledger.transition(R.MODEL, model.ref, {R.MODEL_REGISTERED}, R.MODEL_DEPLOYING, endpoint=ep_name)
+    if won is None:
+        return False, ep_name
+    deploy_model(model, reason=reason, settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
+    return True, ep_name
+
+
+def deploy_model(
+    model: ModelRef,
+    *,
+    reason: str,
+    settings: Settings | None = None,
+    ledger: Ledger | None = None,
+    backend: MLBackend | None = None,
+) -> Record:
+    """Create (or revive) ``model``'s endpoint and start its deployment; never waits.
+
+    Idempotent: the endpoint name is derived from the model; the endpoint record is created in
+    "provisioning" (or moved there from "deleted"/"failed") by exactly one caller, and only that
+    caller starts the deployment. Everyone gets the endpoint's current record back.
+    """
+    ctx = context(settings, ledger, backend)
+    ep_name = endpoint_name(model.name, model.version)
+    fields = {
+        "model": model.ref,
+        "model_name": model.name,
+        "model_version": model.version,
+        "base_model": model.base_model,
+        "job_name": model.job_name,
+        "instance_type": "local" if ctx.settings.ml_backend == "local" else ctx.settings.inference_instance_type,
+        "deploy_reason": reason,
+        "deploy_requested_at": _now_iso(),
+        "error": None,
+    }
+    record = ctx.ledger.create(R.ENDPOINT, ep_name, EP_PROVISIONING, **fields)
+    if record is None:
+        record = ctx.ledger.transition(
+            R.ENDPOINT,
+            ep_name,
+            {EP_DELETED, EP_FAILED},
+            EP_PROVISIONING,
+            **fields,
+            active_since=None,
+            deleted_at=None,
+            delete_reason=None,
+        )
+    if record is None:  # somebody else created it, or it is live / being deleted
+        current = ctx.ledger.get(R.ENDPOINT, ep_name)
+        if current is None:  # deleted between our two writes: extremely rare; let the caller retry
+            raise ConflictError(f"endpoint/{ep_name} vanished while deploying")
+        return current
+    ctx.ledger.transition(R.MODEL, model.ref, {R.MODEL_REGISTERED}, R.MODEL_DEPLOYING, endpoint=ep_name)
+    failed = _begin_deploy(model, ep_name, ctx)
+    if failed is not None:
+        return failed
+    log.info("deploying %s to endpoint %s (%s)", model.ref, ep_name, reason)
+    return record
+
+
+def _deploy_tags(model: ModelRef) -> dict[str, str]:
+    return {MANAGED_BY_TAG: MANAGED_BY_VALUE, "model": model.ref, "job_name": model.job_name}
+
+
+def _begin_deploy(model: ModelRef, ep_name: str, ctx: Context) -> Record | None:
+    """Start the deployment; on failure record it and return the failed endpoint record."""
+    try:
+        ctx.backend.begin_deploy(model, ep_name, _deploy_tags(model))
+    except TransientBackendError as exc:
+        # Undo the claims so the retry (Event Grid's, reconcile's or scoring's) redoes this step:
+        # a failed endpoint can be revived, a registered model is deployed by whoever comes next.
+        ctx.ledger.transition(R.ENDPOINT, ep_name, {EP_PROVISIONING}, EP_FAILED, error=f"transient: {exc}")
+        ctx.ledger.transition(R.MODEL, model.ref, {R.MODEL_DEPLOYING}, R.MODEL_REGISTERED)
+        raise
+    except BackendError as exc:
+        log.error("starting deployment of %s to %s failed: %s", model.ref, ep_name, exc)
+        ctx.ledger.annotate(R.MODEL, model.ref, deploy_error=str(exc))
+        return ctx.ledger.transition(R.ENDPOINT, ep_name, {EP_PROVISIONING}, EP_FAILED, error=str(exc))
+    return None
+
+
+def model_ref_of(record: Record) -> ModelRef:
+    """ModelRef of a model record (id name:version) or an endpoint record (its fields)."""
+    if record.kind == R.MODEL:
+        name, _, version = record.id.rpartition(":")
+        return ModelRef(name, version, record.get("job_name") or "", record.get("base_model") or "")
+    return ModelRef(
+        record.get("model_name") or "",
+        str(record.get("model_version") or ""),
+        record.get("job_name") or "",
+        record.get("base_model") or "",
+    )
+
+
+def settle_provisioning(record: Record, ctx: Context, summary: Counter[str]) -> None:
+    name = record.id
+    info = ctx.backend.get_endpoint(name)
+    if info is None or info.state in {EP_DELETED, EP_DELETING}:
+        updated = parse_iso(record.updated_at)
+        if updated is not None and utcnow() - updated < DEPLOY_RESTART_GRACE:
+            summary["endpoints_provisioning"] += 1
+            return
+        # The begin_deploy call was lost: claim the restart (ETag) so concurrent runs do it once.
+        try:
+            claimed = ctx.ledger.update(record, deploy_restarted_at=_now_iso())
+        except ConflictError:
+            return
+        model = model_ref_of(claimed)
+        log.warning("endpoint %s is provisioning in the ledger but unknown to the workspace; starting it again", name)
+        _begin_deploy(model, name, ctx)
+        summary["endpoints_restarted"] += 1
+        return
+    if info.state == EP_PROVISIONING:
+        summary["endpoints_provisioning"] += 1
+        return
+    if info.state == EP_FAILED:
+        moved = ctx.ledger.transition(R.ENDPOINT, name, {EP_PROVISIONING}, EP_FAILED, error=info.error or "deployment failed")
+        if moved is not None:
+            model_ref = record.get("model")
+            if model_ref:
+                ctx.ledger.annotate(R.MODEL, model_ref, deploy_error=info.error or "deployment failed")
+            log.error("endpoint %s failed to deploy %s: %s", name, record.get("model"), info.error or "no reason given")
+            summary["endpoints_failed"] += 1
+        return
+    if info.state == EP_SUCCEEDED:
+        # Traffic first: the endpoint must serve before anyone is pointed at it.
+        ctx.backend.set_traffic(name)
+        now = _now_iso()
+        moved = ctx.ledger.transition(
+            R.ENDPOINT, name, {EP_PROVISIONING}, EP_SUCCEEDED, active_since=now, deployment=info.deployment, error=None
+        )
+        if moved is None:
+            return
+        log.info("endpoint %s succeeded and serves %s", name, record.get("model"))
+        model_ref = record.get("model")
+        if model_ref:
+            ctx.ledger.transition(
+                R.MODEL, model_ref, {R.MODEL_REGISTERED, R.MODEL_DEPLOYING}, R.MODEL_DEPLOYED, endpoint=name, deployed_at=now
+            )
+        activate(moved, ctx, summary)
+
+
+def activate(record: Record, ctx: Context, summary: Counter[str]) -> None:
+    """Make ``record`` the endpoint that serves its model (its route) unless a newer version already does."""
+    model_name = record.get("model_name")
+    version = str(record.get("model_version") or "")
+    if not model_name:
+        return
+
+    def attempt() -> tuple[bool, str | None]:  # (changed, previous endpoint)
+        route = ctx.ledger.get(R.ROUTE, model_name)
+        now = _now_iso()
+        if route is None:
+            if ctx.ledger.create(R.ROUTE, model_name, R.ROUTE_SET, endpoint=record.id, model_version=version, since=now) is None:
+                raise ConflictError(f"route/{model_name} created concurrently")
+            return True, None
+        if route.get("endpoint") == record.id or not is_newer(version, route.get("model_version")):
+            return False, None  # already serves, or an older endpoint that still runs: the janitor deals with it
+        ctx.ledger.update(route, R.ROUTE_SET, endpoint=record.id, model_version=version, since=now,
+                          previous_endpoint=route.get("endpoint"))
+        return True, route.get("endpoint")
+
+    changed, previous = retry_on_conflict(attempt, f"active/{model_name}")
+    if not changed:
+        return
+    summary["endpoints_activated"] += 1
+    log.info("endpoint %s is now the active endpoint for %s (version %s)", record.id, model_name, version)
+    if previous and previous != record.id:
+        _retire_replaced(previous, record.id, ctx, summary)
+
+
+def _retire_replaced(previous: str, replacement: str, ctx: Context, summary: Counter[str]) -> None:
+    summary["endpoints_replaced"] += 1
+    if not ctx.settings.delete_replaced_endpoints:
+        ctx.ledger.annotate(R.ENDPOINT, previous, replaced_by=replacement, replaced_at=_now_iso())
+        log.info("endpoint %s was replaced by %s; left for the idle janitor", previous, replacement)
+        return
+    won = ctx.ledger.transition(
+        R.ENDPOINT,
+        previous,
+        {EP_SUCCEEDED, EP_PROVISIONING, EP_FAILED},
+        EP_DELETING,
+        delete_reason=R.DELETE_REASON_REPLACED,
+        replaced_by=replacement,
+        delete_requested_at=_now_iso(),
+    )
+    if won is None:
+        return
+    log.info("endpoint %s was replaced by %s; deleting it", previous, replacement)
+    try:
+        ctx.backend.begin_delete_endpoint(previous)
+    except NotFoundError:
+        if finish_deletion(ctx.ledger, previous, utcnow()):
+            summary["endpoints_deleted"] += 1
+        return
+    summary["endpoints_deleting"] += 1
+
+
+# --------------------------------------------------------------------------- deletions
+
+# A "deleting" record the backend still shows as live after this long lost its delete call
+# (a crash or an error between the ledger claim and the backend call).
+LOST_DELETE_AFTER = timedelta(minutes=2)
+
+
+def claim_deletion(ledger: Ledger, record: Record, *, reason: str, at: datetime, **fields: Any) -> Record:
+    """``succeeded`` -> ``deleting``, conditional on ``record`` being unchanged since it was read
+    (raises ConflictError otherwise: a request recorded meanwhile wins)."""
+    return ledger.update(record, EP_DELETING, delete_reason=reason, delete_requested_at=iso(at), error=None, **fields)
+
+
+def undo_deletion_claim(ledger: Ledger, name: str, *, error: str, at: datetime) -> None:
+    """The delete call failed: back to ``succeeded`` so it keeps serving and the next run tries again."""
+    ledger.transition(R.ENDPOINT, name, [EP_DELETING], EP_SUCCEEDED, error=error, delete_failed_at=iso(at))
+
+
+def finish_deletion(ledger: Ledger, name: str, at: datetime) -> bool:
+    """``deleting`` -> ``deleted`` once the backend no longer has the endpoint; True when this call recorded it."""
+    return ledger.transition(R.ENDPOINT, name, [EP_DELETING], EP_DELETED, deleted_at=iso(at)) is not None
+
+
+def settle_deletion(record: Record, info: Any, backend: MLBackend, ledger: Ledger, now: datetime) -> str | None:
+    """Follow one ``deleting`` record, given the backend's current view of it (``info``, None when gone).
+
+    Returns ``"deleted"`` when this call recorded the deletion, ``"restarted"`` when the delete
+    call had been lost and was started again (claimed by ETag, so concurrent callers restart it
+    once), None when the deletion is still running or someone else acted. Raises BackendError
+    when the restart fails.
+    """
+    if info is None or info.state == EP_DELETED:
+        if finish_deletion(ledger, record.id, now):
+            log.info("endpoint %s is deleted (%s)", record.id, record.get("delete_reason"))
+            return "deleted"
+        return None
+    claimed_at = parse_iso(record.updated_at)
+    if info.state == EP_DELETING or claimed_at is None or now - claimed_at <= LOST_DELETE_AFTER:
+        return None
+    try:
+        ledger.update(record, delete_restarted_at=iso(now))
+    except ConflictError:
+        return None
+    log.warning("endpoint %s is deleting in the ledger but %s in the backend; deleting it again", record.id, info.state)
+    try:
+        backend.begin_delete_endpoint(record.id)
+    except NotFoundError:
+        finish_deletion(ledger, record.id, now)
+        return "deleted"
+    return "restarted"
+
+
+def current_endpoint(backend: MLBackend, name: str, listed: dict[str, Any] | None = None) -> Any:
+    """The backend's view of one endpoint (from ``listed`` when given), None when it does not exist."""
+    if listed and name in listed:
+        return listed[name]
+    try:
+        return backend.get_endpoint(name)
+    except NotFoundError:
+        return None

@@ -1,0 +1,2 @@
+"""The idle janitor: the pure idle policy (:mod:`.policy`) and one run that deletes idle endpoints
+(:mod:`.run`)."""

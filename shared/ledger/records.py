@@ -1,0 +1,109 @@
+"""Every record kind of the ledger, its states and the transitions allowed between them.
+
+This is the one place the app's state machine is written down. Each kind has one owner: the
+package that creates its records and moves them between states (everyone else only reads, or
+adds fields with :meth:`shared.ledger.store.Ledger.annotate`).
+
+Table layout (unchanged since the first release, so no data migration): PartitionKey = kind,
+RowKey = id, columns ``state``, ``created_at``, ``updated_at`` and ``fields`` (JSON).
+
+=============  =====================  ====================================================
+kind           id                     owner
+=============  =====================  ====================================================
+``dataset``    dataset id             :mod:`shared.datasets.intake`
+``job``        backend job name       :mod:`shared.datasets.intake` creates it (submitted);
+                                      :mod:`shared.deployment.job_events` ends it
+``model``      ``name:version``       :mod:`shared.deployment.job_events` (registration);
+                                      :mod:`shared.endpoints.lifecycle` (deploying/deployed)
+``endpoint``   endpoint name          :mod:`shared.endpoints.lifecycle` (only owner)
+``active``     fine-tuned model name  :mod:`shared.endpoints.lifecycle` (which endpoint serves)
+``janitor``    ``last``               :mod:`shared.janitor.run`
+=============  =====================  ====================================================
+
+Transitions are ETag-conditional (:meth:`Ledger.transition`): of concurrent or repeated
+deliveries exactly one wins a transition and acts.
+"""
+
+from __future__ import annotations
+
+# ---- record kinds (PartitionKey values; never rename the strings)
+DATASET = "dataset"
+JOB = "job"
+MODEL = "model"
+ENDPOINT = "endpoint"
+ROUTE = "active"  # id: fine-tuned model name -> the endpoint that serves it (its "route")
+JANITOR = "janitor"  # id "last": what the idle janitor did last
+
+# ---- dataset states
+DATASET_RECEIVED = "received"  # blob being prepared (a crash here is retried by the next delivery)
+DATASET_ACCEPTED = "accepted"  # prepared and good enough to train on; not submitted yet
+DATASET_REJECTED = "rejected"  # final: the report says why
+DATASET_SUBMITTED = "submitted"  # final: its job is named in ``job_name``
+
+# ---- job states (the backends' normalised states, as far as the ledger records them)
+JOB_SUBMITTED = "submitted"  # submitted; running or queued as far as the ledger knows
+JOB_COMPLETED = "completed"  # registration fields are added to it (model_version, ...)
+JOB_FAILED = "failed"  # final
+JOB_CANCELED = "canceled"  # final
+
+# ---- model states
+MODEL_REGISTERED = "registered"
+MODEL_DEPLOYING = "deploying"
+MODEL_DEPLOYED = "deployed"
+
+# ---- endpoint states (with its single deployment); the same words as the backends' states
+ENDPOINT_PROVISIONING = "provisioning"
+ENDPOINT_SUCCEEDED = "succeeded"
+ENDPOINT_FAILED = "failed"
+ENDPOINT_DELETING = "deleting"
+ENDPOINT_DELETED = "deleted"
+
+# ---- route state (the "active" kind has one state: it names the serving endpoint)
+ROUTE_SET = "active"
+
+# ---- delete reasons recorded on an endpoint going to "deleting"
+DELETE_REASON_REPLACED = "replaced"  # a newer version became active (DELETE_REPLACED_ENDPOINTS)
+
+TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
+    DATASET: {
+        "": frozenset({DATASET_RECEIVED}),
+        DATASET_RECEIVED: frozenset({DATASET_ACCEPTED, DATASET_REJECTED}),
+        DATASET_ACCEPTED: frozenset({DATASET_SUBMITTED}),
+        DATASET_REJECTED: frozenset(),
+        DATASET_SUBMITTED: frozenset(),
+    },
+    JOB: {
+        "": frozenset({JOB_SUBMITTED}),
+        JOB_SUBMITTED: frozenset({JOB_COMPLETED, JOB_FAILED, JOB_CANCELED}),
+        JOB_COMPLETED: frozenset(),
+        JOB_FAILED: frozenset(),
+        JOB_CANCELED: frozenset(),
+    },
+    MODEL: {
+        "": frozenset({MODEL_REGISTERED}),
+        MODEL_REGISTERED: frozenset({MODEL_DEPLOYING}),
+        MODEL_DEPLOYING: frozenset({MODEL_DEPLOYED, MODEL_REGISTERED}),  # back: a transient deploy failure
+        MODEL_DEPLOYED: frozenset(),
+    },
+    ENDPOINT: {
+        "": frozenset({ENDPOINT_PROVISIONING}),
+        ENDPOINT_PROVISIONING: frozenset({ENDPOINT_SUCCEEDED, ENDPOINT_FAILED}),
+        ENDPOINT_SUCCEEDED: frozenset({ENDPOINT_DELETING}),
+        ENDPOINT_FAILED: frozenset({ENDPOINT_PROVISIONING, ENDPOINT_DELETING}),
+        # back to succeeded: the janitor's delete call failed, the endpoint still serves
+        ENDPOINT_DELETING: frozenset({ENDPOINT_DELETED, ENDPOINT_SUCCEEDED}),
+        ENDPOINT_DELETED: frozenset({ENDPOINT_PROVISIONING}),  # revived (scale from zero)
+    },
+    ROUTE: {"": frozenset({ROUTE_SET}), ROUTE_SET: frozenset({ROUTE_SET})},
+}
+
+
+def allowed(kind: str, from_state: str, to_state: str) -> bool:
+    """Whether the state machine allows ``from_state`` -> ``to_state`` for ``kind`` ("" = new record).
+
+    Kinds without a state machine (``janitor``) allow anything.
+    """
+    machine = TRANSITIONS.get(kind)
+    if machine is None:
+        return True
+    return to_state in machine.get(from_state, frozenset())

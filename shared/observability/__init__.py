@@ -1,0 +1,1 @@
+"""What the app knows, gathered for people: the status report (:mod:`.status`)."""
