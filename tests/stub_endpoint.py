@@ -31,8 +31,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared.backends.base import ModelRef, NotFoundError, ScoringTarget
-
 
 @dataclasses.dataclass
 class Scripted:
@@ -153,45 +151,15 @@ def running(app: Any) -> Iterator[RunningServer]:
 # ---- the app's side of a stub endpoint: a backend that points at it, ledger records that route to it
 
 
-class StubTargetBackend:
-    """Just enough MLBackend for scoring: every endpoint's scoring target is the stub.
+def StubTargetBackend(url: str, stub: StubEndpoint, timeout_s: float = 5.0) -> Any:
+    """The shared in-memory workspace with every endpoint's scoring target at the stub (and the
+    stub's current key, cached per endpoint until a refresh, like the real backends)."""
+    from tests.fakes.workspace import InMemoryWorkspace
 
-    Like the real backends it caches each endpoint's key and re-reads it only when asked to
-    refresh, so a key rotated on the stub really produces a 401 with the cached key.
-    """
-
-    name = "stub"
-
-    def __init__(self, url: str, stub: StubEndpoint, timeout_s: float = 5.0):
-        self.url = url
-        self.stub = stub
-        self.timeout_s = timeout_s
-        self.urls: dict[str, str] = {}  # per-endpoint URL overrides (e.g. a closed port)
-        self.missing: set[str] = set()  # endpoints the workspace no longer has
-        self.keys: dict[str, str] = {}
-        self.target_calls: list[tuple[str, bool]] = []
-        self.deploys: list[tuple[ModelRef, str, dict[str, str]]] = []
-
-    @property
-    def workspace_id(self) -> str:
-        return "/subscriptions/0/resourceGroups/stub/providers/Microsoft.MachineLearningServices/workspaces/stub"
-
-    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
-        self.target_calls.append((endpoint_name, refresh))
-        if endpoint_name in self.missing:
-            raise NotFoundError(f"endpoint {endpoint_name} not found")
-        if refresh or endpoint_name not in self.keys:
-            self.keys[endpoint_name] = self.stub.key
-        url = self.urls.get(endpoint_name, self.url)
-        return ScoringTarget(
-            url=f"{url}/score", key=self.keys[endpoint_name], timeout_s=self.timeout_s, deployment=f"{endpoint_name}-dep"
-        )
-
-    def begin_deploy(self, model: ModelRef, endpoint_name: str, tags: dict[str, str]) -> None:
-        self.deploys.append((model, endpoint_name, dict(tags)))
-
-    def get_endpoint(self, endpoint_name: str) -> None:
-        return None
+    return InMemoryWorkspace(
+        "/subscriptions/0/resourceGroups/stub/providers/Microsoft.MachineLearningServices/workspaces/stub",
+        target_url=url, key=stub, timeout_s=timeout_s,
+    )
 
 
 def seed_model(ledger: Any, model_name: str, version: str, endpoint_state: str = "succeeded", active: bool = True) -> str:

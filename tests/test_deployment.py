@@ -29,7 +29,8 @@ from shared.endpoints.lifecycle import deploy_model
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
 from shared.settings import use_settings
-from tests.test_deployment_fakes import InMemoryWorkspace, load_sample, ours, submit_job
+from tests.fakes.events import load_sample, ours, submit_job
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
@@ -81,7 +82,7 @@ def test_completed_job_is_registered_deployed_and_after_reconcile_active(env, fi
         "1",
         "job-1",
     )
-    assert ws.deploy_calls == [(model_ref, ep, {MANAGED_BY_TAG: MANAGED_BY_VALUE, "model": model_ref, "job_name": "job-1"})]
+    assert [(m.ref, e, t) for m, e, t in ws.deploys] == [(model_ref, ep, {MANAGED_BY_TAG: MANAGED_BY_VALUE, "model": model_ref, "job_name": "job-1"})]
     assert ledger.get(L.ROUTE, settings.model_name) is None  # not serving before it succeeded
 
     # Still rolling out: reconcile waits.
@@ -485,7 +486,7 @@ def test_reconcile_restarts_a_deployment_whose_start_was_lost(env, monkeypatch):
     assert reconcile()["endpoints_restarted"] == 0  # within the grace period: begin_deploy may be under way
     monkeypatch.setattr(lifecycle, "DEPLOY_RESTART_GRACE", timedelta(0))
     assert reconcile()["endpoints_restarted"] == 1
-    assert ws.deploy_calls[0][:2] == (model.ref, ep)
+    assert ws.deploys[0][:2] == (model, ep)
 
 
 def test_reconcile_deploys_a_model_whose_registrar_stopped(env):
@@ -528,4 +529,27 @@ def test_reconcile_records_a_janitor_deletion_once_it_is_done_so_scoring_can_rev
     assert summary["endpoints_deleted"] == 1
     deleted = ledger.get(L.ENDPOINT, ep)
     assert deleted.state == "deleted" and deleted.get("deleted_at")
-    assert ws.calls["begin_delete_endpoint"] == 1  # the janitor's deletion is never restarted by reconcile
+    assert ws.calls["begin_delete_endpoint"] == 1  # a deletion still running is never restarted
+
+
+def test_a_lost_deletion_is_restarted_once_whoever_notices_it(env, fixtures_dir, monkeypatch):
+    """One rule for "deleting -> deleted" and for a lost delete call, shared by reconcile and the janitor."""
+    from shared.janitor.run import delete_idle_endpoints
+
+    settings, ledger, ws = env
+    submit_job(ledger, settings, ws, "job-l", COMPLETED)
+    handle_job_event(completed_event(fixtures_dir, settings, "job-l"))
+    ep = endpoint_name(settings.model_name, "1")
+    ws.finish_deployment(ep)
+    reconcile()
+    # The janitor claimed the deletion, then crashed before calling the backend.
+    ledger.update(ledger.get(L.ENDPOINT, ep), "deleting", delete_reason="idle: test")
+    assert reconcile()["endpoints_deleting"] == 0 and ws.calls["begin_delete_endpoint"] == 0  # too recent to call lost
+    monkeypatch.setattr(lifecycle, "LOST_DELETE_AFTER", timedelta(0))
+    assert reconcile()["endpoints_deleting"] == 1
+    delete_idle_endpoints(settings, ledger, ws)
+    reconcile()
+    assert ws.calls["begin_delete_endpoint"] == 1  # restarted once, not once per caller
+    ws.finish_deletion(ep)
+    report = delete_idle_endpoints(settings, ledger, ws)
+    assert report.finalized == [ep] and ledger.get(L.ENDPOINT, ep).state == "deleted"

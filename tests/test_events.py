@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shared.deployment.events import RUN_COMPLETED, MalformedEventError, is_trusted, parse_job_event
-from tests.test_deployment_fakes import load_sample
+from tests.fakes.events import load_sample
 
 SAMPLE_RUN = "AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5"
 SAMPLE_TOPIC = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from datetime import datetime, timedelta
 
@@ -20,62 +19,23 @@ from shared.backends.base import (
     MANAGED_BY_VALUE,
     BackendError,
     EndpointInfo,
-    NotFoundError,
-    ScoringTarget,
 )
 from shared.janitor import run as janitor
 from shared.ledger import ENDPOINT, JANITOR, MODEL, ROUTE, Ledger, iso, utcnow
 from shared.settings import use_settings
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
 TAGS = {MANAGED_BY_TAG: MANAGED_BY_VALUE}
 
 
-class FakeEndpointsBackend:
-    """Endpoints in a dict. Deleting either removes at once (like the local workspace) or leaves the
-    endpoint in "deleting" until ``finish_deletions`` (like Azure). Names in ``failing`` refuse."""
-
-    name = "fake"
-    workspace_id = "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/fake"
-
-    def __init__(self, endpoints: list[EndpointInfo], *, removes_at_once: bool = False, failing: set[str] | None = None):
-        self.endpoints = {e.name: e for e in endpoints}
-        self.removes_at_once = removes_at_once
-        self.failing = failing or set()
-        self.delete_calls: list[str] = []
-        self.list_error: Exception | None = None
-
-    def list_endpoints(self) -> list[EndpointInfo]:
-        if self.list_error:
-            raise self.list_error
-        # Everything, tagged or not: the janitor must check the tag itself.
-        return list(self.endpoints.values())
-
-    def get_endpoint(self, endpoint_name: str) -> EndpointInfo | None:
-        return self.endpoints.get(endpoint_name)
-
-    def begin_delete_endpoint(self, endpoint_name: str) -> None:
-        self.delete_calls.append(endpoint_name)
-        if endpoint_name in self.failing:
-            raise BackendError(f"quota service said no to {endpoint_name}")
-        if endpoint_name not in self.endpoints:
-            raise NotFoundError(endpoint_name)
-        if self.removes_at_once:
-            del self.endpoints[endpoint_name]
-        else:
-            self.endpoints[endpoint_name] = dataclasses.replace(self.endpoints[endpoint_name], state=EP_DELETING)
-
-    def finish_deletions(self) -> None:
-        self.endpoints = {n: e for n, e in self.endpoints.items() if e.state != EP_DELETING}
-
-    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
-        raise AssertionError("the janitor never scores")
-
-    def submit_finetune(self, request):
-        raise AssertionError("not used by the janitor")
-
-    get_job = register_model = begin_deploy = set_traffic = submit_finetune
+def FakeEndpointsBackend(endpoints: list[EndpointInfo], *, removes_at_once: bool = False,
+                         failing: set[str] | None = None) -> InMemoryWorkspace:
+    """The shared in-memory workspace holding just these endpoints; names in ``failing`` refuse deletion."""
+    ws = InMemoryWorkspace(endpoints=endpoints, removes_at_once=removes_at_once)
+    ws.failing_deletes = set(failing or ())
+    return ws
 
 
 def ago(minutes: float, now: datetime | None = None) -> datetime:
@@ -205,7 +165,7 @@ def test_one_failing_delete_does_not_stop_the_others(storage_settings, ledger):
     last = ledger.get(JANITOR, "last")
     assert last.get("failed") == [{"name": "idle-b", "error": failed.get("error")}]
 
-    backend.failing.clear()
+    backend.failing_deletes.clear()
     retry = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now + timedelta(minutes=10))
     assert retry.deleted == ["idle-b"]
 

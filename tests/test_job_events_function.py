@@ -21,7 +21,8 @@ from shared.backends import use_backend
 from shared.backends.base import COMPLETED, FAILED, MANAGED_BY_TAG, RUNNING, TransientBackendError
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
-from tests.test_deployment_fakes import InMemoryWorkspace, load_sample, ours, submit_job
+from tests.fakes.events import load_sample, ours, submit_job
+from tests.fakes.workspace import InMemoryWorkspace
 
 HANDLER_BUDGET_S = 1.0  # the handler must answer fast; Event Grid gives 30 s in all
 

@@ -1,6 +1,6 @@
 """The prepare_chat_data blob trigger, called as the host calls it: a real BlobClient to Azurite.
 
-Submission goes through the ML backend interface to a small recording backend installed with
+Submission goes through the ML backend interface to the shared in-memory workspace installed with
 ``use_backend``; the ledger and the prepared container are real (Azurite).
 """
 
@@ -11,7 +11,6 @@ import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import azure.functions as func
 import pytest
@@ -20,37 +19,21 @@ from azure.storage.blob import BlobClient
 from devhost.app_index import functions_of
 from functions import prepare_chat_data
 from shared.backends import use_backend
-from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError, FineTuneRequest
+from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError
 from shared.datasets.intake import dataset_id_for, submit_pending_datasets
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.settings import Settings
 from shared.storage import blob_service
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
 
-class RecordingBackend:
-    """Records fine-tune submissions; can be told to fail the next N submissions."""
-
-    name = "recording"
-
-    def __init__(self, fail_next: int = 0):
-        self.requests: list[FineTuneRequest] = []
-        self.fail_next = fail_next
-
-    @property
-    def workspace_id(self) -> str:
-        return "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/recording"
-
-    def submit_finetune(self, request: FineTuneRequest) -> str:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise BackendError("workspace unavailable (503)")
-        self.requests.append(request)
-        return f"ftjob-{len(self.requests):03d}"
-
-    def __getattr__(self, name: str) -> Any:  # every other backend operation is out of scope here
-        raise NotImplementedError(name)
+def _recording(fail_submissions: int = 0) -> InMemoryWorkspace:
+    """The shared in-memory workspace, recording fine-tune submissions (``requests``)."""
+    ws = InMemoryWorkspace()
+    ws.fail_submissions = fail_submissions
+    return ws
 
 
 def conv(i: int) -> bytes:
@@ -64,8 +47,8 @@ MOSTLY_BAD = b"".join(conv(i) for i in range(10)) + b"{broken\n" * 30
 
 
 @pytest.fixture
-def backend(storage_settings: Settings) -> RecordingBackend:
-    b = RecordingBackend()
+def backend(storage_settings: Settings) -> InMemoryWorkspace:
+    b = _recording()
     use_backend(b, storage_settings)  # type: ignore[arg-type]
     return b
 
@@ -103,7 +86,7 @@ def test_function_binding_is_event_grid_blob_trigger_with_sdk_type() -> None:
     assert fn.get_user_function().__annotations__["client"] is blob.BlobClient
 
 
-def test_upload_is_prepared_recorded_and_submitted_once(storage_settings: Settings, backend: RecordingBackend, trigger) -> None:
+def test_upload_is_prepared_recorded_and_submitted_once(storage_settings: Settings, backend: InMemoryWorkspace, trigger) -> None:
     s = storage_settings
     client = upload(s, "team/chat data.jsonl", GOOD, small_chunks=True)
     raw_etag = client.get_blob_properties().etag
@@ -129,7 +112,7 @@ def test_upload_is_prepared_recorded_and_submitted_once(storage_settings: Settin
     job = ledger.get(JOB, "ftjob-001")
     assert job is not None and job.state == "submitted"
     assert job.get("dataset_id") == dataset_id and job.get("model_name") == s.model_name
-    assert job.get("base_model") == s.base_model_name and job.get("backend") == "recording"
+    assert job.get("base_model") == s.base_model_name and job.get("backend") == "in-memory"
 
     train = prepared_blob(s, prefix + "train.jsonl").splitlines()
     test = prepared_blob(s, prefix + "test.jsonl").splitlines()
@@ -149,7 +132,7 @@ def test_upload_is_prepared_recorded_and_submitted_once(storage_settings: Settin
     assert [r.id for r in ledger.list(JOB)] == ["ftjob-001"]
 
 
-def test_changed_content_is_a_new_dataset_version(storage_settings: Settings, backend: RecordingBackend, trigger) -> None:
+def test_changed_content_is_a_new_dataset_version(storage_settings: Settings, backend: InMemoryWorkspace, trigger) -> None:
     s = storage_settings
     trigger(upload(s, "chat.jsonl", GOOD))
     changed = GOOD + conv(1000)
@@ -161,7 +144,7 @@ def test_changed_content_is_a_new_dataset_version(storage_settings: Settings, ba
                                                         dataset_id_for("chat.jsonl", hashlib.sha256(changed).hexdigest())]
 
 
-def test_mostly_bad_file_is_rejected_reported_and_never_submitted(storage_settings: Settings, backend: RecordingBackend,
+def test_mostly_bad_file_is_rejected_reported_and_never_submitted(storage_settings: Settings, backend: InMemoryWorkspace,
                                                                    trigger) -> None:
     s = storage_settings
     trigger(upload(s, "bad.jsonl", MOSTLY_BAD))
@@ -179,7 +162,7 @@ def test_mostly_bad_file_is_rejected_reported_and_never_submitted(storage_settin
     assert Ledger.from_settings(s).get(DATASET, dataset_id).state == "rejected"  # type: ignore[union-attr]
 
 
-def test_other_files_are_ignored(storage_settings: Settings, backend: RecordingBackend, trigger,
+def test_other_files_are_ignored(storage_settings: Settings, backend: InMemoryWorkspace, trigger,
                                  caplog: pytest.LogCaptureFixture) -> None:
     s = storage_settings
     caplog.set_level("INFO", logger="functions.prepare_chat_data")
@@ -188,7 +171,7 @@ def test_other_files_are_ignored(storage_settings: Settings, backend: RecordingB
     assert Ledger.from_settings(s).list(DATASET) == [] and backend.requests == []
 
 
-def test_parquet_and_gzip_uploads(storage_settings: Settings, backend: RecordingBackend, trigger) -> None:
+def test_parquet_and_gzip_uploads(storage_settings: Settings, backend: InMemoryWorkspace, trigger) -> None:
     import gzip
     import io
 
@@ -208,7 +191,7 @@ def test_parquet_and_gzip_uploads(storage_settings: Settings, backend: Recording
 
 def test_failed_submission_is_retried_by_the_next_delivery(storage_settings: Settings, trigger) -> None:
     s = storage_settings
-    backend = RecordingBackend(fail_next=1)
+    backend = _recording(fail_submissions=1)
     use_backend(backend, s)  # type: ignore[arg-type]
     client = upload(s, "chat.jsonl", GOOD)
     with pytest.raises(BackendError):  # an infrastructure error: the host retries the blob
@@ -224,9 +207,9 @@ def test_failed_submission_is_retried_by_the_next_delivery(storage_settings: Set
 
 
 def test_a_live_claim_blocks_a_second_submission_and_a_stale_one_does_not(storage_settings: Settings,
-                                                                           backend: RecordingBackend, trigger) -> None:
+                                                                           backend: InMemoryWorkspace, trigger) -> None:
     s = storage_settings
-    backend.fail_next = 1
+    backend.fail_submissions = 1
     client = upload(s, "chat.jsonl", GOOD)
     with pytest.raises(BackendError):
         trigger(client)
@@ -243,7 +226,7 @@ def test_a_live_claim_blocks_a_second_submission_and_a_stale_one_does_not(storag
     assert submit_pending_datasets(s) == []
 
 
-def test_a_crash_before_the_decision_is_finished_by_the_next_delivery(storage_settings: Settings, backend: RecordingBackend,
+def test_a_crash_before_the_decision_is_finished_by_the_next_delivery(storage_settings: Settings, backend: InMemoryWorkspace,
                                                                       trigger) -> None:
     s = storage_settings
     dataset_id = dataset_id_for("chat.jsonl", hashlib.sha256(GOOD).hexdigest())
@@ -254,7 +237,7 @@ def test_a_crash_before_the_decision_is_finished_by_the_next_delivery(storage_se
     assert len(backend.requests) == 1
 
 
-def test_deleted_blob_is_not_an_error(storage_settings: Settings, backend: RecordingBackend, trigger) -> None:
+def test_deleted_blob_is_not_an_error(storage_settings: Settings, backend: InMemoryWorkspace, trigger) -> None:
     s = storage_settings
     client = upload(s, "gone.jsonl", GOOD)
     client.delete_blob()

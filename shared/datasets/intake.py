@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Dataset states: see shared.ledger.records.
-RECEIVED, ACCEPTED, REJECTED, SUBMITTED = R.DATASET_RECEIVED, R.DATASET_ACCEPTED, R.DATASET_REJECTED, R.DATASET_SUBMITTED
 DATASET_TAG = "dataset-id"
 SOURCE_BLOB_TAG = "source-blob"
 # A submission claimed longer ago than this is taken to have died with its worker. Far longer
@@ -111,26 +109,26 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
     record = ledger.get(DATASET, dataset_id)
     if record is None:
         record = ledger.create(
-            DATASET, dataset_id, RECEIVED, blob_name=blob_name, content_sha256=prepared.content_sha256,
+            DATASET, dataset_id, R.DATASET_RECEIVED, blob_name=blob_name, content_sha256=prepared.content_sha256,
             size_bytes=prepared.size_bytes, format=prepared.report["source"]["format"], prefix=prefix,
         ) or ledger.get(DATASET, dataset_id)
         if record is None:
             raise ConflictError(f"dataset/{dataset_id} vanished while being created")
     decided_now = False
-    if record.state == RECEIVED:
+    if record.state == R.DATASET_RECEIVED:
         report = {**prepared.report, "dataset": {"id": dataset_id, "prefix": prefix, "blob_name": blob_name}}
         blobs = _upload_outputs(s, prefix, prepared, report)
         if prepared.accepted:
-            moved = ledger.transition(DATASET, dataset_id, [RECEIVED], ACCEPTED, counts=prepared.counts, **blobs)
+            moved = ledger.transition(DATASET, dataset_id, [R.DATASET_RECEIVED], R.DATASET_ACCEPTED, counts=prepared.counts, **blobs)
         else:
-            moved = ledger.transition(DATASET, dataset_id, [RECEIVED], REJECTED, counts=prepared.counts,
+            moved = ledger.transition(DATASET, dataset_id, [R.DATASET_RECEIVED], R.DATASET_REJECTED, counts=prepared.counts,
                                       report_blob=blobs["report_blob"], error="; ".join(prepared.report["decision"]["reasons"]))
         decided_now = moved is not None
         record = moved or ledger.get(DATASET, dataset_id) or record
         log.info("dataset %s: %s (%d valid, %d invalid, %d duplicates)", dataset_id, record.state,
                  prepared.counts["valid"], prepared.counts["invalid"], prepared.counts["duplicates"])
     reasons = tuple(prepared.report["decision"]["reasons"])
-    if record.state == REJECTED:
+    if record.state == R.DATASET_REJECTED:
         return DatasetOutcome("rejected" if decided_now else "already_rejected", blob_name, dataset_id,
                               reasons=reasons, counts=prepared.counts)
     outcome = submit_accepted_dataset(dataset_id, s, ledger=ledger, backend=backend)
@@ -185,9 +183,9 @@ def submit_accepted_dataset(dataset_id: str, settings: Settings | None = None, *
         if record is None:
             raise LookupError(f"dataset/{dataset_id} is not in the ledger")
         blob_name = record.get("blob_name", "")
-        if record.state == SUBMITTED:
+        if record.state == R.DATASET_SUBMITTED:
             return DatasetOutcome("already_submitted", blob_name, dataset_id, job_name=record.get("job_name"))
-        if record.state != ACCEPTED:
+        if record.state != R.DATASET_ACCEPTED:
             return DatasetOutcome(f"already_{record.state}", blob_name, dataset_id)
         if _claim_is_live(record, s):
             return DatasetOutcome("submission_in_progress", blob_name, dataset_id)
@@ -222,10 +220,10 @@ def _submit(s: Settings, ledger: Ledger, backend: MLBackend | None, record: Reco
         # Release the claim so the retry (host redelivery or the reconcile timer) can submit.
         ledger.merge(DATASET, dataset_id, submit_claim=None, submit_claimed_at=None, error=f"submission failed: {exc}"[:500])
         raise
-    ledger.create(JOB, job_name, SUBMITTED, dataset_id=dataset_id, model_name=s.model_name, base_model=s.base_model_name,
+    ledger.create(JOB, job_name, R.JOB_SUBMITTED, dataset_id=dataset_id, model_name=s.model_name, base_model=s.base_model_name,
                   backend=getattr(backend, "name", s.ml_backend), tags=tags, submitted_at=iso(utcnow()),
                   train_blob=request.train_blob, test_blob=request.test_blob)
-    moved = ledger.transition(DATASET, dataset_id, [ACCEPTED], SUBMITTED, job_name=job_name,
+    moved = ledger.transition(DATASET, dataset_id, [R.DATASET_ACCEPTED], R.DATASET_SUBMITTED, job_name=job_name,
                               submitted_at=iso(utcnow()), submit_claim=None, error=None)
     if moved is None:  # cannot happen while our claim is live; say so loudly if it does
         log.warning("dataset %s left 'accepted' while job %s was being submitted (claim %s)", dataset_id, job_name, claim)
@@ -239,7 +237,7 @@ def submit_pending_datasets(settings: Settings | None = None, *, ledger: Ledger 
     s = settings or get_settings()
     ledger = ledger or Ledger.from_settings(s)
     outcomes = []
-    for record in ledger.list(DATASET, [ACCEPTED]):
+    for record in ledger.list(DATASET, [R.DATASET_ACCEPTED]):
         if not _claim_is_live(record, s):
             outcomes.append(submit_accepted_dataset(record.id, s, ledger=ledger, backend=backend))
     return outcomes

@@ -26,6 +26,8 @@ deliveries exactly one wins a transition and acts.
 
 from __future__ import annotations
 
+from shared.backends import base as B
+
 # ---- record kinds (PartitionKey values; never rename the strings)
 DATASET = "dataset"
 JOB = "job"
@@ -40,23 +42,23 @@ DATASET_ACCEPTED = "accepted"  # prepared and good enough to train on; not submi
 DATASET_REJECTED = "rejected"  # final: the report says why
 DATASET_SUBMITTED = "submitted"  # final: its job is named in ``job_name``
 
-# ---- job states (the backends' normalised states, as far as the ledger records them)
+# ---- job states (the final ones are the backends' normalised words, shared.backends.base)
 JOB_SUBMITTED = "submitted"  # submitted; running or queued as far as the ledger knows
-JOB_COMPLETED = "completed"  # registration fields are added to it (model_version, ...)
-JOB_FAILED = "failed"  # final
-JOB_CANCELED = "canceled"  # final
+JOB_COMPLETED = B.COMPLETED  # registration fields are added to it (model_version, ...)
+JOB_FAILED = B.FAILED  # final
+JOB_CANCELED = B.CANCELED  # final
 
 # ---- model states
 MODEL_REGISTERED = "registered"
 MODEL_DEPLOYING = "deploying"
 MODEL_DEPLOYED = "deployed"
 
-# ---- endpoint states (with its single deployment); the same words as the backends' states
-ENDPOINT_PROVISIONING = "provisioning"
-ENDPOINT_SUCCEEDED = "succeeded"
-ENDPOINT_FAILED = "failed"
-ENDPOINT_DELETING = "deleting"
-ENDPOINT_DELETED = "deleted"
+# ---- endpoint states (with its single deployment): the backends' normalised words
+ENDPOINT_PROVISIONING = B.EP_PROVISIONING
+ENDPOINT_SUCCEEDED = B.EP_SUCCEEDED
+ENDPOINT_FAILED = B.EP_FAILED
+ENDPOINT_DELETING = B.EP_DELETING
+ENDPOINT_DELETED = B.EP_DELETED
 
 # ---- route state (the "active" kind has one state: it names the serving endpoint)
 ROUTE_SET = "active"

@@ -1,0 +1,188 @@
+"""One in-memory ML workspace behind the MLBackend interface, for every test that needs a backend.
+
+Jobs, a model registry, endpoints and scoring targets held in dicts; long operations finish when
+a test says so. Stricter than the real backends where that exposes bugs in the flow:
+
+* ``register_model`` gives a NEW version on every call (as MLflow's log_model does), so a double
+  registration by concurrent deliveries shows up as a second version;
+* ``list_endpoints`` lists every endpoint, ours or not: callers must check the managed-by tag;
+* every call is counted (``calls``), and ``fail_next[op]`` makes the next call of ``op`` raise.
+
+Deletion behaves like Azure (the endpoint stays "deleting" until ``finish_deletions``) or, with
+``removes_at_once``, like the local workspace. Scoring targets point at ``target_url`` (a stub
+endpoint) with per-endpoint overrides, and cache each endpoint's key like the real backends, so
+a key rotated on the stub really produces a 401 with the cached key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from shared.backends.base import (
+    COMPLETED,
+    EP_DELETING,
+    EP_FAILED,
+    EP_PROVISIONING,
+    EP_SUCCEEDED,
+    MANAGED_BY_TAG,
+    MANAGED_BY_VALUE,
+    RUNNING,
+    BackendError,
+    EndpointInfo,
+    FineTuneRequest,
+    JobInfo,
+    ModelRef,
+    NotFoundError,
+    ScoringTarget,
+)
+
+OUR_TAGS = {MANAGED_BY_TAG: MANAGED_BY_VALUE}
+DEFAULT_WORKSPACE_ID = "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/in-memory"
+
+
+class InMemoryWorkspace:
+    name = "in-memory"
+
+    def __init__(self, workspace_id: str = DEFAULT_WORKSPACE_ID, base_model: str = "base-model", call_delay_s: float = 0.0,
+                 *, endpoints: list[EndpointInfo] | None = None, removes_at_once: bool = False,
+                 target_url: str = "http://127.0.0.1:1", key: str | Any = "k", timeout_s: float = 5.0):
+        self._workspace_id = workspace_id
+        self._base_model = base_model
+        self._delay = call_delay_s  # widens race windows in the concurrency tests
+        self._lock = threading.Lock()
+        self.jobs: dict[str, JobInfo] = {}
+        self.versions: dict[str, list[str]] = {}  # model name -> versions, in order
+        self.endpoints: dict[str, EndpointInfo] = {e.name: e for e in endpoints or []}
+        self.calls: Counter[str] = Counter()
+        self.fail_next: dict[str, Exception] = {}  # operation name -> error raised once
+        # submissions
+        self.requests: list[FineTuneRequest] = []
+        self.fail_submissions = 0  # the next N submissions raise BackendError
+        # deployments and deletions
+        self.deploys: list[tuple[ModelRef, str, dict[str, str]]] = []
+        self.delete_calls: list[str] = []
+        self.removes_at_once = removes_at_once
+        self.failing_deletes: set[str] = set()  # endpoint names whose deletion is refused
+        self.list_error: Exception | None = None
+        # scoring targets
+        self.target_url = target_url
+        self.key = key  # a str, or an object with a ``key`` attribute (a stub endpoint that rotates it)
+        self.timeout_s = timeout_s
+        self.urls: dict[str, str] = {}  # per-endpoint URL overrides (e.g. a closed port)
+        self.missing: set[str] = set()  # endpoints whose scoring target is gone
+        self.keys: dict[str, str] = {}
+        self.target_calls: list[tuple[str, bool]] = []
+
+    # --- test controls
+    def add_job(self, name: str, state: str = RUNNING, **kw: Any) -> None:
+        kw.setdefault("tags", dict(OUR_TAGS))
+        self.jobs[name] = JobInfo(name=name, state=state, **kw)
+
+    def set_job(self, name: str, state: str, **kw: Any) -> None:
+        old = self.jobs[name]
+        self.jobs[name] = JobInfo(name=name, state=state, tags=old.tags, **kw)
+
+    def add_endpoint(self, info: EndpointInfo) -> None:
+        self.endpoints[info.name] = info
+
+    def finish_deployment(self, endpoint: str, ok: bool = True, error: str | None = None) -> None:
+        ep = self.endpoints[endpoint]
+        self.endpoints[endpoint] = dataclasses.replace(
+            ep, state=EP_SUCCEEDED if ok else EP_FAILED, error=None if ok else (error or "deployment failed"))
+
+    def finish_deletion(self, endpoint: str) -> None:
+        self.endpoints.pop(endpoint, None)
+
+    def finish_deletions(self) -> None:
+        self.endpoints = {n: e for n, e in self.endpoints.items() if e.state != EP_DELETING}
+
+    def _enter(self, op: str) -> None:
+        with self._lock:
+            self.calls[op] += 1
+            error = self.fail_next.pop(op, None)
+        if error is not None:
+            raise error
+        if self._delay:
+            time.sleep(self._delay)
+
+    # --- MLBackend
+    @property
+    def workspace_id(self) -> str:
+        return self._workspace_id
+
+    def submit_finetune(self, request: FineTuneRequest) -> str:
+        self._enter("submit_finetune")
+        with self._lock:
+            if self.fail_submissions:
+                self.fail_submissions -= 1
+                raise BackendError("workspace unavailable (503)")
+            self.requests.append(request)
+            name = f"ftjob-{len(self.requests):03d}"
+        self.add_job(name, RUNNING, tags=dict(request.tags))
+        return name
+
+    def get_job(self, job_name: str) -> JobInfo:
+        self._enter("get_job")
+        try:
+            return self.jobs[job_name]
+        except KeyError:
+            raise NotFoundError(f"job {job_name} not found") from None
+
+    def register_model(self, job_name: str, model_name: str) -> ModelRef:
+        self._enter("register_model")
+        if self.jobs[job_name].state != COMPLETED:
+            raise NotFoundError(f"job {job_name} has no trained model")
+        with self._lock:
+            versions = self.versions.setdefault(model_name, [])
+            versions.append(str(len(versions) + 1))
+            return ModelRef(model_name, versions[-1], job_name, self._base_model)
+
+    def begin_deploy(self, model: ModelRef, endpoint_name: str, tags: dict[str, str]) -> None:
+        self._enter("begin_deploy")
+        with self._lock:
+            self.deploys.append((model, endpoint_name, dict(tags)))
+            self.endpoints[endpoint_name] = EndpointInfo(
+                name=endpoint_name, state=EP_PROVISIONING, tags=dict(tags), model=model.ref, deployment="default"
+            )
+
+    def get_endpoint(self, endpoint_name: str) -> EndpointInfo | None:
+        self._enter("get_endpoint")
+        return self.endpoints.get(endpoint_name)
+
+    def set_traffic(self, endpoint_name: str) -> None:
+        self._enter("set_traffic")
+        ep = self.endpoints[endpoint_name]
+        self.endpoints[endpoint_name] = dataclasses.replace(ep, traffic={ep.deployment or "default": 100})
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        self._enter("list_endpoints")
+        if self.list_error:
+            raise self.list_error
+        return list(self.endpoints.values())
+
+    def begin_delete_endpoint(self, endpoint_name: str) -> None:
+        self._enter("begin_delete_endpoint")
+        self.delete_calls.append(endpoint_name)
+        if endpoint_name in self.failing_deletes:
+            raise BackendError(f"quota service said no to {endpoint_name}")
+        ep = self.endpoints.get(endpoint_name)
+        if ep is None:
+            raise NotFoundError(endpoint_name)
+        if self.removes_at_once:
+            del self.endpoints[endpoint_name]
+        else:
+            self.endpoints[endpoint_name] = dataclasses.replace(ep, state=EP_DELETING)
+
+    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
+        self.target_calls.append((endpoint_name, refresh))
+        if endpoint_name in self.missing:
+            raise NotFoundError(f"endpoint {endpoint_name} not found")
+        if refresh or endpoint_name not in self.keys:
+            self.keys[endpoint_name] = self.key if isinstance(self.key, str) else self.key.key
+        url = self.urls.get(endpoint_name, self.target_url)
+        return ScoringTarget(url=f"{url}/score", key=self.keys[endpoint_name], timeout_s=self.timeout_s,
+                             deployment=f"{endpoint_name}-dep")
