@@ -51,12 +51,12 @@ def bicep_files() -> list[Path]:
     return sorted(INFRA.rglob("*.bicep"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parser() -> BicepParser:
     return BicepParser()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parse(path: Path) -> dict[str, Any]:
     """The pycep JSON of one Bicep file (raises on a syntax pycep cannot parse)."""
     return _parser().parse(file_path=path)
@@ -82,7 +82,7 @@ class TypeRef:
         return TypeRef(self.nodes, int(ref["$ref"].rsplit("/", 1)[1]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resource_types() -> dict[str, TypeRef]:
     """``"<type>@<version>"`` (lower case) -> the type of its body, over every copied types.json."""
     index: dict[str, TypeRef] = {}
@@ -459,3 +459,19 @@ class _Checker:
 def check_file(path: Path, doc: dict[str, Any] | None = None) -> list[str]:
     """Problems of one Bicep file (its pycep JSON may be given, e.g. a deliberately broken copy)."""
     return _Checker(path, parse(path) if doc is None else doc).run()
+
+
+def check_rest_body(type_name: str, api_version: str, body: dict[str, Any], where: str = "request body") -> list[str]:
+    """Problems of a REST request body (plain JSON) against the published type of the resource.
+
+    The same definitions as the templates: a PUT body a management SDK builds can be checked the
+    way a Bicep resource is (``name`` travels in the URL, so it is not required here).
+    """
+    t = resource_type(type_name, api_version)
+    if t is None:
+        return [f"{where}: unknown resource type or API version {type_name}@{api_version}"]
+    checker = _Checker(ROOT / "tests", {})
+    n = t.node
+    props = {k: v for k, v in n["properties"].items() if k != "name"}
+    checker.check_object(body, props, n.get("additionalProperties"), t, where)
+    return checker.problems

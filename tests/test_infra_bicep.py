@@ -117,7 +117,9 @@ def test_checker_catches_a_wrong_discriminator() -> None:
 
 
 def test_pycep_rejects_what_bicep_rejects() -> None:
-    with pytest.raises(Exception):
+    from lark.exceptions import LarkError
+
+    with pytest.raises(LarkError):
         parse_text("resource x 'Microsoft.Storage/storageAccounts@2023-05-01' = {\n  name: 'a'\n")
 
 

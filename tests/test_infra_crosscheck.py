@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from devhost.app_index import BLOB, EVENT_GRID, load_app, functions_of
+from devhost.app_index import BLOB, EVENT_GRID, functions_of, load_app
 from scripts import azure_postdeploy as postdeploy
 from shared.settings import SPECS, SettingsError, load_settings
 from tests import infra_template as tpl
