@@ -149,3 +149,55 @@ def role_assignments(doc: dict[str, Any] | None = None) -> list[RoleAssignment]:
 
 def relative(path: Path) -> str:
     return str(path.relative_to(ROOT))
+
+
+# --------------------------------------------------------------------------- README reference tables
+
+ROLE_PRINCIPALS = {"appPrincipalId": "app identity", "workspacePrincipalId": "workspace identity"}
+SCOPE_NAMES = {
+    "Microsoft.Storage/storageAccounts": "app storage account",
+    "Microsoft.MachineLearningServices/workspaces": "ML workspace",
+    "Microsoft.Insights/components": "Application Insights",
+}
+
+
+def settings_table() -> list[str]:
+    rows = ["| App setting | Value |", "|---|---|"]
+    params = main_doc()["parameters"]
+    raw = app_settings_raw()
+    for name, value in app_settings().items():
+        text = f"`{value.text}` (at deployment)" if isinstance(value, Expr) else f"`{value}`"
+        if isinstance(raw[name], str) and raw[name] in params:
+            text += f" (parameter `{raw[name]}`)"
+        rows.append(f"| `{name}` | {text} |")
+    return rows
+
+
+def roles_table() -> list[str]:
+    by_id = {v: k for k, v in role_table().items()}
+    rows = ["| Role | Principal | Scope |", "|---|---|---|"]
+    for ra in role_assignments():
+        role = by_id.get(ra.role_id or "", f"unknown role {ra.role_id}")
+        rows.append(f"| {role} | {ROLE_PRINCIPALS.get(ra.principal, ra.principal)} | {SCOPE_NAMES.get(ra.scope_type, ra.scope_type)} |")
+    return rows
+
+
+def subscriptions_table() -> list[str]:
+    from scripts import azure_postdeploy as postdeploy
+
+    target = postdeploy.DeployTarget("sub", "rg", "app", "storage topic", "workspace topic", app_settings()["CHAT_DATA_CONTAINER"])
+    rows = ["| Subscription | System topic | Event types | Filters | Delivered to |", "|---|---|---|---|---|"]
+    for s in postdeploy.subscription_specs(target):
+        filters = [f"subject begins with `{s.subject_begins_with}`"] if s.subject_begins_with else []
+        filters += [f"`{f.key}` {f.operator} {', '.join(f.values)}" for f in s.advanced_filters]
+        url = s.endpoint_url("<app host>", f"<{s.system_key} key>")
+        rows.append(
+            f"| `{s.name}` | {s.topic} | {', '.join(t.rsplit('.', 1)[1] for t in s.included_event_types)} | "
+            f"{'; '.join(filters) or 'none'} | `{s.function}`: `{url}` |"
+        )
+    return rows
+
+
+if __name__ == "__main__":  # regenerate the README's reference tables: python -m tests.infra_template
+    for table in (settings_table(), roles_table(), subscriptions_table()):
+        print("\n".join(table), end="\n\n")
