@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from scripts import azure_postdeploy as postdeploy
 from tests import infra_template as tpl
 from tests.bicep_checks import ROOT
 
@@ -32,6 +33,7 @@ def test_deploy_is_two_commands_and_a_teardown() -> None:
     commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
     assert commands == ["azd auth login", "azd up"]
     assert "azd down --purge" in text
+    assert f"{postdeploy.DEFAULT_ATTEMPTS} checks, {postdeploy.DEFAULT_DELAY_S:.0f} s apart" in text, "README's wait bound != the step's"
 
 
 def test_reference_tables_are_generated_from_the_template() -> None:
