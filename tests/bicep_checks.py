@@ -188,9 +188,10 @@ def identifiers(doc: dict[str, Any]) -> set[str]:
 
 
 class _Checker:
-    def __init__(self, path: Path, doc: dict[str, Any]):
+    def __init__(self, path: Path, doc: dict[str, Any], source: str | None = None):
         self.path = path
         self.doc = doc
+        self.source = source
         self.names = identifiers(doc)
         self.problems: list[str] = []
 
@@ -447,7 +448,78 @@ class _Checker:
                 return
             t = t.ref(props[key]["type"])
 
+    def check_identifiers(self) -> None:
+        """Every name a value refers to is declared (pycep reads an undeclared name as a string).
+
+        A string value that is not a declared symbol must be a literal: written ``'value'`` in
+        the source. Property names after a ``.`` are checked by :meth:`check_reads` instead.
+        """
+        if self.source is None:
+            return
+
+        def is_literal(text: str) -> bool:
+            return f"'{text}'" in self.source or "'" + text.replace("'", "\\'") + "'" in self.source
+
+        def visit(value: Any, at: str) -> None:
+            if isinstance(value, str):
+                if "${" in value:
+                    for head in re.findall(r"\$\{\s*([A-Za-z_]\w*)\s*(\(?)", value):
+                        if not head[1] and head[0] not in self.names:
+                            self.problems.append(f"{at}: '${{{head[0]}...}}' names nothing declared in this file")
+                elif value not in self.names and not is_literal(value):
+                    self.problems.append(f"{at}: {value!r} is neither declared in this file nor a string literal")
+            elif is_expression(value) and "operator" in value:
+                operands = value["operator"].get("operands", {})
+                if value["operator"].get("type") == "property_accessor":
+                    visit(operands.get("operand_1"), at)
+                else:
+                    visit(operands, at)
+            elif is_expression(value):
+                visit(value["function"].get("parameters", {}), at)
+            elif isinstance(value, dict):
+                for v in value.values():
+                    visit(v, at)
+            elif isinstance(value, list):
+                for v in value:
+                    visit(v, at)
+
+        for section in ("variables", "outputs"):
+            for symbol, item in self.doc.get(section, {}).items():
+                visit(item.get("value"), self.where(f"{section[:-1]} {symbol}"))
+        for section in ("resources", "modules"):
+            for symbol, item in self.doc.get(section, {}).items():
+                config = item["config"]
+                while isinstance(config, dict) and "config" in config and ("loop_type" in config or "condition" in config):
+                    loop = config.get("loop_type")
+                    if loop and loop["detail"].get("array_name"):
+                        visit(loop["detail"]["array_name"], self.where(f"{section[:-1]} {symbol} (for)"))
+                    if config.get("condition") is not None:
+                        visit(config["condition"], self.where(f"{section[:-1]} {symbol} (if)"))
+                    config = config["config"]
+                body = {k: v for k, v in config.items() if k != "name"} if section == "modules" else config
+                visit(body, self.where(f"{section[:-1]} {symbol}"))
+                if section == "resources":
+                    self.check_parent(symbol, item, config)
+
+    def check_parent(self, symbol: str, resource: dict[str, Any], body: dict[str, Any]) -> None:
+        at = self.where(f"resource {symbol}")
+        resources = self.doc.get("resources", {})
+        for dep in body.get("dependsOn", []) if isinstance(body.get("dependsOn"), list) else []:
+            if isinstance(dep, str) and dep not in resources and dep not in self.doc.get("modules", {}):
+                self.problems.append(f"{at}: dependsOn {dep!r} is not a resource or module of this file")
+        parent = body.get("parent")
+        if parent is None:
+            return
+        if parent not in resources:
+            self.problems.append(f"{at}: parent {parent!r} is not a resource of this file")
+            return
+        parent_type = resources[parent]["type"]
+        child_type = resource["type"]
+        if not (child_type.lower().startswith(parent_type.lower() + "/") and "/" not in child_type[len(parent_type) + 1 :]):
+            self.problems.append(f"{at}: a {child_type} cannot be a child of {parent} ({parent_type})")
+
     def run(self) -> list[str]:
+        self.check_identifiers()
         for symbol, resource in self.doc.get("resources", {}).items():
             self.check_resource(symbol, resource)
         for symbol, module in self.doc.get("modules", {}).items():
@@ -458,7 +530,7 @@ class _Checker:
 
 def check_file(path: Path, doc: dict[str, Any] | None = None) -> list[str]:
     """Problems of one Bicep file (its pycep JSON may be given, e.g. a deliberately broken copy)."""
-    return _Checker(path, parse(path) if doc is None else doc).run()
+    return _Checker(path, parse(path) if doc is None else doc, path.read_text(encoding="utf-8")).run()
 
 
 def check_rest_body(type_name: str, api_version: str, body: dict[str, Any], where: str = "request body") -> list[str]:

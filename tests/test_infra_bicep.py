@@ -116,6 +116,16 @@ def test_checker_catches_a_wrong_discriminator() -> None:
     assert any("datastoreType='AzureBlobs' is not one of" in p for p in problems), problems
 
 
+def test_checker_catches_an_undeclared_name_and_a_wrong_parent() -> None:
+    def edit(d):
+        d["resources"]["storage"]["config"]["location"] = "locaton"  # pycep reads a typo'd name as a string
+        d["resources"]["blobContainers"]["config"]["config"]["parent"] = "storage"
+
+    problems = _broken("modules/storage.bicep", edit)
+    assert any("'locaton' is neither declared in this file nor a string literal" in p for p in problems), problems
+    assert any("containers cannot be a child of storage" in p for p in problems), problems
+
+
 def test_pycep_rejects_what_bicep_rejects() -> None:
     from lark.exceptions import LarkError
 
