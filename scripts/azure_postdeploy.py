@@ -196,7 +196,14 @@ def wait_until_ready(
     sleep: Callable[[float], None] = time.sleep,
 ) -> AppReady:
     """Poll until the app lists every target function and has every system key; bounded."""
-    site = web.web_apps.get(target.resource_group, target.function_app)
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+    try:
+        site = web.web_apps.get(target.resource_group, target.function_app)
+    except ClientAuthenticationError as exc:
+        raise PostDeployError(f"not authorized to read Function App {target.function_app!r} ({_reason(exc)}): run `azd auth login`") from exc
+    except HttpResponseError as exc:
+        raise PostDeployError(f"cannot read Function App {target.function_app!r} in {target.resource_group}: {_reason(exc)}") from exc
     host = site.default_host_name
     if not host:
         raise PostDeployError(f"Function App {target.function_app!r} has no default host name (is it running?)")
@@ -204,13 +211,20 @@ def wait_until_ready(
     keys = sorted({s.system_key for s in specs})
     missing_functions: list[str] = functions
     missing_keys: list[str] = keys
+    last_error = ""
     for attempt in range(1, attempts + 1):
-        listed = {_function_name(f) for f in web.web_apps.list_functions(target.resource_group, target.function_app)}
-        missing_functions = [f for f in functions if f not in listed]
         system_keys: dict[str, str] = {}
-        if not missing_functions:
-            host_keys = web.web_apps.list_host_keys(target.resource_group, target.function_app)
-            system_keys = dict(host_keys.system_keys or {})
+        try:
+            listed = {_function_name(f) for f in web.web_apps.list_functions(target.resource_group, target.function_app)}
+            missing_functions = [f for f in functions if f not in listed]
+            if not missing_functions:
+                host_keys = web.web_apps.list_host_keys(target.resource_group, target.function_app)
+                system_keys = dict(host_keys.system_keys or {})
+            last_error = ""
+        except ClientAuthenticationError as exc:
+            raise PostDeployError(f"not authorized on Function App {target.function_app!r} ({_reason(exc)}): run `azd auth login`") from exc
+        except HttpResponseError as exc:  # the host is still starting: not ready yet
+            last_error = _reason(exc)
         missing_keys = [k for k in keys if not system_keys.get(k)]
         if not missing_functions and not missing_keys:
             log.info("app %s ready after %d attempt(s): functions %s, keys %s", target.function_app, attempt, functions, keys)
@@ -225,11 +239,19 @@ def wait_until_ready(
             sleep(delay_s)
     what = [f"function(s) {', '.join(missing_functions)} not indexed"] if missing_functions else []
     what += [f"system key(s) {', '.join(missing_keys)} missing"] if missing_keys else []
+    what += [f"last error: {last_error}"] if last_error else []
     raise PostDeployError(
         f"Function App {target.function_app!r} not ready after {attempts} attempts ({(attempts - 1) * delay_s:.0f} s): "
         f"{'; '.join(what)}. Check that the code deployed (`azd deploy`) and the host started "
         "(Application Insights traces, or `az functionapp function list`), then run `azd hooks run postdeploy`."
     )
+
+
+def _reason(exc: Exception) -> str:
+    error = getattr(exc, "error", None)
+    if error is not None and getattr(error, "code", None):
+        return f"{error.code}: {error.message}"
+    return str(getattr(exc, "message", None) or exc).splitlines()[0]
 
 
 def _function_name(envelope: Any) -> str:
@@ -299,7 +321,7 @@ class Outcome:
 
 
 def ensure_subscriptions(eventgrid: Any, target: DeployTarget, specs: Sequence[SubscriptionSpec], ready: AppReady) -> Outcome:
-    from azure.core.exceptions import ResourceNotFoundError
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
     ops = eventgrid.system_topic_event_subscriptions
     outcome = Outcome()
@@ -323,7 +345,14 @@ def ensure_subscriptions(eventgrid: Any, target: DeployTarget, specs: Sequence[S
             log.info("%s: updating (%s)", label, "; ".join(diffs))
         else:
             log.info("%s: creating -> %s", label, spec.function)
-        ops.begin_create_or_update(target.resource_group, spec.topic, spec.name, to_model(spec, url)).result()
+        try:
+            ops.begin_create_or_update(target.resource_group, spec.topic, spec.name, to_model(spec, url)).result()
+        except HttpResponseError as exc:
+            # e.g. Event Grid's webhook validation handshake failed (the host not answering yet)
+            raise PostDeployError(
+                f"creating Event Grid subscription {label} -> {spec.function} failed: {_reason(exc)}. "
+                "Once the app answers, run `azd hooks run postdeploy` again (it only writes what differs)."
+            ) from exc
         (outcome.updated if existing is not None else outcome.created).append(label)
     return outcome
 

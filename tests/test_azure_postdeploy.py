@@ -59,8 +59,13 @@ class FakeArm:
         self.system_keys = {"blobs_extension": "blob-key-1", "eventgrid_extension": "eg-key-1"}
         self.subscriptions: dict[tuple[str, str], dict[str, Any]] = {}
         self.full_urls: dict[tuple[str, str], str] = {}
+        self.failures: list[list[Any]] = []  # [method, path regex, status, code, times left]
         for method in ("GET", "PUT", "POST", "DELETE", "PATCH"):
             rsps.add_callback(method, re.compile(r"https://management\.azure\.com/.*"), callback=self.handle, content_type=None)
+
+    def fail(self, method: str, pattern: str, status: int, code: str, *, times: int = 1) -> None:
+        """Answer matching requests with ARM's error shape ``{"error": {"code", "message"}}``."""
+        self.failures.append([method, re.compile(pattern), status, code, times])
 
     def writes(self) -> list[tuple[str, str, Any]]:
         reads = re.compile(r"/listkeys$|/getFullUrl$", re.I)
@@ -74,6 +79,12 @@ class FakeArm:
         body = json.loads(request.body) if request.body else None
         self.requests.append((request.method, parts.path, body))
         query = parse_qs(parts.query)
+        for failure in self.failures:
+            method, pattern, status, code, times = failure
+            if method == request.method and pattern.search(parts.path) and times:
+                failure[4] -= 1
+                error = {"error": {"code": code, "message": f"{code} for {request.method} {parts.path.rsplit('/', 1)[-1]}"}}
+                return status, {"content-type": "application/json"}, json.dumps(error)
         site = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Web/sites/{APP}"
         topics = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.EventGrid/systemTopics/"
         path = parts.path
@@ -269,3 +280,35 @@ def test_missing_environment_is_named() -> None:
 def test_main_reports_the_error_and_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert postdeploy.main([], environ={}) == 1
     assert "missing environment variable(s) AZURE_SUBSCRIPTION_ID" in capsys.readouterr().err
+
+
+def test_errors_while_the_host_starts_count_as_not_ready(arm: FakeArm) -> None:
+    arm.fail("POST", r"/host/default/listkeys$", 400, "BadRequest", times=2)
+    sleeps: list[float] = []
+    outcome = run(sleeps=sleeps)
+    assert len(sleeps) == 2 and len(outcome.created) == 3
+
+
+def test_an_error_that_lasts_is_in_the_final_message(arm: FakeArm) -> None:
+    arm.fail("GET", r"/functions$", 400, "BadRequest", times=100)
+    with pytest.raises(postdeploy.PostDeployError, match=r"last error: BadRequest: BadRequest for GET functions"):
+        run(attempts=3)
+
+
+def test_no_login_fails_at_once_with_what_to_do(arm: FakeArm) -> None:
+    arm.fail("GET", rf"/sites/{APP}$", 401, "AuthenticationFailed")
+    with pytest.raises(postdeploy.PostDeployError, match=r"not authorized .* run `azd auth login`"):
+        run()
+    assert arm.function_calls == 0
+
+
+def test_a_rejected_subscription_names_itself_and_how_to_retry(arm: FakeArm) -> None:
+    arm.fail("PUT", r"/eventSubscriptions/job-run-completed$", 400, "InvalidRequest")
+    with pytest.raises(postdeploy.PostDeployError) as err:
+        run()
+    assert f"{WORKSPACE_TOPIC}/job-run-completed -> on_job_event failed: InvalidRequest" in str(err.value)
+    assert "azd hooks run postdeploy" in str(err.value)
+    # what was created before the failure stays; a rerun finishes the rest without rewriting it
+    outcome = run()
+    assert outcome.created == [f"{WORKSPACE_TOPIC}/job-run-completed", f"{WORKSPACE_TOPIC}/job-run-failed"]
+    assert outcome.unchanged == [f"{STORAGE_TOPIC}/chat-data-blob-created"]

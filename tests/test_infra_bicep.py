@@ -206,6 +206,7 @@ def test_storage_has_shared_key_off_and_no_public_blobs() -> None:
 def test_monitoring_has_local_auth_off() -> None:
     props = _resource("monitoring", "applicationInsights")["properties"]
     assert props["DisableLocalAuth"] is True
+    assert _resource("monitoring", "logAnalytics")["properties"]["features"]["disableLocalAuth"] is True
     assert tpl.render(props["WorkspaceResourceId"]) == "logAnalytics.id"
 
 
