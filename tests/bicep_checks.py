@@ -82,16 +82,31 @@ class TypeRef:
         return TypeRef(self.nodes, int(ref["$ref"].rsplit("/", 1)[1]))
 
 
+# Scopes a resource type can be deployed at (bicep-types ScopeType flags).
+SCOPES = {"tenant": 1, "managementGroup": 2, "subscription": 4, "resourceGroup": 8, "extension": 16}
+
+
 @functools.cache
-def _resource_types() -> dict[str, TypeRef]:
-    """``"<type>@<version>"`` (lower case) -> the type of its body, over every copied types.json."""
-    index: dict[str, TypeRef] = {}
+def _resource_index() -> dict[str, tuple[TypeRef, int]]:
+    """``"<type>@<version>"`` (lower case) -> (type of its body, writable scopes), over every copied types.json."""
+    index: dict[str, tuple[TypeRef, int]] = {}
     for path in sorted(TYPES_DIR.rglob("types.json")):
         nodes = tuple(json.loads(path.read_text(encoding="utf-8")))
         for node in nodes:
             if node.get("$type") == "ResourceType":
-                index[node["name"].lower()] = TypeRef(nodes, 0).ref(node["body"])
+                scopes = node.get("writableScopes", node.get("scopeType", 0))
+                index[node["name"].lower()] = (TypeRef(nodes, 0).ref(node["body"]), scopes)
     return index
+
+
+@functools.cache
+def _resource_types() -> dict[str, TypeRef]:
+    return {k: v[0] for k, v in _resource_index().items()}
+
+
+def writable_scopes(type_name: str, api_version: str) -> int:
+    entry = _resource_index().get(f"{type_name}@{api_version}".lower())
+    return entry[1] if entry else 0
 
 
 def resource_type(type_name: str, api_version: str) -> TypeRef | None:
@@ -345,6 +360,12 @@ class _Checker:
             hint = f"known versions: {', '.join(versions)}" if versions else "no such resource type in tests/fixtures/bicep-types"
             self.problems.append(f"{at}: unknown resource type or API version ({hint})")
             return
+        if not resource.get("existing"):
+            file_scope = (self.doc.get("globals", {}).get("scope") or {}).get("value", "resourceGroup")
+            where_deployed = "extension" if "scope" in body else file_scope
+            scopes = writable_scopes(type_name, version)
+            if scopes and not scopes & SCOPES.get(where_deployed, 0):
+                self.problems.append(f"{at}: cannot be deployed at {where_deployed} scope (the type allows scope flags {scopes})")
         if resource.get("existing"):
             extra = set(map(unquote, body)) - {"name", "scope", "parent"}
             if extra:

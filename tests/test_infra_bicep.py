@@ -126,6 +126,11 @@ def test_checker_catches_an_undeclared_name_and_a_wrong_parent() -> None:
     assert any("containers cannot be a child of storage" in p for p in problems), problems
 
 
+def test_checker_catches_a_resource_at_a_scope_its_type_does_not_allow() -> None:
+    problems = _broken("modules/identity.bicep", lambda d: d.update(globals={"scope": {"value": "subscription"}}))
+    assert any("cannot be deployed at subscription scope" in p for p in problems), problems
+
+
 def test_pycep_rejects_what_bicep_rejects() -> None:
     from lark.exceptions import LarkError
 
