@@ -7,9 +7,11 @@ No Bicep compiler and no Azure here, so two published sources stand in for them:
   literal values it accepts.
 
 :func:`check_file` walks one parsed file and returns readable problems: unknown resource types or
-API versions, unknown or read-only properties, missing required properties, literals of the wrong
-type or outside an enum, module parameters that do not exist or are missing, module outputs that
-do not exist, and property reads (``x.properties.y``) that the type does not have.
+API versions, resources at a scope their type cannot be deployed at, unknown or read-only
+properties, missing required properties, literals of the wrong type or outside an enum (stricter
+than Bicep for open enums), names used but not declared, a ``parent`` of the wrong type, module
+parameters that do not exist or are missing, module outputs that do not exist, and property
+reads (``x.properties.y``) that the type does not have.
 
 pycep's JSON does not tell a string literal from an identifier: a string that names a parameter,
 variable, resource, module or loop item of the file is read as a reference; any other string is a
