@@ -31,9 +31,9 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(CHECKOV_STAMP): requirements-checkov.txt
+$(CHECKOV_STAMP): requirements-checkov.txt requirements-checkov.lock
 	test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install -q -r requirements-checkov.txt
+	$(CHECKOV_VENV)/bin/pip install -q -r requirements-checkov.txt -c requirements-checkov.lock
 	touch $@
 
 install: $(VENV_STAMP) $(NODE_STAMP)
