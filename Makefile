@@ -6,6 +6,9 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 VENV_STAMP := .venv/.installed
 NODE_STAMP := node_modules/.installed
+# checkov has its own venv: its dependency pins differ from the project's (requirements-checkov.txt).
+CHECKOV_VENV := .local/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
@@ -14,7 +17,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.local/hf
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast test-slow test-all up down status upload lint bench lock clean
+.PHONY: install checkov demo test test-fast test-slow test-all up down status upload lint bench lock clean
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || python3 -m venv .venv
@@ -28,7 +31,15 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(CHECKOV_STAMP): requirements-checkov.txt requirements-checkov.lock
+	test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q -r requirements-checkov.txt -c requirements-checkov.lock
+	touch $@
+
 install: $(VENV_STAMP) $(NODE_STAMP)
+
+# the tool tests/test_infra_checkov.py runs (checkov --framework bicep)
+checkov: $(CHECKOV_STAMP)
 
 demo: install
 	$(PY) -m scripts.demo
@@ -37,16 +48,16 @@ demo: install
 PYTEST = $(PY) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: that is a failure" >&2; exit 1; fi; exit $$rc
 
-test: install
+test: install $(CHECKOV_STAMP)
 	$(call PYTEST,-m "not slow")
 
-test-fast: install
+test-fast: install $(CHECKOV_STAMP)
 	$(call PYTEST,-m "not slow and not e2e")
 
 test-slow: install
 	$(call PYTEST,-m slow)
 
-test-all: install
+test-all: install $(CHECKOV_STAMP)
 	$(call PYTEST,)
 
 up: install

@@ -1,0 +1,74 @@
+// The Azure Machine Learning workspace (public network access, system-assigned identity) with
+// its own Key Vault and storage account (artifacts, workspaceblobstore).
+param name string
+param storageName string
+param keyVaultName string
+param applicationInsightsId string
+param location string
+param tags object
+
+resource workspaceStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: storageName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  // checkov:skip=CKV_AZURE_35: the workspace is public (no VNet, no private endpoints) and Azure ML serverless compute reaches its default storage over the public endpoint
+  // checkov:skip=CKV_AZURE_206: LRS: workspace artifacts and logs can be re-created; lowest idle cost
+  // checkov:skip=CKV_AZURE_43: the name is a parameter: 'stml' + the 13-character resource token (lower-case letters and digits), 17 characters
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+  }
+}
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: keyVaultName
+  location: location
+  tags: tags
+  // checkov:skip=CKV_AZURE_109: the workspace is public (no VNet): Azure ML reaches its Key Vault over the public endpoint; access is by RBAC only
+  // checkov:skip=CKV_AZURE_189: same as CKV_AZURE_109
+  // checkov:skip=CKV_AZURE_110: `azd down --purge` must be able to purge the vault so the environment name can be reused; purge protection forbids that
+  // checkov:skip=CKV_AZURE_42: soft delete is on (7 days); the check also wants purge protection, see CKV_AZURE_110
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 7
+  }
+}
+
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
+  name: name
+  location: location
+  tags: tags
+  kind: 'Default'
+  // checkov:skip=CKV_AZURE_243: public network access is a requirement of this deployment (no VNet, Event Grid and the app reach it publicly); private endpoints are out of scope
+  sku: {
+    name: 'Basic'
+    tier: 'Basic'
+  }
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    friendlyName: name
+    storageAccount: workspaceStorage.id
+    keyVault: keyVault.id
+    applicationInsights: applicationInsightsId
+    publicNetworkAccess: 'Enabled'
+    v1LegacyMode: false
+  }
+}
+
+output name string = workspace.name
+output id string = workspace.id
+output principalId string = workspace.identity.principalId
