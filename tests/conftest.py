@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +12,7 @@ from devhost.azurite import Azurite, free_port, start, stop_process
 from shared.backends import use_backend
 from shared.settings import Settings, load_settings, use_settings
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # the read-only reference material beside the checkout
-    FIXTURES = Path(os.environ.get("AUTOPILOT_FIXTURES", "/work/shared/fixtures"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # published payloads and specs, with their sources
 
 
 @pytest.fixture(scope="session")
