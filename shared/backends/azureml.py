@@ -314,8 +314,10 @@ class AzureMLBackend:
         self._today = today or (lambda: datetime.now(UTC).date())
         self._lock = threading.Lock()
         self._location: str | None = None
+        self._skus: _Cached | None = None
         self._datastore_checked = False
         self._jobs: dict[str, _Cached] = {}
+        self._endpoints: dict[str, _Cached] = {}  # the last read of each endpoint (set_traffic reuses it)
         self._workspace: MLClient | None = None
         self._registry: MLClient | None = None
         self._foundation: _Cached | None = None
@@ -415,9 +417,8 @@ class AzureMLBackend:
     def location(self) -> str:
         """The workspace's region (one read per worker; endpoint PUTs need it)."""
         if self._location is None:
-            s = self.settings
-            with azure_errors(f"reading workspace {s.azure_ml_workspace}"):
-                ws = self.workspace
+            ws = self.workspace
+            with azure_errors(f"reading workspace {ws.workspace_name}"):
                 self._location = str(ws.workspaces.get(ws.workspace_name).location)
         return self._location
 
@@ -488,9 +489,17 @@ class AzureMLBackend:
             setting = "FINETUNE_INSTANCE_TYPE"
         check_size_current(size, self._today(), what, setting)
         check_finetune_size(size, foundation.finetune_compute_allow_list, what)
+        return FinetuneCompute(compute=target, size=size, gpus_per_node=gpus_per_node(size, self._vm_sizes(), what))
+
+    def _vm_sizes(self) -> list[Any]:
+        """The region's VM sizes (read once per worker and hour: they change with Azure's offer, not per job)."""
+        cached = self._skus
+        if cached is not None and time.monotonic() - cached.at < _REGISTRY_CACHE_S:
+            return cached.value
         with azure_errors("listing the workspace's VM sizes"):
-            skus = list(ws.compute.list_sizes())
-        return FinetuneCompute(compute=target, size=size, gpus_per_node=gpus_per_node(size, skus, what))
+            skus = list(self.workspace.compute.list_sizes(location=self.location()))
+        self._skus = _Cached(skus, time.monotonic())
+        return skus
 
     # ------------------------------------------------------------------ fine-tune
     def prepare_finetune(self, request: FineTuneRequest) -> Any:
@@ -681,9 +690,22 @@ class AzureMLBackend:
     def _read_endpoint(self, endpoint_name: str) -> Any | None:
         try:
             with azure_errors(f"reading endpoint {endpoint_name}"):
-                return rest.get_endpoint(self.workspace, endpoint_name)
+                endpoint = rest.get_endpoint(self.workspace, endpoint_name)
         except NotFoundError:
+            with self._lock:
+                self._endpoints.pop(endpoint_name, None)
             return None
+        with self._lock:
+            self._endpoints[endpoint_name] = _Cached(endpoint, time.monotonic())
+        return endpoint
+
+    def _recent_endpoint(self, endpoint_name: str) -> Any | None:
+        """The endpoint as ``get_endpoint`` read it moments ago (the reconcile step that then routes traffic), else a read."""
+        with self._lock:
+            cached = self._endpoints.pop(endpoint_name, None)
+        if cached is not None and time.monotonic() - cached.at < _JOB_REUSE_S:
+            return cached.value
+        return self._read_endpoint(endpoint_name)
 
     def _read_deployment(self, endpoint_name: str) -> Any | None:
         try:
@@ -834,7 +856,7 @@ class AzureMLBackend:
 
     def set_traffic(self, endpoint_name: str) -> None:
         """Step 3: route 100% to the deployment (started, not waited on; a no-op when already so)."""
-        endpoint = self._read_endpoint(endpoint_name)
+        endpoint = self._recent_endpoint(endpoint_name)
         if endpoint is None:
             raise NotFoundError(f"endpoint {endpoint_name} does not exist")
         wanted = {DEPLOYMENT_NAME: 100}
