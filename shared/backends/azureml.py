@@ -313,7 +313,7 @@ class AzureMLBackend:
         self._client_kwargs = dict(client_kwargs or {})
         self._today = today or (lambda: datetime.now(UTC).date())
         self._lock = threading.Lock()
-        self._location: str | None = None
+        self._ws_entity: Any = None
         self._skus: _Cached | None = None
         self._datastore_checked = False
         self._jobs: dict[str, _Cached] = {}
@@ -414,13 +414,25 @@ class AzureMLBackend:
         foundation.check_inference_instance(size)
         return warnings
 
-    def location(self) -> str:
-        """The workspace's region (one read per worker; endpoint PUTs need it)."""
-        if self._location is None:
+    def _workspace_entity(self) -> Any:
+        """The workspace resource (one read per worker: its region and discovery URL do not change)."""
+        if self._ws_entity is None:
             ws = self.workspace
             with azure_errors(f"reading workspace {ws.workspace_name}"):
-                self._location = str(ws.workspaces.get(ws.workspace_name).location)
-        return self._location
+                self._ws_entity = ws.workspaces.get(ws.workspace_name)
+        return self._ws_entity
+
+    def location(self) -> str:
+        """The workspace's region (endpoint PUTs and VM size lists need it)."""
+        return str(self._workspace_entity().location)
+
+    def _prime_run_history(self) -> None:
+        """Point the SDK's run history client at the workspace's API host using the workspace read
+        this worker already has (the SDK would read the workspace again for its discovery URL)."""
+        ws = self.workspace
+        if getattr(ws.jobs, "_api_base_url", None):
+            return
+        rest.prime_api_url(ws, str(self._workspace_entity().discovery_url))
 
     def check_datastore(self) -> None:
         """``AZURE_ML_DATASTORE`` exists and is the prepared container (once per worker, before the first submission)."""
@@ -609,6 +621,7 @@ class AzureMLBackend:
         """
         try:
             with azure_errors(f"reading the steps of job {job_name}"):
+                self._prime_run_history()
                 runs = rest.run_children(self.workspace, job_name)
         except BackendError as exc:
             log.warning("cannot read the steps of job %s: %s", job_name, exc)

@@ -70,6 +70,20 @@ def put_model_version(ws: Any, model: Any) -> None:
     )
 
 
+def prime_api_url(ws: Any, discovery_url: str) -> None:
+    """Set the jobs operations' data-plane host from the workspace's discovery document (one GET),
+    as ``JobOperations._get_workspace_url`` does, without its second read of the workspace."""
+    import json
+
+    from azure.ai.ml._utils.utils import create_requests_pipeline_with_retry, download_text_from_url
+
+    jobs = ws.jobs
+    urls = json.loads(download_text_from_url(
+        discovery_url, create_requests_pipeline_with_retry(requests_pipeline=jobs._requests_pipeline),
+    ))
+    jobs._api_base_url = urls["api"]
+
+
 def run_children(ws: Any, run_id: str) -> list[Any]:
     """The run history records (``Run``: status, start/end times, error) of a pipeline job's steps."""
     runs = ws.jobs._runs_operations
@@ -78,37 +92,59 @@ def run_children(ws: Any, run_id: str) -> list[Any]:
     return list(pages)
 
 
-def metric_values(ws: Any, run_id: str, metric: str) -> list[tuple[int, float]]:
-    """(step, value) points of one scalar metric a run logged (run history's full-fidelity metric)."""
-    from azure.ai.ml._restclient.runhistory.models import RetrieveFullFidelityMetricRequest
-
-    result = _metric_ops(ws.jobs._runs_operations).get_full_fidelity_metric(
-        ws.subscription_id, ws.resource_group_name, ws.workspace_name, run_id,
-        body=RetrieveFullFidelityMetricRequest(metric_name=metric),
-    )
-    points: list[tuple[int, float]] = []
-    for value in getattr(result, "value", None) or []:
-        data = getattr(value, "data", None) or {}
-        number = data.get(metric, next(iter(data.values()), None)) if isinstance(data, dict) else None
-        if isinstance(number, (int, float)) and not isinstance(number, bool):
-            points.append((int(getattr(value, "step", None) or len(points)), float(number)))
-    return points
-
-
-def _metric_ops(runs: Any) -> Any:
+def _metrics_ops(ws: Any) -> Any:
     """Run history's metric operations, on the pipeline of the SDK's run history client."""
-    from azure.ai.ml._restclient.runhistory.operations import MetricOperations
+    from azure.ai.ml._restclient.runhistory.operations import MetricsOperations
 
-    op = runs._operation
-    return MetricOperations(op._client, op._config, op._serialize, op._deserialize)
+    op = ws.jobs._runs_operations._operation
+    return MetricsOperations(op._client, op._config, op._serialize, op._deserialize)
 
 
 def metric_names(ws: Any, run_id: str) -> list[str]:
-    """Names of the metrics a run logged."""
+    """Names of the metrics a run logged (one request; pages followed)."""
+    ops = _metrics_ops(ws)
     names: list[str] = []
-    metric_ops = _metric_ops(ws.jobs._runs_operations)
-    for definition in metric_ops.list_metric(ws.subscription_id, ws.resource_group_name, ws.workspace_name, run_id):
-        name = getattr(getattr(definition, "metric_key", None), "name", None)
-        if name:
-            names.append(str(name))
+    token: str | None = None
+    for _ in range(20):
+        body: dict[str, Any] = {"continuationToken": token} if token else {}
+        page = ops.list_metric(ws.subscription_id, ws.resource_group_name, ws.workspace_name, run_id, body=body)
+        for definition in getattr(page, "value", None) or []:
+            name = getattr(getattr(definition, "metric_key", None), "name", None)
+            if name:
+                names.append(str(name))
+        token = getattr(page, "continuation_token", None)
+        if not token:
+            break
     return names
+
+
+def metric_values(ws: Any, run_id: str, metric: str) -> list[tuple[int, float]]:
+    """(step, value) points of one scalar metric a run logged, in logging order (run history's full-fidelity metric)."""
+    ops = _metrics_ops(ws)
+    points: list[tuple[int, float]] = []
+    token: str | None = None
+    for _ in range(100):
+        body: dict[str, Any] = {"metricName": metric, **({"continuationToken": token} if token else {})}
+        page = ops.get_full_fidelity_metric(ws.subscription_id, ws.resource_group_name, ws.workspace_name, run_id, body=body)
+        for value in getattr(page, "value", None) or []:
+            data = getattr(value, "data", None) or {}
+            raw = data.get(metric, next(iter(data.values()), None)) if hasattr(data, "get") else None
+            number = _number(raw)
+            if number is not None:
+                step = getattr(value, "step", None)
+                points.append((int(step) if step is not None else len(points), number))
+        token = getattr(page, "continuation_token", None)
+        if not token:
+            break
+    return points
+
+
+def _number(raw: Any) -> float | None:
+    """A scalar metric value (the SDK's model types ``data`` as strings: ``"2.1"``)."""
+    if isinstance(raw, bool) or raw is None:
+        return None
+    try:
+        number = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and number not in (float("inf"), float("-inf")) else None
