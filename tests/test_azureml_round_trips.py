@@ -124,7 +124,6 @@ def run_flow(fixtures_dir: Any, settings: Any, ledger: Ledger, azure: FakeAzureM
 
 def test_every_step_stays_within_the_minimum_plus_one(flow, fixtures_dir, capsys):
     settings, ledger, azure, backend = flow
-    backend.foundation_model()  # a worker that submitted jobs knows the model (registry cache)
     cold = run_flow(fixtures_dir, settings, ledger, azure, backend, JOB)
     for record in ledger.list(L.ENDPOINT):
         azure.endpoints.pop(record.id, None)
