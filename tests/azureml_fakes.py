@@ -523,10 +523,17 @@ class FakeAzureML:
 
     # ------------------------------------------------------------------ models
     def _put_model(self, rec: Recorded, name: str, version: str) -> tuple[int, Any]:
-        body = copy.deepcopy(rec.body)
+        published = example("2023-08-01-preview/examples/Workspace/ModelVersion/createOrUpdate.json")
+        template = copy.deepcopy(published["parameters"]["body"])
+        template["properties"]["isArchived"] = False  # AssetBase.isArchived: in the spec's definitions, not in the example
+        bad = self._check_body(rec, template, "model version")
+        if bad:
+            return bad
+        body = _fill(published["responses"]["201"]["body"], rec.body)
         body.update({"id": f"{WS_ID}/models/{name}/versions/{version}", "name": version,
                      "type": "Microsoft.MachineLearningServices/workspaces/models/versions", "systemData": _system_data()})
-        body["properties"].setdefault("flavors", {"python_function": {"data": {"loader_module": "mlflow.transformers"}}})
+        if "flavors" not in (rec.body.get("properties") or {}):
+            body["properties"]["flavors"] = {"python_function": {"data": {"loader_module": "mlflow.transformers"}}}
         self.models[(name, version)] = body
         return 201, body
 
