@@ -314,3 +314,14 @@ def test_model_was_current_is_before_the_published_deprecation(published):
 def test_backend_today_defaults_to_the_real_date():
     backend = AzureMLBackend(azure_settings())
     assert backend._today() == datetime.now(UTC).date()
+
+
+@pytest.mark.parametrize("auth", ["key", "aml_token"])
+def test_a_scoring_target_costs_the_endpoint_read_and_the_credentials(azure, auth):
+    backend = make_backend(azure_settings(ENDPOINT_AUTH_MODE=auth))
+    backend.begin_deploy(ModelRef(MODEL_NAME, "1", "job"), "phi-ep-k", {})
+    before = len(azure.requests)
+    target = backend.get_scoring_target("phi-ep-k", refresh=True)
+    calls = [(r.method, r.path.rsplit("/", 1)[-1]) for r in azure.requests[before:]]
+    assert calls == [("GET", "phi-ep-k"), ("POST", "listKeys" if auth == "key" else "token")]
+    assert target.key == ("pk-phi-ep-k" if auth == "key" else "aml-token-phi-ep-k")

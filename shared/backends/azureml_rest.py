@@ -48,6 +48,15 @@ def start_endpoint_put(ws: Any, endpoint: Any, location: str) -> None:
     _endpoint_ops(ws).begin_create_or_update(endpoint_name=endpoint.name, body=body, polling=False, **_scope(ws))
 
 
+_REST_AUTH_MODES = {"key": "Key", "aml_token": "AMLToken", "aad_token": "AADToken"}
+
+
+def endpoint_credentials(ws: Any, endpoint: Any) -> Any:
+    """Keys or token of an endpoint just read (the SDK's ``get_keys`` reads the endpoint again for its auth mode)."""
+    mode = _REST_AUTH_MODES.get(str(getattr(endpoint, "auth_mode", "") or "").lower())
+    return ws.online_endpoints._get_online_credentials(endpoint.name, auth_mode=mode)
+
+
 def start_endpoint_delete(ws: Any, name: str) -> None:
     """DELETE the endpoint; the 202's operation is not polled."""
     _endpoint_ops(ws).begin_delete(endpoint_name=name, polling=False, **_scope(ws))
