@@ -962,7 +962,7 @@ class AzureMLBackend:
         if not endpoint.scoring_uri:
             raise TransientBackendError(f"endpoint {endpoint_name} has no scoring URI yet")
         with azure_errors(f"reading the credentials of endpoint {endpoint_name}"):
-            creds = self.workspace.online_endpoints.get_keys(endpoint_name)
+            creds = rest.endpoint_credentials(self.workspace, endpoint)
         key = getattr(creds, "primary_key", None) or getattr(creds, "access_token", None)
         if not key:
             raise BackendError(f"endpoint {endpoint_name} returned no key or token")
