@@ -62,7 +62,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.backends import azureml_rest as rest
-
 from shared.backends.azureml_compute import (
     SERVERLESS,
     FinetuneCompute,
