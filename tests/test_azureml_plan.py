@@ -124,3 +124,12 @@ def test_plan_offline_says_the_lifecycle_is_unknown():
     with responses.RequestsMock(assert_all_requests_are_fired=False):
         plan = plan_pipeline_job(settings, TRAIN, TEST, backend=backend)
     assert "# lifecycle: unknown (registry not reachable" in plan.yaml and plan.refusals == ()
+
+
+def test_plan_names_a_retired_instance_type_offline():
+    settings = make_settings(INFERENCE_INSTANCE_TYPE="Standard_NC6s_v3")
+    backend = AzureMLBackend(settings, credential=FakeCredential(), client_kwargs={"retry_total": 0})
+    with responses.RequestsMock(assert_all_requests_are_fired=False):
+        plan = plan_pipeline_job(settings, TRAIN, TEST, backend=backend, today=date(2026, 12, 1))
+    assert plan.refusals == ("INFERENCE_INSTANCE_TYPE: VM size Standard_NC6s_v3 was retired by Azure on 2025-09-30; "
+                             "set INFERENCE_INSTANCE_TYPE to a current size",)

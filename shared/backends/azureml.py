@@ -1086,6 +1086,15 @@ def plan_pipeline_job(
     document = _with_component_reference(buf.getvalue(), component_reference)
     day = today or online._today()
     lifecycle, refusals = lifecycle_lines(foundation, day, source.startswith("registry"))
+    sizes = [("INFERENCE_INSTANCE_TYPE", settings.inference_instance_type)]
+    if compute.serverless:
+        sizes.append(("FINETUNE_INSTANCE_TYPE", compute.size))
+    for setting, size in sizes:
+        try:
+            check_size_current(size, day, setting, setting)
+        except BackendError as exc:
+            refusals.append(str(exc))
+            lifecycle.append(f"# REFUSED today ({day.isoformat()}): {exc}")
     header = [
         "# Pipeline job the fine-tuning autopilot would submit (azure-ai-ml v2 YAML, not submitted).",
         f"# component: {source}",
