@@ -8,14 +8,18 @@ notebook                                here
 ``MLClient.from_config`` / workspace    :attr:`AzureMLBackend.workspace` (settings or config.json)
 ``MLClient(registry_name="azureml")``   :attr:`AzureMLBackend.registry` (lazy: its constructor calls
                                         the registry discovery service)
-``models.get(name, label="latest")``    :meth:`AzureMLBackend.foundation_model` (+ tags parsed safely)
-compute checks, ``list_sizes()``        :meth:`AzureMLBackend.finetune_compute`
+``models.get(name, label="latest")``    :meth:`AzureMLBackend.foundation_model` (+ tags parsed safely,
+                                        lifecycle dates: :meth:`check_foundation_model`)
+compute checks, ``list_sizes()``        :meth:`AzureMLBackend.finetune_compute` (+ retired sizes)
+the datastore of the data               :meth:`AzureMLBackend.check_datastore`
 fine-tune parameters, display name      :mod:`shared.backends.azureml_params`
 ``@pipeline`` + ``jobs.create_or_update``  :meth:`AzureMLBackend.submit_finetune` (``jobs.stream``
                                         is replaced by the job-completed event)
 ``Model(path=azureml://jobs/...)``      :meth:`AzureMLBackend.register_model`
 endpoint, deployment "demo", traffic    :meth:`begin_deploy` / :meth:`get_endpoint` / :meth:`set_traffic`
 ``online_endpoints.begin_delete``       :meth:`begin_delete_endpoint`
+"Review training metrics"               :meth:`AzureMLBackend.job_steps` (run history: steps, times,
+                                        errors, metrics), used by :meth:`get_job`
 ======================================  ==================================================
 
 Deployment state machine (every call returns at once; Azure does the long work):
