@@ -204,6 +204,7 @@ class FakeAzureML:
         self.datastores: dict[str, dict[str, Any]] = {}
         self.add_datastore(PREPARED_DATASTORE, "prepared")
         self.steps: dict[str, list[dict[str, Any]]] = {}  # job name -> run history records of its steps
+        self.workspace_tracking_uri = True  # False: the workspace body has no mlFlowTrackingUri
         self.step_metrics: dict[str, dict[str, list[tuple[int, float]]]] = {}  # step run id -> metric -> points
         self.computes: dict[str, dict[str, Any]] = {}
         self.vm_sizes = list(VM_SIZES)
@@ -447,7 +448,13 @@ class FakeAzureML:
 
     # ------------------------------------------------------------------ workspace
     def _workspace(self, rec: Recorded) -> tuple[int, Any]:
-        return 200, {
+        body = self._workspace_body()
+        if not self.workspace_tracking_uri:
+            body["properties"].pop("mlFlowTrackingUri")
+        return 200, body
+
+    def _workspace_body(self) -> dict[str, Any]:
+        return {
             "id": WS_ID, "name": WS, "type": "Microsoft.MachineLearningServices/workspaces", "location": LOCATION,
             "kind": "Default", "sku": {"name": "Basic", "tier": "Basic"},
             "identity": {"type": "SystemAssigned", "principalId": "p", "tenantId": "t"},

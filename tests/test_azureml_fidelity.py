@@ -325,3 +325,17 @@ def test_a_scoring_target_costs_the_endpoint_read_and_the_credentials(azure, aut
     calls = [(r.method, r.path.rsplit("/", 1)[-1]) for r in azure.requests[before:]]
     assert calls == [("GET", "phi-ep-k"), ("POST", "listKeys" if auth == "key" else "token")]
     assert target.key == ("pk-phi-ep-k" if auth == "key" else "aml-token-phi-ep-k")
+
+
+@pytest.mark.parametrize("tracking_uri", [True, False], ids=["tracking-uri", "discovery"])
+def test_run_history_host_comes_from_the_workspace_read_once(azure, tracking_uri):
+    azure.workspace_tracking_uri = tracking_uri
+    backend = make_backend(azure_settings())
+    job = backend.submit_finetune(request_for())
+    azure.finish_job(job)
+    before = len(azure.requests)
+    info = backend.get_job(job)
+    calls = [r.url.split("?")[0].rsplit("/", 1)[-1] for r in azure.requests[before:]]
+    expected = [job, "discovery", "children"] if not tracking_uri else [job, "children"]
+    assert calls == expected and len(info.steps) == len(PIPELINE_STEPS)
+    assert all(r.url.startswith("https://eastus.api.azureml.ms/") for r in azure.calls(pattern=r"/children$"))

@@ -435,7 +435,7 @@ class AzureMLBackend:
         ws = self.workspace
         if getattr(ws.jobs, "_api_base_url", None):
             return
-        rest.prime_api_url(ws, str(self._workspace_entity().discovery_url))
+        rest.prime_api_url(ws, self._workspace_entity())
 
     def check_datastore(self) -> None:
         """``AZURE_ML_DATASTORE`` exists and is the prepared container (once per worker, before the first submission)."""

@@ -79,16 +79,25 @@ def put_model_version(ws: Any, model: Any) -> None:
     )
 
 
-def prime_api_url(ws: Any, discovery_url: str) -> None:
-    """Set the jobs operations' data-plane host from the workspace's discovery document (one GET),
-    as ``JobOperations._get_workspace_url`` does, without its second read of the workspace."""
-    import json
+def prime_api_url(ws: Any, workspace: Any) -> None:
+    """Set the jobs operations' data-plane host (run history) from the workspace resource already read.
 
-    from azure.ai.ml._utils.utils import create_requests_pipeline_with_retry, download_text_from_url
+    The workspace's MLflow tracking URI names that host (``azureml://<host>/mlflow/v1.0/...``, the
+    host MLflow logs the run history metrics to); without it, the workspace's discovery document
+    is read (one GET) as ``JobOperations._get_workspace_url`` does, without its second workspace read.
+    """
+    import json
+    from urllib.parse import urlsplit
 
     jobs = ws.jobs
+    tracking = urlsplit(str(getattr(workspace, "mlflow_tracking_uri", "") or ""))
+    if tracking.scheme == "azureml" and tracking.hostname and tracking.path.startswith("/mlflow/"):
+        jobs._api_base_url = f"https://{tracking.hostname}"
+        return
+    from azure.ai.ml._utils.utils import create_requests_pipeline_with_retry, download_text_from_url
+
     urls = json.loads(download_text_from_url(
-        discovery_url, create_requests_pipeline_with_retry(requests_pipeline=jobs._requests_pipeline),
+        str(workspace.discovery_url), create_requests_pipeline_with_retry(requests_pipeline=jobs._requests_pipeline),
     ))
     jobs._api_base_url = urls["api"]
 
