@@ -515,6 +515,15 @@ class FakeAzureML:
 
     # ------------------------------------------------------------------ jobs
     def _put_job(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        published = example("2024-01-01-preview/examples/Job/PipelineJob/createOrUpdate.json")
+        template = copy.deepcopy(published["parameters"]["body"])
+        # Declared in the spec's definitions but not in the example: JobBase.isArchived and
+        # PipelineJob.jobs (a free-form map of the pipeline's nodes, checked against the component
+        # interface by the tests).
+        template["properties"].update(isArchived=False, jobs={})
+        bad = self._check_body(rec, template, "pipeline job")
+        if bad:
+            return bad
         body = copy.deepcopy(rec.body)
         body.update({"id": f"{WS_ID}/jobs/{name}", "name": name, "type": "Microsoft.MachineLearningServices/workspaces/jobs",
                      "systemData": _system_data()})
