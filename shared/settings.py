@@ -32,6 +32,19 @@ LOCAL_WORKSPACE_ID = (
 )
 
 
+# Set by the platform on every Azure Functions / App Service instance (App Service "Environment variables
+# and app settings" reference). CONTAINER_NAME, which Linux Consumption also sets, is not used: Docker
+# and dev containers set it too, and a dev box must keep its Azurite default.
+AZURE_HOST_MARKERS = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME")
+STORAGE = "AzureWebJobsStorage"
+
+
+def running_in_azure(environ: Mapping[str, str] | None = None) -> str | None:
+    """The platform variable that says the app runs in Azure (None locally)."""
+    env = os.environ if environ is None else environ
+    return next((name for name in AZURE_HOST_MARKERS if env.get(name)), None)
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -91,8 +104,13 @@ class Spec:
 SPECS: dict[str, Spec] = {
     # --- app and storage
     "ml_backend": Spec("ML_BACKEND", "local", _str, "Which ML backend the app drives: `local` (embedded workspace) or `azureml`."),
-    "storage_connection": Spec("AzureWebJobsStorage", LOCAL_DEV_STORAGE, _str, "Storage connection string (Azurite locally). Leave empty in Azure and set `AzureWebJobsStorage__accountName` to connect by managed identity."),
-    "storage_account_name": Spec("AzureWebJobsStorage__accountName", "", _str, "Storage account name for identity-based connections (used when `AzureWebJobsStorage` is empty)."),
+    "storage_connection": Spec("AzureWebJobsStorage", LOCAL_DEV_STORAGE, _str, "Storage connection string, Azurite by default locally. In Azure do not set it at all (not even empty: the blob trigger's SDK binding then fails with `Invalid URL: https://`); there it has no default and the identity-based settings below are used."),
+    "storage_account_name": Spec("AzureWebJobsStorage__accountName", "", _str, "Identity-based storage: account name (stands for the three service URIs below when they are not set)."),
+    "storage_blob_service_uri": Spec("AzureWebJobsStorage__blobServiceUri", "", _str, "Identity-based storage: blob endpoint, e.g. `https://<account>.blob.core.windows.net` (read by the blob binding extension and the app)."),
+    "storage_queue_service_uri": Spec("AzureWebJobsStorage__queueServiceUri", "", _str, "Identity-based storage: queue endpoint (the Functions host's own storage)."),
+    "storage_table_service_uri": Spec("AzureWebJobsStorage__tableServiceUri", "", _str, "Identity-based storage: table endpoint (the ledger)."),
+    "storage_credential": Spec("AzureWebJobsStorage__credential", "", _str, "Identity-based storage: `managedidentity` to connect with a managed identity (with `AzureWebJobsStorage__clientId` for a user-assigned one)."),
+    "storage_client_id": Spec("AzureWebJobsStorage__clientId", "", _str, "Identity-based storage: client id of the user-assigned identity (empty: `AZURE_CLIENT_ID`)."),
     "chat_data_container": Spec("CHAT_DATA_CONTAINER", "chat-data", _str, "Container watched for raw chat data uploads (never modified)."),
     "prepared_container": Spec("PREPARED_CONTAINER", "prepared", _str, "Container for prepared datasets (`datasets/<id>/train.jsonl`, `test.jsonl`, `report.json`)."),
     "ledger_table": Spec("LEDGER_TABLE", "ledger", _str, "Table Storage table holding the ledger of datasets, jobs, models and endpoints."),
@@ -122,10 +140,10 @@ SPECS: dict[str, Spec] = {
     "foundation_model_name": Spec("FOUNDATION_MODEL_NAME", "Phi-3-mini-4k-instruct", _str, "Foundation model to fine-tune (registry model name)."),
     "foundation_model_version": Spec("FOUNDATION_MODEL_VERSION", "", _str, "Pinned foundation model version (empty: label latest)."),
     "pipeline_component_version": Spec("PIPELINE_COMPONENT_VERSION", "", _str, "Pinned `chat_completion_pipeline` version (empty: label latest)."),
-    "azure_ml_datastore": Spec("AZURE_ML_DATASTORE", "workspaceblobstore", _str, "Datastore registered on the prepared-data container; train/test are passed as `azureml://datastores/<it>/paths/...`."),
+    "azure_ml_datastore": Spec("AZURE_ML_DATASTORE", "autopilot_prepared", _str, "Workspace datastore on the prepared-data container (the deployment creates `autopilot_prepared`; checked before the first submission); train/test are passed as `azureml://datastores/<it>/paths/...`."),
     "finetune_compute": Spec("FINETUNE_COMPUTE", "", _str, "Compute cluster for fine-tuning (empty: serverless with `FINETUNE_INSTANCE_TYPE`)."),
-    "finetune_instance_type": Spec("FINETUNE_INSTANCE_TYPE", "Standard_NC24ads_A100_v4", _str, "Serverless fine-tuning instance type."),
-    "inference_instance_type": Spec("INFERENCE_INSTANCE_TYPE", "Standard_NC6s_v3", _str, "Online deployment instance type (checked against the model's inference allow list)."),
+    "finetune_instance_type": Spec("FINETUNE_INSTANCE_TYPE", "Standard_NC24ads_A100_v4", _str, "Serverless fine-tuning instance type (checked against the model's fine-tune allow list and retired sizes)."),
+    "inference_instance_type": Spec("INFERENCE_INSTANCE_TYPE", "Standard_NC24ads_A100_v4", _str, "Online deployment instance type (checked against the model's inference allow list and retired sizes before fine-tuning starts)."),
     "inference_instance_count": Spec("INFERENCE_INSTANCE_COUNT", "1", _int, "Online deployment instance count."),
     "endpoint_auth_mode": Spec("ENDPOINT_AUTH_MODE", "key", _str, "Online endpoint auth mode: `key`, `aml_token` or `aad_token`."),
     # --- job events and deployment
@@ -154,6 +172,11 @@ class Settings:
     ml_backend: str
     storage_connection: str
     storage_account_name: str
+    storage_blob_service_uri: str
+    storage_queue_service_uri: str
+    storage_table_service_uri: str
+    storage_credential: str
+    storage_client_id: str
     chat_data_container: str
     prepared_container: str
     ledger_table: str
@@ -267,22 +290,63 @@ def load_settings(environ: Mapping[str, str] | None = None, local_settings: Path
         env.update(os.environ)
     else:
         env.update(environ)
+    in_azure = running_in_azure(env)
     values: dict[str, Any] = {}
     for field, spec in SPECS.items():
         raw = env.get(spec.env)
         if raw is None:
-            raw = spec.default if spec.default is not None else ""
+            # In Azure the storage has no default: never fall back to Azurite on 127.0.0.1.
+            raw = "" if in_azure and spec.env == STORAGE else (spec.default if spec.default is not None else "")
         values[field] = spec.parse(spec.env, raw)
     settings = Settings(**values)
+    _validate_storage(settings, present_empty=STORAGE in env and not env[STORAGE].strip(), in_azure=in_azure)
     _validate(settings)
     return settings
+
+
+def _is_local_storage(connection: str) -> bool:
+    text = connection.replace(" ", "").lower()
+    return "usedevelopmentstorage=true" in text or "devstoreaccount1" in text or "127.0.0.1" in text or "localhost" in text
+
+
+def _validate_storage(s: Settings, *, present_empty: bool, in_azure: str | None) -> None:
+    """One storage configuration that the blob binding extension, the ledger and the blob clients all read alike.
+
+    The SDK-type blob binding (azurefunctions-extensions-bindings-blob) takes ``AzureWebJobsStorage``
+    as a connection string whenever the variable exists, even empty; otherwise
+    ``__serviceUri``/``__blobServiceUri``, or ``__accountName``; with ``__credential`` and
+    ``__clientId`` it uses that user-assigned identity.
+    """
+    identity = s.storage_account_name or s.storage_blob_service_uri or s.storage_table_service_uri
+    where = f" (running in Azure: {in_azure} is set)" if in_azure else ""
+    if present_empty and identity:
+        raise SettingsError(
+            f"{STORAGE} is set but empty{where}: remove the setting; the blob trigger's binding reads it before "
+            f"the identity-based {STORAGE}__blobServiceUri / __accountName and fails with 'Invalid URL: https://'"
+        )
+    if s.storage_credential and s.storage_credential.lower() != "managedidentity":
+        raise SettingsError(f"{STORAGE}__credential={s.storage_credential!r}: the only supported value is managedidentity")
+    if s.storage_connection:
+        if in_azure and _is_local_storage(s.storage_connection):
+            raise SettingsError(f"{STORAGE} points at local development storage (Azurite){where}: remove it and set "
+                                f"{STORAGE}__blobServiceUri, __queueServiceUri, __tableServiceUri, __credential and __clientId")
+        return
+    if not identity:
+        raise SettingsError(
+            f"no storage configured{where}: set {STORAGE}__blobServiceUri, {STORAGE}__queueServiceUri and "
+            f"{STORAGE}__tableServiceUri (or {STORAGE}__accountName) with {STORAGE}__credential=managedidentity"
+        )
+    for name, uri in (("blobServiceUri", s.storage_blob_service_uri), ("queueServiceUri", s.storage_queue_service_uri),
+                      ("tableServiceUri", s.storage_table_service_uri)):
+        if not uri and not s.storage_account_name:
+            raise SettingsError(f"{STORAGE}__{name} is not set{where} (and no {STORAGE}__accountName stands for it)")
+        if uri and not uri.startswith("https://"):
+            raise SettingsError(f"{STORAGE}__{name}={uri!r} must be an https:// URL")
 
 
 def _validate(s: Settings) -> None:
     if s.ml_backend not in {"local", "azureml"}:
         raise SettingsError(f"ML_BACKEND={s.ml_backend!r} is not one of: local, azureml")
-    if not s.storage_connection and not s.storage_account_name:
-        raise SettingsError("AzureWebJobsStorage is empty and AzureWebJobsStorage__accountName is not set: no storage to use")
     if not 0.0 < s.test_fraction < 1.0:
         raise SettingsError(f"TEST_FRACTION={s.test_fraction} must be between 0 and 1 (exclusive)")
     if not 0.0 <= s.max_invalid_share <= 1.0:

@@ -1,7 +1,12 @@
 """Storage clients (blob, queue, table), created once per worker.
 
-Locally (Azurite) the connection string is used; in Azure the app connects by managed
-identity (``AzureWebJobsStorage__accountName`` + ``DefaultAzureCredential``).
+Locally (Azurite) the ``AzureWebJobsStorage`` connection string is used. In Azure the app
+connects by identity with the same settings the Functions host and the SDK-type blob binding
+(``azurefunctions-extensions-bindings-blob``) read: ``AzureWebJobsStorage__blobServiceUri`` /
+``__queueServiceUri`` / ``__tableServiceUri`` (or ``__accountName`` standing for all three),
+``__credential=managedidentity`` and ``__clientId`` (the user-assigned identity; the extension
+then uses ``ManagedIdentityCredential(client_id=...)``, and so does the app).
+``shared.settings`` refuses an incomplete or contradictory combination at start-up, naming it.
 """
 
 from __future__ import annotations
@@ -29,32 +34,75 @@ def credential(client_id: str = ""):  # noqa: ANN201 - azure.identity type impor
     return DefaultAzureCredential(managed_identity_client_id=client_id or None)
 
 
+@functools.lru_cache(maxsize=4)
+def _managed_identity(client_id: str):  # noqa: ANN202
+    from azure.identity import ManagedIdentityCredential
+
+    return ManagedIdentityCredential(client_id=client_id or None)
+
+
+def _identity(settings: Settings) -> tuple[str, str]:
+    return settings.storage_credential.lower(), settings.storage_client_id or settings.azure_client_id
+
+
+def _credential_for(kind: str, client_id: str):  # noqa: ANN202
+    return _managed_identity(client_id) if kind == "managedidentity" else credential(client_id)
+
+
+def storage_credential(settings: Settings):  # noqa: ANN201
+    """The identity storage is reached with: as the binding extension does when ``__credential`` is set."""
+    return _credential_for(*_identity(settings))
+
+
+def service_url(settings: Settings, service: str) -> str:
+    """``https://...`` endpoint of ``service`` (blob, queue or table) for identity-based connections."""
+    uri = {"blob": settings.storage_blob_service_uri, "queue": settings.storage_queue_service_uri,
+           "table": settings.storage_table_service_uri}[service]
+    if uri:
+        return uri.rstrip("/")
+    return f"https://{settings.storage_account_name}.{service}.core.windows.net"
+
+
+def storage_account(settings: Settings) -> str:
+    """The storage account's name ('' when only a connection string without AccountName is known)."""
+    if settings.storage_account_name:
+        return settings.storage_account_name
+    if settings.storage_blob_service_uri:
+        host = settings.storage_blob_service_uri.split("://", 1)[-1].split("/", 1)[0]
+        return host.split(".", 1)[0]
+    for part in settings.storage_connection.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "accountname":
+            return value.strip()
+    return ""
+
+
 @functools.lru_cache(maxsize=8)
-def _blob_service(connection: str, account: str, client_id: str) -> BlobServiceClient:
+def _blob_service(connection: str, url: str, kind: str, client_id: str) -> BlobServiceClient:
     from azure.storage.blob import BlobServiceClient
 
     if connection:
         return BlobServiceClient.from_connection_string(connection)
-    return BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=credential(client_id))
+    return BlobServiceClient(url, credential=_credential_for(kind, client_id))
 
 
 @functools.lru_cache(maxsize=8)
-def _table_service(connection: str, account: str, client_id: str) -> TableServiceClient:
+def _table_service(connection: str, url: str, kind: str, client_id: str) -> TableServiceClient:
     from azure.data.tables import TableServiceClient
 
     if connection:
         return TableServiceClient.from_connection_string(connection)
-    return TableServiceClient(f"https://{account}.table.core.windows.net", credential=credential(client_id))
+    return TableServiceClient(url, credential=_credential_for(kind, client_id))
 
 
 def blob_service(settings: Settings | None = None) -> BlobServiceClient:
     s = settings or get_settings()
-    return _blob_service(s.storage_connection, s.storage_account_name, s.azure_client_id)
+    return _blob_service(s.storage_connection, "" if s.storage_connection else service_url(s, "blob"), *_identity(s))
 
 
 def table_service(settings: Settings | None = None) -> TableServiceClient:
     s = settings or get_settings()
-    return _table_service(s.storage_connection, s.storage_account_name, s.azure_client_id)
+    return _table_service(s.storage_connection, "" if s.storage_connection else service_url(s, "table"), *_identity(s))
 
 
 def ensure_storage(settings: Settings | None = None) -> None:

@@ -5,8 +5,19 @@ the token before submitting a pipeline job). ``FakeAzureML`` answers the HTTP re
 sends (ARM under the workspace, the registry's discovery and data-plane endpoints, Azure Monitor
 metrics) with replies shaped like the real services', keeps what was PUT so later GETs see it,
 records every request, and can be told to fail chosen calls (409, 429, 5xx ...).
-Long-running operations answer with an ``Azure-AsyncOperation`` header and a long ``Retry-After``,
-so the SDK's background poller sleeps instead of calling after a test has ended.
+
+Built from what Azure publishes (``tests/fixtures``, each file with its source):
+
+- the registry model is the published asset spec of Phi-3-mini-4k-instruct version 15 (its tags,
+  allow lists, lifecycle dates and ``model_specific_defaults`` as the registry serves them: strings);
+- online endpoint, deployment and datastore bodies are the official azure-rest-api-specs examples
+  of the api-versions azure-ai-ml 1.35.2 sends, with the request's values filled in; every endpoint
+  and deployment PUT body is checked against the example request body (an unknown key is answered
+  400, as ARM does) and recorded in ``violations``;
+- long-running operations send the headers the REST spec declares (``Azure-AsyncOperation`` and
+  ``x-ms-async-operation-timeout`` on PUT 201, ``Location`` and ``Retry-After`` on DELETE 202) and
+  the operation status stays ``InProgress`` without a long ``Retry-After``: an SDK poller left
+  running shows up in the request log at once.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -45,23 +57,77 @@ FOUNDATION_NAME = "Phi-3-mini-4k-instruct"
 FOUNDATION_VERSION = "15"
 COMPONENT_VERSION = "0.0.57"
 
-# The tags the registry publishes on Phi-3-mini-4k-instruct (Python literals in strings).
-PHI3_TAGS = {
-    "task": "chat-completion",
-    "license": "mit",
-    "finetune_compute_allow_list": "['Standard_NC6s_v3', 'Standard_NC12s_v3', 'Standard_NC24s_v3', 'Standard_NC24ads_A100_v4', 'Standard_NC48ads_A100_v4', 'Standard_NC96ads_A100_v4', 'Standard_ND96asr_v4', 'Standard_ND96amsr_A100_v4', 'Standard_ND40rs_v2']",
-    "inference_compute_allow_list": "['Standard_NC6s_v3', 'Standard_NC12s_v3', 'Standard_NC24s_v3', 'Standard_NC24ads_A100_v4', 'Standard_NC48ads_A100_v4', 'Standard_NC96ads_A100_v4']",
-    "model_specific_defaults": "{'apply_deepspeed': 'true', 'apply_lora': 'true', 'precision': '16'}",
-}
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SPEC_EXAMPLES = FIXTURES / "rest-api-specs" / "specification" / "machinelearningservices" / "resource-manager" / "Microsoft.MachineLearningServices" / "preview"
+FOUNDATION_SPEC = FIXTURES / "azureml" / "phi-3-mini-4k-instruct.spec.yaml"
+PREPARED_DATASTORE = "autopilot_prepared"
+STORAGE_ACCOUNT = "stautopilotapp"
 
+# The day the published model was current (before its FinetuneDeprecationDate 2025-06-30): happy
+# paths run on it; the lifecycle tests use the real dates.
+MODEL_WAS_CURRENT = datetime(2025, 5, 1, tzinfo=UTC).date()
+
+
+def example(path: str) -> dict[str, Any]:
+    """A published azure-rest-api-specs example (``<api-version>/examples/...``)."""
+    return json.loads((SPEC_EXAMPLES / path).read_text(encoding="utf-8"))
+
+
+def registry_tags(spec_path: Path = FOUNDATION_SPEC) -> tuple[dict[str, str], dict[str, str]]:
+    """(tags, properties) of the published model asset spec, as the registry serves them: strings,
+    lists and mappings as Python literals (the notebook reads them with ``ast.literal_eval``)."""
+    spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+
+    def text(value: Any) -> str:
+        return repr(value) if isinstance(value, (list, dict)) else str(value)
+
+    tags = {str(k): text(v) for k, v in (spec.get("tags") or {}).items()}
+    properties = {str(k): text(v) for k, v in (spec.get("properties") or {}).items()}
+    return tags, properties
+
+
+PHI3_TAGS, PHI3_PROPERTIES = registry_tags()
+
+# VM sizes of the workspace's region (``compute.list_sizes()``): today's GPU sizes of the model's
+# allow lists; the NCv3 family retired on 2025-09-30 and no region lists it any more.
 VM_SIZES = [
     {"name": "Standard_DS3_v2", "family": "standardDSv2Family", "vCPUs": 4, "gpus": 0, "memoryGB": 14.0},
-    {"name": "Standard_NC6s_v3", "family": "standardNCSv3Family", "vCPUs": 6, "gpus": 1, "memoryGB": 112.0},
-    {"name": "Standard_NC24s_v3", "family": "standardNCSv3Family", "vCPUs": 24, "gpus": 4, "memoryGB": 448.0},
     {"name": "Standard_NC24ads_A100_v4", "family": "StandardNCADSA100v4Family", "vCPUs": 24, "gpus": 1, "memoryGB": 220.0},
     {"name": "Standard_NC48ads_A100_v4", "family": "StandardNCADSA100v4Family", "vCPUs": 48, "gpus": 2, "memoryGB": 440.0},
+    {"name": "Standard_NC96ads_A100_v4", "family": "StandardNCADSA100v4Family", "vCPUs": 96, "gpus": 4, "memoryGB": 880.0},
     {"name": "Standard_NC24", "family": "standardNCFamily", "vCPUs": 24, "gpus": 4, "memoryGB": 224.0},
 ]
+
+# The pipeline's steps as the run history lists them: one per compute_* input of the component.
+PIPELINE_STEPS = ("model_import", "preprocess", "finetune", "model_evaluation")
+
+
+def _fill(template: Any, values: Any) -> Any:
+    """The example body with the request's values where the request has them (placeholders elsewhere)."""
+    if isinstance(template, dict) and isinstance(values, dict):
+        if set(template) <= {"string"}:  # a free-form map in the example: the request's map as is
+            return copy.deepcopy(values)
+        out = {k: _fill(v, values[k]) if k in values else copy.deepcopy(v) for k, v in template.items()}
+        out.update({k: copy.deepcopy(v) for k, v in values.items() if k not in template})
+        return out
+    return copy.deepcopy(values)
+
+
+def unknown_keys(body: Any, template: Any, where: str = "") -> list[str]:
+    """Keys of ``body`` the published example request body does not have (``string`` maps are free-form)."""
+    found: list[str] = []
+    if isinstance(body, dict) and isinstance(template, dict):
+        if set(template) <= {"string"}:  # {"string": ...} or {}: a free-form map (tags, traffic ...)
+            return found
+        for key, value in body.items():
+            if key not in template:
+                if value in (None, {}, []):
+                    # azure-ai-ml's shared client serializes later api-versions' fields empty (mirrorTraffic: {}).
+                    continue
+                found.append(f"{where}{key}")
+            elif value is not None:
+                found.extend(unknown_keys(value, template[key], f"{where}{key}."))
+    return found
 
 
 def _b64(data: dict[str, Any]) -> str:
@@ -130,9 +196,16 @@ class FakeAzureML:
         self.rsps = rsps
         self.requests: list[Recorded] = []
         self.failures: list[_Failure] = []
+        self.violations: list[str] = []  # request bodies that do not fit the published examples
         with open(interface_path, encoding="utf-8") as f:
             self.interface = yaml.safe_load(f)
         self.foundation_tags = dict(PHI3_TAGS if foundation_tags is None else foundation_tags)
+        self.foundation_properties = dict(PHI3_PROPERTIES)
+        self.datastores: dict[str, dict[str, Any]] = {}
+        self.add_datastore(PREPARED_DATASTORE, "prepared")
+        self.steps: dict[str, list[dict[str, Any]]] = {}  # job name -> run history records of its steps
+        self.workspace_tracking_uri = True  # False: the workspace body has no mlFlowTrackingUri
+        self.step_metrics: dict[str, dict[str, list[tuple[int, float]]]] = {}  # step run id -> metric -> points
         self.computes: dict[str, dict[str, Any]] = {}
         self.vm_sizes = list(VM_SIZES)
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -151,6 +224,11 @@ class FakeAzureML:
             ("GET", re.compile(re.escape(REGISTRY_PATH) + r"/components/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$"), self._registry_component),
             ("GET", re.compile(re.escape(WS_ID) + r"$", re.I), self._workspace),
             ("GET", re.compile(re.escape(WS_ID) + r"/computes/(?P<name>[^/]+)$", re.I), self._compute),
+            ("GET", re.compile(re.escape(WS_ID) + r"/datastores/(?P<name>[^/]+)$", re.I), self._datastore),
+            ("GET", re.compile(r"^/discovery$"), self._workspace_discovery),
+            ("GET", re.compile(r"^/history/v1\.0" + re.escape(WS_ID) + r"/runs/(?P<run>[^/]+)/children$", re.I), self._run_children),
+            ("POST", re.compile(r"^/metric/v2\.0" + re.escape(WS_ID) + r"/runs/(?P<run>[^/]+)/list$", re.I), self._metric_list),
+            ("POST", re.compile(r"^/metric/v2\.0" + re.escape(WS_ID) + r"/runs/(?P<run>[^/]+)/full$", re.I), self._metric_full),
             ("GET", re.compile(rf"^/subscriptions/{SUB}/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)/vmSizes$", re.I), self._vm_size_list),
             ("PUT", re.compile(re.escape(WS_ID) + r"/jobs/(?P<name>[^/]+)$", re.I), self._put_job),
             ("GET", re.compile(re.escape(WS_ID) + r"/jobs/(?P<name>[^/]+)$", re.I), self._get_job),
@@ -222,6 +300,50 @@ class FakeAzureML:
     def set_job_status(self, name: str, status: str) -> None:
         self.jobs[name]["properties"]["status"] = status
 
+    def add_datastore(self, name: str, container: str, account: str = STORAGE_ACCOUNT, kind: str = "AzureBlob") -> None:
+        """A datastore as the published Datastore/get example (2024-10-01-preview) shows it, identity-based."""
+        body = example("2024-10-01-preview/examples/Datastore/get.json")["responses"]["200"]["body"]
+        body.update({"id": f"{WS_ID}/datastores/{name}", "name": name, "type": "Microsoft.MachineLearningServices/workspaces/datastores"})
+        props = body["properties"]
+        props.update({"description": f"container {container}", "tags": {}, "datastoreType": kind,
+                      "accountName": account, "credentials": {"credentialsType": "None"}})
+        if kind == "AzureBlob":
+            props["containerName"] = container
+        else:
+            props.pop("containerName", None)
+            props["filesystem"] = container
+        self.datastores[name] = body
+
+    def finish_job(self, name: str, status: str = "Completed", *, failed_step: str | None = None,
+                   error: tuple[str, str] = ("UserError", "CUDA out of memory"),
+                   metrics: dict[str, list[tuple[int, float]]] | None = None,
+                   started: datetime | None = None, minutes: tuple[int, ...] = (6, 4, 50, 10)) -> None:
+        """The job ends: its steps get run history records (times, the failed step's error) and metrics."""
+        self.set_job_status(name, status)
+        at = started or datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+        records = []
+        for step, duration in zip(PIPELINE_STEPS, minutes, strict=True):
+            run_id = f"{name}_{step}"
+            end = at + timedelta(minutes=duration)
+            state = "Completed"
+            record: dict[str, Any] = {
+                "runId": run_id, "parentRunId": name, "rootRunId": name, "name": run_id, "displayName": step,
+                "experimentId": "0fa9dfaa-cba3-4fa7-b590-23e48548f5c1", "runType": "azureml.StepRun",
+                "startTimeUtc": at.isoformat().replace("+00:00", "Z"), "endTimeUtc": end.isoformat().replace("+00:00", "Z"),
+                "properties": {"azureml.pipelinerunid": name}, "tags": {},
+            }
+            if failed_step == step:
+                state = "Failed"
+                record["error"] = {"error": {"code": error[0], "message": error[1]}}
+            record["status"] = state
+            records.append(record)
+            if failed_step == step:
+                break
+            at = end
+        self.steps[name] = records
+        if metrics:
+            self.step_metrics[f"{name}_finetune"] = dict(metrics)
+
     def calls(self, method: str | None = None, pattern: str | None = None) -> list[Recorded]:
         rx = re.compile(pattern, re.I) if pattern else None
         return [r for r in self.requests if (method is None or r.method == method.upper()) and (rx is None or rx.search(r.path))]
@@ -265,10 +387,10 @@ class FakeAzureML:
                                "details": [], "innerError": {"code": "NotFoundError"}}}
 
     def _async_headers(self) -> dict[str, str]:
+        """The headers the spec declares for a PUT 201 of a long-running operation."""
         op = uuid.uuid4().hex
         status_url = f"{ARM}/subscriptions/{SUB}/providers/Microsoft.MachineLearningServices/locations/{LOCATION}/mfeOperationsStatus/{op}?api-version=2023-04-01-preview"
-        # Long Retry-After: the SDK's background poller sleeps instead of calling after the test.
-        return {"Azure-AsyncOperation": status_url, "Retry-After": "3600"}
+        return {"Azure-AsyncOperation": status_url, "x-ms-async-operation-timeout": "PT1H"}
 
     # ------------------------------------------------------------------ registry
     def _discovery(self, rec: Recorded, reg: str) -> tuple[int, Any]:
@@ -284,7 +406,7 @@ class FakeAzureML:
             "id": asset_id, "name": version, "type": "Microsoft.MachineLearningServices/registries/models/versions",
             "properties": {
                 "description": "Phi-3 Mini-4K-Instruct is a 3.8B parameters, lightweight, state-of-the-art open model.",
-                "tags": self.foundation_tags, "properties": {}, "isArchived": False, "isAnonymous": False,
+                "tags": self.foundation_tags, "properties": self.foundation_properties, "isArchived": False, "isAnonymous": False,
                 "flavors": {"transformers": {"data": {"task": "text-generation"}}, "python_function": {"data": {"loader_module": "mlflow.transformers"}}},
                 "modelType": "mlflow_model", "modelUri": asset_id, "jobName": None, "stage": None,
             },
@@ -326,7 +448,13 @@ class FakeAzureML:
 
     # ------------------------------------------------------------------ workspace
     def _workspace(self, rec: Recorded) -> tuple[int, Any]:
-        return 200, {
+        body = self._workspace_body()
+        if not self.workspace_tracking_uri:
+            body["properties"].pop("mlFlowTrackingUri")
+        return 200, body
+
+    def _workspace_body(self) -> dict[str, Any]:
+        return {
             "id": WS_ID, "name": WS, "type": "Microsoft.MachineLearningServices/workspaces", "location": LOCATION,
             "kind": "Default", "sku": {"name": "Basic", "tier": "Basic"},
             "identity": {"type": "SystemAssigned", "principalId": "p", "tenantId": "t"},
@@ -346,6 +474,40 @@ class FakeAzureML:
             return self._not_found(f"compute {name}")
         return 200, self.computes[name]
 
+    def _datastore(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        if name not in self.datastores:
+            return self._not_found(f"datastore {name}")
+        return 200, self.datastores[name]
+
+    def _workspace_discovery(self, rec: Recorded) -> tuple[int, Any]:
+        # What the workspace's discoveryUrl answers: the regional service hosts (the SDK reads "api").
+        host = f"https://{LOCATION}.api.azureml.ms"
+        return 200, {"api": host, "catalog": host, "experimentation": host, "gallery": host, "history": host,
+                     "hyperdrive": host, "labeling": host, "modelmanagement": host, "pipelines": host,
+                     "studio": "https://ml.azure.com"}
+
+    def _run_children(self, rec: Recorded, run: str) -> tuple[int, Any]:
+        if run not in self.jobs:
+            return self._not_found(f"run {run}")
+        return 200, {"value": self.steps.get(run, []), "continuationToken": None, "nextLink": None}
+
+    def _metric_list(self, rec: Recorded, run: str) -> tuple[int, Any]:
+        names = self.step_metrics.get(run, {})
+        return 200, {"value": [{"metricKey": {"namespace": None, "name": n, "labels": [], "columnNames": [n]},
+                                "columns": {n: "Double"}, "properties": {"uxMetricType": "azureml.v1.scalar"}} for n in names],
+                     "continuationToken": None, "nextLink": None}
+
+    def _metric_full(self, rec: Recorded, run: str) -> tuple[int, Any]:
+        name = (rec.body or {}).get("metricName")
+        points = self.step_metrics.get(run, {}).get(name)
+        if points is None:
+            return self._not_found(f"metric {name} of run {run}")
+        return 200, {"dataContainerId": f"dcid.{run}", "name": name, "columns": {name: "Double"},
+                     "properties": {"uxMetricType": "azureml.v1.scalar"}, "namespace": None, "standardSchemaId": None,
+                     "value": [{"metricId": uuid.uuid4().hex, "createdUtc": "2026-11-30T10:00:00Z", "step": step, "data": {name: value}}
+                               for step, value in points],
+                     "continuationToken": None, "nextLink": None}
+
     def _vm_size_list(self, rec: Recorded, loc: str) -> tuple[int, Any]:
         return 200, {"value": [{"osVhdSizeMB": 1047552, "maxResourceVolumeMB": 65536, "lowPriorityCapable": True,
                                 "premiumIO": True, "supportedComputeTypes": ["ComputeInstance", "AmlCompute"], **s}
@@ -353,6 +515,15 @@ class FakeAzureML:
 
     # ------------------------------------------------------------------ jobs
     def _put_job(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        published = example("2024-01-01-preview/examples/Job/PipelineJob/createOrUpdate.json")
+        template = copy.deepcopy(published["parameters"]["body"])
+        # Declared in the spec's definitions but not in the example: JobBase.isArchived and
+        # PipelineJob.jobs (a free-form map of the pipeline's nodes, checked against the component
+        # interface by the tests).
+        template["properties"].update(isArchived=False, jobs={})
+        bad = self._check_body(rec, template, "pipeline job")
+        if bad:
+            return bad
         body = copy.deepcopy(rec.body)
         body.update({"id": f"{WS_ID}/jobs/{name}", "name": name, "type": "Microsoft.MachineLearningServices/workspaces/jobs",
                      "systemData": _system_data()})
@@ -368,10 +539,17 @@ class FakeAzureML:
 
     # ------------------------------------------------------------------ models
     def _put_model(self, rec: Recorded, name: str, version: str) -> tuple[int, Any]:
-        body = copy.deepcopy(rec.body)
+        published = example("2023-08-01-preview/examples/Workspace/ModelVersion/createOrUpdate.json")
+        template = copy.deepcopy(published["parameters"]["body"])
+        template["properties"]["isArchived"] = False  # AssetBase.isArchived: in the spec's definitions, not in the example
+        bad = self._check_body(rec, template, "model version")
+        if bad:
+            return bad
+        body = _fill(published["responses"]["201"]["body"], rec.body)
         body.update({"id": f"{WS_ID}/models/{name}/versions/{version}", "name": version,
                      "type": "Microsoft.MachineLearningServices/workspaces/models/versions", "systemData": _system_data()})
-        body["properties"].setdefault("flavors", {"python_function": {"data": {"loader_module": "mlflow.transformers"}}})
+        if "flavors" not in (rec.body.get("properties") or {}):
+            body["properties"]["flavors"] = {"python_function": {"data": {"loader_module": "mlflow.transformers"}}}
         self.models[(name, version)] = body
         return 201, body
 
@@ -384,22 +562,34 @@ class FakeAzureML:
         return 200, self.models[(name, version)]
 
     # ------------------------------------------------------------------ endpoints
-    def _put_endpoint(self, rec: Recorded, name: str) -> tuple[int, Any, dict[str, str]]:
-        body = copy.deepcopy(rec.body)
+    def _check_body(self, rec: Recorded, template: dict[str, Any], what: str) -> tuple[int, Any] | None:
+        problems = unknown_keys(rec.body, template)
+        if not problems:
+            return None
+        self.violations.append(f"{rec.method} {rec.path}: {', '.join(problems)}")
+        return 400, {"error": {"code": "BadRequest", "message": f"{what}: unknown properties {', '.join(problems)}"}}
+
+    def _put_endpoint(self, rec: Recorded, name: str) -> tuple[int, Any, dict[str, str]] | tuple[int, Any]:
+        published = example("2022-02-01-preview/examples/OnlineEndpoint/createOrUpdate.json")
+        bad = self._check_body(rec, published["parameters"]["body"], "online endpoint")
+        if bad:
+            return bad
         previous = self.endpoints.get(name)
-        props = body.setdefault("properties", {})
-        props.update({
+        body = _fill(published["responses"]["201"]["body"], rec.body)
+        body["properties"].pop("compute", None)  # managed endpoints have no compute
+        body["properties"].update({
             "provisioningState": "Updating" if previous else "Creating",
             "scoringUri": f"https://{name}.{LOCATION}.inference.ml.azure.com/score",
             "swaggerUri": f"https://{name}.{LOCATION}.inference.ml.azure.com/swagger.json",
+            "traffic": dict((rec.body.get("properties") or {}).get("traffic") or {}),
+            "properties": dict((rec.body.get("properties") or {}).get("properties") or {}),
         })
-        props.setdefault("traffic", {})
-        props.setdefault("properties", {})
         body.update({"id": f"{WS_ID}/onlineEndpoints/{name}", "name": name,
                      "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
-                     "kind": "Managed", "location": body.get("location", LOCATION),
-                     "identity": {"type": "SystemAssigned", "principalId": "p", "tenantId": "t"},
+                     "kind": "Managed", "location": rec.body.get("location", LOCATION), "tags": dict(rec.body.get("tags") or {}),
+                     "identity": {"type": "SystemAssigned", "principalId": str(uuid.uuid4()), "tenantId": str(uuid.uuid4())},
                      "systemData": previous["systemData"] if previous else _system_data()})
+        body.pop("sku", None)
         self.endpoints[name] = body
         return 201, body, self._async_headers()
 
@@ -415,9 +605,12 @@ class FakeAzureML:
         if name not in self.endpoints:
             return 204, None, {}
         self.endpoints[name]["properties"]["provisioningState"] = "Deleting"
-        headers = self._async_headers()
-        headers["Location"] = headers["Azure-AsyncOperation"].replace("mfeOperationsStatus", "mfeOperationResults")
-        return 202, None, headers
+        op = uuid.uuid4().hex
+        # The headers the spec declares for the DELETE 202 (Retry-After between 10 and 600 s).
+        return 202, None, {
+            "Location": f"{ARM}/subscriptions/{SUB}/providers/Microsoft.MachineLearningServices/locations/{LOCATION}/mfeOperationResults/{op}?api-version=2022-02-01-preview",
+            "Retry-After": "10", "x-ms-async-operation-timeout": "PT1H",
+        }
 
     def _list_keys(self, rec: Recorded, name: str) -> tuple[int, Any]:
         if name not in self.endpoints:
@@ -428,14 +621,26 @@ class FakeAzureML:
         now = int(time.time())
         return 200, {"accessToken": f"aml-token-{name}", "expiryTimeUtc": now + 3600, "refreshAfterTimeUtc": now + 1800, "tokenType": "Bearer"}
 
-    def _put_deployment(self, rec: Recorded, ep: str, name: str) -> tuple[int, Any, dict[str, str]]:
-        body = copy.deepcopy(rec.body)
+    def _put_deployment(self, rec: Recorded, ep: str, name: str) -> tuple[int, Any, dict[str, str]] | tuple[int, Any]:
+        published = example("2023-04-01-preview/examples/OnlineDeployment/ManagedOnlineDeployment/createOrUpdate.json")
+        bad = self._check_body(rec, published["parameters"]["body"], "online deployment")
+        if bad:
+            return bad
+        if ep not in self.endpoints:
+            return self._not_found(f"endpoint {ep}")
+        body = _fill(published["responses"]["201"]["body"], rec.body)
+        props = body["properties"]
+        for key in ("codeConfiguration", "environmentId", "environmentVariables", "modelMountPath", "description"):
+            if key not in (rec.body.get("properties") or {}):
+                props.pop(key, None)  # example placeholders the request did not set
+        props["provisioningState"] = "Creating"
+        props["properties"] = dict((rec.body.get("properties") or {}).get("properties") or {})
         body.update({"id": f"{WS_ID}/onlineEndpoints/{ep}/deployments/{name}", "name": name,
                      "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments",
-                     "kind": "Managed", "systemData": _system_data()})
-        body.setdefault("sku", {"name": "Default", "capacity": body["properties"].get("instanceCount", 1)})
-        body["properties"]["provisioningState"] = "Creating"
-        body["properties"].setdefault("scaleSettings", {"scaleType": "Default"})
+                     "kind": "Managed", "location": rec.body.get("location", LOCATION), "tags": dict(rec.body.get("tags") or {}),
+                     "systemData": _system_data()})
+        body.pop("identity", None)
+        body["sku"] = {"name": "Default", "tier": "Standard", "capacity": int((rec.body.get("sku") or {}).get("capacity", 1))}
         self.deployments[(ep, name)] = body
         return 201, body, self._async_headers()
 
@@ -450,7 +655,7 @@ class FakeAzureML:
         return 200, {"value": [d for (e, _), d in self.deployments.items() if e == ep]}
 
     def _operation_status(self, rec: Recorded) -> tuple[int, Any, dict[str, str]]:
-        return 200, {"status": "InProgress"}, {"Retry-After": "3600"}
+        return 200, {"status": "InProgress"}, {}
 
     # ------------------------------------------------------------------ metrics
     def _metrics_batch(self, rec: Recorded) -> tuple[int, Any]:

@@ -37,7 +37,9 @@ from tests.azureml_fakes import (
     COMPONENT_VERSION,
     FOUNDATION_NAME,
     FOUNDATION_VERSION,
+    MODEL_WAS_CURRENT,
     RG,
+    STORAGE_ACCOUNT,
     SUB,
     WS,
     WS_ID,
@@ -55,12 +57,15 @@ LITERAL_TYPES = {"string", "integer", "number", "boolean"}
 
 
 def azure_settings(**env: str):
+    env.setdefault("AzureWebJobsStorage__accountName", STORAGE_ACCOUNT)  # the account the fake's datastore is on
     return make_settings(ML_BACKEND="azureml", AZURE_SUBSCRIPTION_ID=SUB, AZURE_RESOURCE_GROUP=RG, AZURE_ML_WORKSPACE=WS, **env)
 
 
-def make_backend(settings) -> AzureMLBackend:
+def make_backend(settings, today=MODEL_WAS_CURRENT) -> AzureMLBackend:
     # Two quick retries: the SDK's own retry policy is exercised without the production back-off.
-    return AzureMLBackend(settings, credential=FakeCredential(), client_kwargs={"retry_total": 2, "retry_backoff_factor": 0.01})
+    # ``today``: the published model (version 15) was current then; see test_azureml_fidelity for its retirement.
+    return AzureMLBackend(settings, credential=FakeCredential(), client_kwargs={"retry_total": 2, "retry_backoff_factor": 0.01},
+                          today=lambda: today)
 
 
 @pytest.fixture
@@ -142,7 +147,7 @@ def test_submit_sends_the_notebook_pipeline_serverless(azure, interface_spec):
     assert props["settings"]["force_rerun"] is True and props["settings"]["continue_on_step_failure"] is False
     assert props["tags"][MANAGED_BY_TAG] == MANAGED_BY_VALUE and props["tags"]["dataset_id"] == "ds-0123456789abcdef"
     assert props["tags"]["base_model"] == FOUNDATION_NAME and props["tags"]["model_name"] == MODEL_NAME
-    assert props["displayName"] == "Phi-3-mini-4k-instruct-ds-012345678-bs1-cosine-ds2-lora-save_limit-1-seqlen-1"
+    assert props["displayName"] == "Phi-3-mini-4k-instruct-ds-012345678-bs1-cosine-ds2-lora-save_limit1-seqlen-1"
     assert props["outputs"] == {"trained_model": {"mode": "ReadWriteMount", "jobOutputType": "mlflow_model"}}
 
     node = node_of(body)
@@ -152,10 +157,13 @@ def test_submit_sends_the_notebook_pipeline_serverless(azure, interface_spec):
     assert wire_problems(inputs, interface_spec) == []
     literal = {k: v["value"] for k, v in inputs.items() if v["job_input_type"] == "literal"}
     assert literal == {
-        "num_train_epochs": "3", "per_device_train_batch_size": "1", "per_device_eval_batch_size": "1",
+        # the notebook's values, overridden by the published model_specific_defaults (num_train_epochs 1 ...);
+        # its learning_rate_min / learning_rate_max are not inputs of the component: dropped
+        "num_train_epochs": "1", "per_device_train_batch_size": "1", "per_device_eval_batch_size": "1",
         "learning_rate": "5e-06", "lr_scheduler_type": "cosine",
         "apply_lora": "true", "apply_deepspeed": "true", "deepspeed_stage": "2",
-        "precision": "16",  # the model's model_specific_defaults tag
+        "precision": "16", "apply_ort": "false", "ignore_mismatched_sizes": "false", "gradient_accumulation_steps": "1",
+        "logging_strategy": "steps", "logging_steps": "10", "save_total_limit": "1",
         "compute_model_import": "serverless", "compute_preprocess": "serverless",
         "compute_finetune": "serverless", "compute_model_evaluation": "serverless",
         "instance_type_finetune": "Standard_NC24ads_A100_v4", "instance_type_model_evaluation": "Standard_NC24ads_A100_v4",
@@ -163,7 +171,7 @@ def test_submit_sends_the_notebook_pipeline_serverless(azure, interface_spec):
     }
     assert inputs["mlflow_model_path"] == {"uri": FOUNDATION_ID, "job_input_type": "mlflow_model"}
     assert inputs["train_file_path"] == {
-        "uri": "azureml://datastores/workspaceblobstore/paths/datasets/ds-0123456789abcdef/train.jsonl", "job_input_type": "uri_file"}
+        "uri": "azureml://datastores/autopilot_prepared/paths/datasets/ds-0123456789abcdef/train.jsonl", "job_input_type": "uri_file"}
     assert inputs["test_file_path"]["uri"].endswith("/datasets/ds-0123456789abcdef/test.jsonl")
 
     # The submission carried a bearer JWT and nothing waited on the job afterwards (no stream, no polling).
@@ -370,7 +378,7 @@ def test_deploy_state_machine(azure):
     [dput] = azure.calls("PUT", r"/deployments/")
     assert dput.path == f"{WS_ID}/onlineEndpoints/{ep}/deployments/{DEPLOYMENT_NAME}"
     dprops = dput.body["properties"]
-    assert dprops["instanceType"] == "Standard_NC6s_v3"
+    assert dprops["instanceType"] == "Standard_NC24ads_A100_v4"
     assert dprops["livenessProbe"]["initialDelay"] == "PT10M"
     assert dprops["requestSettings"]["requestTimeout"] == "PT1M30S"
     assert dprops["model"] == f"{WS_ID}/models/{model.name}/versions/{model.version}"
@@ -381,7 +389,7 @@ def test_deploy_state_machine(azure):
     # 3. deployment succeeded: traffic 100% to it, once.
     azure.set_deployment_state(ep, "Succeeded")
     info = backend.get_endpoint(ep)
-    assert (info.state, info.instance_type, info.model) == (EP_SUCCEEDED, "Standard_NC6s_v3", model.ref)
+    assert (info.state, info.instance_type, info.model) == (EP_SUCCEEDED, "Standard_NC24ads_A100_v4", model.ref)
     backend.set_traffic(ep)
     traffic_put = azure.calls("PUT", r"/onlineEndpoints/[^/]+$")[-1]
     assert traffic_put.body["properties"]["traffic"] == {DEPLOYMENT_NAME: 100}
@@ -402,9 +410,19 @@ def test_begin_deploy_again_while_creating_sends_nothing(azure):
 
 def test_deploy_refuses_an_instance_type_outside_the_allow_list(azure):
     backend = make_backend(azure_settings(INFERENCE_INSTANCE_TYPE="Standard_DS3_v2"))
+    backend.foundation_model()  # a worker that knows the model (it submitted the job) re-checks without a registry call
     model = ModelRef(MODEL_NAME, "1", "job")
+    before = len(azure.requests)
     with pytest.raises(BackendError, match="Standard_DS3_v2 is not in the inference allow list"):
         backend.begin_deploy(model, "phi-ep-x", {})
+    assert azure.writes() == [] and len(azure.requests) == before
+
+
+def test_submit_refuses_an_inference_size_it_could_not_deploy(azure):
+    # Checked before the GPU hours are spent, not when the trained model is deployed.
+    backend = make_backend(azure_settings(INFERENCE_INSTANCE_TYPE="Standard_DS3_v2"))
+    with pytest.raises(BackendError, match="Standard_DS3_v2 is not in the inference allow list"):
+        backend.submit_finetune(request_for())
     assert azure.writes() == []
 
 

@@ -8,14 +8,18 @@ notebook                                here
 ``MLClient.from_config`` / workspace    :attr:`AzureMLBackend.workspace` (settings or config.json)
 ``MLClient(registry_name="azureml")``   :attr:`AzureMLBackend.registry` (lazy: its constructor calls
                                         the registry discovery service)
-``models.get(name, label="latest")``    :meth:`AzureMLBackend.foundation_model` (+ tags parsed safely)
-compute checks, ``list_sizes()``        :meth:`AzureMLBackend.finetune_compute`
+``models.get(name, label="latest")``    :meth:`AzureMLBackend.foundation_model` (+ tags parsed safely,
+                                        lifecycle dates: :meth:`check_foundation_model`)
+compute checks, ``list_sizes()``        :meth:`AzureMLBackend.finetune_compute` (+ retired sizes)
+the datastore of the data               :meth:`AzureMLBackend.check_datastore`
 fine-tune parameters, display name      :mod:`shared.backends.azureml_params`
 ``@pipeline`` + ``jobs.create_or_update``  :meth:`AzureMLBackend.submit_finetune` (``jobs.stream``
                                         is replaced by the job-completed event)
 ``Model(path=azureml://jobs/...)``      :meth:`AzureMLBackend.register_model`
 endpoint, deployment "demo", traffic    :meth:`begin_deploy` / :meth:`get_endpoint` / :meth:`set_traffic`
 ``online_endpoints.begin_delete``       :meth:`begin_delete_endpoint`
+"Review training metrics"               :meth:`AzureMLBackend.job_steps` (run history: steps, times,
+                                        errors, metrics), used by :meth:`get_job`
 ======================================  ==================================================
 
 Deployment state machine (every call returns at once; Azure does the long work):
@@ -31,8 +35,17 @@ Deployment state machine (every call returns at once; Azure does the long work):
    ``set_traffic`` (100% to the deployment, started, not waited on). Failures at any step
    answer ``failed`` with a reason.
 
-``begin_*`` calls return the SDK's ``LROPoller`` unwaited: azure-core keeps polling the operation
-in a daemon thread of the worker; nothing depends on that thread, state is always re-read.
+Long operations are started with one request each and never polled (:mod:`azureml_rest`): the
+SDK's ``begin_*`` pollers would keep polling in daemon threads of the function host (and print
+dots); the ``reconcile`` timer re-reads the state instead. Reads are the minimum the step needs
+(README "Azure ML backend: checks, no pollers, round trips" lists the counts a test measures).
+
+Before anything is submitted the registry model's lifecycle (``FinetuneRetirementDate`` /
+``InferenceRetirementDate``), both instance types (allow lists, retired sizes) and the datastore
+(``AZURE_ML_DATASTORE`` on the prepared container) are checked, so a job Azure would refuse after
+queueing is never sent. Once a job is final, ``get_job`` reads its steps from the run history:
+start and end times, the failing step's error, and, when ``QUALITY_GATE`` is on, the metrics the
+steps logged.
 
 ``azure.ai.ml`` is imported only inside this module's methods (``get_backend`` imports this
 module only when ``ML_BACKEND=azureml``).
@@ -48,15 +61,17 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.backends import azureml_rest as rest
 from shared.backends.azureml_compute import (
     SERVERLESS,
     FinetuneCompute,
     check_cluster_state,
     check_finetune_size,
+    check_size_current,
     gpus_per_node,
     planned_gpus_per_node,
 )
@@ -70,6 +85,7 @@ from shared.backends.base import (
     EP_PROVISIONING,
     EP_SUCCEEDED,
     FAILED,
+    JOB_FINAL_STATES,
     MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
     QUEUED,
@@ -81,6 +97,7 @@ from shared.backends.base import (
     ModelRef,
     NotFoundError,
     ScoringTarget,
+    StepInfo,
     TransientBackendError,
 )
 from shared.settings import Settings
@@ -100,6 +117,8 @@ METRICS_NAMESPACE = "Microsoft.MachineLearningServices/workspaces/onlineEndpoint
 ACTIVITY_METRIC = "RequestsPerMinute"
 _METRICS_BATCH = 50  # resource ids per metrics:getBatch call (service limit)
 _REGISTRY_CACHE_S = 3600.0  # the registry's "latest" model and component change rarely
+_JOB_REUSE_S = 60.0  # register_model reuses the job get_job has just read (the same event)
+_DATASTORE_TYPES = {"azureblob": "container_name", "azuredatalakegen2": "filesystem"}  # DatastoreType values, lower case
 
 # Azure ML job statuses -> the app's job states. Statuses that are not final map to queued or
 # running so that nothing acts on a job before Azure says it is over.
@@ -241,6 +260,18 @@ def _text(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
+def _latest_metrics(steps: tuple[StepInfo, ...]) -> dict[str, float]:
+    """Each step's last logged value, as ``<step>/<metric>`` and (first step wins) plain ``<metric>``."""
+    found: dict[str, float] = {}
+    plain: dict[str, float] = {}
+    for step in steps:
+        for name, points in step.metrics.items():
+            if points:
+                found[f"{step.display_name}/{name}"] = points[-1][1]
+                plain.setdefault(name, points[-1][1])
+    return {**plain, **found}
+
+
 def _parse_time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -272,11 +303,24 @@ class AzureMLBackend:
 
     name = "azureml"
 
-    def __init__(self, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        credential: Any = None,
+        client_kwargs: Mapping[str, Any] | None = None,
+        today: Callable[[], date] | None = None,
+    ) -> None:
         self.settings = settings
         self._credential_override = credential
         self._client_kwargs = dict(client_kwargs or {})
+        self._today = today or (lambda: datetime.now(UTC).date())
         self._lock = threading.Lock()
+        self._ws_entity: Any = None
+        self._skus: _Cached | None = None
+        self._datastore_checked = False
+        self._jobs: dict[str, _Cached] = {}
+        self._endpoints: dict[str, _Cached] = {}  # the last read of each endpoint (set_traffic reuses it)
         self._workspace: MLClient | None = None
         self._registry: MLClient | None = None
         self._foundation: _Cached | None = None
@@ -352,6 +396,78 @@ class AzureMLBackend:
         log.info("foundation model %s version %s", foundation.name, foundation.version)
         return foundation
 
+    def cached_foundation_model(self) -> FoundationModel | None:
+        """The foundation model if this worker read it within the cache time (no request)."""
+        cached = self._foundation
+        if cached is not None and time.monotonic() - cached.at < _REGISTRY_CACHE_S:
+            return cached.value
+        return None
+
+    def check_foundation_model(self, foundation: FoundationModel, *, finetune: bool) -> list[str]:
+        """Lifecycle and inference size checks (BackendError); returns the warnings, already logged."""
+        today = self._today()
+        warnings = []
+        for kind in (("finetune", "inference") if finetune else ("inference",)):
+            warning = foundation.check_lifecycle(kind, today)
+            if warning:
+                log.warning("%s", warning)
+                warnings.append(warning)
+        size = self.settings.inference_instance_type
+        check_size_current(size, today, f"inference instance type {size}", "INFERENCE_INSTANCE_TYPE")
+        foundation.check_inference_instance(size)
+        return warnings
+
+    def _workspace_entity(self) -> Any:
+        """The workspace resource (one read per worker: its region and discovery URL do not change)."""
+        if self._ws_entity is None:
+            ws = self.workspace
+            with azure_errors(f"reading workspace {ws.workspace_name}"):
+                self._ws_entity = ws.workspaces.get(ws.workspace_name)
+        return self._ws_entity
+
+    def location(self) -> str:
+        """The workspace's region (endpoint PUTs and VM size lists need it)."""
+        return str(self._workspace_entity().location)
+
+    def _prime_run_history(self) -> None:
+        """Point the SDK's run history client at the workspace's API host using the workspace read
+        this worker already has (the SDK would read the workspace again for its discovery URL)."""
+        ws = self.workspace
+        if getattr(ws.jobs, "_api_base_url", None):
+            return
+        rest.prime_api_url(ws, self._workspace_entity())
+
+    def check_datastore(self) -> None:
+        """``AZURE_ML_DATASTORE`` exists and is the prepared container (once per worker, before the first submission)."""
+        if self._datastore_checked:
+            return
+        s = self.settings
+        name = s.azure_ml_datastore
+        fix = (f"register a blob datastore named {name} on container {s.prepared_container} of the app's storage "
+               "account (the deployment creates autopilot_prepared), or set AZURE_ML_DATASTORE")
+        try:
+            with azure_errors(f"reading datastore {name}"):
+                store = self.workspace.datastores.get(name)
+        except NotFoundError:
+            raise BackendError(f"datastore {name} does not exist in workspace {s.azure_ml_workspace}: {fix}") from None
+        kind = _text(getattr(store, "type", None)).lower()
+        attribute = _DATASTORE_TYPES.get(kind)
+        if attribute is None:
+            raise BackendError(f"datastore {name} is a {kind or 'unknown'} datastore, not blob storage: {fix}")
+        container = str(getattr(store, attribute, "") or "")
+        if container != s.prepared_container:
+            raise BackendError(
+                f"datastore {name} points at container {container or '?'}, not the prepared container {s.prepared_container} "
+                f"(train/test would be missing when the job starts): {fix}"
+            )
+        from shared.storage import storage_account
+
+        account = storage_account(s)
+        found = str(getattr(store, "account_name", "") or "")
+        if account and found and found.lower() != account.lower():
+            raise BackendError(f"datastore {name} is on storage account {found}, not the app's account {account}: {fix}")
+        self._datastore_checked = True
+
     def pipeline_component(self) -> Any:
         """The registry's ``chat_completion_pipeline`` (pinned version or label latest)."""
         cached = self._component
@@ -380,21 +496,34 @@ class AzureMLBackend:
             if not size:
                 raise BackendError(f"{what} has no VM size (is it a compute cluster?)")
             target = s.finetune_compute
+            setting = "FINETUNE_COMPUTE"
         else:
             size = s.finetune_instance_type
             what = f"serverless instance type {size}"
             target = SERVERLESS
+            setting = "FINETUNE_INSTANCE_TYPE"
+        check_size_current(size, self._today(), what, setting)
         check_finetune_size(size, foundation.finetune_compute_allow_list, what)
+        return FinetuneCompute(compute=target, size=size, gpus_per_node=gpus_per_node(size, self._vm_sizes(), what))
+
+    def _vm_sizes(self) -> list[Any]:
+        """The region's VM sizes (read once per worker and hour: they change with Azure's offer, not per job)."""
+        cached = self._skus
+        if cached is not None and time.monotonic() - cached.at < _REGISTRY_CACHE_S:
+            return cached.value
         with azure_errors("listing the workspace's VM sizes"):
-            skus = list(ws.compute.list_sizes())
-        return FinetuneCompute(compute=target, size=size, gpus_per_node=gpus_per_node(size, skus, what))
+            skus = list(self.workspace.compute.list_sizes(location=self.location()))
+        self._skus = _Cached(skus, time.monotonic())
+        return skus
 
     # ------------------------------------------------------------------ fine-tune
     def prepare_finetune(self, request: FineTuneRequest) -> Any:
         """The PipelineJob ``submit_finetune`` would send (every check done, nothing sent)."""
         s = self.settings
         foundation = self.foundation_model()
+        self.check_foundation_model(foundation, finetune=True)
         compute = self.finetune_compute(foundation)
+        self.check_datastore()
         component = self.pipeline_component()
         interface = ComponentInterface.from_component(component)
         try:
@@ -434,30 +563,103 @@ class AzureMLBackend:
         log.info("submitted fine-tuning job %s for dataset %s", created.name, request.dataset_id)
         return str(created.name)
 
-    def get_job(self, job_name: str) -> JobInfo:
+    def _read_job(self, job_name: str) -> Any:
         with azure_errors(f"reading job {job_name}"):
             job = self.workspace.jobs.get(job_name)
+        with self._lock:
+            now = time.monotonic()
+            self._jobs = {k: v for k, v in self._jobs.items() if now - v.at < _JOB_REUSE_S}
+            self._jobs[job_name] = _Cached(job, now)
+        return job
+
+    def _final_job(self, job_name: str) -> Any:
+        """The job ``get_job`` read moments ago when it was already final (it cannot change), else a fresh read."""
+        with self._lock:
+            cached = self._jobs.get(job_name)
+        if cached is not None and time.monotonic() - cached.at < _JOB_REUSE_S:
+            if _JOB_STATES.get(_text(getattr(cached.value, "status", None)).lower()) in JOB_FINAL_STATES:
+                return cached.value
+        return self._read_job(job_name)
+
+    def get_job(self, job_name: str) -> JobInfo:
+        job = self._read_job(job_name)
         status = _text(getattr(job, "status", None))
         state = _JOB_STATES.get(status.lower())
         if state is None:
             log.warning("job %s has unknown status %r; treating it as running", job_name, status)
             state = RUNNING
         props = dict(getattr(job, "properties", None) or {})
+        steps: tuple[StepInfo, ...] = ()
+        if state in JOB_FINAL_STATES:
+            steps = self.job_steps(job_name, metrics=self.settings.quality_gate and state == COMPLETED)
         error = None
         if state == FAILED:
-            error = next((str(v) for k, v in props.items() if "error" in k.lower() and v), None) or f"job {job_name} {status}"
+            failed = [st for st in steps if st.state == FAILED]
+            reason = next((str(v) for k, v in props.items() if "error" in k.lower() and v), None)
+            if failed:
+                reason = "; ".join(f"step {st.display_name} failed: {st.error or 'no reason given'}" for st in failed)
+            error = reason or f"job {job_name} {status}"
         elif state == CANCELED:
             error = f"job {job_name} was canceled"
         created = getattr(getattr(job, "creation_context", None), "created_at", None)
+        starts = [st.started_at for st in steps if st.started_at]
+        ends = [st.ended_at for st in steps if st.ended_at]
         return JobInfo(
             name=str(job.name),
             state=state,
             tags={str(k): str(v) for k, v in (job.tags or {}).items()},
             error=error,
-            started_at=_parse_time(props.get("StartTimeUtc")) or _parse_time(created),
-            ended_at=_parse_time(props.get("EndTimeUtc")),
+            metrics=_latest_metrics(steps),
+            started_at=min(starts, default=None) or _parse_time(props.get("StartTimeUtc")) or _parse_time(created),
+            ended_at=max(ends, default=None) or _parse_time(props.get("EndTimeUtc")),
             log_path=getattr(job, "studio_url", None),
+            steps=steps,
         )
+
+    def job_steps(self, job_name: str, *, metrics: bool = False) -> tuple[StepInfo, ...]:
+        """The pipeline's steps from the run history (one request; plus the metric reads when ``metrics``).
+
+        Run history is advisory: when it cannot be read the job state still comes from ARM, and the
+        step details are simply missing (logged).
+        """
+        try:
+            with azure_errors(f"reading the steps of job {job_name}"):
+                self._prime_run_history()
+                runs = rest.run_children(self.workspace, job_name)
+        except BackendError as exc:
+            log.warning("cannot read the steps of job %s: %s", job_name, exc)
+            return ()
+        steps = []
+        for run in runs:
+            state = _JOB_STATES.get(_text(getattr(run, "status", None)).lower(), RUNNING)
+            root = getattr(getattr(run, "error", None), "error", None)
+            error = None
+            if root is not None and (getattr(root, "message", None) or getattr(root, "code", None)):
+                code, message = getattr(root, "code", None), " ".join(str(getattr(root, "message", "") or "").split())
+                error = f"{code}: {message}" if code and message else (message or str(code))
+            run_id = str(getattr(run, "run_id", None) or getattr(run, "name", ""))
+            step = StepInfo(
+                name=run_id,
+                display_name=str(getattr(run, "display_name", None) or getattr(run, "name", None) or run_id),
+                state=state,
+                started_at=_parse_time(getattr(run, "start_time_utc", None)),
+                ended_at=_parse_time(getattr(run, "end_time_utc", None)),
+                error=error,
+            )
+            if metrics and state == COMPLETED:
+                step = dataclasses.replace(step, metrics=self._step_metrics(run_id))
+            steps.append(step)
+        steps.sort(key=lambda st: (st.started_at or datetime.max.replace(tzinfo=UTC), st.display_name))
+        return tuple(steps)
+
+    def _step_metrics(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
+        try:
+            with azure_errors(f"reading the metrics of run {run_id}"):
+                names = rest.metric_names(self.workspace, run_id)
+                return {name: rest.metric_values(self.workspace, run_id, name) for name in names}
+        except BackendError as exc:
+            log.warning("cannot read the metrics of run %s: %s", run_id, exc)
+            return {}
 
     # ------------------------------------------------------------------ registration
     def register_model(self, job_name: str, model_name: str) -> ModelRef:
@@ -465,8 +667,7 @@ class AzureMLBackend:
         from azure.ai.ml.entities import Model
 
         ws = self.workspace
-        with azure_errors(f"reading job {job_name}"):
-            job = ws.jobs.get(job_name)
+        job = self._final_job(job_name)
         job_tags = dict(job.tags or {})
         created = getattr(getattr(job, "creation_context", None), "created_at", None)
         version = registered_model_version(job_name, _parse_time(created))
@@ -497,7 +698,7 @@ class AzureMLBackend:
             },
         )
         with azure_errors(f"registering model {ref.ref} from job {job_name}"):
-            ws.models.create_or_update(model)
+            rest.put_model_version(ws, model)
         log.info("registered model %s from job %s", ref.ref, job_name)
         return ref
 
@@ -505,9 +706,22 @@ class AzureMLBackend:
     def _read_endpoint(self, endpoint_name: str) -> Any | None:
         try:
             with azure_errors(f"reading endpoint {endpoint_name}"):
-                return self.workspace.online_endpoints.get(endpoint_name)
+                endpoint = rest.get_endpoint(self.workspace, endpoint_name)
         except NotFoundError:
+            with self._lock:
+                self._endpoints.pop(endpoint_name, None)
             return None
+        with self._lock:
+            self._endpoints[endpoint_name] = _Cached(endpoint, time.monotonic())
+        return endpoint
+
+    def _recent_endpoint(self, endpoint_name: str) -> Any | None:
+        """The endpoint as ``get_endpoint`` read it moments ago (the reconcile step that then routes traffic), else a read."""
+        with self._lock:
+            cached = self._endpoints.pop(endpoint_name, None)
+        if cached is not None and time.monotonic() - cached.at < _JOB_REUSE_S:
+            return cached.value
+        return self._read_endpoint(endpoint_name)
 
     def _read_deployment(self, endpoint_name: str) -> Any | None:
         try:
@@ -527,7 +741,14 @@ class AzureMLBackend:
         from azure.ai.ml.entities import ManagedOnlineEndpoint
 
         s = self.settings
-        self.foundation_model().check_inference_instance(s.inference_instance_type)
+        # The sizes and lifecycle were checked before the job was submitted; re-checked here only
+        # against what this worker already knows (no registry round trip on every deployment):
+        # a size Azure refuses fails the deployment PUT with Azure's reason.
+        check_size_current(s.inference_instance_type, self._today(), f"inference instance type {s.inference_instance_type}",
+                           "INFERENCE_INSTANCE_TYPE")
+        foundation = self.cached_foundation_model()
+        if foundation is not None:
+            self.check_foundation_model(foundation, finetune=False)
         endpoint = self._read_endpoint(endpoint_name)
         state = _text(getattr(endpoint, "provisioning_state", None)).lower()
         if endpoint is not None and state == "deleting":
@@ -555,7 +776,8 @@ class AzureMLBackend:
             tags=endpoint_tags,
         )
         with azure_errors(f"creating endpoint {endpoint_name}"):
-            self.workspace.online_endpoints.begin_create_or_update(new_endpoint)
+            location = self.location()
+            rest.start_endpoint_put(self.workspace, new_endpoint, location)
         log.info("started creating endpoint %s for %s", endpoint_name, model.ref)
 
     def _ensure_deployment(self, endpoint: Any) -> Any | None:
@@ -580,7 +802,7 @@ class AzureMLBackend:
             tags={MANAGED_BY_TAG: MANAGED_BY_VALUE, "model": model_ref},
         )
         with azure_errors(f"creating deployment {DEPLOYMENT_NAME} of endpoint {endpoint.name}"):
-            self.workspace.online_deployments.begin_create_or_update(deployment)
+            rest.start_deployment_put(self.workspace, deployment, str(endpoint.location or "") or self.location())
         log.info("started deployment %s of %s on endpoint %s", DEPLOYMENT_NAME, model_ref, endpoint.name)
         return None
 
@@ -650,7 +872,7 @@ class AzureMLBackend:
 
     def set_traffic(self, endpoint_name: str) -> None:
         """Step 3: route 100% to the deployment (started, not waited on; a no-op when already so)."""
-        endpoint = self._read_endpoint(endpoint_name)
+        endpoint = self._recent_endpoint(endpoint_name)
         if endpoint is None:
             raise NotFoundError(f"endpoint {endpoint_name} does not exist")
         wanted = {DEPLOYMENT_NAME: 100}
@@ -658,7 +880,7 @@ class AzureMLBackend:
             return
         endpoint.traffic = wanted
         with azure_errors(f"routing traffic of endpoint {endpoint_name} to {DEPLOYMENT_NAME}"):
-            self.workspace.online_endpoints.begin_create_or_update(endpoint)
+            rest.start_endpoint_put(self.workspace, endpoint, str(endpoint.location or "") or self.location())
         log.info("routing 100%% of endpoint %s to deployment %s", endpoint_name, DEPLOYMENT_NAME)
 
     def list_endpoints(self) -> list[EndpointInfo]:
@@ -725,7 +947,7 @@ class AzureMLBackend:
             self._targets.pop(endpoint_name, None)
         try:
             with azure_errors(f"deleting endpoint {endpoint_name}"):
-                self.workspace.online_endpoints.begin_delete(endpoint_name)
+                rest.start_endpoint_delete(self.workspace, endpoint_name)
         except NotFoundError:
             log.info("endpoint %s is already gone", endpoint_name)
             return
@@ -743,7 +965,7 @@ class AzureMLBackend:
         if not endpoint.scoring_uri:
             raise TransientBackendError(f"endpoint {endpoint_name} has no scoring URI yet")
         with azure_errors(f"reading the credentials of endpoint {endpoint_name}"):
-            creds = self.workspace.online_endpoints.get_keys(endpoint_name)
+            creds = rest.endpoint_credentials(self.workspace, endpoint)
         key = getattr(creds, "primary_key", None) or getattr(creds, "access_token", None)
         if not key:
             raise BackendError(f"endpoint {endpoint_name} returned no key or token")
@@ -761,9 +983,33 @@ class Plan:
     yaml: str
     component_source: str  # "registry" or "repo interface"
     inputs: dict[str, Any]
+    lifecycle: dict[str, date] = dataclasses.field(default_factory=dict)  # the model's lifecycle tags
+    refusals: tuple[str, ...] = ()  # why a submission would be refused today (the plan is still printed)
 
 
-def plan_pipeline_job(settings: Settings, train_uri: str, test_uri: str, *, backend: AzureMLBackend | None = None) -> Plan:
+def lifecycle_lines(foundation: FoundationModel | None, today: date, online: bool) -> tuple[list[str], list[str]]:
+    """The plan's header lines on the model's lifecycle, and the refusals a submission would meet today."""
+    if foundation is None or not online:
+        return ["# lifecycle: unknown (registry not reachable; its tags hold the dates)"], []
+    if not foundation.lifecycle:
+        return [f"# lifecycle: {foundation.label} publishes no lifecycle dates"], []
+    dates = ", ".join(f"{name} {day.isoformat()}" for name, day in foundation.lifecycle.items())
+    lines, refusals = [f"# lifecycle of {foundation.label}: {dates}"], []
+    for kind in ("finetune", "inference"):
+        try:
+            warning = foundation.check_lifecycle(kind, today)
+        except BackendError as exc:
+            refusals.append(str(exc))
+            lines.append(f"# REFUSED today ({today.isoformat()}): {exc}")
+            continue
+        if warning:
+            lines.append(f"# warning: {warning}")
+    return lines, refusals
+
+
+def plan_pipeline_job(
+    settings: Settings, train_uri: str, test_uri: str, *, backend: AzureMLBackend | None = None, today: date | None = None,
+) -> Plan:
     """The pipeline job the app would submit for these files, as Azure ML v2 YAML.
 
     Uses the registry's component and foundation model when reachable; otherwise the component
@@ -842,14 +1088,27 @@ def plan_pipeline_job(settings: Settings, train_uri: str, test_uri: str, *, back
     buf = io.StringIO()
     job.dump(buf)
     document = _with_component_reference(buf.getvalue(), component_reference)
+    day = today or online._today()
+    lifecycle, refusals = lifecycle_lines(foundation, day, source.startswith("registry"))
+    sizes = [("INFERENCE_INSTANCE_TYPE", settings.inference_instance_type)]
+    if compute.serverless:
+        sizes.append(("FINETUNE_INSTANCE_TYPE", compute.size))
+    for setting, size in sizes:
+        try:
+            check_size_current(size, day, setting, setting)
+        except BackendError as exc:
+            refusals.append(str(exc))
+            lifecycle.append(f"# REFUSED today ({day.isoformat()}): {exc}")
     header = [
         "# Pipeline job the fine-tuning autopilot would submit (azure-ai-ml v2 YAML, not submitted).",
         f"# component: {source}",
         f"# foundation model: {foundation.id}",
+        *lifecycle,
         f"# compute: {compute.compute} ({compute.size}, {compute.gpus_per_node} GPU(s) per node)",
         *(f"# note: {n}" for n in notes),
     ]
-    return Plan(yaml="\n".join(header) + "\n" + document, component_source=source, inputs=inputs)
+    return Plan(yaml="\n".join(header) + "\n" + document, component_source=source, inputs=inputs,
+                lifecycle=dict(foundation.lifecycle), refusals=tuple(refusals))
 
 
 def _with_component_reference(document: str, reference: str) -> str:
@@ -902,4 +1161,6 @@ def cli_plan(args: Any) -> int:
         print(f"wrote {args.out} (component from {plan.component_source})", file=sys.stderr)
     else:
         sys.stdout.write(plan.yaml)
+    for refusal in plan.refusals:
+        print(f"plan: a submission would be refused today: {refusal}", file=sys.stderr)
     return 0

@@ -4,13 +4,18 @@ A named cluster must not be in a failed provisioning state and its size must be 
 model's ``finetune_compute_allow_list`` (or, when the model publishes none, not one of the old
 sizes the component does not support). Serverless compute is checked the same way on its instance
 type. The GPU count per node comes from the workspace's ``compute.list_sizes()`` and becomes the
-pipeline's ``number_of_gpu_to_use_finetuning``. No azure.ai.ml import here.
+pipeline's ``number_of_gpu_to_use_finetuning``.
+
+Registry allow lists still name VM sizes Azure has retired (the published Phi-3-mini-4k-instruct
+lists the NCv3 family, retired on 2025-09-30): :func:`check_size_current` refuses those before
+anything is submitted. No azure.ai.ml import here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from datetime import date
 from typing import Any
 
 from shared.backends.base import BackendError
@@ -19,6 +24,11 @@ SERVERLESS = "serverless"
 
 # Sizes the notebook refuses when the model has no allow list.
 UNSUPPORTED_FINETUNE_SIZES = frozenset({"standard_nc6", "standard_nc12", "standard_nc24", "standard_nc24r"})
+
+# VM sizes Azure retired, with the date (azure-docs articles/virtual-machines/ncv3-nc6s-nc12s-nc24s-retirement.md).
+RETIRED_SIZES = {
+    "standard_nc6s_v3": date(2025, 9, 30), "standard_nc12s_v3": date(2025, 9, 30), "standard_nc24s_v3": date(2025, 9, 30),
+}
 
 # GPUs per node of common fine-tuning sizes; only used by the offline plan, which cannot ask
 # the workspace (``compute.list_sizes()``) how many GPUs a size has.
@@ -52,6 +62,13 @@ def check_finetune_size(size: str, allow_list: list[str] | None, what: str) -> N
             )
     elif size.lower() in UNSUPPORTED_FINETUNE_SIZES:
         raise BackendError(f"{what}: VM size {size} is not supported for fine-tuning")
+
+
+def check_size_current(size: str, today: date, what: str, setting: str) -> None:
+    """Raise BackendError when Azure has retired ``size`` (``setting`` names what to change)."""
+    retired = RETIRED_SIZES.get(size.lower())
+    if retired is not None and today >= retired:
+        raise BackendError(f"{what}: VM size {size} was retired by Azure on {retired.isoformat()}; set {setting} to a current size")
 
 
 def check_cluster_state(name: str, provisioning_state: str | None) -> None:

@@ -3,7 +3,14 @@
 The registry publishes the compute allow lists and the model's own fine-tune defaults as tags
 holding Python literals in strings (``"['Standard_NC24ads_A100_v4', ...]"``). The notebook reads
 them with ``ast.literal_eval``; so does the app, but a malformed tag is a clear error that names
-the tag instead of a crash deep inside a handler. No azure.ai.ml import here.
+the tag instead of a crash deep inside a handler.
+
+The model's lifecycle is published the same way (``FinetuneDeprecationDate``,
+``FinetuneRetirementDate``, ``InferenceDeprecationDate``, ``InferenceRetirementDate``,
+``InferenceLegacyDate``, ISO dates): Azure refuses a fine-tune or deployment of a retired model,
+but only after the job was queued. :meth:`FoundationModel.check_lifecycle` refuses at once on or
+after the retirement date and warns, with the date, from the deprecation date or within
+``RETIREMENT_WARNING_DAYS`` of retirement. No azure.ai.ml import here.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from shared.backends.base import BackendError
@@ -20,6 +28,33 @@ from shared.backends.base import BackendError
 FINETUNE_ALLOW_LIST_TAG = "finetune_compute_allow_list"
 INFERENCE_ALLOW_LIST_TAG = "inference_compute_allow_list"
 MODEL_SPECIFIC_DEFAULTS_TAG = "model_specific_defaults"
+
+# Lifecycle tags, in the order ``plan`` prints them.
+LIFECYCLE_TAGS = (
+    "FinetuneDeprecationDate", "FinetuneRetirementDate",
+    "InferenceLegacyDate", "InferenceDeprecationDate", "InferenceRetirementDate",
+)
+RETIREMENT_WARNING_DAYS = 30
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def lifecycle_dates(tags: Mapping[str, Any] | None, model: str = "") -> dict[str, date]:
+    """The lifecycle tags present, as dates; BackendError naming the tag when one is not a date."""
+    found: dict[str, date] = {}
+    lowered = {str(k).lower(): v for k, v in (tags or {}).items()}
+    for name in LIFECYCLE_TAGS:
+        raw = lowered.get(name.lower())
+        if raw in (None, ""):
+            continue
+        text = str(raw).strip()
+        try:
+            if not _DATE_RE.match(text):
+                raise ValueError(text)
+            found[name] = date.fromisoformat(text[:10])
+        except ValueError:
+            where = f" of foundation model {model}" if model else ""
+            raise BackendError(f"tag {name}{where} is not an ISO date (YYYY-MM-DD): {_clip(raw)!r}") from None
+    return found
 
 
 def literal_tag(tags: Mapping[str, str] | None, name: str, expected: type, model: str = "") -> Any:
@@ -58,6 +93,34 @@ class FoundationModel:
     finetune_compute_allow_list: list[str] | None = None
     inference_compute_allow_list: list[str] | None = None
     model_specific_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lifecycle: dict[str, date] = dataclasses.field(default_factory=dict)  # LIFECYCLE_TAGS present on the model
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def check_lifecycle(self, kind: str, today: date) -> str | None:
+        """Refuse ``kind`` ("finetune" or "inference") on or after its retirement date.
+
+        Returns a warning (with the date) from the deprecation date on, or within
+        RETIREMENT_WARNING_DAYS of retirement; None when the model is not near its end.
+        """
+        prefix = {"finetune": "Finetune", "inference": "Inference"}[kind]
+        what = {"finetune": "fine-tuning", "inference": "deployment"}[kind]
+        retired = self.lifecycle.get(f"{prefix}RetirementDate")
+        deprecated = self.lifecycle.get(f"{prefix}DeprecationDate")
+        if retired is not None and today >= retired:
+            raise BackendError(
+                f"foundation model {self.label} was retired for {what} on {retired.isoformat()} "
+                f"(registry tag {prefix}RetirementDate): Azure ML refuses it after queueing. "
+                "Choose a current model or version (FOUNDATION_MODEL_NAME / FOUNDATION_MODEL_VERSION)"
+            )
+        if retired is not None and today >= retired - timedelta(days=RETIREMENT_WARNING_DAYS):
+            return f"foundation model {self.label} retires for {what} on {retired.isoformat()} (in {(retired - today).days} days)"
+        if deprecated is not None and today >= deprecated:
+            until = f", retirement {retired.isoformat()}" if retired else ""
+            return f"foundation model {self.label} is deprecated for {what} since {deprecated.isoformat()}{until}"
+        return None
 
     @classmethod
     def from_tags(cls, id: str, name: str, version: str, tags: Mapping[str, str] | None) -> FoundationModel:
@@ -69,6 +132,7 @@ class FoundationModel:
             finetune_compute_allow_list=literal_tag(tags, FINETUNE_ALLOW_LIST_TAG, list, label),
             inference_compute_allow_list=literal_tag(tags, INFERENCE_ALLOW_LIST_TAG, list, label),
             model_specific_defaults=literal_tag(tags, MODEL_SPECIFIC_DEFAULTS_TAG, dict, label) or {},
+            lifecycle=lifecycle_dates(tags, label),
         )
 
     def check_inference_instance(self, instance_type: str) -> None:

@@ -9,6 +9,12 @@ Precedence, lowest first (as in the Phi-3 cookbook notebook "FineTuning_MLSDK", 
 the notebook's defaults < the foundation model's ``model_specific_defaults`` tag < the
 ``FINETUNE_PARAMS`` setting < the request's own ``params``.
 
+The registry's tag is not written for this component: the published Phi-3 spec holds
+``learning_rate_min`` / ``learning_rate_max``, which ``chat_completion_pipeline`` has no input for.
+Keys of that tag the component does not declare (or that the app sets itself) are dropped with a
+logged warning; a known key with a value the component refuses is still an error, and so is any
+unknown key of ``FINETUNE_PARAMS`` or of a request (a typo there must not be ignored).
+
 This module does not import azure.ai.ml: the interface comes from the registry component when one
 was fetched (:meth:`ComponentInterface.from_component`) or from the copy the repo keeps
 (``assets/chat_completion_pipeline.interface.yaml``) for offline planning and tests.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -53,6 +60,10 @@ APP_OWNED_INPUTS = frozenset({
     "compute_model_import", "compute_preprocess", "compute_finetune", "compute_model_evaluation",
     "instance_type_model_import", "instance_type_preprocess", "instance_type_finetune", "instance_type_model_evaluation",
 })
+
+log = logging.getLogger(__name__)
+
+MODEL_DEFAULTS_SOURCE = "foundation model tag model_specific_defaults"
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
 
@@ -277,7 +288,7 @@ def finetune_parameters(
     """The notebook's defaults overridden layer by layer, every value typed for ``interface``."""
     layers: Iterable[tuple[str, Mapping[str, Any] | None]] = (
         ("notebook defaults", NOTEBOOK_PARAMETERS),
-        ("foundation model tag model_specific_defaults", model_specific_defaults),
+        (MODEL_DEFAULTS_SOURCE, registry_defaults(interface, model_specific_defaults)),
         ("FINETUNE_PARAMS", settings_params),
         ("request params", request_params),
     )
@@ -286,6 +297,24 @@ def finetune_parameters(
         if values:
             merged.update(interface.coerce_all(values, source))
     return merged
+
+
+def registry_defaults(interface: ComponentInterface, values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The registry tag's keys the component declares as parameters; the others dropped with a warning."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for name, value in (values or {}).items():
+        spec = interface.inputs.get(name)
+        if spec is None or name in APP_OWNED_INPUTS or not spec.is_literal:
+            dropped.append(name)
+        else:
+            kept[name] = value
+    if dropped:
+        log.warning(
+            "%s: ignoring %s (not parameters of %s %s)",
+            MODEL_DEFAULTS_SOURCE, ", ".join(sorted(dropped)), interface.name, interface.version,
+        )
+    return kept
 
 
 def pipeline_display_name(model_name: str, dataset_label: str, params: Mapping[str, Any], gpus_per_node: int) -> str:

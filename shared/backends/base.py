@@ -49,6 +49,20 @@ class FineTuneRequest:
 
 
 @dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """One step (child run) of a pipeline job, from the workspace's run history."""
+
+    name: str  # the step's run id
+    display_name: str  # e.g. finetune, model_evaluation
+    state: str  # one of QUEUED..CANCELED
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: str | None = None
+    # metric name -> [(step, value), ...] in logging order; filled when the backend read metrics
+    metrics: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class JobInfo:
     name: str
     state: str  # one of QUEUED..CANCELED
@@ -59,6 +73,7 @@ class JobInfo:
     ended_at: datetime | None = None
     log_path: str | None = None
     parent: str | None = None  # set for pipeline child steps
+    steps: tuple[StepInfo, ...] = ()  # pipeline steps (Azure ML, once the job is final)
 
 
 @dataclasses.dataclass(frozen=True)

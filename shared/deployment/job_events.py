@@ -74,6 +74,14 @@ def _managed_tags_ok(tags: dict[str, Any] | None) -> bool:
     return lowered.get(MANAGED_BY_TAG) == MANAGED_BY_VALUE
 
 
+def _foreign_run_tags(tags: dict[str, Any] | None) -> bool:
+    """True only when the event's runTags name another owner: real pipeline events carry only system
+    tags (``azureml.pipelineid``, ``azureml.pipelineComponent``) and may lack ours, so a missing tag
+    proves nothing; the ledger record and the re-read of the job are the proof."""
+    lowered = {str(k).lower(): str(v) for k, v in (tags or {}).items()}
+    return MANAGED_BY_TAG in lowered and lowered[MANAGED_BY_TAG] != MANAGED_BY_VALUE
+
+
 # --------------------------------------------------------------------------- events
 
 
@@ -105,7 +113,7 @@ def handle_job_event(
     if parent:
         log.info("job event ignored: run %s is a step of pipeline run %s", event.run_id, parent)
         return Outcome("ignored", "pipeline child step", event.run_id)
-    if not _managed_tags_ok(event.run_tags):
+    if _foreign_run_tags(event.run_tags):
         log.info("job event ignored: run %s does not carry tag %s=%s", event.run_id, MANAGED_BY_TAG, MANAGED_BY_VALUE)
         return Outcome("ignored", "not managed by this app", event.run_id)
 
