@@ -12,8 +12,9 @@ import pytest
 import responses
 import yaml
 
-from shared.backends.azureml import AzureMLBackend, plan_pipeline_job
+from shared.backends.azureml import AzureMLBackend
 from shared.backends.azureml_params import ComponentInterface
+from shared.cli.plan import plan_pipeline_job
 from shared.settings import PROJECT_ROOT
 from tests.azureml_fakes import RG, SUB, WS, FakeAzureML, FakeCredential
 from tests.conftest import make_settings

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return cli_prepare(args)
         if args.command == "plan":
-            from shared.backends.azureml import cli_plan
+            from shared.cli.plan import cli_plan
 
             return cli_plan(args)
         if args.command == "status":
