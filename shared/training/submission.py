@@ -190,6 +190,8 @@ def advance_collection(name: str, settings: Settings | None = None, *, ledger: L
     ledger = ledger or Ledger.from_settings(s)
     clock = now or utcnow()
     datasets, jobs = ledger.list(R.DATASET), ledger.list(R.JOB)
+    if _finish_moves(ledger, name, datasets, jobs):
+        datasets = ledger.list(R.DATASET)
     record = ledger.get(R.COLLECTION, name)
     decision = P.decide(collection_facts(name, datasets, jobs, record), guard_facts(jobs, s, clock, _lazy(backend, s), ledger),
                         clock, coalesce_s=s.coalesce_s, lease_s=s.submit_claim_lease_s)
@@ -311,6 +313,17 @@ def _submit_corpus(s: Settings, ledger: Ledger, backend: MLBackend | None, name:
              counts.get("rows"), job_name, model_name)
     return CollectionOutcome(name, "submitted", f"{len(ids)} datasets, {counts.get('rows')} conversations",
                              job_name=job_name, corpus_id=corpus_id, dataset_ids=ids)
+
+
+def _finish_moves(ledger: Ledger, name: str, datasets: list[Record], jobs: list[Record]) -> bool:
+    """Accepted datasets a recorded job already trains on (its delivery died before moving them)."""
+    taken = {d: j for j in jobs if j.get("collection") == name for d in (j.get("dataset_ids") or [])}
+    left = [d for d in datasets if d.state == R.DATASET_ACCEPTED and d.id in taken and dataset_collection(d) == name]
+    for d in left:
+        job = taken[d.id]
+        log.warning("dataset %s: job %s trains on it but it was never marked submitted; finishing", d.id, job.id)
+        _mark_submitted(ledger, (d.id,), job.id, job.get("corpus_id") or "")
+    return bool(left)
 
 
 def _mark_submitted(ledger: Ledger, dataset_ids: tuple[str, ...], job_name: str, corpus_id: str) -> None:
