@@ -4,7 +4,6 @@ budgets are tested without sleeping."""
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,8 +18,8 @@ from shared.ledger import records as R
 from shared.observability.status import collect_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
-from shared.training.submission import advance_collection, retire_dataset, submit_due_collections
-from tests.test_prepare_function import conv, trigger, upload  # noqa: F401 - trigger is a fixture
+from shared.training.submission import advance_collection, submit_due_collections
+from tests.test_prepare_function import conv, upload
 
 pytestmark = pytest.mark.storage
 
@@ -50,6 +49,20 @@ class JobsBackend:
 
     def __getattr__(self, name: str) -> Any:
         raise NotImplementedError(name)
+
+
+@pytest.fixture
+def trigger() -> Any:
+    """The decorated blob-trigger function, as indexed from a FunctionApp (what the host calls)."""
+    import azure.functions as func
+
+    from devhost.app_index import functions_of
+    from functions import prepare_chat_data
+
+    app = func.FunctionApp()
+    app.register_functions(prepare_chat_data.bp)
+    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
+    return fn.get_user_function()
 
 
 @pytest.fixture
