@@ -136,3 +136,20 @@ def test_bad_model_name_override_fails_fast() -> None:
 
     with pytest.raises(SettingsError, match=r"COLLECTION_MODEL_NAMES\['x'\]"):
         make_settings(COLLECTION_MODEL_NAMES='{"x": "has space"}')
+
+
+def test_a_conversation_a_tiny_file_moved_to_test_goes_back_to_its_digest_split(tmp_path: Path) -> None:
+    from shared.datasets.chat_data import conversation_digest, split_threshold
+
+    threshold = split_threshold(0.1)
+
+    def digest(row: dict) -> int:
+        return conversation_digest([m["role"] for m in row["messages"]], [m["content"] for m in row["messages"]])
+
+    train_by_rule = [r for r in (conversation(i, "tiny") for i in range(300)) if digest(r) >= threshold][:10]
+    tiny = prepare(tmp_path, "tiny", train_by_rule)  # preparation moves its last conversation to test
+    moved = lines(tiny[1])
+    assert len(moved) == 1
+    big = prepare(tmp_path, "big", [conversation(i) for i in range(100)])
+    build = build_corpus(sources(("big", big), ("tiny", tiny)), tmp_path / "corpus", 0.1)
+    assert moved[0] in lines(build.train_path) and moved[0] not in lines(build.test_path)

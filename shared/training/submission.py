@@ -12,8 +12,8 @@ why it waits) and holds the submission claim: a delivery claims the submission w
 ETag-conditional write (honoured ``SUBMIT_CLAIM_LEASE_SECONDS``, as for uploads), builds the
 corpus (:mod:`shared.datasets.corpus`), submits it, records ``job/<name>`` with the lineage
 (collection, corpus id, dataset ids), then moves the corpus's accepted datasets to
-``submitted``. A corpus id already recorded on a job is never submitted again (a crash after
-the job record only has the dataset moves left to finish).
+``submitted``. An accepted dataset a recorded job already lists is only moved (a crash after
+the job record), so the same set of datasets is never submitted twice.
 """
 
 from __future__ import annotations
@@ -281,18 +281,14 @@ def _record_waiting(ledger: Ledger, name: str, decision: P.Decision) -> None:
 
 def _submit_corpus(s: Settings, ledger: Ledger, backend: MLBackend | None, name: str, datasets: list[Record],
                    jobs: list[Record], now: datetime) -> CollectionOutcome:
+    """Build and submit the corpus. Never the same set twice: every accepted dataset here is in no
+    recorded job (``_finish_moves`` ran first), so the set, hence the corpus id, is new."""
     from shared.backends import get_backend
 
     members = sorted((d for d in datasets if d.state in IN_CORPUS and dataset_collection(d) == name), key=lambda d: d.id)
     ids = tuple(d.id for d in members)
     corpus_id = corpus_id_for(ids, s.test_fraction)
     pending_ids = tuple(d.id for d in members if d.state == R.DATASET_ACCEPTED)
-    done = next((j for j in jobs if j.get("corpus_id") == corpus_id and j.get("collection") == name), None)
-    if done is not None:  # submitted before a crash: finish the dataset moves only
-        log.info("collection %s: corpus %s already submitted as job %s", name, corpus_id, done.id)
-        _mark_submitted(ledger, pending_ids, done.id, corpus_id)
-        return CollectionOutcome(name, "submitted", f"corpus {corpus_id} already submitted", job_name=done.id,
-                                 corpus_id=corpus_id, dataset_ids=ids)
     manifest = materialise_corpus(s, name, members, corpus_id)
     backend = backend or get_backend(s)
     model_name = model_name_for(s, name)
