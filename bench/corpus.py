@@ -41,6 +41,14 @@ CORPUS_VERSION = 1
 
 
 def _maxrss_mb() -> float:
+    """This process's own peak RSS: VmHWM is per address space (ru_maxrss keeps the forking
+    parent's peak across exec), falling back to ru_maxrss off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
