@@ -134,3 +134,14 @@ def test_the_guard_is_asked_only_once_due_and_no_job_runs() -> None:
     assert decide(facts(("a", 0)), at(10), exhausted).action == P.WAIT
     assert decide(facts(("a", 0), running=("j",)), at(100), exhausted).action == P.WAIT_FOR_JOB
     assert decide(facts(("a", 0)), at(100), exhausted).action == P.HOLD
+
+
+def test_the_state_machine_knows_retired_datasets_and_collections() -> None:
+    from shared.ledger import records as R
+
+    assert R.allowed(R.DATASET, R.DATASET_ACCEPTED, R.DATASET_RETIRED)
+    assert R.allowed(R.DATASET, R.DATASET_SUBMITTED, R.DATASET_RETIRED)
+    assert not R.allowed(R.DATASET, R.DATASET_REJECTED, R.DATASET_RETIRED)  # never in a corpus
+    assert not R.allowed(R.DATASET, R.DATASET_RETIRED, R.DATASET_ACCEPTED)
+    assert R.allowed(R.COLLECTION, R.COLLECTION_IDLE, R.COLLECTION_PENDING)
+    assert R.allowed(R.COLLECTION, R.COLLECTION_PENDING, R.COLLECTION_IDLE)

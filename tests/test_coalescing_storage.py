@@ -313,3 +313,19 @@ def test_a_delivery_that_died_after_recording_its_job_is_finished_without_a_seco
     assert backend.requests == [] and [o.action for o in outcomes] == ["nothing"]
     moved = ledger.get(DATASET, dataset.id)
     assert moved.state == "submitted" and moved.get("job_name") == "ftjob-crashed"
+
+
+def test_the_reconcile_timer_submits_a_due_collection(corpus_settings, backend, trigger) -> None:
+    from shared.deployment.reconcile import SUMMARY_KEYS, reconcile
+
+    s = corpus_settings.replace(coalesce_s=0, max_running_jobs=1)
+    switch(s, backend)
+    ledger = Ledger.from_settings(s)
+    trigger(upload(s, "one/a.jsonl", data(0, 30)))
+    trigger(upload(s, "two/a.jsonl", data(0, 30)))  # held: one job at a time
+    summary = reconcile(s, ledger, backend)  # type: ignore[arg-type]
+    assert summary["collections_held"] == 1 and summary["collections_submitted"] == 0
+    assert {"collections_submitted", "collections_held"} <= set(SUMMARY_KEYS)
+    end_job(ledger, "ftjob-001")
+    summary = reconcile(s, ledger, backend)  # type: ignore[arg-type]
+    assert summary["collections_submitted"] == 1 and len(backend.requests) == 2
