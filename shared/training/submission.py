@@ -291,11 +291,8 @@ def _submit_corpus(s: Settings, ledger: Ledger, backend: MLBackend | None, name:
     pending_ids = tuple(d.id for d in members if d.state == R.DATASET_ACCEPTED)
     manifest = materialise_corpus(s, name, members, corpus_id)
     backend = backend or get_backend(s)
-    model_name = model_name_for(s, name)
-    tags = {MANAGED_BY_TAG: MANAGED_BY_VALUE, COLLECTION_TAG: name, CORPUS_TAG: corpus_id, DATASET_IDS_TAG: ",".join(ids)}
-    request = FineTuneRequest(dataset_id=f"{name}-{corpus_id}", train_blob=manifest["train_blob"], test_blob=manifest["test_blob"],
-                              model_name=model_name, tags=tags, params=dict(s.finetune_params), collection=name,
-                              corpus_id=corpus_id, dataset_ids=ids)
+    request = corpus_request(s, name, corpus_id, ids, manifest)
+    model_name, tags = request.model_name, request.tags
     job_name = backend.submit_finetune(request)
     instance_type, count = finetune_instance(s)
     ledger.create(R.JOB, job_name, R.JOB_SUBMITTED, dataset_id=request.dataset_id, collection=name, corpus_id=corpus_id,
@@ -309,6 +306,17 @@ def _submit_corpus(s: Settings, ledger: Ledger, backend: MLBackend | None, name:
              counts.get("rows"), job_name, model_name)
     return CollectionOutcome(name, "submitted", f"{len(ids)} datasets, {counts.get('rows')} conversations",
                              job_name=job_name, corpus_id=corpus_id, dataset_ids=ids)
+
+
+def corpus_request(s: Settings, collection: str, corpus_id: str, dataset_ids: tuple[str, ...],
+                   manifest: dict[str, Any]) -> FineTuneRequest:
+    """The fine-tune of a corpus: its files, the collection's model name, the lineage tags."""
+    tags = {MANAGED_BY_TAG: MANAGED_BY_VALUE, COLLECTION_TAG: collection, CORPUS_TAG: corpus_id,
+            DATASET_IDS_TAG: ",".join(dataset_ids)}
+    return FineTuneRequest(dataset_id=f"{collection}-{corpus_id}", train_blob=manifest["train_blob"],
+                           test_blob=manifest["test_blob"], model_name=model_name_for(s, collection), tags=tags,
+                           params=dict(s.finetune_params), collection=collection, corpus_id=corpus_id,
+                           dataset_ids=tuple(dataset_ids))
 
 
 def _finish_moves(ledger: Ledger, name: str, datasets: list[Record], jobs: list[Record]) -> bool:
