@@ -15,7 +15,7 @@ from shared.backends.base import COMPLETED, RUNNING, FineTuneRequest, JobInfo
 from shared.datasets.collections import model_name_for
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.ledger import records as R
-from shared.observability.status import collect_status
+from shared.observability.status import collect_status, render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
 from shared.training.submission import advance_collection, submit_due_collections
@@ -166,6 +166,7 @@ def test_upload_mode_is_one_job_per_file_at_once(corpus_settings, backend, trigg
     assert [r.train_blob.split("/")[0] for r in backend.requests] == ["datasets", "datasets"]
     assert [r.model_name for r in backend.requests] == [s.model_name, s.model_name]
     assert submit_due_collections(s, now=later(1000)) == []
+    assert collect_status(s, Ledger.from_settings(s), backend)["collections"] == []  # no collections in upload mode
 
 
 def test_budget_exhausted_holds_with_its_reason_and_submits_when_raised(corpus_settings, backend, trigger) -> None:
@@ -183,6 +184,8 @@ def test_budget_exhausted_holds_with_its_reason_and_submits_when_raised(corpus_s
     (item,) = status["collections"]
     assert item["state"] == "pending" and "budget reached: $10.00 of $5.00" in item["held_reason"]
     assert status["training"]["guard"]["spent_usd"] == pytest.approx(10.0, abs=0.01)
+    text = render_status(status)
+    assert "Collections (1)" in text and "budget reached" in text and "spent $10.00" in text
     assert ledger.get(JOB, "ftjob-001").get("run_started_at")  # the real run time, read once
     assert submit_due_collections(s)[0].action == "held"  # never dropped: still held next run
     raised = switch(s.replace(finetune_budget_usd=50.0), backend)

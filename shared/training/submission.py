@@ -431,6 +431,8 @@ def collections_status(settings: Settings, ledger: Ledger, now: datetime) -> dic
     guard = guard_facts(jobs, settings, now)
     spent, unknown = P.month_spend(job_costs(jobs, settings, now), now)
     names = sorted(records.keys() | {dataset_collection(d) for d in datasets if d.state in (*IN_CORPUS, R.DATASET_RETIRED)})
+    if settings.training_mode != "corpus":
+        names = []  # upload mode: one job per file, no collections to show
     items = []
     for name in names:
         record = records.get(name)
