@@ -332,3 +332,23 @@ def test_the_reconcile_timer_submits_a_due_collection(corpus_settings, backend, 
     end_job(ledger, "ftjob-001")
     summary = reconcile(s, ledger, backend)  # type: ignore[arg-type]
     assert summary["collections_submitted"] == 1 and len(backend.requests) == 2
+
+
+def test_a_failed_submission_releases_the_claim_and_the_retry_submits(corpus_settings, backend, trigger) -> None:
+    from shared.backends.base import BackendError
+
+    s = corpus_settings.replace(coalesce_s=0)
+    switch(s, backend)
+    ledger = Ledger.from_settings(s)
+    real_submit = backend.submit_finetune
+    backend.submit_finetune = lambda request: (_ for _ in ()).throw(BackendError("workspace unavailable (503)"))  # type: ignore[method-assign]
+    client = upload(s, "bot/a.jsonl", data(0, 30))
+    with pytest.raises(BackendError):  # an infrastructure error: the host retries the blob
+        trigger(client)
+    record = ledger.get(R.COLLECTION, "bot")
+    assert not record.get("submit_claim") and "workspace unavailable" in record.get("error")
+    assert ledger.list(DATASET)[0].state == "accepted"
+    backend.submit_finetune = real_submit  # type: ignore[method-assign]
+    trigger(client)  # the host's retry
+    assert len(backend.requests) == 1 and ledger.list(DATASET)[0].state == "submitted"
+    assert ledger.get(R.COLLECTION, "bot").get("error") is None
