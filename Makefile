@@ -78,6 +78,7 @@ lint: install
 
 bench: install
 	$(PY) bench/prepare.py
+	$(PY) bench/corpus.py
 	$(PY) bench/scoring.py
 	$(PY) bench/idle_cost.py
 	$(PY) bench/local_finetune.py

@@ -103,6 +103,8 @@ class Demo:
             # The janitor is triggered on demand at the end; its timer stays out of the way.
             "JANITOR_SCHEDULE": "0 0 0 1 1 *",
             "SCORING_REDEPLOY_ON_DEMAND": "false",
+            # One upload: submit its collection's job at once instead of waiting for more uploads.
+            "COALESCE_SECONDS": "0",
         }
         self.settings: Settings = load_settings(environ={**self.env})
         self.procs: list[int] = []

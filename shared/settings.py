@@ -13,11 +13,14 @@ import dataclasses
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Azure ML asset names: letters, digits, '-', '_' and '.', starting with a letter or digit.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
 LOCAL_DEV_STORAGE = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
@@ -92,6 +95,10 @@ def _opt(name: str, raw: str) -> str | None:
     return raw or None
 
 
+def _opt_float(name: str, raw: str) -> float | None:
+    return _float(name, raw) if raw.strip() else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     env: str
@@ -124,6 +131,12 @@ SPECS: dict[str, Spec] = {
     "experiment_name": Spec("EXPERIMENT_NAME", "chat-finetune-autopilot", _str, "Experiment the fine-tuning jobs are submitted under."),
     "finetuned_model_name": Spec("FINETUNED_MODEL_NAME", "", _str, "Registered name of the fine-tuned model (default: `<base model>-chat-ft`)."),
     "finetune_params": Spec("FINETUNE_PARAMS", "", _json_obj, "JSON object of fine-tune parameter overrides (component input names, e.g. `{\"num_train_epochs\": 1}`)."),
+    # --- training: collections, corpus, coalescing, spend ceiling (shared.training)
+    "training_mode": Spec("TRAINING_MODE", "corpus", _str, "`corpus`: a job trains on every accepted, not retired dataset of the upload's collection (the blob's first folder); `upload`: one job per uploaded file, on that file alone."),
+    "coalesce_s": Spec("COALESCE_SECONDS", "60", _int, "Corpus mode: a collection's job is submitted this long after its first pending upload, so a burst of uploads becomes one job (0: at once). Submitted by the upload's own delivery when due at once, else by `reconcile`."),
+    "collection_model_names": Spec("COLLECTION_MODEL_NAMES", "", _json_obj, "Corpus mode: JSON object collection -> fine-tuned model name (default: `default` -> `FINETUNED_MODEL_NAME`'s name, any other collection -> that name + `-<collection>`)."),
+    "max_running_jobs": Spec("MAX_RUNNING_JOBS", "2", _int, "Corpus mode: at most this many fine-tuning jobs run at once across collections (0: no limit); a due submission beyond it waits, pending."),
+    "finetune_budget_usd": Spec("FINETUNE_BUDGET_USD", "", _opt_float, "Corpus mode: monthly (UTC calendar month) fine-tuning budget in USD, counted from the jobs' real run times x `INSTANCE_HOURLY_PRICES`; once spent, submissions wait, pending (empty: no budget)."),
     "eventgrid_webhook_url": Spec("EVENTGRID_WEBHOOK_URL", "http://127.0.0.1:7071/runtime/webhooks/eventgrid?functionName=on_job_event", _str, "Local backend: where the workspace posts its job events (the app's Event Grid webhook)."),
     # --- local workspace
     "local_workspace_dir": Spec("LOCAL_WORKSPACE_DIR", str(PROJECT_ROOT / ".local" / "workspace"), _str, "Folder of the local workspace (jobs, MLflow database, models, endpoint records)."),
@@ -188,6 +201,11 @@ class Settings:
     experiment_name: str
     finetuned_model_name: str
     finetune_params: dict[str, Any]
+    training_mode: str
+    coalesce_s: int
+    collection_model_names: dict[str, Any]
+    max_running_jobs: int
+    finetune_budget_usd: float | None
     eventgrid_webhook_url: str
     local_workspace_dir: str
     local_base_model: str
@@ -367,6 +385,18 @@ def _validate(s: Settings) -> None:
                 raise SettingsError(f"{env_name} is required when ML_BACKEND=azureml (or set AZURE_ML_CONFIG to a config.json)")
     if s.inference_instance_count < 1:
         raise SettingsError(f"INFERENCE_INSTANCE_COUNT={s.inference_instance_count} must be at least 1")
+    if s.training_mode not in {"corpus", "upload"}:
+        raise SettingsError(f"TRAINING_MODE={s.training_mode!r} is not one of: corpus, upload")
+    if s.coalesce_s < 0:
+        raise SettingsError(f"COALESCE_SECONDS={s.coalesce_s} must be 0 or more")
+    if s.max_running_jobs < 0:
+        raise SettingsError(f"MAX_RUNNING_JOBS={s.max_running_jobs} must be 0 (no limit) or more")
+    if s.finetune_budget_usd is not None and s.finetune_budget_usd < 0:
+        raise SettingsError(f"FINETUNE_BUDGET_USD={s.finetune_budget_usd} must be 0 or more (empty: no budget)")
+    for collection, name in s.collection_model_names.items():
+        if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+            raise SettingsError(f"COLLECTION_MODEL_NAMES[{collection!r}]={name!r} is not a valid model name "
+                                "(1-255 letters, digits, '-', '_' or '.', starting with a letter or digit)")
     if s.idle_endpoint_minutes <= 0:
         raise SettingsError(f"IDLE_ENDPOINT_MINUTES={s.idle_endpoint_minutes} must be positive")
 

@@ -60,7 +60,7 @@ def test_shared_is_made_of_capability_packages() -> None:
     flat = {p.name for p in (ROOT / "shared").glob("*.py")}
     assert flat <= FLAT_MODULES, f"flat modules in shared/ (move them into a capability package): {sorted(flat - FLAT_MODULES)}"
     packages = {p.name for p in (ROOT / "shared").iterdir() if (p / "__init__.py").is_file()}
-    for expected in ("ledger", "datasets", "deployment", "endpoints", "scoring", "janitor", "cli", "backends"):
+    for expected in ("ledger", "datasets", "deployment", "endpoints", "scoring", "janitor", "cli", "backends", "training"):
         assert expected in packages
     for package in packages:
         doc = (ROOT / "shared" / package / "__init__.py").read_text()

@@ -22,7 +22,7 @@ from shared.backends import use_backend
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError
 from shared.datasets.intake import dataset_id_for, submit_pending_datasets
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
-from shared.settings import Settings
+from shared.settings import Settings, use_settings
 from shared.storage import blob_service
 from tests.fakes.workspace import InMemoryWorkspace
 
@@ -44,6 +44,14 @@ def conv(i: int) -> bytes:
 
 GOOD = b"".join(conv(i) for i in range(60)) + b"not json\n"
 MOSTLY_BAD = b"".join(conv(i) for i in range(10)) + b"{broken\n" * 30
+
+
+@pytest.fixture
+def storage_settings(storage_settings: Settings) -> Settings:
+    """These tests are about one upload, one job: ``TRAINING_MODE=upload`` (corpus mode: tests/test_coalescing_storage.py)."""
+    s = storage_settings.replace(training_mode="upload")
+    use_settings(s)
+    return s
 
 
 @pytest.fixture

@@ -74,11 +74,13 @@ def _reconcile_function():
 
 def test_a_delivery_killed_between_claim_and_submission_is_submitted_by_the_next_reconcile_once(storage_settings):
     lease_s = 2
-    s = storage_settings.replace(submit_claim_lease_s=lease_s)
+    # Upload mode: the upload's own delivery claims and submits (corpus mode's collection claim is
+    # covered by tests/test_coalescing_storage.py).
+    s = storage_settings.replace(submit_claim_lease_s=lease_s, training_mode="upload")
     env = {"AzureWebJobsStorage": s.storage_connection, "CHAT_DATA_CONTAINER": s.chat_data_container,
            "PREPARED_CONTAINER": s.prepared_container, "LEDGER_TABLE": s.ledger_table,
            "LOCAL_WORKSPACE_DIR": s.local_workspace_dir, "LOCAL_BASE_MODEL": s.local_base_model,
-           "SUBMIT_CLAIM_LEASE_SECONDS": str(lease_s)}
+           "SUBMIT_CLAIM_LEASE_SECONDS": str(lease_s), "TRAINING_MODE": "upload"}
     name = "team/killed.jsonl"
     blob_service(s).get_blob_client(s.chat_data_container, name).upload_blob(GOOD, overwrite=True)
 

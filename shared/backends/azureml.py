@@ -95,6 +95,7 @@ from shared.backends.base import (
     ScoringTarget,
     StepInfo,
     TransientBackendError,
+    lineage_tags,  # model lineage tags (corpus mode)
 )
 from shared.settings import Settings
 
@@ -691,6 +692,7 @@ class AzureMLBackend:
                 "job_name": job_name,
                 "base_model": base_model,
                 "dataset_id": job_tags.get("dataset_id", ""),
+                **lineage_tags(job_tags),  # collection, corpus id, dataset ids (corpus mode)
             },
         )
         with azure_errors(f"registering model {ref.ref} from job {job_name}"):

@@ -25,6 +25,18 @@ EP_PROVISIONING, EP_SUCCEEDED, EP_FAILED, EP_DELETING, EP_DELETED = (
 MANAGED_BY_TAG = "managed-by"
 MANAGED_BY_VALUE = "finetune-autopilot"
 
+# Lineage tags of a corpus job (``shared.training``), copied onto the job (Azure ML job tags,
+# MLflow run tags) and onto the model it registers (Azure ML model tags, MLflow version tags).
+COLLECTION_TAG = "collection"
+CORPUS_TAG = "corpus-id"
+DATASET_IDS_TAG = "dataset-ids"  # comma-separated, sorted
+LINEAGE_TAGS = (COLLECTION_TAG, CORPUS_TAG, DATASET_IDS_TAG)
+
+
+def lineage_tags(tags: dict[str, str] | None) -> dict[str, str]:
+    """The lineage tags among ``tags`` (a job's), to put on the model it registers."""
+    return {k: str(v) for k, v in (tags or {}).items() if k in LINEAGE_TAGS}
+
 
 class BackendError(RuntimeError):
     """A backend operation failed; the message says what and why (no secrets)."""
@@ -46,6 +58,11 @@ class FineTuneRequest:
     model_name: str  # registered name of the fine-tuned model
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides (component names)
+    # Corpus mode (shared.training): the collection, the corpus id and the datasets the
+    # train/test files were built from (also in ``tags``, see LINEAGE_TAGS). Empty: one upload.
+    collection: str = ""
+    corpus_id: str = ""
+    dataset_ids: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

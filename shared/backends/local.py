@@ -53,6 +53,7 @@ from shared.backends.base import (
     ModelRef,
     NotFoundError,
     ScoringTarget,
+    lineage_tags,
 )
 from shared.settings import PROJECT_ROOT, Settings
 
@@ -271,7 +272,8 @@ class LocalBackend:
             else:
                 version = mlflow.register_model(
                     state["model_uri"], model_name,
-                    tags={"job": job_name, "base_model": self.base_model_name, MANAGED_BY_TAG: MANAGED_BY_VALUE},
+                    tags={"job": job_name, "base_model": self.base_model_name, MANAGED_BY_TAG: MANAGED_BY_VALUE,
+                          **lineage_tags(state.get("tags"))},  # collection, corpus id, dataset ids
                 )
         log.info("model %s:%s registered from job %s", model_name, version.version, job_name)
         return ModelRef(name=model_name, version=str(version.version), job_name=job_name, base_model=self.base_model_name)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m shared.cli {prepare,plan,status}``.
+"""Command line: ``python -m shared.cli {prepare,plan,status,datasets retire}``.
 
 Each subcommand's work lives with its domain module; this file only parses arguments.
 """
@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="datasets, jobs, models and endpoints with their states")
     status.add_argument("--json", action="store_true", help="machine-readable output (stable contract)")
+
+    datasets = sub.add_parser("datasets", help="manage datasets (corpus mode)")
+    dsub = datasets.add_subparsers(dest="datasets_command", required=True)
+    retire = dsub.add_parser("retire", help="leave a dataset out of its collection's next corpus (upload and report stay)")
+    retire.add_argument("dataset_id", metavar="ID", help="dataset id (see `status`)")
     return p
 
 
@@ -48,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             from shared.observability.status import cli_status
 
             return cli_status(args)
+        if args.command == "datasets":
+            from shared.training.submission import cli_datasets
+
+            return cli_datasets(args)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

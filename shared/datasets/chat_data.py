@@ -312,6 +312,15 @@ def conversation_digest(roles: list[str], contents: list[str]) -> int:
     return xxhash.xxh3_128_intdigest(_dumps((roles, contents)))
 
 
+def split_threshold(test_fraction: float) -> int:
+    """The split rule: a conversation whose digest is below this goes to test, else to train.
+
+    Depends only on the digest, so a conversation lands in the same split in any file and in
+    any corpus built from files (``shared.datasets.corpus`` applies the same rule).
+    """
+    return int(test_fraction * (1 << 64)) << 64
+
+
 def _output_form(obj: Any) -> tuple[list[dict[str, str]], list[str], list[str]] | None:
     """``(messages, roles, contents)`` when ``obj`` is a conversation exactly in the output form, else None.
 
@@ -485,7 +494,7 @@ class _Preparation:
         self.test = test
         self.token_counter = token_counter
         # A conversation goes to test when the top 64 bits of its digest are below this.
-        self.test_below = int(settings.test_fraction * (1 << 64)) << 64
+        self.test_below = split_threshold(settings.test_fraction)
         self.seen: dict[int, int] = {}  # conversation digest -> line it was first seen on
         self.lines = 0
         self.blank = 0

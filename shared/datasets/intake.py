@@ -10,11 +10,15 @@ same upload (blob triggers deliver at least once; a host restart replays them):
    is "received", the outputs are uploaded to ``<prepared>/datasets/<id>/`` (deterministic
    bytes: overwriting after a crash is harmless) and the record moves to "accepted" or
    "rejected" exactly once (ETag-conditional).
-4. An accepted dataset is submitted once: a delivery claims the submission with a conditional
+4. ``TRAINING_MODE=upload``: an accepted dataset is submitted once, alone: a delivery claims the submission with a conditional
    write, submits through the ML backend, records ``job/<name>`` "submitted" and moves the
    dataset to "submitted". A claim left by a crashed delivery expires after
    ``SUBMIT_CLAIM_LEASE_SECONDS`` so a later delivery (or ``reconcile``, through
    ``submit_pending_datasets``) finishes it.
+
+   ``TRAINING_MODE=corpus`` (the default): an accepted dataset joins its collection's next
+   corpus (the blob's first folder, :mod:`shared.datasets.collections`); when that is due and
+   allowed, one job trains on the whole corpus (:mod:`shared.training.submission`).
 
 Only infrastructure errors raise (so the host retries, then poisons); bad data is an outcome.
 """
@@ -34,6 +38,7 @@ import orjson
 
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest, MLBackend
 from shared.datasets.chat_data import ChunkStream, PreparedData, detect_format, prepare_stream, strip_format_suffix
+from shared.datasets.collections import collection_of
 from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, get_settings
@@ -55,7 +60,8 @@ _NOT_ID_CHARS = re.compile(r"[^a-z0-9]+")
 @dataclasses.dataclass(frozen=True)
 class DatasetOutcome:
     """What one delivery did. ``status``: ignored, missing, rejected, submitted, already_rejected,
-    already_submitted, submission_in_progress."""
+    already_submitted, submission_in_progress; corpus mode also: pending (due later),
+    waiting_for_job (a job of the collection runs), held (the spend guard), already_retired."""
 
     status: str
     blob_name: str
@@ -111,6 +117,7 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
         record = ledger.create(
             DATASET, dataset_id, R.DATASET_RECEIVED, blob_name=blob_name, content_sha256=prepared.content_sha256,
             size_bytes=prepared.size_bytes, format=prepared.report["source"]["format"], prefix=prefix,
+            collection=collection_of(blob_name),
         ) or ledger.get(DATASET, dataset_id)
         if record is None:
             raise ConflictError(f"dataset/{dataset_id} vanished while being created")
@@ -119,7 +126,8 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
         report = {**prepared.report, "dataset": {"id": dataset_id, "prefix": prefix, "blob_name": blob_name}}
         blobs = _upload_outputs(s, prefix, prepared, report)
         if prepared.accepted:
-            moved = ledger.transition(DATASET, dataset_id, [R.DATASET_RECEIVED], R.DATASET_ACCEPTED, counts=prepared.counts, **blobs)
+            moved = ledger.transition(DATASET, dataset_id, [R.DATASET_RECEIVED], R.DATASET_ACCEPTED, counts=prepared.counts,
+                                      accepted_at=iso(utcnow()), **blobs)
         else:
             moved = ledger.transition(DATASET, dataset_id, [R.DATASET_RECEIVED], R.DATASET_REJECTED, counts=prepared.counts,
                                       report_blob=blobs["report_blob"], error="; ".join(prepared.report["decision"]["reasons"]))
@@ -131,7 +139,12 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
     if record.state == R.DATASET_REJECTED:
         return DatasetOutcome("rejected" if decided_now else "already_rejected", blob_name, dataset_id,
                               reasons=reasons, counts=prepared.counts)
-    outcome = submit_accepted_dataset(dataset_id, s, ledger=ledger, backend=backend)
+    if s.training_mode == "corpus":  # the collection's next corpus job (coalesced, guarded)
+        from shared.training.submission import submit_for_dataset
+
+        outcome = submit_for_dataset(record, s, ledger=ledger, backend=backend)
+    else:  # upload mode: this file alone, at once (as before collections)
+        outcome = submit_accepted_dataset(dataset_id, s, ledger=ledger, backend=backend)
     return dataclasses.replace(outcome, blob_name=blob_name, reasons=reasons, counts=prepared.counts)
 
 
@@ -146,14 +159,14 @@ def _upload_outputs(s: Settings, prefix: str, prepared: PreparedData, report: di
     if prepared.accepted:
         blobs["train_blob"] = prefix + "train.jsonl"
         blobs["test_blob"] = prefix + "test.jsonl"
-        _upload_file(container, blobs["train_blob"], prepared.train_path)
-        _upload_file(container, blobs["test_blob"], prepared.test_path)
+        upload_file(container, blobs["train_blob"], prepared.train_path)
+        upload_file(container, blobs["test_blob"], prepared.test_path)
     container.upload_blob(blobs["report_blob"], orjson.dumps(report, option=orjson.OPT_INDENT_2), overwrite=True,
                           content_settings=ContentSettings(content_type="application/json"))
     return blobs
 
 
-def _upload_file(container: ContainerClient, name: str, path: Path) -> None:
+def upload_file(container: ContainerClient, name: str, path: Path) -> None:
     """Upload a spool file block by block (memory stays at one block whatever the file size)."""
     from azure.storage.blob import BlobBlock, ContentSettings
 
@@ -233,8 +246,12 @@ def _submit(s: Settings, ledger: Ledger, backend: MLBackend | None, record: Reco
 
 def submit_pending_datasets(settings: Settings | None = None, *, ledger: Ledger | None = None,
                             backend: MLBackend | None = None) -> list[DatasetOutcome]:
-    """Finish submissions a crashed delivery left behind (accepted, no live claim). For the reconcile timer."""
+    """Upload mode: finish submissions a crashed delivery left behind (accepted, no live claim).
+    For the reconcile timer. In corpus mode accepted datasets wait for their collection's job
+    (:func:`shared.training.submission.submit_due_collections`): nothing is done here."""
     s = settings or get_settings()
+    if s.training_mode != "upload":
+        return []
     ledger = ledger or Ledger.from_settings(s)
     outcomes = []
     for record in ledger.list(DATASET, [R.DATASET_ACCEPTED]):

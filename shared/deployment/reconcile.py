@@ -21,11 +21,14 @@ from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger, Record, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings
+from shared.training.submission import submit_due_collections
 
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = (
     "datasets_submitted",
+    "collections_submitted",
+    "collections_held",
     "jobs_polled",
     "jobs_pending",
     "jobs_failed",
@@ -63,6 +66,7 @@ def reconcile(
         summary["datasets_submitted"] += sum(1 for o in outcomes if o.status == "submitted")
 
     _guarded(summary, "pending submissions", finish_submissions)
+    _guarded(summary, "collections", lambda: _count_collections(summary, submit_due_collections(ctx.settings, ledger=ctx.ledger, backend=ctx.backend)))
 
     for record in ctx.ledger.list(R.JOB, states={R.JOB_SUBMITTED, COMPLETED}):
         if record.state == COMPLETED and (model_of(record, ctx.settings) or record.get("gated") or record.get("register_error")):
@@ -80,6 +84,11 @@ def reconcile(
     result = dict(summary)
     log.info("reconcile: %s", {k: v for k, v in result.items() if v})
     return result
+
+
+def _count_collections(summary: Counter[str], outcomes: list[Any]) -> None:
+    summary["collections_submitted"] += sum(1 for o in outcomes if o.action == "submitted")
+    summary["collections_held"] += sum(1 for o in outcomes if o.action == "held")
 
 
 def _guarded(summary: Counter[str], what: str, action: Any) -> None:

@@ -10,9 +10,16 @@ RowKey = id, columns ``state``, ``created_at``, ``updated_at`` and ``fields`` (J
 =============  =====================  ====================================================
 kind           id                     owner
 =============  =====================  ====================================================
-``dataset``    dataset id             :mod:`shared.datasets.intake`
-``job``        backend job name       :mod:`shared.datasets.intake` creates it (submitted);
-                                      :mod:`shared.deployment.job_events` ends it
+``dataset``    dataset id             :mod:`shared.datasets.intake` (received -> accepted |
+                                      rejected; upload mode: -> submitted);
+                                      :mod:`shared.training.submission` (corpus mode:
+                                      accepted -> submitted when its first corpus is submitted;
+                                      accepted | submitted -> retired, ``datasets retire``)
+``collection`` collection name        :mod:`shared.training.submission` (corpus mode: what
+                                      waits for a job, when it is due, the submission claim)
+``job``        backend job name       :mod:`shared.datasets.intake` (upload mode) or
+                                      :mod:`shared.training.submission` (corpus mode) creates
+                                      it (submitted); :mod:`shared.deployment.job_events` ends it
 ``model``      ``name:version``       :mod:`shared.deployment.job_events` (registration);
                                       :mod:`shared.endpoints.lifecycle` (deploying/deployed)
 ``endpoint``   endpoint name          :mod:`shared.endpoints.lifecycle` (only owner)
@@ -30,6 +37,7 @@ from shared.backends import base as B
 
 # ---- record kinds (PartitionKey values; never rename the strings)
 DATASET = "dataset"
+COLLECTION = "collection"  # id: collection name (the first folder of an upload's blob name)
 JOB = "job"
 MODEL = "model"
 ENDPOINT = "endpoint"
@@ -40,7 +48,14 @@ JANITOR = "janitor"  # id "last": what the idle janitor did last
 DATASET_RECEIVED = "received"  # blob being prepared (a crash here is retried by the next delivery)
 DATASET_ACCEPTED = "accepted"  # prepared and good enough to train on; not submitted yet
 DATASET_REJECTED = "rejected"  # final: the report says why
-DATASET_SUBMITTED = "submitted"  # final: its job is named in ``job_name``
+DATASET_SUBMITTED = "submitted"  # its (first) job is named in ``job_name``; corpus mode: in every later corpus too
+DATASET_RETIRED = "retired"  # final: left out of every later corpus (raw upload and report stay)
+
+# ---- collection states (corpus mode). "pending" is a summary kept for status and as the
+# holder of the submission claim; what waits is always derived from the collection's
+# datasets in "accepted", so a crash between the two writes loses nothing.
+COLLECTION_IDLE = "idle"  # every accepted dataset is in a submitted corpus
+COLLECTION_PENDING = "pending"  # accepted data waits for a job (``due_at``, ``held_reason``)
 
 # ---- job states (the final ones are the backends' normalised words, shared.backends.base)
 JOB_SUBMITTED = "submitted"  # submitted; running or queued as far as the ledger knows
@@ -70,9 +85,15 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     DATASET: {
         "": frozenset({DATASET_RECEIVED}),
         DATASET_RECEIVED: frozenset({DATASET_ACCEPTED, DATASET_REJECTED}),
-        DATASET_ACCEPTED: frozenset({DATASET_SUBMITTED}),
+        DATASET_ACCEPTED: frozenset({DATASET_SUBMITTED, DATASET_RETIRED}),
         DATASET_REJECTED: frozenset(),
-        DATASET_SUBMITTED: frozenset(),
+        DATASET_SUBMITTED: frozenset({DATASET_RETIRED}),  # retire: out of the next corpus
+        DATASET_RETIRED: frozenset(),
+    },
+    COLLECTION: {
+        "": frozenset({COLLECTION_IDLE, COLLECTION_PENDING}),
+        COLLECTION_IDLE: frozenset({COLLECTION_PENDING}),
+        COLLECTION_PENDING: frozenset({COLLECTION_IDLE}),
     },
     JOB: {
         "": frozenset({JOB_SUBMITTED}),

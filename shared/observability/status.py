@@ -8,6 +8,10 @@ The JSON form is a contract for scripts (keep it stable, add fields only):
   ``backend_state`` (null when the backend does not list it or cannot be reached) and
   ``janitor_verdict`` (what the idle policy would decide now);
 - ``janitor``: the janitor's settings (``policy``) and its last run (``last``, or null);
+- ``collections`` (corpus mode): one item per collection with ``id``, ``state`` (pending |
+  idle), ``model_name``, ``datasets`` (the corpus), ``pending``, ``due_at``, ``held_reason``
+  (the spend guard's, or null), ``waiting_reason``, ``running_job``, ``serving_model``;
+  ``training``: ``mode`` and the spend ``guard`` (running jobs, budget, month's spend);
 - ``backend``: ``name``, ``reachable`` and ``error``. When the backend cannot be reached the
   ledger's data is still shown and ``reachable`` is false.
 """
@@ -23,6 +27,7 @@ from typing import Any
 from shared.janitor.policy import EndpointFacts, IdlePolicy, decide
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
 from shared.settings import Settings, SettingsError, get_settings
+from shared.training.submission import collections_status
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +140,12 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
         _endpoint_item(n, endpoints.get(n), listed.get(n), active_endpoints, policy, now, bool(backend_info["reachable"]))
         for n in names
     ]
+    training = collections_status(s, ledger, now)  # corpus mode: collections, the spend guard
     return {
         "generated_at": iso(now),
         "backend": backend_info,
+        "collections": training.pop("collections"),
+        "training": training,
         "datasets": [_dataset_item(r) for r in datasets],
         "jobs": [_job_item(r) for r in jobs],
         "models": [_model_item(r, active) for r in models],
@@ -209,6 +217,7 @@ def render_status(status: dict[str, Any]) -> str:
          _duration(e["idle_minutes"]),
          (e["janitor_verdict"] or {}).get("action") or (e["delete_reason"] and f"deleted: {e['delete_reason']}")]
         for e in status["endpoints"]]))
+    parts.append(_render_collections(status))
     janitor = status["janitor"]
     policy = janitor["policy"]
     line = (f"Janitor: idle threshold {policy['idle_minutes']:g} min, grace {policy['grace_minutes']:g} min, "
@@ -229,6 +238,21 @@ def render_status(status: dict[str, Any]) -> str:
                      f"estimated {last.get('hours_saved') or 0:.1f} instance-hours, ${last.get('cost_saved') or 0:.2f} saved")
     parts.append(line)
     return "\n\n".join(parts)
+
+
+def _render_collections(status: dict[str, Any]) -> str:
+    training = status.get("training") or {}
+    guard = training.get("guard") or {}
+    budget = guard.get("budget_usd")
+    head = (f"Training: mode {training.get('mode')}, coalesce {training.get('coalesce_seconds')} s; "
+            f"running jobs {guard.get('running_jobs')} (max {guard.get('max_running_jobs') or 'no limit'}); "
+            f"spent ${guard.get('spent_usd') or 0:.2f} in {guard.get('month')}"
+            + (f" of ${budget:.2f}" if budget is not None else " (no budget)"))
+    table = _section("Collections", ["collection", "state", "model", "datasets", "pending", "due", "running job", "serving", "waiting"], [
+        [c["id"], c["state"], c["model_name"], len(c["datasets"]), ", ".join(c["pending"]) or "-", _short_time(c["due_at"]),
+         c["running_job"], c["serving_model"] or c["serving_endpoint"], c["held_reason"] or c["waiting_reason"]]
+        for c in status.get("collections") or []])
+    return f"{head}\n{table}"
 
 
 def cli_status(args: Any) -> int:
