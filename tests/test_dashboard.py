@@ -144,8 +144,8 @@ def test_page_shows_the_chain_rejected_lines_curve_and_savings(storage_settings:
     view = dashboard.collect_dashboard(s, ledger, backend, read_blob=dashboard.blob_reader(s))
     rejected = next(c["dataset"] for g in view["groups"] for c in g["chains"] if c["dataset"] and c["dataset"]["state"] == "rejected")
     assert rejected["blob_name"] == "team/bad.jsonl"
-    assert [e["line"] for e in rejected["rejected"]["errors"]] == list(range(11, 21))  # the first 10 of lines 11..40
-    assert rejected["rejected"]["omitted"] == 20
+    assert [e["line"] for e in rejected["rejected"]["errors"]] == list(range(11, 16))  # the first 5 of lines 11..40
+    assert rejected["rejected"]["omitted"] == 25
 
     page = trigger()["dashboard"](func.HttpRequest("GET", "/api/dashboard", params={"code": "k3y", "refresh": "3"}, body=b""))
     html = page.get_body().decode()

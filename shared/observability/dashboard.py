@@ -42,7 +42,7 @@ LOOKUP_BUDGET_S = 0.15
 LIVE_TTL_S = 10.0
 CACHE_MAX = 2048
 USAGE_DAYS = 3
-REJECTED_LINES_SHOWN = 10
+REJECTED_LINES_SHOWN = 5
 FINAL_JOB_STATES = frozenset({"completed", "failed", "canceled"})
 DEFAULT_REFRESH_S = 15
 
@@ -314,7 +314,11 @@ def collect_dashboard(settings: Settings | None = None, ledger: Ledger | None = 
         if job.id not in seen_jobs:
             groups.setdefault(_group_key(job), []).append(chain(None, job))
 
-    start = now - timedelta(days=USAGE_DAYS)
+    # The usage axis: the last USAGE_DAYS days, or less when every endpoint is younger (readable either way).
+    births = [parse_iso(v) for e in endpoints for v in (e.get("deploy_requested_at"), e.get("active_since"), e.created_at)]
+    births += [parse_iso(f"{h}:00:00Z") for e in endpoints for h in list(e.get("requests_by_hour") or {})[:1]]
+    earliest = min([b for b in births if b is not None], default=now)
+    start = max(now - timedelta(days=USAGE_DAYS), earliest.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1))
     usage = [_usage_row(e, start, now) for e in sorted(endpoints, key=lambda r: r.id)]
     usage = [u for u in usage if u["alive"] or u["deleted"] or u["requests"]]
     deletions = sorted(
@@ -473,7 +477,9 @@ def _models_html(models: list[dict[str, Any]]) -> tuple[str, str]:
             if e["heal_attempts"]:
                 health += escape(f" ({e['heal_attempts']} heal attempts)")
             eparts.append(_dl([
-                ("endpoint", f"<code>{escape(e['id'])}</code> {_state(e['state'])}" + (" <b>serving</b>" if e["serving"] else "")),
+                ("endpoint", f"<code>{escape(e['id'])}</code> {_state(e['state'])}"
+                 + (" <b>serving</b>" if e["serving"] and e["state"] == "succeeded" else "")
+                 + (' <span class="muted">(the model\'s route: a call redeploys it)</span>' if e["serving"] and e["state"] == "deleted" else "")),
                 ("health", health), ("active since", escape(_t(e["active_since"]))),
                 ("last activity", escape(_t(e["last_activity"]))), ("idle", escape(_dur(e["idle_minutes"]))),
                 ("janitor", janitor if e["state"] == "succeeded" else ""),
@@ -515,7 +521,7 @@ def render_dashboard(view: dict[str, Any], *, link: Callable[[str, dict[str, str
         usage = view["usage"]
         start, end = parse_iso(usage["start"]), parse_iso(usage["end"])
         timeline = charts.usage_timeline(usage["rows"], start=start, end=end,  # type: ignore[arg-type]
-                                         title=f"Endpoint requests per hour and janitor deletions, last {USAGE_DAYS} days")
+                                         title="Endpoint requests per hour and janitor deletions")
         idle_rows = "".join(
             f"<tr><td>{escape(r['name'])}</td><td>{r['requests']}</td><td>"
             + (", ".join(escape(f"{_t(a)[5:16]} to {_t(b)[5:16]} ({h} h)") for a, b, h in r["idle"][-4:]) or "-")
@@ -527,7 +533,7 @@ def render_dashboard(view: dict[str, Any], *, link: Callable[[str, dict[str, str
         policy = j["policy"]
         parts.append(
             f'<section class="model usage"><h2>Endpoint usage and spend</h2>{timeline}'
-            f'<table><tr><th>endpoint</th><th>requests ({USAGE_DAYS} d)</th><th>idle periods (latest)</th></tr>{idle_rows}</table>'
+            f'<table><tr><th>endpoint</th><th>requests (since {escape(_t(usage["start"]))})</th><th>idle periods (latest)</th></tr>{idle_rows}</table>'
             f'<h2>Janitor</h2><p>idle threshold {policy["idle_minutes"]:g} min, grace {policy["grace_minutes"]:g} min, '
             f'schedule <code>{escape(policy["schedule"])}</code>{", dry run" if policy["dry_run"] else ""}'
             f'{", keeps serving endpoints" if policy["keep_latest"] else ""}. Saved so far: '
