@@ -139,8 +139,8 @@ def test_one_upload_is_one_operation_from_blob_to_first_answer(storage_settings,
 
 def test_without_the_connection_string_nothing_is_exported_and_the_fields_are_logged(caplog) -> None:
     telemetry.use_tracer_provider(None)
-    from tests.conftest import make_settings
     from shared.settings import use_settings
+    from tests.conftest import make_settings
 
     use_settings(make_settings())
     try:

@@ -45,6 +45,8 @@ USAGE_DAYS = 3
 REJECTED_LINES_SHOWN = 5
 FINAL_JOB_STATES = frozenset({"completed", "failed", "canceled"})
 DEFAULT_REFRESH_S = 15
+# Per model, the latest chains are drawn in full (curves, lines); older ones are one table row each.
+CHAINS_DRAWN = 8
 
 
 # ------------------------------------------------------------------------------- the cache
@@ -491,6 +493,19 @@ def _models_html(models: list[dict[str, Any]]) -> tuple[str, str]:
             f'<div class="step endpoint"><h3>Endpoint</h3>{"".join(eparts) or "<span class=muted>none</span>"}</div>')
 
 
+def _older_row(c: dict[str, Any]) -> str:
+    d, j = c["dataset"] or {}, c["job"] or {}
+    loss = ""
+    final = {**(j.get("metrics") or {}), **((j.get("curve") or {}).get("final") or {})}
+    if "test_loss" in final:
+        loss = f"{final.get('base_test_loss', float('nan')):.3f} -> {final['test_loss']:.3f}"
+    versions = ", ".join(f"{m['id']} ({', '.join(e['state'] for e in m['endpoints']) or m['state']})" for m in c["models"])
+    return (f"<tr><td>{escape(_t(d.get('uploaded_at') or j.get('queued_at')))}</td>"
+            f"<td>{escape(d.get('blob_name') or '-')} {_state(d.get('state')) if d else ''}</td>"
+            f"<td>{escape(j.get('id') or '-')} {_state(j.get('state')) if j else ''}</td>"
+            f"<td>{escape(loss or '-')}</td><td>{escape(versions or '-')}</td></tr>")
+
+
 def _page(title: str, body: str, refresh_s: int | None, refresh_url: str | None, generated: str) -> str:
     meta = (f'<meta http-equiv="refresh" content="{int(refresh_s)}; url={escape(refresh_url or "")}">'
             if refresh_s else "")
@@ -513,9 +528,14 @@ def render_dashboard(view: dict[str, Any], *, link: Callable[[str, dict[str, str
     for g in view["groups"]:
         title = escape(g["model_name"]) + (f' <span class="muted">collection {escape(g["collection"])}</span>' if g["collection"] else "")
         chains = []
-        for c in g["chains"]:
+        for c in g["chains"][:CHAINS_DRAWN]:
             model_html, endpoint_html = _models_html(c["models"])
             chains.append(f'<div class="chain">{_dataset_html(c["dataset"], link)}{_job_html(c["job"])}{model_html}{endpoint_html}</div>')
+        older = g["chains"][CHAINS_DRAWN:]
+        if older:
+            chains.append(f'<details class="older"><summary>{len(older)} older uploads and jobs of this model</summary>'
+                          '<table><tr><th>uploaded</th><th>dataset</th><th>job</th><th>test loss</th><th>versions</th></tr>'
+                          + "".join(_older_row(c) for c in older) + "</table></details>")
         parts.append(f'<section class="model"><h2>{title}</h2>{"".join(chains)}</section>')
     if not view["empty"]:
         usage = view["usage"]
