@@ -159,6 +159,12 @@ def test_page_shows_the_chain_rejected_lines_curve_and_savings(storage_settings:
     assert ep in html and "idle for 90 min" in html and "$4.59" in html
     assert 'class="deletion"' in html and 'class="requests"' in html and "7 requests" in html
 
+    as_json = trigger()["dashboard"](func.HttpRequest("GET", "/api/dashboard", params={"format": "json"}, body=b""))
+    assert as_json.status_code == 200 and as_json.mimetype == "application/json"
+    data = json.loads(as_json.get_body())
+    (usage,) = [r for r in data["usage"]["rows"] if r["name"] == ep]
+    assert sum(usage["hours"].values()) == 7 and usage["deleted"][0][0] == ledger.get(ENDPOINT, ep).get("deleted_at")
+
     report = trigger()["dashboard_report"](func.HttpRequest("GET", "/api/dashboard/report", params={"dataset": rejected["id"]}, body=b""))
     assert report.status_code == 200 and "line" in report.get_body().decode() and "rejected" in report.get_body().decode()
     missing = trigger()["dashboard_report"](func.HttpRequest("GET", "/api/dashboard/report", params={"dataset": "nope"}, body=b""))

@@ -234,8 +234,8 @@ def _usage_row(ep: Record, start: datetime, now: datetime) -> dict[str, Any]:
             t += timedelta(hours=1)
         if run_start is not None:
             idle.append((run_start, b))
-    return {"name": ep.id, "hours": {h: n for h, n in hours.items() if h + timedelta(hours=1) >= start},
-            "alive": alive, "deleted": deleted,
+    return {"name": ep.id, "hours": {iso(h): n for h, n in sorted(hours.items()) if h + timedelta(hours=1) >= start},
+            "alive": [(iso(a), iso(b)) for a, b in alive], "deleted": [(iso(at), label) for at, label in deleted],
             "idle": [(iso(a), iso(b), round((b - a).total_seconds() / 3600.0, 1)) for a, b in idle if b > a],
             "requests": sum(n for h, n in hours.items() if h + timedelta(hours=1) >= start)}
 
@@ -540,7 +540,10 @@ def render_dashboard(view: dict[str, Any], *, link: Callable[[str, dict[str, str
     if not view["empty"]:
         usage = view["usage"]
         start, end = parse_iso(usage["start"]), parse_iso(usage["end"])
-        timeline = charts.usage_timeline(usage["rows"], start=start, end=end,  # type: ignore[arg-type]
+        rows = [{"name": r["name"], "hours": {parse_iso(h): n for h, n in r["hours"].items()},
+                 "alive": [(parse_iso(a), parse_iso(b)) for a, b in r["alive"]],
+                 "deleted": [(parse_iso(at), label) for at, label in r["deleted"]]} for r in usage["rows"]]
+        timeline = charts.usage_timeline(rows, start=start, end=end,  # type: ignore[arg-type]
                                          title="Endpoint requests per hour and janitor deletions")
         idle_rows = "".join(
             f"<tr><td>{escape(r['name'])}</td><td>{r['requests']}</td><td>"

@@ -10,7 +10,8 @@ The JSON form is a contract for scripts (keep it stable, add fields only):
 - ``janitor``: the janitor's settings (``policy``) and its last run (``last``, or null);
 - jobs also carry their training curves (``None`` when the backend has none or cannot be read):
   ``train_loss`` ([[step, value], ...]), ``eval_loss`` (same), ``base_test_loss`` and
-  ``test_loss`` (the base model's and the fine-tuned model's test loss) and ``curve_error``;
+  ``test_loss`` (the base model's and the fine-tuned model's test loss) and ``curve_error``
+  (curves are read for the CURVES_MAX most recent jobs; older ones keep their recorded losses);
 - ``backend``: ``name``, ``reachable`` and ``error``. When the backend cannot be reached the
   ledger's data is still shown and ``reachable`` is false.
 """
@@ -51,6 +52,9 @@ def _job_item(r: Record) -> dict[str, Any]:
             "model_name": r.get("model_name"), "base_model": r.get("base_model"), "backend": r.get("backend"),
             "submitted_at": r.get("submitted_at"), "model": r.get("model"), "error": r.get("error"),
             "metrics": r.get("metrics"), "ended_at": r.get("ended_at")}
+
+
+CURVES_MAX = 20
 
 
 def _add_curve(item: dict[str, Any], backend: Any) -> dict[str, Any]:
@@ -165,7 +169,8 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
         "generated_at": iso(now),
         "backend": backend_info,
         "datasets": [_dataset_item(r) for r in datasets],
-        "jobs": [_add_curve(_job_item(r), backend if backend_info["reachable"] else None) for r in jobs],
+        "jobs": [_add_curve(_job_item(r), backend if backend_info["reachable"] and i < CURVES_MAX else None)
+                 for i, r in enumerate(jobs)],
         "models": [_model_item(r, active) for r in models],
         "endpoints": endpoint_items,
         "janitor": {

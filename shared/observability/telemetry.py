@@ -72,7 +72,11 @@ def configure(settings: Any = None) -> bool:
         if _configured:
             return _tracer is not None
         _configured = True
-        s = settings or _settings()
+        try:
+            s = settings or _settings()
+        except Exception:  # noqa: BLE001 - a settings error is reported by the domain call, not here
+            log.debug("telemetry: settings unreadable; spans go to the log only", exc_info=True)
+            return False
         connection = getattr(s, "appinsights_connection_string", "")
         if not connection:
             return False
