@@ -91,7 +91,7 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], *, title: str, 
     return "".join(out)
 
 
-def usage_timeline(rows: Sequence[dict], *, start: datetime, end: datetime, title: str, width: int = 860) -> str:
+def usage_timeline(rows: Sequence[dict], *, start: datetime, end: datetime, title: str, width: int = 1300) -> str:
     """Requests per hour of each endpoint on one time axis, with its lifetime and the janitor's deletions.
 
     ``rows``: dicts with ``name``, ``hours`` ({datetime of the hour: requests}), ``alive`` (list of
@@ -134,7 +134,8 @@ def usage_timeline(rows: Sequence[dict], *, start: datetime, end: datetime, titl
     ticks = 6
     for k in range(ticks + 1):
         t = start + (end - start) * k / ticks
-        out.append(f'<text x="{sx(t):.1f}" y="{axis_y + 14}" text-anchor="middle" fill="#57606a">'
+        anchor = "start" if k == 0 else "end" if k == ticks else "middle"
+        out.append(f'<text x="{sx(t):.1f}" y="{axis_y + 14}" text-anchor="{anchor}" fill="#57606a">'
                    f'{escape(t.strftime("%m-%d %H:%M"))}</text>')
     out.append(f'<text x="{left + pw}" y="14" text-anchor="end" fill="#57606a">bars: requests/hour (peak {peak}); '
                f'grey: endpoint up; red: deleted by the janitor</text>')

@@ -368,7 +368,7 @@ ol.errors{margin:4px 0;padding-left:0;list-style:none;font-size:12px} ol.errors 
 .notice{background:#fff;border:1px solid #d0d7de;border-left:4px solid #bf8700;padding:14px 18px;margin:18px 0;border-radius:6px}
 .notice.error{border-left-color:#d1242f}
 table{border-collapse:collapse;font-size:13px} td,th{padding:3px 8px;border-bottom:1px solid #eaeef2;text-align:left}
-.charts{display:flex;flex-wrap:wrap;gap:6px}
+.charts{display:flex;flex-wrap:wrap;gap:6px} svg.timeline{width:100%;height:auto;max-width:1320px}
 @media (max-width:1000px){.chain{grid-template-columns:1fr 1fr}}
 """
 
