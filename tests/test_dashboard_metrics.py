@@ -116,3 +116,24 @@ def test_tracking_uri_must_be_azureml_or_https() -> None:
     assert azureml_metrics.rest_base("azureml://x.api.azureml.ms/mlflow/v1.0/a/") == "https://x.api.azureml.ms/mlflow/v1.0/a"
     with pytest.raises(ValueError):
         azureml_metrics.rest_base("sqlite:///mlflow.db")
+
+
+def test_the_backend_finds_its_tracking_server_once() -> None:
+    server, credential = FakeMlflowServer(), FakeCredential()
+    lookups: list[str] = []
+
+    def get(name: str):
+        lookups.append(name)
+        return SimpleNamespace(mlflow_tracking_uri="azureml://" + BASE.removeprefix("https://"))
+
+    class Backend:  # what azureml_metrics reads of AzureMLBackend
+        settings = SimpleNamespace(azure_ml_workspace="ws")
+        workspace = SimpleNamespace(workspace_name="ws", workspaces=SimpleNamespace(get=get))
+
+    backend = Backend()
+    backend.credential = credential
+    client = httpx.Client(transport=httpx.MockTransport(server))
+    for _ in range(2):
+        history = azureml_metrics.job_metrics_history(backend, "pipeline-job", client=client)
+        assert history.series["train_loss"][-1] == (30, 0.5)
+    assert lookups == ["ws"]  # the workspace's tracking URI is read once per backend

@@ -131,7 +131,7 @@ def history_from(rest: MlflowRest, job_name: str) -> MetricsHistory:
     return MetricsHistory(job_name, series=series, final=final)
 
 
-def job_metrics_history(backend: Any, job_name: str) -> MetricsHistory:
+def job_metrics_history(backend: Any, job_name: str, client: Any = None) -> MetricsHistory:
     """``AzureMLBackend.job_metrics_history``: find the tracking server once, then read the curves."""
     with _bases_lock:
         base = _bases.get(backend)
@@ -141,7 +141,9 @@ def job_metrics_history(backend: Any, job_name: str) -> MetricsHistory:
         base = rest_base(workspace.workspaces.get(name).mlflow_tracking_uri)
         with _bases_lock:
             _bases[backend] = base
+    if client is not None:
+        return history_from(MlflowRest(base, backend.credential, client), job_name)
     import httpx
 
-    with httpx.Client(timeout=TIMEOUT_S) as client:
-        return history_from(MlflowRest(base, backend.credential, client), job_name)
+    with httpx.Client(timeout=TIMEOUT_S) as own:
+        return history_from(MlflowRest(base, backend.credential, own), job_name)

@@ -167,6 +167,14 @@ class Span:
         return _traceparent(self.otel) if self.otel is not None else None
 
 
+class _IdleSpan(Span):
+    def set(self, **attributes: Any) -> Span:
+        return self
+
+
+_IDLE = _IdleSpan("idle", {})  # handed out when a span records nothing (attributes set on it are dropped)
+
+
 def _log(handle: Span, started: float, error: BaseException | None, level: int) -> None:
     if not log.isEnabledFor(level):
         return
@@ -337,6 +345,9 @@ def _scoring_parent(model: str | None) -> tuple[str | None, str | None]:
 def scoring_span(name: str, body: bytes) -> Iterator[Span]:
     """A scoring call's span; the first answer of an endpoint joins its upload's trace."""
     if not enabled():
+        if not log.isEnabledFor(logging.DEBUG):  # the hot path: nothing to record, nothing to do
+            yield _IDLE
+            return
         with span(name, level=logging.DEBUG) as handle:
             yield handle
         return
