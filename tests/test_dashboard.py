@@ -283,3 +283,16 @@ def test_refresh_parameter_is_clamped() -> None:
     assert dashboard_functions._refresh(req) is None
     assert dashboard_functions._refresh(func.HttpRequest("GET", "/", params={"refresh": "1"}, body=b"")) == 2
     assert dashboard_functions._refresh(func.HttpRequest("GET", "/", params={"refresh": "x"}, body=b"")) == dashboard.DEFAULT_REFRESH_S
+
+
+def test_collections_and_endpoint_health_are_shown_when_records_carry_them(storage_settings: Settings, backend: CurveBackend) -> None:
+    ledger = Ledger.from_settings(storage_settings)
+    ep = seed_chain(ledger, backend, 8, model_name="support-bot")
+    ledger.annotate(DATASET, "ds-0008", collection="support")
+    ledger.annotate(ENDPOINT, ep, health="degraded", heal_attempts=2)
+    seed_chain(ledger, backend, 9, model_name="sales-bot")
+    view = dashboard.collect_dashboard(storage_settings, ledger, backend, budget_s=1.0)
+    assert [(g["model_name"], g["collection"]) for g in view["groups"]] == [("sales-bot", None), ("support-bot", "support")]
+    html = dashboard.render_dashboard(view, link=dashboard.link_builder(None))
+    assert '<h2>support-bot <span class="muted">collection support</span></h2>' in html
+    assert "degraded (2 heal attempts)" in html
