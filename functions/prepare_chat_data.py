@@ -14,6 +14,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob
 
 from shared.datasets.intake import prepare_uploaded_blob
+from shared.observability import telemetry
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,9 @@ bp = func.Blueprint()
 @bp.blob_trigger(arg_name="client", path="%CHAT_DATA_CONTAINER%/{name}", connection="AzureWebJobsStorage",
                  source=func.BlobSource.EVENT_GRID)
 def prepare_chat_data(client: blob.BlobClient) -> None:
-    outcome = prepare_uploaded_blob(client)
+    with telemetry.upload_span(client.blob_name) as span:
+        outcome = prepare_uploaded_blob(client)
+        span.outcome(outcome)
     if outcome.status == "ignored":
         log.info("ignored blob %r: not .jsonl, .jsonl.gz or .parquet", outcome.blob_name)
     elif outcome.status == "missing":

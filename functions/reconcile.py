@@ -10,6 +10,7 @@ import logging
 import azure.functions as func
 
 from shared.deployment import reconcile as reconciliation
+from shared.observability import telemetry
 
 log = logging.getLogger(__name__)
 
@@ -21,5 +22,6 @@ bp = func.Blueprint()
 def reconcile(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.info("reconcile is running late (past due)")
-    summary = reconciliation.reconcile()
+    with telemetry.reconcile_span():
+        summary = reconciliation.reconcile()
     log.info("reconcile summary: %s", summary)

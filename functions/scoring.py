@@ -19,6 +19,7 @@ from typing import Any
 import azure.functions as func
 import orjson
 
+from shared.observability import telemetry
 from shared.scoring import scorer as scoring
 from shared.scoring.contract import ScoringError, internal_error_body
 
@@ -44,12 +45,14 @@ def _answer(compute: Callable[[], dict[str, Any]]) -> func.HttpResponse:
 
 @bp.route(route="score", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def score(req: func.HttpRequest) -> func.HttpResponse:
-    return _answer(lambda: scoring.score(req.get_body()))
+    with telemetry.scoring_span("score", req.get_body()):
+        return _answer(lambda: scoring.score(req.get_body()))
 
 
 @bp.route(route="v1/chat/completions", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def chat_completions(req: func.HttpRequest) -> func.HttpResponse:
-    return _answer(lambda: scoring.chat_completion(req.get_body()))
+    with telemetry.scoring_span("chat_completions", req.get_body()):
+        return _answer(lambda: scoring.chat_completion(req.get_body()))
 
 
 @bp.route(route="v1/models", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)

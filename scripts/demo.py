@@ -90,6 +90,7 @@ class Demo:
         self.azurite = Azurite(free_port(), free_port(), free_port())
         self.port = free_port()
         self.key = secrets.token_urlsafe(16)
+        self.dashboard_url: str | None = None
         self.env = {
             "ML_BACKEND": "local",
             "AzureWebJobsStorage": self.azurite.connection_string,
@@ -299,7 +300,25 @@ def run(demo: Demo) -> None:
     out = subprocess.run([sys.executable, "-m", "shared.cli", "status"], env=offline_env(demo.env), cwd=PROJECT_ROOT,
                          capture_output=True, text=True, timeout=120)
     say(out.stdout)
+    demo.dashboard_url = save_dashboard(demo, endpoint.id)
     say(f"demo finished in {time.monotonic() - t0:.0f} s")
+
+
+def save_dashboard(demo: Demo, endpoint_name: str) -> str:
+    """Check the app's dashboard shows this run, save the page (the stack stops next), return its URL."""
+    url = f"{demo.api}/api/dashboard?code={demo.key}"
+    for _ in range(10):  # slow look-ups (job curves) fill in over a few requests, as the page's own refreshes do
+        with urllib.request.urlopen(url, timeout=60) as r:
+            status, page = r.status, r.read().decode()
+        if status == 200 and "polyline" in page:
+            break
+        time.sleep(1)
+    if status != 200 or endpoint_name not in page or "polyline" not in page:
+        raise StageFailed(f"the dashboard ({url}) answered {status} without this run's endpoint and loss curve")
+    snapshot = LOG_DIR / "dashboard.html"
+    snapshot.write_text(page, encoding="utf-8")
+    say(f"dashboard: {url} answered with the whole run (saved to {snapshot})")
+    return url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         say("stopping every process the demo started ...")
         demo.stop_all()
     say("DEMO OK")
+    # Last line: where to look. This run's host is stopped; `make up` serves the same page on port 7071.
+    say(f"Dashboard: http://127.0.0.1:7071/api/dashboard?code=<FUNCTION_KEY> after `make up` "
+        f"(this run's page: {LOG_DIR / 'dashboard.html'}; it was live at {demo.dashboard_url})")
     return 0
 
 

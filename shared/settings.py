@@ -177,6 +177,9 @@ SPECS: dict[str, Spec] = {
     "janitor_keep_latest": Spec("JANITOR_KEEP_LATEST", "false", _bool, "Never delete a model's active endpoint."),
     "janitor_dry_run": Spec("JANITOR_DRY_RUN", "false", _bool, "Report what would be deleted, delete nothing."),
     "instance_hourly_prices": Spec("INSTANCE_HOURLY_PRICES", '{"Standard_NC6s_v3": 3.06, "Standard_NC12s_v3": 6.12, "Standard_NC24s_v3": 12.24, "Standard_NC24ads_A100_v4": 3.67, "local": 0.0}', _json_obj, "JSON object: USD per instance-hour by instance type, for the janitor's savings estimate."),
+    # --- observability
+    "appinsights_connection_string": Spec("APPLICATIONINSIGHTS_CONNECTION_STRING", "", _str, "Application Insights connection string: when set, the functions export OpenTelemetry spans (one trace per upload); empty: nothing is sent anywhere."),
+    "appinsights_authentication_string": Spec("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "", _str, "`Authorization=AAD;ClientId=<client id>`: export with that managed identity (Application Insights with local auth off)."),
 }
 
 
@@ -241,6 +244,8 @@ class Settings:
     janitor_keep_latest: bool
     janitor_dry_run: bool
     instance_hourly_prices: dict[str, Any]
+    appinsights_connection_string: str
+    appinsights_authentication_string: str
 
     @property
     def base_model_name(self) -> str:

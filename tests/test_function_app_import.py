@@ -9,7 +9,7 @@ import sys
 
 from shared.settings import PROJECT_ROOT
 
-HEAVY_PACKAGES = ("azure.ai.ml", "torch", "transformers", "mlflow", "datasets", "pandas")
+HEAVY_PACKAGES = ("azure.ai.ml", "torch", "transformers", "mlflow", "datasets", "pandas", "azure.monitor", "opentelemetry")
 
 
 def imported_modules_with_importtime() -> dict[str, int]:

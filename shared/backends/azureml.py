@@ -658,6 +658,12 @@ class AzureMLBackend:
             log.warning("cannot read the metrics of run %s: %s", run_id, exc)
             return {}
 
+    def job_metrics_history(self, job_name: str) -> Any:
+        """Training curves from the workspace's MLflow tracking (shared.backends.azureml_metrics)."""
+        from shared.backends.azureml_metrics import job_metrics_history
+
+        return job_metrics_history(self, job_name)
+
     # ------------------------------------------------------------------ registration
     def register_model(self, job_name: str, model_name: str) -> ModelRef:
         from azure.ai.ml.constants import AssetTypes

@@ -94,6 +94,24 @@ class JobInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsHistory:
+    """A job's training curves: each metric's (step, value) points in step order.
+
+    ``series`` holds what the trainer logged per step (``train_loss`` at least, when it logs
+    anything); ``final`` the metrics logged once (``base_test_loss``, ``test_loss``: the test loss
+    of the base model and of the fine-tuned one, where the backend computes them).
+    """
+
+    job_name: str
+    series: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
+    final: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"series": {k: [[step, value] for step, value in points] for k, points in self.series.items()},
+                "final": dict(self.final)}
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelRef:
     name: str
     version: str
@@ -176,3 +194,7 @@ class MLBackend(Protocol):
 
     def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
         """Scoring URI and key/token (cached; ``refresh`` re-reads them, e.g. after a 401)."""
+
+    def job_metrics_history(self, job_name: str) -> MetricsHistory:
+        """The job's training curves from its tracking (MLflow); empty when it logged none yet
+        (raises NotFoundError for an unknown job, TransientBackendError when unreachable)."""

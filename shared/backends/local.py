@@ -50,6 +50,7 @@ from shared.backends.base import (
     EndpointInfo,
     FineTuneRequest,
     JobInfo,
+    MetricsHistory,
     ModelRef,
     NotFoundError,
     ScoringTarget,
@@ -245,6 +246,36 @@ class LocalBackend:
         if proc is None:
             raise NotFoundError(f"local job {job_name} not found")
         stop_process_group(proc)
+
+    # Metrics the trainer logs per step (localworkspace.trainer.run_finetune_job); the rest are final.
+    STEP_METRICS = ("train_loss", "learning_rate")
+
+    def job_metrics_history(self, job_name: str) -> MetricsHistory:
+        """The job's curves from the workspace's MLflow tracking store (the run tagged ``job``)."""
+        state = read_json(self.ws.job_state_path(job_name))
+        if state is None:
+            raise NotFoundError(f"local job {job_name} not found")
+        run_id, experiment_id = state.get("run_id"), state.get("experiment_id")
+        if not run_id and not experiment_id:
+            return MetricsHistory(job_name)  # queued: no MLflow run yet
+        from mlflow.tracking import MlflowClient
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            client = MlflowClient(self.ws.tracking_uri)
+            if not run_id:  # running: the run exists, its id is recorded when the job ends
+                runs = client.search_runs([str(experiment_id)], filter_string=f"tags.job = '{job_name}'", max_results=1)
+                if not runs:
+                    return MetricsHistory(job_name)
+                run_id = runs[0].info.run_id
+            latest = client.get_run(run_id).data.metrics
+            series = {}
+            for key in self.STEP_METRICS:
+                if key in latest:
+                    points = sorted((int(m.step), float(m.value)) for m in client.get_metric_history(run_id, key))
+                    series[key] = points
+        final = {k: float(v) for k, v in latest.items() if k not in self.STEP_METRICS}
+        return MetricsHistory(job_name, series=series, final=final)
 
     # --- registry -------------------------------------------------------------------------------
 

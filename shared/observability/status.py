@@ -12,6 +12,10 @@ The JSON form is a contract for scripts (keep it stable, add fields only):
   idle), ``model_name``, ``datasets`` (the corpus), ``pending``, ``due_at``, ``held_reason``
   (the spend guard's, or null), ``waiting_reason``, ``running_job``, ``serving_model``;
   ``training``: ``mode`` and the spend ``guard`` (running jobs, budget, month's spend);
+- jobs also carry their training curves (``None`` when the backend has none or cannot be read):
+  ``train_loss`` ([[step, value], ...]), ``eval_loss`` (same), ``base_test_loss`` and
+  ``test_loss`` (the base model's and the fine-tuned model's test loss) and ``curve_error``
+  (curves are read for the CURVES_MAX most recent jobs; older ones keep their recorded losses);
 - ``backend``: ``name``, ``reachable`` and ``error``. When the backend cannot be reached the
   ledger's data is still shown and ``reachable`` is false.
 """
@@ -51,7 +55,33 @@ def _dataset_item(r: Record) -> dict[str, Any]:
 def _job_item(r: Record) -> dict[str, Any]:
     return {"id": r.id, "state": r.state, "updated_at": r.updated_at, "dataset_id": r.get("dataset_id"),
             "model_name": r.get("model_name"), "base_model": r.get("base_model"), "backend": r.get("backend"),
-            "submitted_at": r.get("submitted_at"), "model": r.get("model"), "error": r.get("error")}
+            "submitted_at": r.get("submitted_at"), "model": r.get("model"), "error": r.get("error"),
+            "metrics": r.get("metrics"), "ended_at": r.get("ended_at")}
+
+
+CURVES_MAX = 20
+
+
+def _add_curve(item: dict[str, Any], backend: Any) -> dict[str, Any]:
+    """The job's training-curve fields (see the module doc), from ``backend.job_metrics_history``."""
+    metrics = item.get("metrics") or {}
+    item.update(train_loss=None, eval_loss=None, base_test_loss=metrics.get("base_test_loss"),
+                test_loss=metrics.get("test_loss"), curve_error=None)
+    history = getattr(backend, "job_metrics_history", None)
+    if history is None:
+        return item
+    try:
+        curves = history(item["id"])
+    except Exception as exc:  # noqa: BLE001 - one job's tracking failing must not hide the rest
+        item["curve_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        return item
+    for key in ("train_loss", "eval_loss"):
+        if curves.series.get(key):
+            item[key] = [[step, value] for step, value in curves.series[key]]
+    for key in ("base_test_loss", "test_loss"):
+        if key in curves.final:
+            item[key] = curves.final[key]
+    return item
 
 
 def _model_item(r: Record, active: dict[str, str]) -> dict[str, Any]:
@@ -147,7 +177,8 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
         "collections": training.pop("collections"),
         "training": training,
         "datasets": [_dataset_item(r) for r in datasets],
-        "jobs": [_job_item(r) for r in jobs],
+        "jobs": [_add_curve(_job_item(r), backend if backend_info["reachable"] and i < CURVES_MAX else None)
+                 for i, r in enumerate(jobs)],
         "models": [_model_item(r, active) for r in models],
         "endpoints": endpoint_items,
         "janitor": {

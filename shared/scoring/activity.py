@@ -5,6 +5,11 @@ busy endpoints into write hot spots. Instead each worker writes an endpoint's
 ``last_activity`` at most once per ``activity_flush_s`` (the first call of each window is
 written; the janitor's idle threshold is minutes to hours, so that precision is plenty), and
 the write runs on a background thread so it adds no latency to the request.
+
+Requests are also counted per endpoint and UTC hour, in memory (one dict increment per call),
+and the counts are added to the record's ``requests_by_hour`` (``{"2026-12-01T23": 17, ...}``,
+the last :data:`REQUEST_HISTORY_HOURS` hours) by the same throttled write: the dashboard's
+requests-per-hour and idle periods come from there.
 """
 
 from __future__ import annotations
@@ -14,20 +19,37 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from shared.backends.base import EP_SUCCEEDED
 from shared.ledger import ENDPOINT, ConflictError, Ledger, iso, parse_iso, retry_on_conflict, utcnow
 
 log = logging.getLogger(__name__)
 
+REQUEST_HISTORY_HOURS = 24 * 7
 
-def record_last_activity(ledger: Ledger, endpoint_name: str, at: datetime) -> bool:
+
+def hour_key(at: datetime) -> str:
+    """The ``requests_by_hour`` key of ``at``'s UTC hour (ISO 8601, sorts as text)."""
+    return iso(at)[:13]  # type: ignore[index]
+
+
+def add_request_counts(current: dict[str, int] | None, counts: dict[str, int], now: datetime) -> dict[str, int]:
+    """``current`` plus ``counts``, hour by hour, keeping the last REQUEST_HISTORY_HOURS hours."""
+    merged = dict(current or {})
+    for hour, n in counts.items():
+        merged[hour] = int(merged.get(hour, 0)) + int(n)
+    oldest = hour_key(now - timedelta(hours=REQUEST_HISTORY_HOURS))
+    return {h: merged[h] for h in sorted(merged) if h > oldest}
+
+
+def record_last_activity(ledger: Ledger, endpoint_name: str, at: datetime, counts: dict[str, int] | None = None) -> bool:
     """Move the endpoint record's ``last_activity`` forward to ``at``; True when written.
 
     Only a live (succeeded) endpoint record is touched: activity must never revive a record
     the janitor has meanwhile marked deleting or deleted. A later time written by another
-    worker is never overwritten with an earlier one.
+    worker is never overwritten with an earlier one. ``counts`` (requests by hour key) are added
+    to the record's ``requests_by_hour``.
     """
 
     def attempt() -> bool:
@@ -35,10 +57,14 @@ def record_last_activity(ledger: Ledger, endpoint_name: str, at: datetime) -> bo
         if record is None or record.state != EP_SUCCEEDED:
             return False
         current = parse_iso(record.get("last_activity"))
-        if current is not None and current >= at:
+        later = current is None or at > current
+        if not later and not counts:
             return False
-        ledger.update(record, last_activity=iso(at))
-        return True
+        fields: dict[str, object] = {"last_activity": iso(at)} if later else {}
+        if counts:
+            fields["requests_by_hour"] = add_request_counts(record.get("requests_by_hour"), counts, at)
+        ledger.update(record, **fields)
+        return later
 
     try:
         return retry_on_conflict(attempt, f"endpoint/{endpoint_name} last activity", attempts=5)
@@ -55,27 +81,33 @@ class ActivityRecorder:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_flush: dict[str, float] = {}
+        self._counts: dict[str, dict[str, int]] = {}  # endpoint -> hour key -> requests not written yet
         self._pending: set[Future[bool]] = set()
         self._executor: ThreadPoolExecutor | None = None
 
     def touch(self, endpoint_name: str) -> bool:
         """Note a successful call; schedule a ledger write when this window has none yet."""
         now = self._clock()
+        at = utcnow()
+        hour = hour_key(at)
         with self._lock:
+            per_hour = self._counts.setdefault(endpoint_name, {})
+            per_hour[hour] = per_hour.get(hour, 0) + 1
             last = self._last_flush.get(endpoint_name)
             if last is not None and now - last < self._flush_s:
                 return False
             self._last_flush[endpoint_name] = now
+            counts = self._counts.pop(endpoint_name)
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring-activity")
-            future = self._executor.submit(self._write, endpoint_name, utcnow())
+            future = self._executor.submit(self._write, endpoint_name, at, counts)
             self._pending.add(future)
         future.add_done_callback(self._done)
         return True
 
-    def _write(self, endpoint_name: str, at: datetime) -> bool:
+    def _write(self, endpoint_name: str, at: datetime, counts: dict[str, int] | None = None) -> bool:
         try:
-            written = record_last_activity(self._ledger_factory(), endpoint_name, at)
+            written = record_last_activity(self._ledger_factory(), endpoint_name, at, counts)
             log.debug("activity of %s at %s recorded=%s", endpoint_name, iso(at), written)
             return written
         except Exception:
@@ -84,6 +116,9 @@ class ActivityRecorder:
             log.warning("could not record activity of endpoint %s", endpoint_name, exc_info=True)
             with self._lock:
                 self._last_flush.pop(endpoint_name, None)
+                per_hour = self._counts.setdefault(endpoint_name, {})
+                for hour, n in (counts or {}).items():  # counted again with the next write
+                    per_hour[hour] = per_hour.get(hour, 0) + n
             return False
 
     def _done(self, future: Future[bool]) -> None:
@@ -96,8 +131,16 @@ class ActivityRecorder:
             pending = list(self._pending)
         wait(pending, timeout=timeout_s)
 
+    def flush_counts(self) -> None:
+        """Write the request counts still held in memory (shutdown, tests)."""
+        with self._lock:
+            pending, self._counts = self._counts, {}
+        for name, counts in pending.items():
+            self._write(name, utcnow(), counts)
+
     def close(self) -> None:
         self.drain()
+        self.flush_counts()
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
