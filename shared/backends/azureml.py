@@ -753,6 +753,11 @@ class AzureMLBackend:
             self._targets[endpoint_name] = _CachedTarget(target, float(expiry) if expiry else None)
         return target
 
+    def endpoint_health(self, endpoint_name: str) -> Any:
+        from shared.backends.azureml_health import endpoint_health  # endpoint + deployment provisioning state
+
+        return endpoint_health(self.workspace, endpoint_name, DEPLOYMENT_NAME)
+
 
 # --------------------------------------------------------------------------- plan command
 

@@ -16,7 +16,8 @@ from shared.backends.base import CANCELED, COMPLETED, EP_DELETING, EP_PROVISIONI
 from shared.context import Context, context
 from shared.datasets.intake import submit_pending_datasets
 from shared.deployment.job_events import Outcome, deploy_registered_model, drive_job, model_of
-from shared.endpoints import lifecycle
+from shared.deployment import sweep
+from shared.endpoints import health, lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger, Record, utcnow
 from shared.ledger import records as R
@@ -40,6 +41,8 @@ SUMMARY_KEYS = (
     "endpoints_replaced",
     "endpoints_deleting",
     "endpoints_deleted",
+    *sweep.SUMMARY_KEYS,
+    *health.SUMMARY_KEYS,
     "errors",
 )
 
@@ -76,6 +79,9 @@ def reconcile(
 
     for record in ctx.ledger.list(R.ENDPOINT, states={EP_PROVISIONING, EP_SUCCEEDED, EP_DELETING}):
         _guarded(summary, f"endpoint/{record.id}", lambda r=record: _reconcile_endpoint(r, ctx, summary))
+
+    _guarded(summary, "stuck-state sweep", lambda: sweep.sweep_stuck(ctx, summary))
+    _guarded(summary, "endpoint health", lambda: health.heal_endpoints(ctx, summary))
 
     result = dict(summary)
     log.info("reconcile: %s", {k: v for k, v in result.items() if v})
