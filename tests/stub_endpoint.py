@@ -171,6 +171,7 @@ class StubTargetBackend:
         self.keys: dict[str, str] = {}
         self.target_calls: list[tuple[str, bool]] = []
         self.deploys: list[tuple[ModelRef, str, dict[str, str]]] = []
+        self.health: dict[str, Any] = {}  # endpoint -> EndpointHealth reported by endpoint_health
 
     @property
     def workspace_id(self) -> str:
@@ -192,6 +193,14 @@ class StubTargetBackend:
 
     def get_endpoint(self, endpoint_name: str) -> None:
         return None
+
+    def endpoint_health(self, endpoint_name: str) -> Any:
+        """Healthy unless the test says otherwise in ``health`` (or the endpoint is ``missing``)."""
+        from shared.backends.base import HEALTH_HEALTHY, HEALTH_MISSING, EndpointHealth
+
+        if endpoint_name in self.missing:
+            return EndpointHealth(HEALTH_MISSING, f"endpoint {endpoint_name} not found")
+        return self.health.get(endpoint_name) or EndpointHealth(HEALTH_HEALTHY, "stub")
 
 
 def seed_model(ledger: Any, model_name: str, version: str, endpoint_state: str = "succeeded", active: bool = True) -> str:

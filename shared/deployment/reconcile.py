@@ -15,8 +15,8 @@ from typing import Any
 from shared.backends.base import CANCELED, COMPLETED, EP_DELETING, EP_PROVISIONING, EP_SUCCEEDED, FAILED, MLBackend
 from shared.context import Context, context
 from shared.datasets.intake import submit_pending_datasets
-from shared.deployment.job_events import Outcome, deploy_registered_model, drive_job, model_of
 from shared.deployment import sweep
+from shared.deployment.job_events import Outcome, deploy_registered_model, drive_job, model_of
 from shared.endpoints import health, lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger, Record, utcnow

@@ -66,6 +66,8 @@ MAX_BACKOFF = timedelta(minutes=30)
 # After serving this long again, an endpoint gets its full number of heal attempts back.
 RESET_AFTER = timedelta(minutes=15)
 MIN_RETRY_AFTER_S = 1
+# A scoring worker probes one unreachable endpoint at most this often (a probe may take seconds).
+PROBE_INTERVAL_S = 5.0
 
 
 def probe(backend: MLBackend, name: str) -> EndpointHealth:
@@ -293,3 +295,10 @@ def report_unreachable(ctx: Context, name: str) -> Record | None:
     if record.state == EP_FAILED:
         record = _heal(record, ctx, utcnow(), summary)
     return record
+
+
+def heal_if_due(ctx: Context, record: Record) -> Record:
+    """Scoring met a failed endpoint: start its next heal attempt if one is due; its current record."""
+    if record.state != EP_FAILED:
+        return record
+    return _heal(record, ctx, utcnow(), Counter())
