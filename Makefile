@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.local/hf
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast test-slow test-all up down status upload lint bench lock clean
+.PHONY: install demo test test-fast test-faults test-slow test-all up down status upload lint bench lock clean
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || python3 -m venv .venv
@@ -38,10 +38,14 @@ PYTEST = $(PY) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: that is a failure" >&2; exit 1; fi; exit $$rc
 
 test: install
-	$(call PYTEST,-m "not slow")
+	$(call PYTEST,-m "not slow and not faults")
 
 test-fast: install
-	$(call PYTEST,-m "not slow and not e2e")
+	$(call PYTEST,-m "not slow and not e2e and not faults")
+
+# Fault injection against the real local stack (tiny model): a few minutes.
+test-faults: install
+	$(call PYTEST,-m faults -s)
 
 test-slow: install
 	$(call PYTEST,-m slow)

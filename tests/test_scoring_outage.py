@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from devhost.azurite import Azurite, free_port, start, stop_process
 from shared.ledger import ENDPOINT, Ledger, parse_iso
 from shared.scoring import routes
 from shared.scoring.contract import ChatRequest, ScoringError
@@ -22,6 +21,7 @@ from shared.settings import Settings
 from shared.storage import ensure_storage
 from tests.conftest import make_settings
 from tests.stub_endpoint import StubEndpoint, StubTargetBackend, running, seed_model
+from tests.support import PrivateAzurite
 from tests.test_scoring import FakeClock
 
 pytestmark = pytest.mark.storage
@@ -29,23 +29,9 @@ pytestmark = pytest.mark.storage
 MODEL = "outage-ft"
 
 
-class Storage:
-    def __init__(self, location: Path):
-        self.az = Azurite(blob_port=free_port(), queue_port=free_port(), table_port=free_port())
-        self.location = location
-        self.proc = start(self.az, location)
-
-    def stop(self) -> None:
-        stop_process(self.proc.pid)
-        self.proc.wait(timeout=5)
-
-    def restart(self) -> None:
-        self.proc = start(self.az, self.location)
-
-
 @pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    s = Storage(tmp_path / "azurite")
+def storage(tmp_path: Path) -> Iterator[PrivateAzurite]:
+    s = PrivateAzurite(tmp_path / "azurite")
     try:
         yield s
     finally:
@@ -56,8 +42,8 @@ def request(model: str) -> ChatRequest:
     return ChatRequest(messages=[{"role": "user", "content": "hi"}], parameters={"max_new_tokens": 4}, model=model)
 
 
-def settings_for(storage: Storage, tmp_path: Path) -> Settings:
-    s = make_settings(AzureWebJobsStorage=storage.az.connection_string, LEDGER_TABLE=f"ledger{uuid.uuid4().hex[:8]}",
+def settings_for(storage: PrivateAzurite, tmp_path: Path) -> Settings:
+    s = make_settings(AzureWebJobsStorage=storage.connection_string, LEDGER_TABLE=f"ledger{uuid.uuid4().hex[:8]}",
                       LOCAL_WORKSPACE_DIR=str(tmp_path / "ws"), SCORING_ROUTE_MAX_STALE_S="300", ACTIVITY_FLUSH_S="1")
     ensure_storage(s)
     return s
