@@ -66,8 +66,10 @@ MAX_BACKOFF = timedelta(minutes=30)
 # After serving this long again, an endpoint gets its full number of heal attempts back.
 RESET_AFTER = timedelta(minutes=15)
 MIN_RETRY_AFTER_S = 1
-# A scoring worker probes one unreachable endpoint at most this often (a probe may take seconds).
+# A scoring worker probes one unreachable endpoint at most this often (a probe may take seconds),
+# and asks the backend whether a provisioning endpoint is ready at most every SETTLE_INTERVAL_S.
 PROBE_INTERVAL_S = 5.0
+SETTLE_INTERVAL_S = 2.0
 
 
 def probe(backend: MLBackend, name: str) -> EndpointHealth:
@@ -302,3 +304,13 @@ def heal_if_due(ctx: Context, record: Record) -> Record:
     if record.state != EP_FAILED:
         return record
     return _heal(record, ctx, utcnow(), Counter())
+
+
+def settle_if_ready(ctx: Context, record: Record) -> Record:
+    """Scoring met a provisioning endpoint: settle it now when the backend says it serves (what
+    reconcile does: traffic, succeeded, route), so a healed endpoint serves without waiting for
+    the next reconcile run. Returns its current record."""
+    if record.state != EP_PROVISIONING:
+        return record
+    lifecycle.settle_provisioning(record, ctx, Counter())
+    return ctx.ledger.get(R.ENDPOINT, record.id) or record

@@ -381,6 +381,9 @@ class Scorer:
         endpoint = ledger.get(ENDPOINT, ep_name)
         version = serving.version or str((endpoint.get("model_version") if endpoint else "") or "")
 
+        if endpoint is not None and endpoint.state == EP_PROVISIONING and self._claim_redeploy(
+                f"settle:{ep_name}", health.SETTLE_INTERVAL_S):
+            endpoint = health.settle_if_ready(self._context(), endpoint)  # (re)deployed meanwhile: serve at once
         if endpoint is not None and endpoint.state == EP_SUCCEEDED:
             target = self._scoring_target(model_name, version, ep_name)
             return self._make_route(model_name, version, ep_name, target)
