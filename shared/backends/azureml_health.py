@@ -31,14 +31,15 @@ from shared.backends.base import HEALTH_HEALTHY, HEALTH_MISSING, HEALTH_STARTING
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENT_NAME = "default"  # the one deployment per endpoint the app creates (as in azureml.py)
 LOG_TAIL_LINES = 5
 _STARTING = {"creating", "updating", "scaling"}
 _BROKEN = {"failed", "canceled"}
 
 
 def _state(resource: Any) -> str:
-    return str(getattr(resource, "provisioning_state", "") or "").lower()
+    """The provisioning state as a lowercase word (the SDK gives a str or a str enum)."""
+    value = getattr(resource, "provisioning_state", None)
+    return str(getattr(value, "value", value) or "").lower()
 
 
 def _not_found(exc: BaseException) -> bool:
@@ -57,7 +58,7 @@ def _log_tail(workspace: Any, endpoint_name: str, deployment: str) -> str:
     return f"; last log line: {lines[-1][:200]}" if lines else ""
 
 
-def endpoint_health(workspace: Any, endpoint_name: str, deployment: str = DEPLOYMENT_NAME) -> EndpointHealth:
+def endpoint_health(workspace: Any, endpoint_name: str, deployment: str) -> EndpointHealth:
     """Health of ``endpoint_name`` from its endpoint and deployment resources (see the module doc)."""
     try:
         endpoint = workspace.online_endpoints.get(endpoint_name)
