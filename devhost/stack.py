@@ -177,6 +177,15 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_storage(get_settings())
         start_host()
+        try:  # one reconcile now: endpoints whose processes stopped with `make down` are redeployed (health loop)
+            import httpx
+
+            key = get_settings().function_key
+            reply = httpx.post(f"http://127.0.0.1:{HOST_PORT}/admin/functions/reconcile", timeout=10,
+                               headers={"x-functions-key": key} if key else {})
+            print(f"Reconcile: {'started' if reply.status_code == 202 else f'not started (HTTP {reply.status_code})'}")
+        except httpx.HTTPError as exc:
+            print(f"Reconcile: not started ({exc}); it runs on its timer", file=sys.stderr)
         print_urls()
         print("\nStop everything with: make down")
     elif args.cmd == "down":

@@ -170,6 +170,10 @@ SPECS: dict[str, Spec] = {
     "scoring_redeploy_on_demand": Spec("SCORING_REDEPLOY_ON_DEMAND", "true", _bool, "When a model has no live endpoint, a scoring call starts redeploying its last version."),
     "scoring_retry_after_s": Spec("SCORING_RETRY_AFTER_S", "60", _int, "Retry-After (seconds) sent with 503 while an endpoint is (re)deploying."),
     "activity_flush_s": Spec("ACTIVITY_FLUSH_S", "30", _int, "Scoring records an endpoint's last activity at most once per this many seconds per worker."),
+    "scoring_route_max_stale_s": Spec("SCORING_ROUTE_MAX_STALE_S", "300", _int, "While the ledger is unreachable, scoring keeps using a known route this many seconds after it was last read from the ledger."),
+    # --- endpoint healing
+    "endpoint_heal_attempts": Spec("ENDPOINT_HEAL_ATTEMPTS", "3", _int, "Redeploys the health loop tries for an unhealthy or failed endpoint before it records it failed for good."),
+    "endpoint_heal_backoff_s": Spec("ENDPOINT_HEAL_BACKOFF_S", "30", _int, "Wait before the second heal redeploy; doubled for each further one."),
     # --- idle janitor
     "janitor_schedule": Spec("JANITOR_SCHEDULE", "0 */10 * * * *", _str, "NCRONTAB schedule of the `delete_idle_endpoints` timer."),
     "idle_endpoint_minutes": Spec("IDLE_ENDPOINT_MINUTES", "60", _float, "An endpoint with no activity for longer than this is deleted."),
@@ -238,6 +242,9 @@ class Settings:
     scoring_redeploy_on_demand: bool
     scoring_retry_after_s: int
     activity_flush_s: int
+    scoring_route_max_stale_s: int
+    endpoint_heal_attempts: int
+    endpoint_heal_backoff_s: int
     janitor_schedule: str
     idle_endpoint_minutes: float
     idle_grace_minutes: float

@@ -118,3 +118,20 @@ def ensure_storage(settings: Settings | None = None) -> None:
         except ResourceExistsError:
             pass
     table_service(s).create_table_if_not_exists(s.ledger_table)
+
+
+@functools.lru_cache(maxsize=8)
+def _bounded_table_service(connection: str, account: str, client_id: str, connect_s: float, read_s: float) -> TableServiceClient:
+    from azure.data.tables import TableServiceClient
+
+    bounds = {"retry_total": 0, "connection_timeout": connect_s, "read_timeout": read_s}
+    if connection:
+        return TableServiceClient.from_connection_string(connection, **bounds)
+    return TableServiceClient(f"https://{account}.table.core.windows.net", credential=credential(client_id), **bounds)
+
+
+def bounded_table_service(settings: Settings | None = None, *, connect_s: float = 0.5, read_s: float = 2.0) -> TableServiceClient:
+    """A table client for paths that must answer fast when storage is down (scoring): no retries,
+    short connect and read timeouts (the default client retries for ~5 s before failing)."""
+    s = settings or get_settings()
+    return _bounded_table_service(s.storage_connection, s.storage_account_name, s.azure_client_id, connect_s, read_s)

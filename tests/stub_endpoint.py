@@ -158,7 +158,7 @@ def StubTargetBackend(url: str, stub: StubEndpoint, timeout_s: float = 5.0) -> A
 
     return InMemoryWorkspace(
         "/subscriptions/0/resourceGroups/stub/providers/Microsoft.MachineLearningServices/workspaces/stub",
-        target_url=url, key=stub, timeout_s=timeout_s,
+        target_url=url, key=stub, timeout_s=timeout_s, assume_healthy=True,
     )
 
 

@@ -40,3 +40,30 @@ def upload_prepared_dataset(settings: Settings, dataset_id: str, seed: int, coun
         container.upload_blob(name, "\n".join(json.dumps(r) for r in part) + "\n", overwrite=True)
         names.append(name)
     return names[0], names[1]
+
+
+class PrivateAzurite:
+    """An Azurite of one test module on free ports, which the test may stop and start again (same data)."""
+
+    def __init__(self, location: Any):
+        from devhost.azurite import Azurite, free_port, start
+
+        self.az = Azurite(blob_port=free_port(), queue_port=free_port(), table_port=free_port())
+        self.location = location
+        self.proc = start(self.az, location)
+
+    @property
+    def connection_string(self) -> str:
+        return self.az.connection_string
+
+    def stop(self) -> None:
+        from devhost.azurite import stop_process
+
+        if self.proc.poll() is None:
+            stop_process(self.proc.pid)
+            self.proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        from devhost.azurite import start
+
+        self.proc = start(self.az, self.location)

@@ -337,6 +337,7 @@ def test_unexpected_reply_shape_is_502(world: World) -> None:
 
 
 def test_unreachable_endpoint_is_502(world: World) -> None:
+    """Unreachable, but the backend reports it healthy (a network blip): a plain 502, nothing redeployed."""
     ep = seed_model(world.ledger, MODEL_NAME, "1")
     with bound_socket() as closed:  # bound, never listening: connections are refused
         world.backend.urls[ep] = f"http://127.0.0.1:{closed.getsockname()[1]}"
@@ -344,6 +345,32 @@ def test_unreachable_endpoint_is_502(world: World) -> None:
     assert reply.status == 502 and reply.body["error"]["code"] == "upstream_unreachable"
     world.assert_clean_error(reply)
     assert "127.0.0.1" not in orjson.dumps(reply.body).decode()
+    assert world.backend.deploys == [] and world.ledger.get(ENDPOINT, ep).state == "succeeded"
+
+
+def test_unreachable_endpoint_reported_dead_answers_503_and_is_healed(world: World) -> None:
+    """The endpoint died (kill -9): no 502 loop; it is recorded unhealthy, redeployed once, 503 + Retry-After."""
+    from shared.backends.base import HEALTH_UNHEALTHY, EndpointHealth
+
+    ep = seed_model(world.ledger, MODEL_NAME, "1")
+    world.backend.health[ep] = EndpointHealth(HEALTH_UNHEALTHY, "server process died")
+    with bound_socket() as closed:
+        world.backend.urls[ep] = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        replies = [world.post(SCORE, cookbook()) for _ in range(3)]
+    assert [r.status for r in replies] == [503, 503, 503]
+    assert replies[0].body["error"]["code"] == "endpoint_healing"
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in replies)
+    world.assert_clean_error(replies[0])
+    record = world.ledger.get(ENDPOINT, ep)
+    assert record.state == "provisioning" and record.get("heal_attempts") == 1
+    assert record.get("unhealthy_since") and "server process died" in record.get("unhealthy_reason")
+    assert [d[1] for d in world.backend.deploys] == [ep]  # redeployed once, not per call
+    assert world.redeploys == []  # not the scale-from-zero path
+
+    # the redeploy served (reconcile settles it): the same request answers 200 again
+    del world.backend.urls[ep], world.backend.health[ep]
+    world.ledger.merge(ENDPOINT, ep, "succeeded")
+    assert world.post(SCORE, cookbook()).status == 200
 
 
 def test_unexpected_failure_is_a_clean_500(world: World, caplog: pytest.LogCaptureFixture) -> None:
@@ -382,8 +409,34 @@ def test_deleted_endpoint_answers_503_and_redeploys_the_model(world: World) -> N
     assert world.post(CHAT, {"messages": [{"role": "user", "content": "hi"}]}).status == 200
 
 
-@pytest.mark.parametrize("state", ["failed", "deleting", "missing"])
-def test_failed_or_missing_endpoint_also_scales_from_zero(world: World, state: str) -> None:
+def test_failed_endpoint_is_healed_with_backoff_not_on_every_call(world: World) -> None:
+    ep = seed_model(world.ledger, MODEL_NAME, "2", endpoint_state="failed")  # its deployment just failed
+    reply = world.post(SCORE, cookbook())
+    # 503: the next heal attempt is ENDPOINT_HEAL_BACKOFF_S (30) away, then a deployment (45 s here)
+    assert (reply.status, reply.body["error"]["code"]) == (503, "endpoint_healing")
+    assert 70 <= int(reply.headers["Retry-After"]) <= 75
+    assert world.backend.deploys == [] and world.redeploys == []
+
+    # once the back-off is over, the next call starts the attempt (claimed: once)
+    world.ledger.merge(ENDPOINT, ep, failed_at="2000-01-01T00:00:00Z")
+    assert world.post(SCORE, cookbook()).status == 503
+    assert world.post(SCORE, cookbook()).status == 503
+    assert [d[1] for d in world.backend.deploys] == [ep]
+    assert world.ledger.get(ENDPOINT, ep).get("heal_attempts") == 1
+
+
+def test_endpoint_whose_healing_stopped_answers_503_without_redeploying(world: World) -> None:
+    ep = seed_model(world.ledger, MODEL_NAME, "2", endpoint_state="failed")
+    world.ledger.merge(ENDPOINT, ep, heal_attempts=3, heal_stopped_at="2000-01-01T00:00:00Z",
+                       heal_stopped_reason="gave up after 3 redeploy(s); last error: quota exceeded")
+    reply = world.post(SCORE, cookbook())
+    assert (reply.status, reply.body["error"]["code"]) == (503, "endpoint_failed")
+    assert "quota exceeded" in reply.body["error"]["message"] and "Retry-After" not in reply.headers
+    assert world.backend.deploys == [] and world.redeploys == []
+
+
+@pytest.mark.parametrize("state", ["deleting", "missing"])
+def test_deleting_or_missing_endpoint_scales_from_zero(world: World, state: str) -> None:
     ep = seed_model(world.ledger, MODEL_NAME, "2", endpoint_state="failed" if state == "missing" else state)
     if state == "missing":
         world.ledger.delete(ENDPOINT, ep)

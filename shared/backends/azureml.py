@@ -758,7 +758,9 @@ class AzureMLBackend:
         if endpoint is not None and state == "deleting":
             raise TransientBackendError(f"endpoint {endpoint_name} is being deleted; deploy again once it is gone")
         if endpoint is not None and state == "succeeded":
-            self._ensure_deployment(endpoint)
+            # A deploy request (first, or a heal attempt) re-submits a Failed/Canceled deployment;
+            # get_endpoint's step 2 never does (the health loop bounds how often this happens).
+            self._ensure_deployment(endpoint, redo_failed=True)
             return
         if endpoint is not None and state != "failed":
             log.info("endpoint %s is already being created (%s)", endpoint_name, state)
@@ -784,12 +786,14 @@ class AzureMLBackend:
             rest.start_endpoint_put(self.workspace, new_endpoint, location)
         log.info("started creating endpoint %s for %s", endpoint_name, model.ref)
 
-    def _ensure_deployment(self, endpoint: Any) -> Any | None:
-        """Step 2: the endpoint exists; start the deployment of its tagged model unless there is one."""
+    def _ensure_deployment(self, endpoint: Any, *, redo_failed: bool = False) -> Any | None:
+        """Step 2: the endpoint exists; start the deployment of its tagged model unless there is one
+        (or, with ``redo_failed``, unless the one there is not Failed or Canceled)."""
         from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
 
         existing = self._read_deployment(endpoint.name)
-        if existing is not None:
+        existing_state = _text(getattr(existing, "provisioning_state", None)).lower() if existing is not None else ""
+        if existing is not None and not (redo_failed and existing_state in {"failed", "canceled"}):
             return existing
         model_ref = (endpoint.tags or {}).get("model")
         if not model_ref:
@@ -978,3 +982,8 @@ class AzureMLBackend:
         with self._lock:
             self._targets[endpoint_name] = _CachedTarget(target, float(expiry) if expiry else None)
         return target
+
+    def endpoint_health(self, endpoint_name: str) -> Any:
+        from shared.backends.azureml_health import endpoint_health  # endpoint + deployment provisioning state
+
+        return endpoint_health(self.workspace, endpoint_name, DEPLOYMENT_NAME)

@@ -160,6 +160,26 @@ class ScoringTarget:
         return h
 
 
+# Endpoint health (``MLBackend.endpoint_health``): is the endpoint able to serve right now?
+HEALTH_HEALTHY = "healthy"  # serving
+HEALTH_STARTING = "starting"  # being created or updated: not serving yet, nothing to heal
+HEALTH_UNHEALTHY = "unhealthy"  # exists but cannot serve (process died, deployment failed, ...)
+HEALTH_MISSING = "missing"  # the backend has no such endpoint
+HEALTH_UNKNOWN = "unknown"  # could not tell (the backend itself is unreachable): act on nothing
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointHealth:
+    """One look at an endpoint's health, with the reason in words."""
+
+    status: str  # HEALTH_*
+    reason: str = ""
+    # True when the evidence is conclusive at once (the process is gone, the deployment is
+    # Failed); False when one look is not enough (a health probe timed out on a busy server):
+    # the health loop acts only when it persists.
+    definite: bool = True
+
+
 @runtime_checkable
 class MLBackend(Protocol):
     name: str
@@ -198,3 +218,7 @@ class MLBackend(Protocol):
     def job_metrics_history(self, job_name: str) -> MetricsHistory:
         """The job's training curves from its tracking (MLflow); empty when it logged none yet
         (raises NotFoundError for an unknown job, TransientBackendError when unreachable)."""
+
+    def endpoint_health(self, endpoint_name: str) -> EndpointHealth:
+        """Whether the endpoint can serve now (local: process and ``/health``; Azure: provisioning
+        states). Never raises for a missing endpoint (HEALTH_MISSING); bounded in time."""

@@ -41,12 +41,17 @@ from shared.backends.base import (
     EP_PROVISIONING,
     EP_SUCCEEDED,
     FAILED,
+    HEALTH_HEALTHY,
+    HEALTH_MISSING,
+    HEALTH_STARTING,
+    HEALTH_UNHEALTHY,
     JOB_FINAL_STATES,
     MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
     QUEUED,
     RUNNING,
     BackendError,
+    EndpointHealth,
     EndpointInfo,
     FineTuneRequest,
     JobInfo,
@@ -66,6 +71,7 @@ SCORING_TIMEOUT_S = 90.0
 ENDPOINT_STARTUP_TIMEOUT_S = 600.0  # a cold SmolLM2 server on a busy 2-core CPU can be slow
 EVENT_RETRY_TOTAL_S = 120.0
 SUBMIT_GRACE_S = 30.0
+HEALTH_TIMEOUT_S = 3.0  # GET /health of an endpoint server (a busy CPU server still answers it)
 
 
 # Forks the workspace process, prints its pid and exits: the process is re-parented to init.
@@ -455,6 +461,29 @@ class LocalBackend:
             record.update(state=EP_DELETED, deleted_at=now_iso(), traffic={})
             write_json(self._record_path(endpoint_name), record, mode=0o600)
         log.info("deleted local endpoint %s", endpoint_name)
+
+    def endpoint_health(self, endpoint_name: str) -> EndpointHealth:
+        """Process alive and ``GET /health`` answering 200 within HEALTH_TIMEOUT_S."""
+        import httpx
+
+        record = self._refresh_endpoint(endpoint_name)  # a dead server process is recorded as failed here
+        if record is None or record.get("state") == EP_DELETED:
+            return EndpointHealth(HEALTH_MISSING, f"local endpoint {endpoint_name} does not exist")
+        if record.get("state") == EP_PROVISIONING:
+            return EndpointHealth(HEALTH_STARTING, "server process is starting")
+        if record.get("state") != EP_SUCCEEDED:
+            return EndpointHealth(HEALTH_UNHEALTHY, record.get("error") or f"endpoint is {record.get('state')}")
+        url = f"http://127.0.0.1:{record['port']}/health"
+        try:
+            status = httpx.get(url, timeout=HEALTH_TIMEOUT_S).status_code
+        except httpx.HTTPError as exc:
+            alive = self._alive(self.ws.endpoint_dir(endpoint_name) / "server.pid")
+            # Refused with the process gone is conclusive; a timeout of a live process may be a busy CPU.
+            return EndpointHealth(HEALTH_UNHEALTHY, f"GET {url} failed: {type(exc).__name__}",
+                                  definite=not alive or isinstance(exc, httpx.ConnectError))
+        if status != 200:
+            return EndpointHealth(HEALTH_UNHEALTHY, f"GET {url} answered HTTP {status}", definite=False)
+        return EndpointHealth(HEALTH_HEALTHY, "server process alive, /health answered 200")
 
     def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
         record = read_json(self._record_path(endpoint_name))

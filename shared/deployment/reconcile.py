@@ -15,8 +15,9 @@ from typing import Any
 from shared.backends.base import CANCELED, COMPLETED, EP_DELETING, EP_PROVISIONING, EP_SUCCEEDED, FAILED, MLBackend
 from shared.context import Context, context
 from shared.datasets.intake import submit_pending_datasets
+from shared.deployment import sweep
 from shared.deployment.job_events import Outcome, deploy_registered_model, drive_job, model_of
-from shared.endpoints import lifecycle
+from shared.endpoints import health, lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger, Record, utcnow
 from shared.ledger import records as R
@@ -43,6 +44,8 @@ SUMMARY_KEYS = (
     "endpoints_replaced",
     "endpoints_deleting",
     "endpoints_deleted",
+    *sweep.SUMMARY_KEYS,
+    *health.SUMMARY_KEYS,
     "errors",
 )
 
@@ -78,8 +81,14 @@ def reconcile(
     for record in ctx.ledger.list(R.MODEL, states={R.MODEL_REGISTERED, R.MODEL_DEPLOYING}):
         _guarded(summary, f"model/{record.id}", lambda r=record: _reconcile_model(r, ctx, summary))
 
-    for record in ctx.ledger.list(R.ENDPOINT, states={EP_PROVISIONING, EP_SUCCEEDED, EP_DELETING}):
+    endpoints = ctx.ledger.list(R.ENDPOINT, states={EP_PROVISIONING, EP_SUCCEEDED, EP_DELETING})
+    for record in endpoints:
         _guarded(summary, f"endpoint/{record.id}", lambda r=record: _reconcile_endpoint(r, ctx, summary))
+    # Endpoints settled above were just read from the backend: no second look at them this run.
+    just_read = {r.id for r in endpoints if r.state == EP_PROVISIONING}
+
+    _guarded(summary, "stuck-state sweep", lambda: sweep.sweep_stuck(ctx, summary))
+    _guarded(summary, "endpoint health", lambda: health.heal_endpoints(ctx, summary, skip=just_read))
 
     result = dict(summary)
     log.info("reconcile: %s", {k: v for k, v in result.items() if v})

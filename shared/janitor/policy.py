@@ -9,7 +9,10 @@ The rules, in the order they are applied:
 1. Only endpoints this app created are ever touched: the backend's managed-by tag **and**
    a ledger record are both required.
 2. Never while a deployment or a deletion is in progress (backend or ledger state), and
-   never an endpoint whose deployment failed (left for a person to inspect).
+   never an endpoint that failed or stopped serving while the health loop still heals it
+   (``shared.endpoints.health``). One whose healing stopped (attempts spent, or replaced by a
+   newer version) is deleted once idle like any other: it may still hold billed instances,
+   and its record keeps the reason.
 3. The model's active endpoint is kept when ``keep_latest`` is set.
 4. Never within the grace period after the endpoint became active (``active_since``, else
    its creation time): a fresh deployment has not had the chance to be called yet.
@@ -56,6 +59,7 @@ class EndpointFacts:
     model: str | None = None
     instance_type: str | None = None
     instance_count: int = 1
+    heal_stopped_at: datetime | None = None  # the health loop stopped redeploying it (ledger)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +107,13 @@ def decide(facts: EndpointFacts, policy: IdlePolicy, now: datetime) -> Decision:
     for state in (facts.state, facts.ledger_state):
         if state in _IN_PROGRESS:
             return Decision(KEEP, _IN_PROGRESS[state])
-        if state == EP_FAILED:
-            return Decision(KEEP, "deployment failed: left for inspection")
+    failed = EP_FAILED in (facts.state, facts.ledger_state)
+    if failed and facts.heal_stopped_at is None:
+        return Decision(KEEP, "unhealthy or failed: the health loop is redeploying it")
+    if failed:
+        # Healing stopped: nothing will bring it back; once idle it goes like any other.
+        facts = dataclasses.replace(facts, state=EP_SUCCEEDED,
+                                    active_since=_latest(facts.active_since, facts.heal_stopped_at))
     if facts.state != EP_SUCCEEDED:
         return Decision(KEEP, f"backend state {facts.state!r} is not one the janitor acts on")
 

@@ -185,6 +185,7 @@ def endpoint_facts(info: EndpointInfo, record: Record | None, active_endpoints: 
         model=info.model or fields.get("model"),
         instance_type=info.instance_type or fields.get("instance_type"),
         instance_count=info.instance_count or 1,
+        heal_stopped_at=parse_iso(fields.get("heal_stopped_at")),
     )
 
 

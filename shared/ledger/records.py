@@ -22,7 +22,8 @@ kind           id                     owner
                                       it (submitted); :mod:`shared.deployment.job_events` ends it
 ``model``      ``name:version``       :mod:`shared.deployment.job_events` (registration);
                                       :mod:`shared.endpoints.lifecycle` (deploying/deployed)
-``endpoint``   endpoint name          :mod:`shared.endpoints.lifecycle` (only owner)
+``endpoint``   endpoint name          :mod:`shared.endpoints.lifecycle`; :mod:`shared.endpoints.health`
+                                      (unhealthy -> failed, heal attempts; redeploys via lifecycle)
 ``active``     fine-tuned model name  :mod:`shared.endpoints.lifecycle` (which endpoint serves)
 ``janitor``    ``last``               :mod:`shared.janitor.run`
 =============  =====================  ====================================================
@@ -111,7 +112,8 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     ENDPOINT: {
         "": frozenset({ENDPOINT_PROVISIONING}),
         ENDPOINT_PROVISIONING: frozenset({ENDPOINT_SUCCEEDED, ENDPOINT_FAILED}),
-        ENDPOINT_SUCCEEDED: frozenset({ENDPOINT_DELETING}),
+        # -> failed: the health loop found it not serving (shared.endpoints.health), and heals it
+        ENDPOINT_SUCCEEDED: frozenset({ENDPOINT_DELETING, ENDPOINT_FAILED}),
         ENDPOINT_FAILED: frozenset({ENDPOINT_PROVISIONING, ENDPOINT_DELETING}),
         # back to succeeded: the janitor's delete call failed, the endpoint still serves
         ENDPOINT_DELETING: frozenset({ENDPOINT_DELETED, ENDPOINT_SUCCEEDED}),

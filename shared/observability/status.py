@@ -7,6 +7,11 @@ The JSON form is a contract for scripts (keep it stable, add fields only):
   ("name:version"), ``last_activity`` (ISO 8601 or null), ``idle_minutes`` (or null),
   ``backend_state`` (null when the backend does not list it or cannot be reached) and
   ``janitor_verdict`` (what the idle policy would decide now);
+- endpoints also have ``health``: ``healthy``, ``suspect`` (one failed probe, being confirmed),
+  ``healing`` (unhealthy or failed, the health loop redeploys it), ``stopped`` (healing gave up
+  or was not needed: see ``heal_stopped_reason``) or null (deploying, deleted), with
+  ``heal_attempts``, ``heal_next_at``, ``unhealthy_since``, ``unhealthy_reason``, ``healed_at``
+  and ``heal_seconds`` (time from unhealthy to serving again);
 - ``janitor``: the janitor's settings (``policy``) and its last run (``last``, or null);
 - ``collections`` (corpus mode): one item per collection with ``id``, ``state`` (pending |
   idle), ``model_name``, ``datasets`` (the corpus), ``pending``, ``due_at``, ``held_reason``
@@ -92,8 +97,35 @@ def _model_item(r: Record, active: dict[str, str]) -> dict[str, Any]:
             "serving": bool(endpoint) and active.get(name) == endpoint, "error": r.get("error")}
 
 
+def _health_fields(record: Record | None, settings: Settings | None) -> dict[str, Any]:
+    from shared.endpoints import health
+
+    fields = record.fields if record is not None else {}
+    state = record.state if record is not None else ""
+    verdict = None
+    next_at = None
+    if state == "succeeded":
+        verdict = "suspect" if fields.get("health_suspect_since") else "healthy"
+    elif state == "failed" and fields.get("heal_stopped_at"):
+        verdict = "stopped"
+    elif state == "failed" or (state == "provisioning" and fields.get("unhealthy_since")):
+        verdict = "healing"
+        if state == "failed" and settings is not None and record is not None:
+            next_at = iso(health.next_attempt_at(record, settings))
+    return {
+        "health": verdict,
+        "heal_attempts": fields.get("heal_attempts"),
+        "heal_next_at": next_at,
+        "unhealthy_since": fields.get("unhealthy_since"),
+        "unhealthy_reason": fields.get("unhealthy_reason") or fields.get("health_suspect_reason"),
+        "heal_stopped_reason": fields.get("heal_stopped_reason"),
+        "healed_at": fields.get("healed_at"),
+        "heal_seconds": fields.get("heal_seconds"),
+    }
+
+
 def _endpoint_item(name: str, record: Record | None, info: Any, active_endpoints: set[str], policy: IdlePolicy,
-                   now: datetime, backend_reachable: bool) -> dict[str, Any]:
+                   now: datetime, backend_reachable: bool, settings: Settings | None = None) -> dict[str, Any]:
     fields = record.fields if record is not None else {}
     ledger_activity = parse_iso(fields.get("last_activity"))
     metric_activity = getattr(info, "last_activity", None)
@@ -119,6 +151,7 @@ def _endpoint_item(name: str, record: Record | None, info: Any, active_endpoints
         "hours_saved": fields.get("hours_saved"),
         "cost_saved": fields.get("cost_saved"),
         "error": fields.get("error") or getattr(info, "error", None),
+        **_health_fields(record, settings),
     }
     if state in _ENDPOINT_DONE:
         return item
@@ -167,7 +200,7 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
     active_endpoints = set(active.values())
     names = sorted(set(endpoints) | set(listed), key=lambda n: ((endpoints[n].updated_at if n in endpoints else ""), n), reverse=True)
     endpoint_items = [
-        _endpoint_item(n, endpoints.get(n), listed.get(n), active_endpoints, policy, now, bool(backend_info["reachable"]))
+        _endpoint_item(n, endpoints.get(n), listed.get(n), active_endpoints, policy, now, bool(backend_info["reachable"]), s)
         for n in names
     ]
     training = collections_status(s, ledger, now)  # corpus mode: collections, the spend guard
@@ -249,6 +282,13 @@ def render_status(status: dict[str, Any]) -> str:
          (e["janitor_verdict"] or {}).get("action") or (e["delete_reason"] and f"deleted: {e['delete_reason']}")]
         for e in status["endpoints"]]))
     parts.append(_render_collections(status))
+    unwell = [e for e in status["endpoints"] if e.get("health") in {"healing", "stopped", "suspect"}]
+    if unwell:
+        parts.append(_section("Unhealthy endpoints", ["name", "health", "state", "attempts", "next attempt", "since", "reason"], [
+            [e["name"], e["health"], e["state"], e.get("heal_attempts") or 0, _short_time(e.get("heal_next_at")),
+             _short_time(e.get("unhealthy_since")),
+             e.get("heal_stopped_reason") or e.get("unhealthy_reason") or e.get("error")]
+            for e in unwell]))
     janitor = status["janitor"]
     policy = janitor["policy"]
     line = (f"Janitor: idle threshold {policy['idle_minutes']:g} min, grace {policy['grace_minutes']:g} min, "

@@ -10,6 +10,11 @@ Requests are also counted per endpoint and UTC hour, in memory (one dict increme
 and the counts are added to the record's ``requests_by_hour`` (``{"2026-12-01T23": 17, ...}``,
 the last :data:`REQUEST_HISTORY_HOURS` hours) by the same throttled write: the dashboard's
 requests-per-hour and idle periods come from there.
+
+When a write fails (storage down), nothing is lost: the endpoint's latest activity time is kept
+in memory (one entry per endpoint) and written again every ``RETRY_S`` seconds until storage
+takes it, so the janitor never sees an endpoint that was in use as idle once storage is back.
+Later activity of the same endpoint replaces the kept time (only the latest one matters).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from shared.ledger import ENDPOINT, ConflictError, Ledger, iso, parse_iso, retry
 log = logging.getLogger(__name__)
 
 REQUEST_HISTORY_HOURS = 24 * 7
+RETRY_S = 5.0  # how often activity kept during a storage outage is written again
+
 
 
 def hour_key(at: datetime) -> str:
@@ -75,8 +82,13 @@ def record_last_activity(ledger: Ledger, endpoint_name: str, at: datetime, count
 class ActivityRecorder:
     """Per-worker throttle in front of :func:`record_last_activity`."""
 
-    def __init__(self, ledger_factory: Callable[[], Ledger], flush_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ledger_factory: Callable[[], Ledger], flush_s: float, clock: Callable[[], float] = time.monotonic,
+                 retry_s: float = RETRY_S):
         self._ledger_factory = ledger_factory
+        self._retry_s = retry_s
+        self._unwritten: dict[str, datetime] = {}  # endpoint -> latest activity storage did not take yet
+        self._retrier: threading.Thread | None = None
+        self._closing = threading.Event()
         self._flush_s = flush_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -110,16 +122,52 @@ class ActivityRecorder:
             written = record_last_activity(self._ledger_factory(), endpoint_name, at, counts)
             log.debug("activity of %s at %s recorded=%s", endpoint_name, iso(at), written)
             return written
-        except Exception:
-            # Losing one activity mark is harmless (the next window writes again); make the
-            # next call retry sooner rather than wait a whole window.
-            log.warning("could not record activity of endpoint %s", endpoint_name, exc_info=True)
+        except Exception as exc:
+            # Kept and written again once storage is back (module doc).
+            log.warning("could not record activity of endpoint %s (%s: %s); kept, retried every %.0f s",
+                        endpoint_name, type(exc).__name__, exc, self._retry_s)
             with self._lock:
                 self._last_flush.pop(endpoint_name, None)
                 per_hour = self._counts.setdefault(endpoint_name, {})
                 for hour, n in (counts or {}).items():  # counted again with the next write
                     per_hour[hour] = per_hour.get(hour, 0) + n
+                kept = self._unwritten.get(endpoint_name)
+                self._unwritten[endpoint_name] = at if kept is None or at > kept else kept
+                if self._retrier is None:
+                    self._retrier = threading.Thread(target=self._retry_loop, name="scoring-activity-retry", daemon=True)
+                    self._retrier.start()
             return False
+
+    @property
+    def unwritten(self) -> dict[str, datetime]:
+        """Activity storage has not taken yet (endpoint -> latest time)."""
+        with self._lock:
+            return dict(self._unwritten)
+
+    def flush_unwritten(self) -> int:
+        """Try to write the kept activity now; returns how many endpoints are still unwritten."""
+        with self._lock:
+            kept = dict(self._unwritten)
+        for name, at in kept.items():
+            try:
+                record_last_activity(self._ledger_factory(), name, at)
+            except Exception:  # noqa: BLE001 - still down: keep it
+                log.debug("activity of %s still not written", name, exc_info=True)
+                continue
+            with self._lock:
+                if self._unwritten.get(name) == at:  # not replaced by a later time meanwhile
+                    del self._unwritten[name]
+            log.info("activity of endpoint %s at %s recorded after a storage outage", name, iso(at))
+        with self._lock:
+            return len(self._unwritten)
+
+    def _retry_loop(self) -> None:
+        while not self._closing.wait(self._retry_s):
+            self.flush_unwritten()
+            with self._lock:  # decided under the lock that also starts a retrier: none is missed
+                if not self._unwritten:
+                    self._retrier = None
+                    return
 
     def _done(self, future: Future[bool]) -> None:
         with self._lock:
@@ -141,6 +189,10 @@ class ActivityRecorder:
     def close(self) -> None:
         self.drain()
         self.flush_counts()
+        self._closing.set()
+        if self.flush_unwritten():
+            log.warning("activity not recorded (storage unreachable at shutdown): %s",
+                        {k: iso(v) for k, v in self.unwritten.items()})
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:

@@ -34,6 +34,7 @@ from urllib3.exceptions import TimeoutError as UpstreamTimeout
 
 from shared.backends import get_backend
 from shared.backends.base import (
+    EP_FAILED,
     EP_PROVISIONING,
     EP_SUCCEEDED,
     MANAGED_BY_VALUE,
@@ -44,9 +45,11 @@ from shared.backends.base import (
     ScoringTarget,
     TransientBackendError,
 )
+from shared.endpoints import health
 from shared.endpoints.routing import serving_endpoint, split_model_ref
 from shared.endpoints.versions import version_key
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, parse_iso
+from shared.scoring import routes as stale_routes
 from shared.scoring.activity import ActivityRecorder
 from shared.scoring.contract import (
     TIMEOUT,
@@ -154,11 +157,12 @@ class Scorer:
         # waiting; at most POOL_KEEPALIVE of them are kept alive afterwards.
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
         self.activity = ActivityRecorder(lambda: self.ledger, settings.activity_flush_s, clock=clock)
+        self.route_reads = stale_routes.RouteCache(settings.scoring_route_max_stale_s, clock=clock)
 
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger.from_settings(self.settings)
+            self._ledger = stale_routes.scoring_ledger(self.settings)  # bounded: no retries, short timeouts
         return self._ledger
 
     @property
@@ -244,7 +248,7 @@ class Scorer:
                     rerouted = True
                     route = self._reroute(route)
                     continue
-                raise ScoringError(
+                raise self._unreachable(route) or ScoringError(
                     502,
                     f"the endpoint of model {route.model_name} is unreachable",
                     type=UPSTREAM_ERROR,
@@ -321,10 +325,17 @@ class Scorer:
     # ---- routes
 
     def _route(self, model_name: str) -> Route:
-        route = self._routes.get(model_name)
-        if route is not None and route.expires_at > self._clock():
-            return route
-        route = self._resolve(model_name)
+        cached = self._routes.get(model_name)
+        if cached is not None and cached.expires_at > self._clock():
+            return cached
+        try:
+            route = self._resolve(model_name)
+        except ScoringError:
+            raise
+        except Exception as exc:  # storage down: the route read last, within its staleness limit, or 503
+            route = self.route_reads.fallback(model_name, cached, exc)
+        else:
+            self.route_reads.read(model_name)
         self._routes[model_name] = route
         return route
 
@@ -370,6 +381,9 @@ class Scorer:
         endpoint = ledger.get(ENDPOINT, ep_name)
         version = serving.version or str((endpoint.get("model_version") if endpoint else "") or "")
 
+        if endpoint is not None and endpoint.state == EP_PROVISIONING and self._claim_redeploy(
+                f"settle:{ep_name}", health.SETTLE_INTERVAL_S):
+            endpoint = health.settle_if_ready(self._context(), endpoint)  # (re)deployed meanwhile: serve at once
         if endpoint is not None and endpoint.state == EP_SUCCEEDED:
             target = self._scoring_target(model_name, version, ep_name)
             return self._make_route(model_name, version, ep_name, target)
@@ -379,8 +393,10 @@ class Scorer:
                 f"model {model_name} (version {version}) is being deployed; retry later",
                 type=UNAVAILABLE,
                 code="provisioning",
-                retry_after=self.settings.scoring_retry_after_s,
+                retry_after=health.retry_after_s(endpoint, self.settings),
             )
+        if endpoint is not None and endpoint.state == EP_FAILED:
+            raise self._healing(model_name, endpoint, health.heal_if_due(self._context(), endpoint))
         raise self._scale_from_zero(
             self._model_ref(model_name, version, endpoint), endpoint.state if endpoint is not None else "missing"
         )
@@ -425,6 +441,41 @@ class Scorer:
             return str(value or "")
 
         return ModelRef(name=model_name, version=version, job_name=field("job_name"), base_model=field("base_model"))
+
+    # ---- unhealthy endpoints: the health loop (shared.endpoints.health) heals them
+
+    def _context(self) -> Any:
+        from shared.context import Context
+
+        return Context(self.settings, self.ledger, self.backend)
+
+    def _unreachable(self, route: Route) -> ScoringError | None:
+        """The endpoint did not answer twice: if its backend agrees it is down, start healing it
+        and answer 503 + Retry-After; None (a plain 502) when the backend says it is fine."""
+        if not self._claim_redeploy(f"health:{route.endpoint}", health.PROBE_INTERVAL_S):
+            record = self.ledger.get(ENDPOINT, route.endpoint)
+        else:
+            record = health.report_unreachable(self._context(), route.endpoint)
+        if record is None or record.state == EP_SUCCEEDED:
+            return None
+        self.forget_route(route.model_name)
+        if record.state == EP_PROVISIONING:
+            return ScoringError(503, f"the endpoint of model {route.model_name} stopped answering and is being redeployed; "
+                                     "retry later", type=UNAVAILABLE, code="endpoint_healing",
+                                retry_after=health.retry_after_s(record, self.settings))
+        return self._healing(route.model_name, record, record)
+
+    def _healing(self, model_name: str, failed: Record, current: Record) -> ScoringError:
+        if current.state == EP_PROVISIONING or health.is_healing(current, self.settings):
+            return ScoringError(503, f"the endpoint of model {model_name} is unhealthy and being redeployed; retry later",
+                                type=UNAVAILABLE, code="endpoint_healing",
+                                retry_after=health.retry_after_s(current, self.settings))
+        if current.state == EP_FAILED and current.get("heal_stopped_at"):
+            # No Retry-After: it will not come back by itself (a new model version, or a person, is needed).
+            return ScoringError(503, f"the endpoint of model {model_name} failed and is not redeployed any more: "
+                                     f"{current.get('heal_stopped_reason') or current.get('error')}",
+                                type=UNAVAILABLE, code="endpoint_failed")
+        return self._scale_from_zero(self._model_ref(model_name, str(failed.get("model_version") or ""), failed), current.state)
 
     # ---- scale from zero
 
@@ -550,4 +601,11 @@ def chat_completion(body: bytes, settings: Settings | None = None) -> dict[str, 
 
 def list_models(settings: Settings | None = None) -> dict[str, Any]:
     """``GET /api/v1/models``: the fine-tuned models in OpenAI's list shape."""
-    return {"object": "list", "data": scorer_for(settings).list_models()}
+    try:
+        return {"object": "list", "data": scorer_for(settings).list_models()}
+    except ScoringError:
+        raise
+    except Exception as exc:
+        if stale_routes.is_storage_outage(exc):
+            raise stale_routes.ledger_unavailable("the model list") from None
+        raise

@@ -28,10 +28,15 @@ from shared.backends.base import (
     EP_FAILED,
     EP_PROVISIONING,
     EP_SUCCEEDED,
+    HEALTH_HEALTHY,
+    HEALTH_MISSING,
+    HEALTH_STARTING,
+    HEALTH_UNHEALTHY,
     MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
     RUNNING,
     BackendError,
+    EndpointHealth,
     EndpointInfo,
     FineTuneRequest,
     JobInfo,
@@ -49,7 +54,8 @@ class InMemoryWorkspace:
 
     def __init__(self, workspace_id: str = DEFAULT_WORKSPACE_ID, base_model: str = "base-model", call_delay_s: float = 0.0,
                  *, endpoints: list[EndpointInfo] | None = None, removes_at_once: bool = False,
-                 target_url: str = "http://127.0.0.1:1", key: str | Any = "k", timeout_s: float = 5.0):
+                 target_url: str = "http://127.0.0.1:1", key: str | Any = "k", timeout_s: float = 5.0,
+                 assume_healthy: bool = False):
         self._workspace_id = workspace_id
         self._base_model = base_model
         self._delay = call_delay_s  # widens race windows in the concurrency tests
@@ -76,6 +82,10 @@ class InMemoryWorkspace:
         self.missing: set[str] = set()  # endpoints whose scoring target is gone
         self.keys: dict[str, str] = {}
         self.target_calls: list[tuple[str, bool]] = []
+        # health: what ``endpoint_health`` reports; ``assume_healthy`` (scoring against a stub, where
+        # the endpoints live only in the ledger): healthy unless told otherwise or ``missing``
+        self.health: dict[str, EndpointHealth] = {}
+        self.assume_healthy = assume_healthy
 
     # --- test controls
     def add_job(self, name: str, state: str = RUNNING, **kw: Any) -> None:
@@ -176,6 +186,18 @@ class InMemoryWorkspace:
             del self.endpoints[endpoint_name]
         else:
             self.endpoints[endpoint_name] = dataclasses.replace(ep, state=EP_DELETING)
+
+    def endpoint_health(self, endpoint_name: str) -> EndpointHealth:
+        if endpoint_name in self.health:
+            return self.health[endpoint_name]
+        if endpoint_name in self.missing:
+            return EndpointHealth(HEALTH_MISSING, f"endpoint {endpoint_name} not found")
+        ep = self.endpoints.get(endpoint_name)
+        if ep is None:
+            return EndpointHealth(HEALTH_HEALTHY, "stub") if self.assume_healthy else EndpointHealth(
+                HEALTH_MISSING, f"endpoint {endpoint_name} not found")
+        status = {EP_SUCCEEDED: HEALTH_HEALTHY, EP_PROVISIONING: HEALTH_STARTING}.get(ep.state, HEALTH_UNHEALTHY)
+        return EndpointHealth(status, ep.error or ep.state)
 
     def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
         self.target_calls.append((endpoint_name, refresh))
