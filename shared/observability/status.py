@@ -9,7 +9,10 @@ The JSON form is a contract for scripts (keep it stable, add fields only):
   ``janitor_verdict`` (what the idle policy would decide now);
 - ``janitor``: the janitor's settings (``policy``) and its last run (``last``, or null);
 - ``backend``: ``name``, ``reachable`` and ``error``. When the backend cannot be reached the
-  ledger's data is still shown and ``reachable`` is false.
+  ledger's data is still shown and ``reachable`` is false;
+- ``triggers``: blob triggers the local host reports as ``stalled`` or ``degraded``, each with
+  ``function``, ``container``, ``state``, ``reason``, ``fix``, ``since``, ``updated_at``
+  (shared.observability.trigger_health); empty when none (always in Azure).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from shared.janitor.policy import EndpointFacts, IdlePolicy, decide
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
+from shared.observability import trigger_health
 from shared.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger(__name__)
@@ -138,6 +142,8 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
     return {
         "generated_at": iso(now),
         "backend": backend_info,
+        # Blob triggers the local host reports as stalled or degraded (empty in Azure).
+        "triggers": trigger_health.read(s, [s.chat_data_container]),
         "datasets": [_dataset_item(r) for r in datasets],
         "jobs": [_job_item(r) for r in jobs],
         "models": [_model_item(r, active) for r in models],
@@ -209,6 +215,10 @@ def render_status(status: dict[str, Any]) -> str:
          _duration(e["idle_minutes"]),
          (e["janitor_verdict"] or {}).get("action") or (e["delete_reason"] and f"deleted: {e['delete_reason']}")]
         for e in status["endpoints"]]))
+    for t in status.get("triggers") or []:
+        parts.append(f"BLOB TRIGGER {str(t.get('state', '')).upper()}: {t.get('function')} on {t.get('container')} "
+                     f"(host {t.get('host_id')}, since {_short_time(t.get('since'))}, reported {_short_time(t.get('updated_at'))})\n"
+                     f"  {t.get('reason')}\n  fix: {t.get('fix')}")
     janitor = status["janitor"]
     policy = janitor["policy"]
     line = (f"Janitor: idle threshold {policy['idle_minutes']:g} min, grace {policy['grace_minutes']:g} min, "
