@@ -17,20 +17,30 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.functions.blob import InputStream
 from azure.storage.blob import BlobProperties, BlobServiceClient
 
 from devhost.app_index import IndexedFunction, resolve_expressions, resolve_setting
+from devhost.blob_listing import ListingResult, list_container
+from devhost.blob_names import name_problem
 from devhost.invocation import Invoker
+from shared.observability import trigger_health
 from shared.settings import Settings
 from shared.storage import WEBJOBS_HOSTS_CONTAINER, blob_service, credential
 
@@ -42,6 +52,8 @@ _RECEIPT_SUCCEEDED = "Succeeded"
 _RECEIPT_FAILED = "Failed"
 _RECEIPT_POISONED = "Poisoned"
 _PARAM = re.compile(r"\{([^{}]+)\}")
+# A stalled trigger is logged (ERROR) at most this often, and its health record refreshed.
+STALL_REPORT_EVERY_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +149,8 @@ class BlobTriggerPoller:
         self._in_flight: set[tuple[str, str, str, str]] = set()
         self._futures: set[concurrent.futures.Future[Any]] = set()
         self._missing_containers: set[str] = set()
+        self._failures: dict[tuple[str, str, str, str], int] = {}  # failed attempts per blob version
+        self._health: dict[str, tuple[tuple[str, str], float, str | None]] = {}  # container -> (state, reason), reported, since
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -194,10 +208,8 @@ class BlobTriggerPoller:
         handed = 0
         for watch in self._watches:
             try:
-                blobs = list(
-                    watch.service.get_container_client(watch.path.container).list_blobs(
-                        name_starts_with=watch.path.prefix or None
-                    )
+                listing = list_container(
+                    watch.service.get_container_client(watch.path.container), watch.path.prefix or None
                 )
             except ResourceNotFoundError:
                 if watch.path.container not in self._missing_containers:
@@ -205,7 +217,8 @@ class BlobTriggerPoller:
                     log.warning("container %s of blob trigger %s does not exist (yet)", watch.path.container, watch.function.name)
                 continue
             self._missing_containers.discard(watch.path.container)
-            for props in blobs:
+            self._report_health(watch, listing)
+            for props in listing.blobs:
                 if self._stop.is_set():
                     return handed
                 if watch.path.match(props.name) is None:
@@ -218,6 +231,50 @@ class BlobTriggerPoller:
                 self._submit(self._process, watch, props, key)
                 handed += 1
         return handed
+
+    def _report_health(self, watch: _Watch, listing: ListingResult) -> None:
+        """Say what blocks a trigger: in the log (ERROR, repeated while it lasts) and in the health record."""
+        fn, container = watch.function.name, watch.path.container
+        if listing.stalled:
+            state = trigger_health.STALLED
+            reason = (
+                f"listing container {container} fails after blob {listing.last_listed!r}: {listing.stalled}; "
+                "no blob sorted after it is triggered"
+            )
+            fix = (
+                "a blob name holding a control character makes the storage emulator's listing fail: delete that blob "
+                "(by its exact name), or stop Azurite and remove its data folder; `make upload` refuses such names"
+            )
+        elif listing.hidden:
+            state = trigger_health.DEGRADED
+            reason = (
+                f"{len(listing.hidden)} blob name(s) in {container} cannot be listed by the storage emulator "
+                f"({', '.join(repr(n) for n in listing.hidden[:5])}); they are found by bisecting the listing on every poll"
+            )
+            fix = "rename or delete those blobs; `make upload` refuses such names"
+        else:
+            state, reason, fix = trigger_health.OK, "", ""
+        previous = self._health.get(container)
+        now = time.monotonic()
+        changed = previous is None or previous[0] != (state, reason)
+        if not changed and (state != trigger_health.STALLED or now - previous[1] < STALL_REPORT_EVERY_S):
+            return
+        if state == trigger_health.STALLED:
+            log.error("blob trigger %s STALLED: %s. Fix: %s", fn, reason, fix)
+        elif state == trigger_health.DEGRADED:
+            log.warning("blob trigger %s: %s. Fix: %s", fn, reason, fix)
+        elif previous is not None:
+            log.info("blob trigger %s: container %s lists normally again", fn, container)
+        since = previous[2] if previous is not None and not changed else trigger_health.iso(trigger_health.utcnow())
+        self._health[container] = ((state, reason), now, since)
+        if previous is None and state == trigger_health.OK:
+            return  # nothing was ever wrong: no record to write
+        trigger_health.write(
+            self._settings,
+            self._host_id,
+            {"function": fn, "container": container, "state": state, "reason": reason, "fix": fix,
+             "unlistable": listing.hidden, "since": since},
+        )
 
     def _submit(self, target: Callable[..., Any], *args: Any) -> None:
         try:
@@ -235,10 +292,11 @@ class BlobTriggerPoller:
     def _process(self, watch: _Watch, props: BlobProperties, key: tuple[str, str, str, str]) -> None:
         try:
             self._process_version(watch, props, key)
-        except Exception:
+        except Exception as exc:  # a bug of the poller itself: count it like a failed attempt
             log.warning(
                 "blob trigger %s: could not process %s/%s", watch.function.name, watch.path.container, props.name, exc_info=True
             )
+            self._failed_attempt(watch, props, key, None, f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
                 self._in_flight.discard(key)
@@ -246,7 +304,13 @@ class BlobTriggerPoller:
     def _process_version(self, watch: _Watch, props: BlobProperties, key: tuple[str, str, str, str]) -> None:
         fn, container, name, etag = watch.function, watch.path.container, props.name, _quoted(props.etag)
         receipt = self._receipt_client(fn, container, name, etag)
-        status, failures = self._read_receipt(receipt)
+        try:
+            status, failures = self._read_receipt(receipt)
+        except AzureError as exc:
+            self._failed_attempt(watch, props, key, None, f"its receipt cannot be read: {_storage_refusal(exc)}")
+            return
+        with self._lock:
+            failures = max(failures, self._failures.get(key, 0))
         if status in (_RECEIPT_SUCCEEDED, _RECEIPT_POISONED):
             self._mark_completed(key)
             return
@@ -258,18 +322,46 @@ class BlobTriggerPoller:
             value = self._trigger_value(watch, props)
         except (ResourceNotFoundError, ResourceModifiedError):
             return  # deleted or overwritten since it was listed: the next poll sees the new state
+        except AzureError as exc:  # the storage refuses this blob (e.g. a name it cannot address)
+            self._failed_attempt(watch, props, key, receipt, f"storage refused reading it: {_storage_refusal(exc)}", failures)
+            return
         try:
             self._invoker.call(fn, value, reason=f"New blob detected: {container}/{name}")
-        except Exception:
-            failures += 1
-            if failures >= self._poison_threshold:
-                self._poison(watch, props, receipt, failures)
-                self._mark_completed(key)
-            else:
-                self._write_receipt(receipt, _RECEIPT_FAILED, failures)
+        except Exception as exc:  # the invoker logged the function's failure
+            self._failed_attempt(watch, props, key, receipt, f"the function failed: {type(exc).__name__}", failures, quiet=True)
             return
+        with self._lock:
+            self._failures.pop(key, None)
         self._write_receipt(receipt, _RECEIPT_SUCCEEDED, failures)
         self._mark_completed(key)
+
+    def _failed_attempt(
+        self, watch: _Watch, props: BlobProperties, key: tuple[str, str, str, str], receipt: Any, why: str,
+        prior: int = 0, quiet: bool = False,
+    ) -> None:
+        """Count one failed attempt of a blob version (one log line); poison it at the threshold.
+
+        Counted in memory too, so a version whose receipt cannot be written still reaches the
+        poison queue (a restarted host counts again from the receipt, or from zero)."""
+        with self._lock:
+            failures = max(prior, self._failures.get(key, 0)) + 1
+            self._failures[key] = failures
+        if not quiet:
+            log.warning(
+                "blob trigger %s: attempt %d of %d for %s/%r (ETag %s) failed: %s",
+                watch.function.name, failures, self._poison_threshold, watch.path.container, props.name, props.etag, why,
+            )
+        if failures >= self._poison_threshold:
+            try:
+                self._poison(watch, props, receipt, failures)
+            except AzureError as exc:  # tried again on the next poll
+                log.warning("could not move blob %r to queue %s: %s", props.name, POISON_QUEUE, _storage_refusal(exc))
+                return
+            self._mark_completed(key)
+            with self._lock:
+                self._failures.pop(key, None)
+        elif receipt is not None:
+            self._write_receipt(receipt, _RECEIPT_FAILED, failures)
 
     def _mark_completed(self, key: tuple[str, str, str, str]) -> None:
         with self._lock:
@@ -281,6 +373,9 @@ class BlobTriggerPoller:
         blob = watch.service.get_blob_client(container, name)
         sdk_kind = _sdk_binding(watch.function.param_type)
         if sdk_kind == "BlobClient":
+            # The real host reads the blob's properties before it invokes: a blob the storage
+            # refuses (403, 400) fails here, as a counted attempt, not inside the function.
+            blob.get_blob_properties(etag=_quoted(props.etag), match_condition=MatchConditions.IfNotModified)
             return blob
         if sdk_kind == "ContainerClient":
             return watch.service.get_container_client(container)
@@ -310,6 +405,10 @@ class BlobTriggerPoller:
     # --- receipts and poison queue
 
     def _receipt_client(self, fn: IndexedFunction, container: str, name: str, etag: str) -> Any:
+        # A name storage cannot address or list (blob_names.name_problem) would make the receipt
+        # as unusable as the blob: such receipts are kept under a digest of the name instead.
+        if name_problem(name) is not None:
+            name = "~sha256/" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
         receipt = f"blobreceipts/{self._host_id}/{fn.function_id}/{etag.strip(chr(34))}/{container}/{name}"
         return blob_service(self._settings).get_blob_client(WEBJOBS_HOSTS_CONTAINER, receipt)
 
@@ -325,10 +424,10 @@ class BlobTriggerPoller:
     def _write_receipt(receipt: Any, status: str, failures: int) -> None:
         try:
             receipt.upload_blob(b"", overwrite=True, metadata={"status": status, "failurecount": str(failures)})
-        except AzureError:
-            log.warning("could not write blob receipt %s", receipt.blob_name, exc_info=True)
+        except AzureError as exc:
+            log.warning("could not write blob receipt %r: %s", receipt.blob_name, _storage_refusal(exc))
 
-    def _poison(self, watch: _Watch, props: BlobProperties, receipt: Any, failures: int) -> None:
+    def _poison(self, watch: _Watch, props: BlobProperties, receipt: Any | None, failures: int) -> None:
         message = {
             "Type": "BlobTrigger",
             "FunctionId": watch.function.function_id,
@@ -344,9 +443,10 @@ class BlobTriggerPoller:
             pass
         # The WebJobs SDK writes queue messages base64-encoded (its default message encoding).
         queue.send_message(base64.b64encode(json.dumps(message).encode()).decode())
-        self._write_receipt(receipt, _RECEIPT_POISONED, failures)
+        if receipt is not None:
+            self._write_receipt(receipt, _RECEIPT_POISONED, failures)
         log.warning(
-            "blob %s/%s (ETag %s) failed %d times in %s: moved to queue %s",
+            "blob %s/%r (ETag %s) failed %d times in %s: moved to queue %s",
             watch.path.container,
             props.name,
             props.etag,
@@ -374,6 +474,15 @@ class BlobTriggerPoller:
                 log.debug("on-demand run of %s failed", fn.name, exc_info=True)
 
         self._submit(run)
+
+
+def _storage_refusal(exc: AzureError) -> str:
+    """One line for an expected storage refusal (no traceback): status, error code, first message line."""
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "error_code", None)
+    message = (str(getattr(exc, "message", None) or exc).splitlines() or [""])[0][:200]
+    parts = [type(exc).__name__, str(status) if status else "", str(code) if code else ""]
+    return " ".join(p for p in parts if p) + f": {message}"
 
 
 def queue_service(settings: Settings) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 import logging
 import re
 from collections.abc import Iterable
@@ -198,7 +197,7 @@ def build_asgi_app(host: Host) -> Starlette:
             events = eventgrid.parse_delivery(await request.body())
             if event_type == "SubscriptionValidation":
                 return JSONResponse({"validationResponse": eventgrid.validation_code(events)})
-            decoded = [eventgrid.decode_event(e) for e in events]
+            decoded = eventgrid.decode_events(events)
         except eventgrid.EventDeliveryError as exc:
             return _error(400, str(exc))
         failed = await _deliver(host, fn, decoded)
@@ -218,14 +217,16 @@ def build_asgi_app(host: Host) -> Starlette:
             return _error(400, f"{name!r} is an HTTP function: call its /{host.route_prefix}/ route")
         raw = await request.body()
         try:
-            payload = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError as exc:
-            return _error(400, f"body is not JSON: {exc}")
+            payload = eventgrid.loads(raw) if raw.strip() else {}
+        except eventgrid.EventDeliveryError as exc:
+            return _error(400, str(exc))
         value = payload.get("input") if isinstance(payload, dict) else None
         try:
             host.run_on_demand(fn, value)
         except ValueError as exc:
             return _error(400, str(exc))
+        except RecursionError:  # an "input" string of deeply nested JSON, parsed by run_on_demand
+            return _error(400, "input nests JSON arrays/objects too deeply")
         return Response(status_code=202)
 
     async def list_functions(request: Request) -> Response:

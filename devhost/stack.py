@@ -150,11 +150,15 @@ Logs: {LOG_DIR}""")
 
 
 def upload(path: Path, name: str | None = None) -> str:
+    from devhost.blob_names import name_problem
     from shared.storage import blob_service, ensure_storage
 
     s = get_settings()
-    ensure_storage(s)
     blob_name = name or path.name
+    problem = name_problem(blob_name)
+    if problem is not None:
+        raise ValueError(f"refusing to upload as {blob_name!r}: {problem}; choose another name with --name")
+    ensure_storage(s)
     with path.open("rb") as f:
         blob_service(s).get_blob_client(s.chat_data_container, blob_name).upload_blob(f, overwrite=True)
     print(f"uploaded {path} -> {s.chat_data_container}/{blob_name}")
@@ -199,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Azurite: {'up' if azurite_config().is_up() else 'down'}")
         print(f"Local host: {'up' if _alive(HOST_PID) else 'down'}")
     elif args.cmd == "upload":
-        upload(Path(args.file), args.name)
+        try:
+            upload(Path(args.file), args.name)
+        except ValueError as exc:
+            print(f"upload: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -21,8 +21,21 @@ bp = func.Blueprint()
 
 
 def job_event(event: Any) -> JobEvent:
-    """The trigger's event (either schema) as the one typed :class:`JobEvent` the domain takes."""
-    return parse_job_event(_envelope(event))
+    """The trigger's event (either schema) as the one typed :class:`JobEvent` the domain takes.
+
+    MalformedEventError for anything that cannot be read (the trigger's contract: logged and
+    dropped with a 2xx, never a failure Event Grid would retry for a day).
+    """
+    try:
+        envelope = _envelope(event)
+    except (AttributeError, TypeError, ValueError, RecursionError) as exc:
+        raise MalformedEventError(f"event cannot be read: {type(exc).__name__}: {str(exc)[:200]}") from None
+    return parse_job_event(envelope)
+
+
+def _time(value: Any) -> Any:
+    """The event's time as the worker gives it (a datetime, or None); text is passed on as sent."""
+    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 def _envelope(event: Any) -> dict[str, Any]:
@@ -34,7 +47,7 @@ def _envelope(event: Any) -> dict[str, Any]:
             "source": event.source,
             "type": event.type,
             "subject": event.subject,
-            "time": event.time.isoformat() if event.time else None,
+            "time": _time(event.time),
             "data": event.get_json(),
         }
     return {
@@ -42,7 +55,7 @@ def _envelope(event: Any) -> dict[str, Any]:
         "topic": event.topic,
         "subject": event.subject,
         "eventType": event.event_type,
-        "eventTime": event.event_time.isoformat() if event.event_time else None,
+        "eventTime": _time(event.event_time),
         "dataVersion": event.data_version,
         "data": event.get_json(),
     }

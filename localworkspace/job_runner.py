@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from localworkspace.job_queue import acquire_slot
 from localworkspace.workspace import Workspace, now_iso, read_json
 
 log = logging.getLogger("localworkspace.job_runner")
@@ -92,7 +93,12 @@ def run(job_dir: Path, spec: dict[str, Any]) -> int:
     job = spec["job_name"]
     started = time.monotonic()
     timings: dict[str, float] = {}
-    ws.update_job_state(job, state="running", started_at=now_iso(), pid=os.getpid())
+    # Queued until one of the workspace's job slots is free, in submission order (job_queue.py).
+    slot = acquire_slot(ws, job, int(spec.get("max_parallel_jobs") or 1))
+    timings["queued_s"] = time.monotonic() - started
+    if ws.update_job_state(job, expect={"queued"}, state="running", started_at=now_iso(), pid=os.getpid(),
+                           slot=slot.index) is None:
+        return 1  # canceled while it waited: the cancel watcher recorded and announces it
     log.info("job %s running (pid %d)", job, os.getpid())
     experiment_id = "local"
     final: dict[str, Any]
@@ -134,6 +140,7 @@ def run(job_dir: Path, spec: dict[str, Any]) -> int:
                                  experiment_id=experiment_id, **final)
     if record is None:  # canceled meanwhile: the cancel watcher recorded and announced it
         return 1
+    slot.release()  # the next queued job may start training while this one announces its event
     announce(spec, record, ws)
     return 0 if final["state"] == "completed" else 1
 

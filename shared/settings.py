@@ -87,6 +87,16 @@ def _json_obj(name: str, raw: str) -> dict[str, Any]:
     return value
 
 
+def _parallel_jobs(name: str, raw: str) -> int:
+    if not raw.strip():
+        # Half the cores, at least one: one local LoRA fine-tune keeps about two cores busy.
+        return max(1, (os.cpu_count() or 1) // 2)
+    value = _int(name, raw)
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r} must be at least 1")
+    return value
+
+
 def _str(name: str, raw: str) -> str:
     return raw
 
@@ -143,6 +153,7 @@ SPECS: dict[str, Spec] = {
     "local_base_model": Spec("LOCAL_BASE_MODEL", "smollm2", _str, "Local base model: `smollm2` (SmolLM2-135M-Instruct) or `tiny-random` (fast tests)."),
     "local_workspace_id": Spec("LOCAL_WORKSPACE_ID", LOCAL_WORKSPACE_ID, _str, "Resource id the local workspace uses as its Event Grid topic."),
     "local_model_cache": Spec("LOCAL_MODEL_CACHE", str(PROJECT_ROOT / ".local" / "models"), _str, "Local workspace: folder caching the base models as plain transformers folders (shared by workspaces, built once)."),
+    "local_max_parallel_jobs": Spec("LOCAL_MAX_PARALLEL_JOBS", "", _parallel_jobs, "Local workspace: at most this many fine-tunes train at once; the others wait (`queued`) and start in submission order (empty: half the CPU cores, at least 1)."),
     # --- Azure ML
     "azure_subscription_id": Spec("AZURE_SUBSCRIPTION_ID", "", _str, "Azure ML backend: subscription of the workspace (or use `AZURE_ML_CONFIG`)."),
     "azure_resource_group": Spec("AZURE_RESOURCE_GROUP", "", _str, "Azure ML backend: resource group of the workspace."),
@@ -218,6 +229,7 @@ class Settings:
     local_base_model: str
     local_workspace_id: str
     local_model_cache: str
+    local_max_parallel_jobs: int
     azure_subscription_id: str
     azure_resource_group: str
     azure_ml_workspace: str

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from localworkspace import PROCESS_ENV
+from localworkspace.job_queue import enqueue
 from localworkspace.workspace import (
     Workspace,
     now_iso,
@@ -205,11 +206,13 @@ class LocalBackend:
             "tags": tags,
             "webhook_url": s.eventgrid_webhook_url,
             "event_retry_total_s": self.event_retry_total_s,
+            "max_parallel_jobs": s.local_max_parallel_jobs,
             "submitted_at": now_iso(),
         }
         # The spec holds the storage connection string: readable by the owner only.
         write_json(job_dir / "spec.json", spec, mode=0o600)
         write_json(self.ws.job_state_path(job_name), {"state": QUEUED, "submitted_at": spec["submitted_at"], "tags": tags})
+        enqueue(self.ws, job_name)  # trains when a slot is free, in submission order (localworkspace/job_queue.py)
         self._spawn(["-m", "localworkspace.job_runner", str(job_dir)], job_dir / "job.log", job_dir / "runner.pid")
         log.info("submitted local fine-tune %s (dataset %s)", job_name, request.dataset_id)
         return job_name

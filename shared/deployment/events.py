@@ -12,6 +12,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"
@@ -88,8 +89,8 @@ def _mapping(value: Any, what: str) -> dict[str, Any]:
     if isinstance(value, str):  # some publishers send nested objects as JSON strings
         try:
             value = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError:
-            raise MalformedEventError(f"{what} is a string that is not JSON") from None
+        except (json.JSONDecodeError, RecursionError):
+            raise MalformedEventError(f"{what} is a string that is not JSON (or nests too deeply)") from None
     if not isinstance(value, Mapping):
         raise MalformedEventError(f"{what} must be an object, got {type(value).__name__}")
     return dict(value)
@@ -106,6 +107,8 @@ def parse_job_event(envelope: Any) -> JobEvent:
             envelope = json.loads(envelope)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise MalformedEventError(f"event is not JSON: {exc}") from None
+        except RecursionError:
+            raise MalformedEventError("event nests JSON arrays/objects too deeply") from None
     if not isinstance(envelope, Mapping):
         raise MalformedEventError(f"event must be a JSON object, got {type(envelope).__name__}")
     env = _lower_keys(envelope)
@@ -134,8 +137,29 @@ def parse_job_event(envelope: Any) -> JobEvent:
         experiment_name=_text(data.get("experimentname")),
         run_tags={str(k): str(v) for k, v in _mapping(data.get("runtags"), "data.runTags").items()},
         run_properties=_mapping(data.get("runproperties"), "data.runProperties"),
-        event_time=_text(env.get("eventtime") if schema == "eventgrid" else env.get("time")),
+        event_time=_timestamp(env.get("eventtime") if schema == "eventgrid" else env.get("time"),
+                              "eventTime" if schema == "eventgrid" else "time"),
     )
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")  # Event Grid sends 7 fractional digits; Python reads 6
+
+
+def _timestamp(value: Any, field: str) -> str | None:
+    """The event's time as published (checked to be ISO 8601); None when absent.
+
+    MalformedEventError naming the field when it is not a readable timestamp."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if not isinstance(value, str):
+        raise MalformedEventError(f"{field} must be an ISO 8601 string, got {type(value).__name__}")
+    try:
+        datetime.fromisoformat(_FRACTION.sub(r"\1", value.strip()))
+    except ValueError:
+        raise MalformedEventError(f"{field} {value[:100]!r} is not an ISO 8601 timestamp") from None
+    return value.strip()
 
 
 def _normalise_resource_id(value: str) -> str:

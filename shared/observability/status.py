@@ -22,7 +22,10 @@ The JSON form is a contract for scripts (keep it stable, add fields only):
   ``test_loss`` (the base model's and the fine-tuned model's test loss) and ``curve_error``
   (curves are read for the CURVES_MAX most recent jobs; older ones keep their recorded losses);
 - ``backend``: ``name``, ``reachable`` and ``error``. When the backend cannot be reached the
-  ledger's data is still shown and ``reachable`` is false.
+  ledger's data is still shown and ``reachable`` is false;
+- ``triggers``: blob triggers the local host reports as ``stalled`` or ``degraded``, each with
+  ``function``, ``container``, ``state``, ``reason``, ``fix``, ``since``, ``updated_at``
+  (shared.observability.trigger_health); empty when none (always in Azure).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 
 from shared.janitor.policy import EndpointFacts, IdlePolicy, decide
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
+from shared.observability import trigger_health
 from shared.settings import Settings, SettingsError, get_settings
 from shared.training.submission import collections_status
 
@@ -209,6 +213,8 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
         "backend": backend_info,
         "collections": training.pop("collections"),
         "training": training,
+        # Blob triggers the local host reports as stalled or degraded (empty in Azure).
+        "triggers": trigger_health.read(s, [s.chat_data_container]),
         "datasets": [_dataset_item(r) for r in datasets],
         "jobs": [_add_curve(_job_item(r), backend if backend_info["reachable"] and i < CURVES_MAX else None)
                  for i, r in enumerate(jobs)],
@@ -289,6 +295,10 @@ def render_status(status: dict[str, Any]) -> str:
              _short_time(e.get("unhealthy_since")),
              e.get("heal_stopped_reason") or e.get("unhealthy_reason") or e.get("error")]
             for e in unwell]))
+    for t in status.get("triggers") or []:
+        parts.append(f"BLOB TRIGGER {str(t.get('state', '')).upper()}: {t.get('function')} on {t.get('container')} "
+                     f"(host {t.get('host_id')}, since {_short_time(t.get('since'))}, reported {_short_time(t.get('updated_at'))})\n"
+                     f"  {t.get('reason')}\n  fix: {t.get('fix')}")
     janitor = status["janitor"]
     policy = janitor["policy"]
     line = (f"Janitor: idle threshold {policy['idle_minutes']:g} min, grace {policy['grace_minutes']:g} min, "

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from shared.ledger.store import check_key
 from shared.settings import Settings
 
 ROLES = ("system", "user", "assistant")
@@ -191,12 +192,66 @@ def parse_chat_completion_request(body: bytes, settings: Settings) -> ChatReques
     return ChatRequest(messages=messages, parameters=parameters, model=parse_model(data.get("model")))
 
 
+# A model name (or each part of ``name:version``) is at most this long, so that the ledger's
+# ``name:version`` record keys stay within its 512-character key limit.
+MAX_MODEL_NAME_CHARS = 255
+
+
 def parse_model(value: Any) -> str | None:
+    """The requested model name, checked against the ledger's key rules before any lookup.
+
+    ``name`` or ``name:version`` (the parts split at ``:``): each part must be a valid ledger
+    key (no ``/ \\ # ?`` or control characters) of at most MAX_MODEL_NAME_CHARS characters.
+    A name with ``/`` (OpenAI-style ``org/model``) is not mapped to anything: the app serves
+    only its own fine-tuned models, whose names never hold ``/``, so it is answered as an
+    unknown model (404 ``model_not_found``) naming the value. Other invalid names get 400.
+    """
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise invalid("model", "model must be a non-empty string (a fine-tuned model name)", code="invalid_type")
-    return value.strip()
+    name = value.strip()
+    shown = _shown(name)
+    if "/" in name:
+        raise ScoringError(
+            404,
+            f"model {shown} does not exist: this app serves only its own fine-tuned models, whose names never "
+            "contain '/' (organisation-prefixed names such as 'org/model' are not mapped; GET /api/v1/models lists them)",
+            param="model",
+            code="model_not_found",
+        )
+    for part in name.split(":"):
+        if not part:
+            raise invalid("model", f"model {shown} is not a valid model name: expected name or name:version, with no empty part")
+        if len(part) > MAX_MODEL_NAME_CHARS:
+            raise invalid("model", f"model {shown} is not a valid model name: a name part is {len(part)} characters long, "
+                          f"the limit is {MAX_MODEL_NAME_CHARS}")
+        bad = _first_bad_key_char(part)
+        if bad is not None:
+            raise invalid("model", f"model {shown} is not a valid model name: it contains {bad!r} "
+                          "(model names may not contain / \\ # ? or control characters)")
+    return name
+
+
+def _first_bad_key_char(part: str) -> str | None:
+    """The first character the ledger's key rules refuse (None when the part is a valid key)."""
+    try:
+        check_key(part)
+        return None
+    except ValueError:
+        pass
+    for ch in part:
+        try:
+            check_key(ch)
+        except ValueError:
+            return ch
+    return None
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A client-supplied value quoted for an error message: control characters escaped, long ones cut."""
+    text = repr(value[:limit])
+    return f"{text}... ({len(value)} characters)" if len(value) > limit else text
 
 
 def parse_messages(value: Any, param: str) -> list[dict[str, str]]:
