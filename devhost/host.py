@@ -49,6 +49,7 @@ from devhost.app_index import (
     EVENT_GRID,
     HTTP,
     TIMER,
+    AppIndexError,
     IndexedFunction,
     index_app,
     is_disabled,
@@ -59,7 +60,7 @@ from devhost.blob_poller import BlobTriggerPoller
 from devhost.http_routes import HttpRoute, build_asgi_app
 from devhost.invocation import Invoker
 from devhost.timers import TimerScheduler, timer_request
-from shared.settings import PROJECT_ROOT, Settings, get_settings
+from shared.settings import PROJECT_ROOT, Settings, SettingsError, get_settings
 from shared.storage import ensure_storage
 
 log = logging.getLogger(__name__)
@@ -151,14 +152,13 @@ class Host:
     # --- lifecycle
 
     def start(self) -> Host:
-        """Create storage, bind the port, serve HTTP, start polling blobs and scheduling timers."""
+        """Create storage, build every trigger, bind the port, serve HTTP, start the triggers.
+
+        Triggers are built (schedules parsed, blob paths resolved) before the port opens, and
+        ``/admin/host/status`` says ``Running`` only once they run: a host that answers is ready.
+        """
         try:
             ensure_storage(self.settings)
-            self._socket = _bind(self._listen_host, self._requested_port)
-            if self._on_start is not None:
-                self._on_start(self)
-            self.function_executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="function")
-            self._start_server()
             self._poller = BlobTriggerPoller(
                 self._of_kind(BLOB),
                 invoker=self.invoker,
@@ -175,6 +175,11 @@ class Host:
                 host_id=self.host_id,
                 past_due_tolerance_s=self._timer_tolerance_s,
             )
+            self._socket = _bind(self._listen_host, self._requested_port)
+            if self._on_start is not None:
+                self._on_start(self)
+            self.function_executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="function")
+            self._start_server()
             self.running = True
             self._poller.start()
             self._timers.start()
@@ -347,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--app", default=DEFAULT_APP, help="module:attribute of the func.FunctionApp (default %(default)s)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument("--port", type=int, default=None, help="0 picks a free port (default: LOCAL_HOST_PORT, 7071)")
     parser.add_argument("--poll-interval", type=float, default=2.0, help="seconds between blob trigger polls")
     parser.add_argument("--host-json", default=None, help="host.json to read (default: the project's)")
     parser.add_argument("--log-level", default="INFO")
@@ -358,12 +363,21 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    host = Host(args.app, host=args.host, port=args.port, poll_interval_s=args.poll_interval, host_json=args.host_json,
-                on_start=_warm_backend_in_background)
     try:
+        port = args.port if args.port is not None else get_settings().local_host_port
+        host = Host(args.app, host=args.host, port=port, poll_interval_s=args.poll_interval, host_json=args.host_json,
+                    on_start=_warm_backend_in_background)
         host.start()
+    except SettingsError as exc:
+        # One line, no traceback (the stack prints the last line of this log when the host exits).
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except AzureError as exc:
-        log.error("storage is not reachable (%s): is Azurite running? `make up` starts it", type(exc).__name__)
+        print(f"storage is not reachable ({type(exc).__name__}): is Azurite running? `make up` starts it",
+              file=sys.stderr, flush=True)
+        return 1
+    except (AppIndexError, ValueError, RuntimeError) as exc:  # a binding the host cannot drive, a busy port
+        print(f"the local host cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
     print("\nFunctions:\n", flush=True)
     for line in host.describe():

@@ -118,7 +118,7 @@ def run(job_dir: Path, spec: dict[str, Any]) -> int:
             job_name=job, tracking_uri=ws.tracking_uri, artifact_root=ws.artifact_root,
             experiment_name=spec["experiment_name"], base_dir=base_dir,
             base_model_name=spec["base_model_name"], train_path=train_path, test_path=test_path,
-            params=spec["params"], ignored_params=spec.get("ignored_params"), tags=spec.get("tags"),
+            params=spec["params"], tags=spec.get("tags"),
         )
         timings["finetune_s"] = time.monotonic() - t
         final = {

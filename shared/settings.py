@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,8 @@ SPECS: dict[str, Spec] = {
     "experiment_name": Spec("EXPERIMENT_NAME", "chat-finetune-autopilot", _str, "Experiment the fine-tuning jobs are submitted under."),
     "finetuned_model_name": Spec("FINETUNED_MODEL_NAME", "", _str, "Registered name of the fine-tuned model (default: `<base model>-chat-ft`)."),
     "finetune_params": Spec("FINETUNE_PARAMS", "", _json_obj, "JSON object of fine-tune parameter overrides (component input names, e.g. `{\"num_train_epochs\": 1}`)."),
-    "eventgrid_webhook_url": Spec("EVENTGRID_WEBHOOK_URL", "http://127.0.0.1:7071/runtime/webhooks/eventgrid?functionName=on_job_event", _str, "Local backend: where the workspace posts its job events (the app's Event Grid webhook)."),
+    "eventgrid_webhook_url": Spec("EVENTGRID_WEBHOOK_URL", "", _str, "Local backend: where the workspace posts its job events (the app's Event Grid webhook); empty: the `on_job_event` webhook of the local host on `LOCAL_HOST_PORT`."),
+    "local_host_port": Spec("LOCAL_HOST_PORT", "7071", _int, "Local stack: port of the local Functions host (`make up`, `python -m devhost.host`); the job-event webhook follows it unless `EVENTGRID_WEBHOOK_URL` is set."),
     # --- local workspace
     "local_workspace_dir": Spec("LOCAL_WORKSPACE_DIR", str(PROJECT_ROOT / ".local" / "workspace"), _str, "Folder of the local workspace (jobs, MLflow database, models, endpoint records)."),
     "local_base_model": Spec("LOCAL_BASE_MODEL", "smollm2", _str, "Local base model: `smollm2` (SmolLM2-135M-Instruct) or `tiny-random` (fast tests)."),
@@ -166,6 +168,7 @@ class Settings:
     finetuned_model_name: str
     finetune_params: dict[str, Any]
     eventgrid_webhook_url: str
+    local_host_port: int
     local_workspace_dir: str
     local_base_model: str
     local_workspace_id: str
@@ -273,9 +276,45 @@ def load_settings(environ: Mapping[str, str] | None = None, local_settings: Path
         if raw is None:
             raw = spec.default if spec.default is not None else ""
         values[field] = spec.parse(spec.env, raw)
+    if not values["eventgrid_webhook_url"]:
+        values["eventgrid_webhook_url"] = local_webhook_url(values["local_host_port"])
     settings = Settings(**values)
     _validate(settings)
     return settings
+
+
+def local_webhook_url(port: int) -> str:
+    """The local host's Event Grid webhook of ``on_job_event`` (where local job events go)."""
+    return f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event"
+
+
+_TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})")
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*?/,\-]+")
+
+
+def schedule_error(expression: str) -> str | None:
+    """Why ``expression`` is not a timer schedule the Functions host accepts (None when it is one):
+    NCRONTAB with six fields, seconds first (``0 */5 * * * *``), or a TimeSpan (``00:05:00``)."""
+    text = expression.strip()
+    span = _TIMESPAN.fullmatch(text)
+    if span:
+        if not any(int(g or 0) for g in span.groups()):
+            return "the TimeSpan interval must be positive"
+        return None
+    fields = text.split()
+    if len(fields) != 6:
+        hint = " (a five-field cron has no seconds: put 0 first, e.g. '0 */5 * * * *')" if len(fields) == 5 else ""
+        return f"an NCRONTAB schedule has six fields, seconds first; got {len(fields)}{hint}"
+    bad = [f for f in fields if not _CRON_FIELD.fullmatch(f)]
+    if bad:
+        return f"field {bad[0]!r} is not an NCRONTAB field"
+    try:  # the full check where croniter is installed (the local host uses it to schedule)
+        from croniter import croniter
+    except ImportError:
+        return None
+    if not croniter.is_valid(text, second_at_beginning=True):
+        return "it is not a valid NCRONTAB expression (second minute hour day month day-of-week)"
+    return None
 
 
 def _validate(s: Settings) -> None:
@@ -305,6 +344,18 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"INFERENCE_INSTANCE_COUNT={s.inference_instance_count} must be at least 1")
     if s.idle_endpoint_minutes <= 0:
         raise SettingsError(f"IDLE_ENDPOINT_MINUTES={s.idle_endpoint_minutes} must be positive")
+    for env_name, schedule in (("RECONCILE_SCHEDULE", s.reconcile_schedule), ("JANITOR_SCHEDULE", s.janitor_schedule)):
+        problem = schedule_error(schedule)
+        if problem:
+            raise SettingsError(f"{env_name}={schedule!r}: {problem}")
+    if not 1 <= s.local_host_port <= 65535:
+        raise SettingsError(f"LOCAL_HOST_PORT={s.local_host_port} is not a TCP port (1-65535)")
+    if s.ml_backend == "local" and s.finetune_params:
+        from shared.backends.local_params import unknown_local_params
+
+        unknown = unknown_local_params(s.finetune_params)
+        if unknown:
+            raise SettingsError(f"FINETUNE_PARAMS: {unknown}")
 
 
 _override: Settings | None = None

@@ -165,7 +165,7 @@ class LocalBackend:
         from localworkspace.trainer import ParamError, resolve_params
 
         try:
-            params, ignored = resolve_params(self.settings.finetune_params, request.params)
+            params = resolve_params(self.settings.finetune_params, request.params)
         except ParamError as exc:
             raise BackendError(str(exc)) from None
         self.ws.ensure()
@@ -193,7 +193,6 @@ class LocalBackend:
                 "container": s.prepared_container,
             },
             "params": params,
-            "ignored_params": ignored,
             "tags": tags,
             "webhook_url": s.eventgrid_webhook_url,
             "event_retry_total_s": self.event_retry_total_s,

@@ -1,0 +1,172 @@
+"""Issue 20, items 1, 2 and 7 at the level a user meets them: settings, `make up`, the CLI.
+
+- a malformed schedule, an unknown FINETUNE_PARAMS key, a bad port fail when the settings are
+  read, naming the setting, in one line (never a traceback);
+- `make up` reports ready only when the host's own status route says Running;
+- the job-event webhook follows LOCAL_HOST_PORT;
+- `make status | head` ends quietly; `make upload` with the stack down says so in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devhost import stack
+from devhost.azurite import free_port
+from shared.settings import PROJECT_ROOT, SettingsError, load_settings, schedule_error
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = stack.offline_env()
+    for name in ("RECONCILE_SCHEDULE", "JANITOR_SCHEDULE", "FINETUNE_PARAMS", "LOCAL_HOST_PORT", "EVENTGRID_WEBHOOK_URL"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+# --- settings
+
+
+@pytest.mark.parametrize("expression", ["*/5 * * * *", "0 */5 * * * * *", "every 5 minutes", "0 */5 * * * xyz", "00:00:00"])
+def test_a_malformed_schedule_fails_when_settings_are_read(expression: str) -> None:
+    with pytest.raises(SettingsError, match="RECONCILE_SCHEDULE") as err:
+        load_settings(environ={"RECONCILE_SCHEDULE": expression})
+    assert expression in str(err.value)
+    with pytest.raises(SettingsError, match="JANITOR_SCHEDULE"):
+        load_settings(environ={"JANITOR_SCHEDULE": expression})
+
+
+def test_five_field_cron_gets_a_hint() -> None:
+    assert "put 0 first" in (schedule_error("*/5 * * * *") or "")
+
+
+@pytest.mark.parametrize("expression", ["0 */5 * * * *", "*/2 * * * * *", "0 0 0 1 1 *", "0 30 9 * * Mon-Fri", "00:05:00"])
+def test_valid_schedules_load(expression: str) -> None:
+    assert load_settings(environ={"RECONCILE_SCHEDULE": expression}).reconcile_schedule == expression
+
+
+def test_unknown_finetune_params_fail_on_the_local_backend() -> None:
+    with pytest.raises(SettingsError, match="FINETUNE_PARAMS.*'lora_rank'"):
+        load_settings(environ={"FINETUNE_PARAMS": '{"lora_rank": 8}'})
+    with pytest.raises(SettingsError, match="FINETUNE_PARAMS.*'apply_deepspeed' is an Azure ML component input"):
+        load_settings(environ={"FINETUNE_PARAMS": '{"apply_deepspeed": "true"}'})
+    with pytest.raises(SettingsError, match="FINETUNE_PARAMS.*learning_rate"):
+        load_settings(environ={"FINETUNE_PARAMS": '{"learning_rate": "fast"}'})
+    assert load_settings(environ={"FINETUNE_PARAMS": '{"max_steps": 4}'}).finetune_params == {"max_steps": 4}
+
+
+def test_the_webhook_follows_the_host_port_unless_set() -> None:
+    assert load_settings(environ={}).eventgrid_webhook_url == (
+        "http://127.0.0.1:7071/runtime/webhooks/eventgrid?functionName=on_job_event")
+    moved = load_settings(environ={"LOCAL_HOST_PORT": "7188"})
+    assert moved.local_host_port == 7188
+    assert moved.eventgrid_webhook_url == "http://127.0.0.1:7188/runtime/webhooks/eventgrid?functionName=on_job_event"
+    pinned = load_settings(environ={"LOCAL_HOST_PORT": "7188", "EVENTGRID_WEBHOOK_URL": "http://example.test/hook"})
+    assert pinned.eventgrid_webhook_url == "http://example.test/hook"
+    with pytest.raises(SettingsError, match="LOCAL_HOST_PORT"):
+        load_settings(environ={"LOCAL_HOST_PORT": "70000"})
+
+
+# --- make up / the host
+
+
+def test_make_up_with_a_malformed_schedule_fails_in_one_line() -> None:
+    """The setting is named, no traceback, nothing is started (it fails before Azurite)."""
+    result = subprocess.run(
+        ["make", "-s", "up"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        env=_env(RECONCILE_SCHEDULE="*/5 * * * *"),
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("configuration error")]
+    assert len(lines) == 1 and "RECONCILE_SCHEDULE='*/5 * * * *'" in lines[0], result.stderr
+    assert "Local host: started" not in result.stdout and "Azurite: started" not in result.stdout
+
+
+@pytest.mark.storage
+def test_host_builds_its_triggers_before_the_port_opens(storage_settings) -> None:
+    """A schedule the timers cannot parse stops start() before the port is bound (no 'ready' port)."""
+    from devhost.host import Host
+
+    bound: list[int] = []
+    host = Host("function_app:app", settings=storage_settings.replace(janitor_schedule="*/5 * * * *"), port=0,
+                on_start=lambda h: bound.append(h.port))
+    with pytest.raises(ValueError, match="six fields"):
+        host.start()
+    assert bound == [] and not host.running
+
+
+@pytest.mark.storage
+def test_start_host_is_ready_only_when_the_status_route_says_running(storage_settings, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack, "HOST_PID", tmp_path / "host.pid")
+    monkeypatch.setattr(stack, "LOG_DIR", tmp_path / "logs")
+    env = {
+        "AzureWebJobsStorage": storage_settings.storage_connection,
+        "LEDGER_TABLE": storage_settings.ledger_table,
+        "CHAT_DATA_CONTAINER": storage_settings.chat_data_container,
+        "PREPARED_CONTAINER": storage_settings.prepared_container,
+        "LOCAL_WORKSPACE_DIR": storage_settings.local_workspace_dir,
+        "LOCAL_BASE_MODEL": "tiny-random",
+    }
+    for name in ("RECONCILE_SCHEDULE", "JANITOR_SCHEDULE", "FINETUNE_PARAMS"):
+        monkeypatch.delenv(name, raising=False)
+
+    # A host that cannot start: the error is its one configuration line, not "started".
+    with pytest.raises(RuntimeError, match=r"did not start: configuration error: JANITOR_SCHEDULE='\*/5 \* \* \* \*'"):
+        stack.start_host(free_port(), env={**env, "JANITOR_SCHEDULE": "*/5 * * * *"}, timeout_s=60)
+
+    # Something else on the port is not our host.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        with pytest.raises(RuntimeError, match="taken by another process"):
+            stack.start_host(squatter.getsockname()[1], env=env, timeout_s=10)
+
+    port = free_port()
+    pid = stack.start_host(port, env=env, timeout_s=90)
+    try:
+        assert stack.host_state(port) == "Running"
+    finally:
+        stack.stop_process(pid, timeout_s=20)
+
+
+# --- CLI
+
+
+@pytest.mark.storage
+def test_status_piped_into_head_ends_quietly(storage_settings) -> None:
+    env = _env(AzureWebJobsStorage=storage_settings.storage_connection, LEDGER_TABLE=storage_settings.ledger_table,
+               PYTHONWARNINGS="ignore")
+    # A reader that closes at once: the CLI must not die with BrokenPipeError.
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "status"], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert b"BrokenPipeError" not in err and b"Traceback" not in err, err.decode()
+    assert proc.returncode == 0
+
+
+def test_make_upload_with_the_stack_down_says_so_in_one_line(tmp_path: Path) -> None:
+    sample = tmp_path / "x.jsonl"
+    sample.write_text("{}\n")
+    dead = free_port()
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+            f"BlobEndpoint=http://127.0.0.1:{dead}/devstoreaccount1;QueueEndpoint=http://127.0.0.1:{dead}/devstoreaccount1;"
+            f"TableEndpoint=http://127.0.0.1:{dead}/devstoreaccount1;")
+    result = subprocess.run(["make", "-s", "upload", f"FILE={sample}"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120, env=_env(AzureWebJobsStorage=conn))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "the local stack is not running" in result.stderr and "make up" in result.stderr
+    ours = [line for line in result.stderr.splitlines() if not line.startswith("make")]
+    assert len(ours) == 1, result.stderr
+
+
