@@ -23,7 +23,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,13 +52,17 @@ from shared.scoring.contract import (
     TIMEOUT,
     UNAVAILABLE,
     UPSTREAM_ERROR,
+    SSE_MEDIA_TYPE,
     ChatRequest,
     Completion,
     ScoringError,
+    StreamPiece,
+    chat_completion_chunks,
     chat_completion_response,
     endpoint_request_body,
     parse_chat_completion_request,
     parse_endpoint_reply,
+    parse_endpoint_stream_event,
     parse_score_request,
     score_response,
 )
@@ -189,7 +193,8 @@ class Scorer:
         model_name = request.model or self.settings.model_name
         route = self._route(model_name)
         started = time.perf_counter()
-        route, completion = self._forward(route, request)  # the route that answered (refreshed/re-resolved)
+        route, response = self._forward(route, request)  # the route that answered (refreshed/re-resolved)
+        completion = self._completion(route, response)
         if log.isEnabledFor(logging.DEBUG):  # skip computing the arguments on the hot path
             log.debug(
                 "scored model %s:%s on %s in %.1f ms (%d messages)",
@@ -202,22 +207,76 @@ class Scorer:
         self.activity.touch(route.endpoint)
         return completion
 
-    def _forward(self, route: Route, request: ChatRequest) -> tuple[Route, Completion]:
+    def stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
+        """The answer piece by piece. Routing, retries and the upstream's status are settled before
+        this returns (a ScoringError here is still an HTTP error); the pieces then come as the
+        endpoint sends them: it is asked for ``text/event-stream`` (the convention of Azure ML
+        streaming deployments) and a deployment that answers JSON instead is one piece."""
+        route = self._route(request.model or self.settings.model_name)
+        route, response = self._forward(route, request, stream=True)
+        self.activity.touch(route.endpoint)
+        if SSE_MEDIA_TYPE not in (response.headers.get("content-type") or ""):
+            try:
+                completion = self._completion(route, response)
+            finally:
+                response.release_conn()
+            return iter([StreamPiece(completion.text, completion.finish_reason, completion.usage)])
+        return self._relay(route, response)
+
+    def _relay(self, route: Route, response: urllib3.BaseHTTPResponse) -> Iterator[StreamPiece]:
+        """Server-sent events of the endpoint -> pieces; the connection goes back to the pool only
+        when the stream was read to its end."""
+        finished = False
+        try:
+            for raw in response:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue  # comments, event names, the blank lines between events
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                try:
+                    piece = parse_endpoint_stream_event(orjson.loads(data))
+                except orjson.JSONDecodeError:
+                    piece = None
+                if piece is None:
+                    log.warning("endpoint %s streamed an event in an unexpected shape (%d bytes)", route.endpoint, len(data))
+                    raise ScoringError(502, f"the endpoint of model {route.model_name} streamed an unexpected event",
+                                       type=UPSTREAM_ERROR, code="upstream_bad_response")
+                yield piece
+            finished = True
+        except (HTTPError, OSError):
+            log.warning("endpoint %s of model %s broke off its stream", route.endpoint, route.model_name)
+            raise ScoringError(502, f"the endpoint of model {route.model_name} broke off its answer",
+                               type=UPSTREAM_ERROR, code="upstream_stream_broken") from None
+        finally:
+            if finished:
+                response.drain_conn()
+            else:
+                response.close()  # a connection with unread data is never reused
+            response.release_conn()
+
+    def _forward(self, route: Route, request: ChatRequest, *, stream: bool = False) -> tuple[Route, urllib3.BaseHTTPResponse]:
+        """POST to the route's endpoint until it answers 200 (with the retries below); the 200 response.
+
+        With ``stream`` the body is left unread (the caller reads it and releases the connection)."""
         body = endpoint_request_body(request)
         refreshed = rerouted = False
         busy_retries = 0
         while True:
+            headers = {**route.headers, "Accept": f"{SSE_MEDIA_TYPE}, application/json"} if stream else route.headers
             try:
                 response = route.pool.urlopen(
                     "POST",
                     route.path,
                     body=body,
-                    headers=route.headers,
+                    headers=headers,
                     timeout=route.timeout,
                     retries=False,  # retries are ours: 401 refresh, 429/503 back-off, reroute
                     redirect=False,
                     assert_same_host=False,
-                    preload_content=True,  # reads the body and returns the connection to the pool
+                    # True reads the body and returns the connection to the pool; a stream is read later
+                    preload_content=not stream,
                 )
             except NewConnectionError as exc:  # refused / DNS (urllib3 makes it a ConnectTimeoutError subclass)
                 transport_error: HTTPError | None = exc
@@ -253,7 +312,10 @@ class Scorer:
 
             status = response.status
             if status == 200:
-                return route, self._completion(route, response)
+                return route, response
+            if stream:
+                _ = response.data  # read the error body, then give the connection back
+                response.release_conn()
             if status in (401, 403) and not refreshed:
                 refreshed = True
                 route = self._refresh_credentials(route)
@@ -542,10 +604,15 @@ def score(body: bytes, settings: Settings | None = None) -> dict[str, Any]:
     return score_response(scorer.complete(parse_score_request(body, scorer.settings)))
 
 
-def chat_completion(body: bytes, settings: Settings | None = None) -> dict[str, Any]:
-    """``POST /api/v1/chat/completions``: OpenAI's chat completion in and out."""
+def chat_completion(body: bytes, settings: Settings | None = None) -> dict[str, Any] | Iterator[bytes]:
+    """``POST /api/v1/chat/completions``: OpenAI's chat completion in and out; with ``stream: true``
+    the server-sent events of ``chat.completion.chunk`` objects (bytes), ending with ``[DONE]``."""
     scorer = scorer_for(settings)
-    return chat_completion_response(scorer.complete(parse_chat_completion_request(body, scorer.settings)))
+    request = parse_chat_completion_request(body, scorer.settings)
+    if request.stream:
+        model = request.model or scorer.settings.model_name
+        return chat_completion_chunks(scorer.stream(request), model, request.include_usage)
+    return chat_completion_response(scorer.complete(request))
 
 
 def list_models(settings: Settings | None = None) -> dict[str, Any]:
