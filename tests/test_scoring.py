@@ -675,3 +675,31 @@ def test_stream_through_the_function_is_server_sent_events(world: World) -> None
     payloads = [orjson.loads(e[6:]) for e in events[:-1]]
     assert "".join(p["choices"][0]["delta"].get("content", "") for p in payloads) == "echo: a b"
     assert len(reply.chunks) >= len(events)  # sent event by event, not as one body
+
+
+# ---- pinned versions: name:version and the stable / latest aliases on both routes
+
+
+def test_pinned_versions_on_both_routes(world: World) -> None:
+    ep1 = seed_model(world.ledger, MODEL_NAME, "1", active=False)
+    ep2 = seed_model(world.ledger, MODEL_NAME, "2")  # version 2 is the active one
+    for fn, body in ((CHAT, {"messages": [{"role": "user", "content": PROMPT}]}), (SCORE, cookbook())):
+        for ref, endpoint in ((f"{MODEL_NAME}:1", ep1), (f"{MODEL_NAME}:2", ep2), (f"{MODEL_NAME}:stable", ep2),
+                              (f"{MODEL_NAME}:latest", ep2), (MODEL_NAME, ep2)):
+            reply = world.post(fn, {**body, "model": ref})
+            assert reply.status == 200, (ref, reply.body)
+            assert world.scorer._routes[ref].endpoint == endpoint, ref  # the endpoint that answered
+            if fn is CHAT:
+                assert reply.body["model"] == ref
+        unknown = world.post(fn, {**body, "model": f"{MODEL_NAME}:7"})
+        assert unknown.status == 404 and unknown.body["error"]["code"] == "model_version_not_found"
+        assert "registered versions: 1, 2" in unknown.body["error"]["message"]
+
+
+def test_a_pinned_version_whose_endpoint_is_gone_is_redeployed(world: World) -> None:
+    seed_model(world.ledger, MODEL_NAME, "1", endpoint_state="deleted", active=False)
+    seed_model(world.ledger, MODEL_NAME, "2")
+    reply = world.post(CHAT, {"model": f"{MODEL_NAME}:1", "messages": [{"role": "user", "content": PROMPT}]})
+    assert reply.status == 503 and reply.body["error"]["code"] == "scaled_to_zero"
+    assert [m.ref for m in world.redeploys] == [f"{MODEL_NAME}:1"]  # that version, not the active one
+    assert world.post(CHAT, {"model": MODEL_NAME, "messages": [{"role": "user", "content": PROMPT}]}).status == 200

@@ -1,4 +1,4 @@
-"""Command line: ``python -m shared.cli {prepare,plan,status}``.
+"""Command line: ``python -m shared.cli {prepare,plan,status,rollback}``.
 
 Each subcommand's work lives with its domain module; this file only parses arguments.
 """
@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--test", required=True, help="test file URI")
     plan.add_argument("--out", help="write the YAML here instead of standard output")
 
+    rollback = sub.add_parser("rollback", help="make an earlier version of a model active again (redeployed if needed)")
+    rollback.add_argument("model", help="fine-tuned model name")
+    rollback.add_argument("version", nargs="?", help="version to roll back to (default: the one before the active one)")
+
     status = sub.add_parser("status", help="datasets, jobs, models and endpoints with their states")
     status.add_argument("--json", action="store_true", help="machine-readable output (stable contract)")
     return p
@@ -45,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             from shared.backends.azureml import cli_plan
 
             return cli_plan(args)
+        if args.command == "rollback":
+            from shared.endpoints.lifecycle import cli_rollback
+
+            return cli_rollback(args)
         if args.command == "status":
             from shared.observability.status import cli_status
 

@@ -44,7 +44,7 @@ from shared.backends.base import (
     ScoringTarget,
     TransientBackendError,
 )
-from shared.endpoints.routing import serving_endpoint, split_model_ref
+from shared.endpoints.routing import parse_model_selector, selected_endpoint, serving_endpoint, split_model_ref
 from shared.endpoints.versions import version_key
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, parse_iso
 from shared.scoring.activity import ActivityRecorder
@@ -90,6 +90,7 @@ Redeploy = Callable[[ModelRef], Any]
 
 @dataclasses.dataclass(frozen=True)
 class Route:
+    ref: str  # what the client named: ``name``, ``name:<version>``, ``name:latest`` (the cache key)
     model_name: str
     version: str
     endpoint: str
@@ -236,9 +237,14 @@ class Scorer:
                 if data == b"[DONE]":
                     break
                 try:
-                    piece = parse_endpoint_stream_event(orjson.loads(data))
+                    payload = orjson.loads(data)
                 except orjson.JSONDecodeError:
-                    piece = None
+                    payload = None
+                if isinstance(payload, dict) and payload.get("error"):
+                    log.warning("endpoint %s failed while streaming: %.300s", route.endpoint, payload["error"])
+                    raise ScoringError(502, f"the endpoint of model {route.model_name} failed while answering",
+                                       type=UPSTREAM_ERROR, code="upstream_stream_error")
+                piece = parse_endpoint_stream_event(payload)
                 if piece is None:
                     log.warning("endpoint %s streamed an event in an unexpected shape (%d bytes)", route.endpoint, len(data))
                     raise ScoringError(502, f"the endpoint of model {route.model_name} streamed an unexpected event",
@@ -338,7 +344,7 @@ class Scorer:
             payload = orjson.loads(response.data)
         except orjson.JSONDecodeError:
             payload = None
-        completion = parse_endpoint_reply(payload, route.model_name)
+        completion = parse_endpoint_reply(payload, route.ref)
         if completion is None:
             log.warning("endpoint %s answered 200 without an output string (%d bytes)", route.endpoint, len(response.data))
             raise ScoringError(
@@ -382,30 +388,31 @@ class Scorer:
 
     # ---- routes
 
-    def _route(self, model_name: str) -> Route:
-        route = self._routes.get(model_name)
+    def _route(self, ref: str) -> Route:
+        route = self._routes.get(ref)
         if route is not None and route.expires_at > self._clock():
             return route
-        route = self._resolve(model_name)
-        self._routes[model_name] = route
+        route = self._resolve(ref)
+        self._routes[ref] = route
         return route
 
-    def forget_route(self, model_name: str) -> None:
-        self._routes.pop(model_name, None)
+    def forget_route(self, ref: str) -> None:
+        self._routes.pop(ref, None)
 
     def _reroute(self, stale: Route) -> Route:
-        self.forget_route(stale.model_name)
-        return self._route(stale.model_name)
+        self.forget_route(stale.ref)
+        return self._route(stale.ref)
 
     def _refresh_credentials(self, route: Route) -> Route:
         log.info("endpoint %s refused the cached credentials; refreshing them", route.endpoint)
-        target = self._scoring_target(route.model_name, route.version, route.endpoint, refresh=True)
-        fresh = self._make_route(route.model_name, route.version, route.endpoint, target)
-        self._routes[route.model_name] = fresh
+        target = self._scoring_target(route.ref, route.model_name, route.version, route.endpoint, refresh=True)
+        fresh = self._make_route(route.ref, route.model_name, route.version, route.endpoint, target)
+        self._routes[route.ref] = fresh
         return fresh
 
-    def _make_route(self, model_name: str, version: str, endpoint: str, target: ScoringTarget) -> Route:
+    def _make_route(self, ref: str, model_name: str, version: str, endpoint: str, target: ScoringTarget) -> Route:
         return Route(
+            ref=ref,
             model_name=model_name,
             version=version,
             endpoint=endpoint,
@@ -417,10 +424,21 @@ class Scorer:
             expires_at=self._clock() + self._route_ttl_s,
         )
 
-    def _resolve(self, model_name: str) -> Route:
-        """The live endpoint of ``model_name`` per the ledger, or the ScoringError saying why there is none."""
+    def _resolve(self, ref: str) -> Route:
+        """The live endpoint of ``ref`` (a model name, or ``name:<version>`` / ``name:latest`` /
+        ``name:stable``) per the ledger, or the ScoringError saying why there is none."""
         ledger = self.ledger
-        serving = serving_endpoint(model_name, ledger.get(ROUTE, model_name), self._registered_versions(model_name))
+        model_name, selector = parse_model_selector(ref)
+        versions = self._registered_versions(model_name)
+        serving = selected_endpoint(model_name, selector, ledger.get(ROUTE, model_name), versions)
+        if serving is None and selector is not None and (versions or ledger.get(ROUTE, model_name) is not None):
+            known = ", ".join(sorted(versions, key=version_key)) or "none"
+            raise ScoringError(
+                404,
+                f"model {model_name!r} has no version {selector!r} (registered versions: {known}; aliases: stable, latest)",
+                param="model",
+                code="model_version_not_found",
+            )
         if serving is None:
             raise ScoringError(
                 404,
@@ -433,8 +451,8 @@ class Scorer:
         version = serving.version or str((endpoint.get("model_version") if endpoint else "") or "")
 
         if endpoint is not None and endpoint.state == EP_SUCCEEDED:
-            target = self._scoring_target(model_name, version, ep_name)
-            return self._make_route(model_name, version, ep_name, target)
+            target = self._scoring_target(ref, model_name, version, ep_name)
+            return self._make_route(ref, model_name, version, ep_name, target)
         if endpoint is not None and endpoint.state == EP_PROVISIONING:
             raise ScoringError(
                 503,
@@ -447,14 +465,14 @@ class Scorer:
             self._model_ref(model_name, version, endpoint), endpoint.state if endpoint is not None else "missing"
         )
 
-    def _scoring_target(self, model_name: str, version: str, ep_name: str, refresh: bool = False) -> ScoringTarget:
+    def _scoring_target(self, ref: str, model_name: str, version: str, ep_name: str, refresh: bool = False) -> ScoringTarget:
         try:
             return self.backend.get_scoring_target(ep_name, refresh=refresh)
         except NotFoundError:
             # The ledger still calls it live but the workspace has no such endpoint (deleted
             # outside the app); reconcile will correct the ledger, redeploying restores service.
             log.warning("endpoint %s of model %s is missing in the workspace", ep_name, model_name)
-            self.forget_route(model_name)
+            self.forget_route(ref)
             raise self._scale_from_zero(self._model_ref(model_name, version, None), "missing") from None
         except TransientBackendError:
             log.warning("scoring target of endpoint %s unavailable for now", ep_name, exc_info=True)
@@ -501,7 +519,7 @@ class Scorer:
                 code="no_endpoint",
                 retry_after=retry_after,
             )
-        if model.version and self._claim_redeploy(model.name, retry_after):
+        if model.version and self._claim_redeploy(model.ref, retry_after):
             log.info("scale from zero: redeploying %s (its endpoint is %s)", model.ref, endpoint_state)
             try:
                 redeploy = self._redeploy or _deploy_model_scale_from_zero(self.settings, self.ledger, self.backend)
@@ -516,14 +534,14 @@ class Scorer:
             retry_after=retry_after,
         )
 
-    def _claim_redeploy(self, model_name: str, interval_s: float) -> bool:
-        """At most one redeploy request per model per worker per interval (deploy_model is idempotent anyway)."""
+    def _claim_redeploy(self, model_ref: str, interval_s: float) -> bool:
+        """At most one redeploy request per model version per worker per interval (deploy_model is idempotent anyway)."""
         now = self._clock()
         with self._lock:
-            last = self._redeploy_requested.get(model_name)
+            last = self._redeploy_requested.get(model_ref)
             if last is not None and now - last < interval_s:
                 return False
-            self._redeploy_requested[model_name] = now
+            self._redeploy_requested[model_ref] = now
             return True
 
     # ---- model list
