@@ -24,7 +24,6 @@ from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, parse_iso
 from shared.scoring.activity import record_last_activity
 from shared.scoring.scorer import BUSY_RETRIES, Scorer, reset_scorers, use_scorer
 from shared.settings import Settings, use_settings
-from tests.support import HttpReply, call_http
 from tests.stub_endpoint import (
     RunningServer,
     StubEndpoint,
@@ -34,6 +33,7 @@ from tests.stub_endpoint import (
     seed_model,
     start_in_thread,
 )
+from tests.support import HttpReply, call_http
 
 pytestmark = pytest.mark.storage
 

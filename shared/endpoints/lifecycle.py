@@ -36,7 +36,7 @@ from shared.endpoints.naming import endpoint_name
 from shared.endpoints.versions import is_newer, version_key
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,15 @@ def deploy_model(
     if failed is not None:
         return failed
     log.info("deploying %s to endpoint %s (%s)", model.ref, ep_name, reason)
+    _follow(ep_name, ctx.settings)
     return record
+
+
+def _follow(ep_name: str, settings: Settings) -> None:
+    """Have the endpoint checked within seconds while it is in flight (reconcile is the safety net)."""
+    from shared.endpoints.followup import schedule  # followup calls back into this module
+
+    schedule(ep_name, settings)
 
 
 def _deploy_tags(model: ModelRef) -> dict[str, str]:
@@ -249,6 +257,7 @@ def _retire_replaced(previous: str, replacement: str, ctx: Context, summary: Cou
     if won is None:
         return
     log.info("endpoint %s was replaced by %s; deleting it", previous, replacement)
+    _follow(previous, ctx.settings)
     try:
         ctx.backend.begin_delete_endpoint(previous)
     except NotFoundError:
@@ -268,7 +277,9 @@ LOST_DELETE_AFTER = timedelta(minutes=2)
 def claim_deletion(ledger: Ledger, record: Record, *, reason: str, at: datetime, **fields: Any) -> Record:
     """``succeeded`` -> ``deleting``, conditional on ``record`` being unchanged since it was read
     (raises ConflictError otherwise: a request recorded meanwhile wins)."""
-    return ledger.update(record, EP_DELETING, delete_reason=reason, delete_requested_at=iso(at), error=None, **fields)
+    claimed = ledger.update(record, EP_DELETING, delete_reason=reason, delete_requested_at=iso(at), error=None, **fields)
+    _follow(record.id, get_settings())
+    return claimed
 
 
 def undo_deletion_claim(ledger: Ledger, name: str, *, error: str, at: datetime) -> None:

@@ -49,10 +49,10 @@ from shared.endpoints.versions import version_key
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, parse_iso
 from shared.scoring.activity import ActivityRecorder
 from shared.scoring.contract import (
+    SSE_MEDIA_TYPE,
     TIMEOUT,
     UNAVAILABLE,
     UPSTREAM_ERROR,
-    SSE_MEDIA_TYPE,
     ChatRequest,
     Completion,
     ScoringError,
@@ -454,12 +454,13 @@ class Scorer:
             target = self._scoring_target(ref, model_name, version, ep_name)
             return self._make_route(ref, model_name, version, ep_name, target)
         if endpoint is not None and endpoint.state == EP_PROVISIONING:
+            retry_after = self._deploy_retry_after(endpoint)
             raise ScoringError(
                 503,
-                f"model {model_name} (version {version}) is being deployed; retry later",
+                f"model {model_name} (version {version}) is being deployed; retry in {retry_after} s",
                 type=UNAVAILABLE,
                 code="provisioning",
-                retry_after=self.settings.scoring_retry_after_s,
+                retry_after=retry_after,
             )
         raise self._scale_from_zero(
             self._model_ref(model_name, version, endpoint), endpoint.state if endpoint is not None else "missing"
@@ -508,8 +509,21 @@ class Scorer:
 
     # ---- scale from zero
 
+    def _deploy_retry_after(self, endpoint: Record | None) -> int:
+        """An honest Retry-After: this app's recent deployment times (see shared.endpoints.eta)."""
+        from shared.endpoints.eta import retry_after_s
+
+        try:
+            history = self.ledger.list(ENDPOINT)
+        except Exception:  # noqa: BLE001 - an estimate must never fail the answer
+            log.debug("no deployment history for the Retry-After estimate", exc_info=True)
+            history = []
+        return retry_after_s(endpoint, history, datetime.now(UTC), self.settings.scoring_retry_after_s)
+
     def _scale_from_zero(self, model: ModelRef, endpoint_state: str) -> ScoringError:
         retry_after = self.settings.scoring_retry_after_s
+        if self.settings.scoring_redeploy_on_demand:
+            retry_after = self._deploy_retry_after(None)
         if not self.settings.scoring_redeploy_on_demand:
             log.info("model %s has no live endpoint (%s); redeploy on demand is off", model.ref, endpoint_state)
             return ScoringError(
