@@ -337,6 +337,7 @@ def run_finetune_job(
     test_path: str | Path,
     params: dict[str, Any],
     tags: dict[str, str] | None = None,
+    on_progress: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """The whole job: MLflow run with params, per-step metrics, eval losses and the chat model."""
     import mlflow
@@ -352,6 +353,8 @@ def run_finetune_job(
         def on_step(step: int, values: dict[str, float]) -> None:
             mlflow.log_metrics(values, step=step)
             log.info("step %d train_loss %.4f", step, values["train_loss"])
+            if on_progress is not None:
+                on_progress(step, values["train_loss"])
 
         result = finetune(base_dir, train, test, params, on_step=on_step)
         mlflow.log_metrics({k: v for k, v in result.metrics.items() if k != "train_loss"})

@@ -77,6 +77,10 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
             job = backend.get_job(job_name)
             assert job.state == "completed", job.error
             assert job.metrics.get("test_loss") is not None and job.metrics.get("base_test_loss") is not None
+            from localworkspace.workspace import Workspace, read_json
+
+            progress = read_json(Workspace(settings.local_workspace_dir).job_state_path(job_name))["progress"]
+            assert (progress["step"], progress["total_steps"]) == (4, 4) and progress["loss"] > 0  # what status showed
             wait_until(lambda: ledger.get(JOB, job_name).state == "completed", 60, "the job-completed event to be handled")
 
             # 3. registered, deployed, made active by reconcile

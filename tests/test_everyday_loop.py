@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -169,3 +170,94 @@ def test_make_upload_with_the_stack_down_says_so_in_one_line(tmp_path: Path) -> 
     assert len(ours) == 1, result.stderr
 
 
+
+
+# --- progress you can see from the terminal
+
+
+@pytest.mark.storage
+def test_status_shows_step_loss_eta_of_a_running_job_and_dataset_splits(storage_settings) -> None:
+    from datetime import timedelta
+
+    from localworkspace.workspace import Workspace, write_json, write_pid_file
+    from shared.backends import use_backend
+    from shared.backends.local import LocalBackend
+    from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
+    from shared.observability.status import collect_status, render_status
+
+    ledger = Ledger.from_settings(storage_settings)
+    ledger.create(DATASET, "ds-1", "submitted", counts={"valid": 120, "train": 108, "test": 12, "invalid": 3},
+                  job_name="ftjob-running")
+    ledger.create(JOB, "ftjob-running", "submitted", dataset_id="ds-1")
+    ws = Workspace(storage_settings.local_workspace_dir)
+    ws.ensure()
+    job_dir = ws.job_dir("ftjob-running")
+    job_dir.mkdir(parents=True)
+    started = utcnow() - timedelta(seconds=30)  # 3 of 10 steps in 30 s: 70 s to go
+    write_json(ws.job_state_path("ftjob-running"), {"state": "running", "progress": {
+        "step": 3, "total_steps": 10, "loss": 1.2345, "training_started_at": iso(started), "at": iso(utcnow())}})
+    write_pid_file(job_dir / "runner.pid", os.getpid())  # a live process: the job is running
+    use_backend(LocalBackend(storage_settings), storage_settings)
+
+    status = collect_status(storage_settings, ledger)
+    progress = status["jobs"][0]["progress"]
+    assert (progress["step"], progress["total_steps"], progress["loss"]) == (3, 10, 1.2345)
+    assert 65 <= progress["eta_s"] <= 80
+    text = render_status(status)
+    assert "step 3/10 loss 1.234 ETA 1m1" in text or "step 3/10 loss 1.234 ETA 1m0" in text, text
+    assert "120/108/12" in text
+
+
+@pytest.mark.storage
+def test_watch_redraws_until_interrupted(storage_settings) -> None:
+    import signal
+    import time
+
+    env = _env(AzureWebJobsStorage=storage_settings.storage_connection, LEDGER_TABLE=storage_settings.ledger_table)
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "status", "--watch", "0.2"], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(8)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert out.count(b"\x1b[H\x1b[2J") >= 2 and out.count(b"Datasets (") >= 2  # redrawn, not printed once
+    assert b"Traceback" not in err
+
+
+@pytest.mark.storage
+def test_report_prints_a_datasets_report_from_storage(storage_settings, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from shared.cli.commands import main as cli
+    from shared.datasets.chat_data import prepare_file
+    from shared.ledger import DATASET, Ledger
+    from shared.storage import blob_service
+
+    source = PROJECT_ROOT / "data" / "sample_chat.jsonl"
+    prepared = prepare_file(source, Path(storage_settings.local_workspace_dir) / "prep", storage_settings)
+    blob = "datasets/ds-r/report.json"
+    blob_service(storage_settings).get_blob_client(storage_settings.prepared_container, blob).upload_blob(
+        json.dumps(prepared.report), overwrite=True)
+    Ledger.from_settings(storage_settings).create(DATASET, "ds-r", "submitted", report_blob=blob, blob_name="sample_chat.jsonl")
+
+    assert cli(["report", "ds-r"]) == 0
+    out = capsys.readouterr().out
+    counts = prepared.report["counts"]
+    assert f"{counts['valid']} valid" in out and f"train {counts['train']}, test {counts['test']}" in out
+    assert "ACCEPTED" in out and "line " in out  # the rejected lines by number
+    assert cli(["report", "ds-r", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == prepared.report
+    assert cli(["report", "nope"]) == 2
+    assert "no dataset 'nope'" in capsys.readouterr().err
+
+
+def test_make_mlflow_opens_the_local_workspaces_store(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    result = subprocess.run(
+        [sys.executable, "-m", "localworkspace.mlflow_ui", "--dry-run", "--port", "5999"], cwd=PROJECT_ROOT,
+        capture_output=True, text=True, timeout=60, env=_env(LOCAL_WORKSPACE_DIR=str(workspace)))
+    assert result.returncode == 0, result.stderr
+    assert f"--backend-store-uri sqlite:///{workspace / 'mlflow.db'}" in result.stdout
+    assert "http://127.0.0.1:5999" in result.stdout
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    assert "mlflow: install\n\t$(PY) -m localworkspace.mlflow_ui" in makefile

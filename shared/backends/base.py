@@ -59,6 +59,9 @@ class JobInfo:
     ended_at: datetime | None = None
     log_path: str | None = None
     parent: str | None = None  # set for pipeline child steps
+    # A running job's progress where the backend reports it: step, total_steps (or None), loss,
+    # training_started_at and at (ISO 8601).
+    progress: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -227,6 +227,7 @@ class LocalBackend:
             started_at=_parse_time(state.get("started_at")),
             ended_at=_parse_time(state.get("ended_at")),
             log_path=str(job_dir / "job.log"),
+            progress=state.get("progress") if state.get("state") == RUNNING else None,
         )
 
     @staticmethod

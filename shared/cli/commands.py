@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="datasets, jobs, models and endpoints with their states")
     status.add_argument("--json", action="store_true", help="machine-readable output (stable contract)")
+    status.add_argument("--watch", type=float, nargs="?", const=5.0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 5) until Ctrl+C: a running job's step, loss and ETA move")
+
+    report = sub.add_parser("report", help="print a dataset's preparation report (from storage)")
+    report.add_argument("dataset", help="dataset id (see `status`)")
+    report.add_argument("--json", action="store_true", help="the report.json as stored")
     return p
 
 
@@ -53,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             from shared.endpoints.lifecycle import cli_rollback
 
             return cli_rollback(args)
+        if args.command == "report":
+            from shared.observability.status import cli_report
+
+            return cli_report(args)
         if args.command == "status":
             from shared.observability.status import cli_status
 
