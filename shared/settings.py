@@ -140,7 +140,7 @@ SPECS: dict[str, Spec] = {
     "scoring_max_request_bytes": Spec("SCORING_MAX_REQUEST_BYTES", "262144", _int, "Largest scoring request body accepted."),
     "scoring_max_new_tokens": Spec("SCORING_MAX_NEW_TOKENS", "1024", _int, "Upper bound for max_new_tokens / max_tokens."),
     "scoring_redeploy_on_demand": Spec("SCORING_REDEPLOY_ON_DEMAND", "true", _bool, "When a model has no live endpoint, a scoring call starts redeploying its last version."),
-    "scoring_retry_after_s": Spec("SCORING_RETRY_AFTER_S", "60", _int, "Retry-After (seconds) sent with 503 while an endpoint is (re)deploying."),
+    "scoring_retry_after_s": Spec("SCORING_RETRY_AFTER_S", "60", _int, "Retry-After (seconds) sent with 503 while an endpoint is (re)deploying, until the app has deployment times to estimate it from."),
     "activity_flush_s": Spec("ACTIVITY_FLUSH_S", "30", _int, "Scoring records an endpoint's last activity at most once per this many seconds per worker."),
     # --- idle janitor
     "janitor_schedule": Spec("JANITOR_SCHEDULE", "0 */10 * * * *", _str, "NCRONTAB schedule of the `delete_idle_endpoints` timer."),
