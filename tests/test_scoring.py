@@ -683,6 +683,8 @@ def test_stream_through_the_function_is_server_sent_events(world: World) -> None
 def test_pinned_versions_on_both_routes(world: World) -> None:
     ep1 = seed_model(world.ledger, MODEL_NAME, "1", active=False)
     ep2 = seed_model(world.ledger, MODEL_NAME, "2")  # version 2 is the active one
+    listed = world.get(MODELS).body["data"]
+    assert [(m["id"], m["version"], m["versions"]) for m in listed] == [(MODEL_NAME, "2", ["1", "2"])]
     for fn, body in ((CHAT, {"messages": [{"role": "user", "content": PROMPT}]}), (SCORE, cookbook())):
         for ref, endpoint in ((f"{MODEL_NAME}:1", ep1), (f"{MODEL_NAME}:2", ep2), (f"{MODEL_NAME}:stable", ep2),
                               (f"{MODEL_NAME}:latest", ep2), (MODEL_NAME, ep2)):

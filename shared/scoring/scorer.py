@@ -587,6 +587,7 @@ class Scorer:
                     "created": int(created.timestamp()) if created else 0,
                     "owned_by": MANAGED_BY_VALUE,
                     "version": version,
+                    "versions": [split_model_ref(r.id)[1] for r in versions],  # each can be pinned as id:version
                     "status": status,
                     "default": name == self.settings.model_name,
                 }
