@@ -134,7 +134,7 @@ SPECS: dict[str, Spec] = {
     "quality_gate": Spec("QUALITY_GATE", "false", _bool, "Deploy only when the job's test loss beat the base model's (where the backend reports it)."),
     "delete_replaced_endpoints": Spec("DELETE_REPLACED_ENDPOINTS", "false", _bool, "Delete the previous endpoint at once when a newer model becomes active (else the janitor does it when idle)."),
     "reconcile_schedule": Spec("RECONCILE_SCHEDULE", "0 */5 * * * *", _str, "NCRONTAB schedule of the `reconcile` timer."),
-    "endpoint_followups": Spec("ENDPOINT_FOLLOWUPS", "true", _bool, "Check a deployment or deletion in flight within seconds (queue `endpoint-followups`, backed off to every 30 s) instead of only at the next `reconcile`."),
+    "endpoint_followups": Spec("ENDPOINT_FOLLOWUPS", "true", _bool, "Check a deployment or deletion in flight within seconds (queue `endpoint-followups`: every 2 s for half a minute, then backed off to every 30 s) instead of only at the next `reconcile`."),
     "submit_claim_lease_s": Spec("SUBMIT_CLAIM_LEASE_SECONDS", "300", _int, "A delivery's claim on submitting a dataset is honoured this long; after it, a crashed delivery's submission is finished by the next delivery or `reconcile`."),
     # --- scoring
     "scoring_max_request_bytes": Spec("SCORING_MAX_REQUEST_BYTES", "262144", _int, "Largest scoring request body accepted."),

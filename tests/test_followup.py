@@ -135,8 +135,8 @@ def test_the_queue_function_is_a_queue_trigger_on_the_host_storage() -> None:
 
 
 def test_backoff_is_short_first_then_capped() -> None:
-    delays = [followup.delay_before(n) for n in range(1, 8)]
-    assert delays == [2, 4, 8, 16, 30, 30, 30]
+    delays = [followup.delay_before(n) for n in range(1, 22)]
+    assert delays == [2] * 15 + [4, 8, 16, 30, 30, 30]
     assert sum(followup.delay_before(n) for n in range(1, followup.MAX_CHECKS + 1)) >= 25 * 60
 
 

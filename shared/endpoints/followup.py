@@ -28,16 +28,20 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 FOLLOWUP_QUEUE = "endpoint-followups"
-# Delay before check n (seconds): quick at first (a local endpoint is up in seconds), then every
-# 30 s (an Azure ML deployment takes minutes). 60 checks cover about half an hour.
+# Delay before check n (seconds): every 2 s for the first half minute (a local endpoint is up in
+# seconds, and a check is one cheap queue message), then backed off to every 30 s (an Azure ML
+# deployment takes minutes). 75 checks cover about half an hour.
 FIRST_DELAY_S = 2.0
+FAST_CHECKS = 15
 MAX_DELAY_S = 30.0
-MAX_CHECKS = 60
+MAX_CHECKS = 75
 
 
 def delay_before(check: int) -> float:
-    """Seconds before check number ``check`` (1-based): 2, 4, 8, 16, 30, 30, ..."""
-    return min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** max(0, check - 1))
+    """Seconds before check number ``check`` (1-based): 2 (15 times), then 4, 8, 16, 30, 30, ..."""
+    if check <= FAST_CHECKS:
+        return FIRST_DELAY_S
+    return min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** (check - FAST_CHECKS))
 
 
 @dataclasses.dataclass(frozen=True)
