@@ -34,7 +34,7 @@ for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TO
 from devhost.azurite import Azurite, free_port, start, stop_process  # noqa: E402
 from scripts.make_sample_data import write  # noqa: E402
 from shared.backends import get_backend, use_backend  # noqa: E402
-from shared.ledger import ENDPOINT, ROUTE, Ledger  # noqa: E402
+from shared.ledger import ENDPOINT, ROUTE, Ledger, retry_on_conflict  # noqa: E402
 from shared.settings import load_settings, use_settings  # noqa: E402
 from shared.storage import blob_service, ensure_storage  # noqa: E402
 
@@ -98,7 +98,9 @@ def run_mode(azurite: Azurite, workdir: Path, followups: bool, reconcile_schedul
             from shared.endpoints import lifecycle
             from shared.ledger import utcnow
 
-            lifecycle.claim_deletion(ledger, ledger.get(ENDPOINT, endpoint), reason="bench", at=utcnow())
+            # (scoring records the endpoint's activity meanwhile: re-read on a conflict, as the janitor would)
+            retry_on_conflict(lambda: lifecycle.claim_deletion(ledger, ledger.get(ENDPOINT, endpoint), reason="bench",
+                                                               at=utcnow()), "bench deletion")
             backend.begin_delete_endpoint(endpoint)
             lifecycle.finish_deletion(ledger, endpoint, utcnow())
             cold = client.post("/api/v1/chat/completions", json=CHAT)
