@@ -231,6 +231,7 @@ def test_list_models_in_openai_list_shape(world: World) -> None:
         "created": 0,
         "owned_by": "finetune-autopilot",
         "version": "2",
+        "versions": ["1", "2"],
         "status": "ready",
         "default": True,
     }
