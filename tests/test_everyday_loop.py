@@ -21,7 +21,6 @@ from devhost import stack
 from devhost.azurite import free_port
 from shared.settings import PROJECT_ROOT, SettingsError, load_settings, schedule_error
 
-
 # The make targets as a user runs them, minus the install step: its stamps count as up to date
 # (a test must not reinstall the environment it runs in).
 MAKE = ["make", "-s", "-o", ".venv/.installed", "-o", "node_modules/.installed"]
