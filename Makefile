@@ -17,7 +17,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.local/hf
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install checkov demo test test-fast test-faults test-slow test-browser browser test-all up down status upload lint bench lock clean
+.PHONY: install checkov demo test test-fast test-faults test-slow test-browser browser test-all up down status upload mlflow lint bench lock clean
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || python3 -m venv .venv
@@ -80,11 +80,15 @@ down:
 	$(PY) -m devhost.stack down
 
 status: install
-	$(PY) -m shared.cli status
+	@$(PY) -m shared.cli status $(ARGS)
+
+# MLflow's UI on the local workspace's runs and models (MLFLOW_PORT, default 5000)
+mlflow: install
+	$(PY) -m localworkspace.mlflow_ui
 
 upload: install
 	@test -n "$(FILE)" || (echo "usage: make upload FILE=path/to/chat.jsonl" >&2; exit 2)
-	$(PY) -m devhost.stack upload "$(FILE)"
+	@$(PY) -m devhost.stack upload "$(FILE)"
 
 lint: install
 	$(PY) -m ruff check .

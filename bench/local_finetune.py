@@ -61,7 +61,7 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, float]:
 
     base_dir = ensure_base_model(args.model, os.environ.get("LOCAL_MODEL_CACHE", str(PROJECT_ROOT / ".local" / "models")))
     conversations = [r["messages"] for r in pirate_conversations(args.examples, seed=7)]
-    params, _ = resolve_params({"max_steps": args.steps, "per_device_train_batch_size": args.batch,
+    params = resolve_params({"max_steps": args.steps, "per_device_train_batch_size": args.batch,
                                 "max_seq_length": args.max_seq_length, "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 16})
     stamps: list[float] = []
     losses: list[float] = []

@@ -26,7 +26,8 @@ HTTP = "httpTrigger"
 EVENT_GRID = "eventGridTrigger"
 BLOB = "blobTrigger"
 TIMER = "timerTrigger"
-SUPPORTED_TRIGGERS = (HTTP, EVENT_GRID, BLOB, TIMER)
+QUEUE = "queueTrigger"
+SUPPORTED_TRIGGERS = (HTTP, EVENT_GRID, BLOB, TIMER, QUEUE)
 
 _SETTING_EXPRESSION = re.compile(r"%([^%]+)%")
 

@@ -48,7 +48,9 @@ from devhost.app_index import (
     BLOB,
     EVENT_GRID,
     HTTP,
+    QUEUE,
     TIMER,
+    AppIndexError,
     IndexedFunction,
     index_app,
     is_disabled,
@@ -58,8 +60,9 @@ from devhost.app_index import (
 from devhost.blob_poller import BlobTriggerPoller
 from devhost.http_routes import HttpRoute, build_asgi_app
 from devhost.invocation import Invoker
+from devhost.queues import QueueTriggerPoller
 from devhost.timers import TimerScheduler, timer_request
-from shared.settings import PROJECT_ROOT, Settings, get_settings
+from shared.settings import PROJECT_ROOT, Settings, SettingsError, get_settings
 from shared.storage import ensure_storage
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,9 @@ class HostConfig:
     poison_blob_threshold: int = 5
     blob_max_parallelism: int = 8 * (os.cpu_count() or 1)  # the blob extension's default
     route_prefix: str = "api"
+    queue_batch_size: int = 16  # the queue extension's defaults
+    queue_max_dequeue_count: int = 5
+    queue_visibility_timeout_s: float = 0.0
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> HostConfig:
@@ -82,13 +88,24 @@ class HostConfig:
         if not path.is_file():
             return cls()
         extensions = json.loads(path.read_text(encoding="utf-8")).get("extensions", {})
-        blobs, http = extensions.get("blobs", {}), extensions.get("http", {})
+        blobs, http, queues = extensions.get("blobs", {}), extensions.get("http", {}), extensions.get("queues", {})
         default = cls()
         return cls(
+            queue_batch_size=int(queues.get("batchSize", default.queue_batch_size)),
+            queue_max_dequeue_count=int(queues.get("maxDequeueCount", default.queue_max_dequeue_count)),
+            queue_visibility_timeout_s=_timespan_s(queues.get("visibilityTimeout"), default.queue_visibility_timeout_s),
             poison_blob_threshold=int(blobs.get("poisonBlobThreshold", default.poison_blob_threshold)),
             blob_max_parallelism=int(blobs.get("maxDegreeOfParallelism", default.blob_max_parallelism)),
             route_prefix=str(http.get("routePrefix", default.route_prefix)),
         )
+
+
+def _timespan_s(value: Any, default: float) -> float:
+    """host.json TimeSpan (``hh:mm:ss``) -> seconds."""
+    if not value:
+        return default
+    hours, minutes, seconds = (float(part) for part in str(value).split(":"))
+    return hours * 3600 + minutes * 60 + seconds
 
 
 class Host:
@@ -127,6 +144,7 @@ class Host:
         self._server_thread: threading.Thread | None = None
         self._poller: BlobTriggerPoller | None = None
         self._timers: TimerScheduler | None = None
+        self._queues: QueueTriggerPoller | None = None
         self.function_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.running = False
 
@@ -151,14 +169,13 @@ class Host:
     # --- lifecycle
 
     def start(self) -> Host:
-        """Create storage, bind the port, serve HTTP, start polling blobs and scheduling timers."""
+        """Create storage, build every trigger, bind the port, serve HTTP, start the triggers.
+
+        Triggers are built (schedules parsed, blob paths resolved) before the port opens, and
+        ``/admin/host/status`` says ``Running`` only once they run: a host that answers is ready.
+        """
         try:
             ensure_storage(self.settings)
-            self._socket = _bind(self._listen_host, self._requested_port)
-            if self._on_start is not None:
-                self._on_start(self)
-            self.function_executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="function")
-            self._start_server()
             self._poller = BlobTriggerPoller(
                 self._of_kind(BLOB),
                 invoker=self.invoker,
@@ -175,9 +192,24 @@ class Host:
                 host_id=self.host_id,
                 past_due_tolerance_s=self._timer_tolerance_s,
             )
+            self._queues = QueueTriggerPoller(
+                self._of_kind(QUEUE),
+                invoker=self.invoker,
+                settings=self.settings,
+                interval_s=min(self.poll_interval_s, 1.0),
+                batch_size=self.config.queue_batch_size,
+                max_dequeue_count=self.config.queue_max_dequeue_count,
+                visibility_timeout_s=self.config.queue_visibility_timeout_s,
+            )
+            self._socket = _bind(self._listen_host, self._requested_port)
+            if self._on_start is not None:
+                self._on_start(self)
+            self.function_executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="function")
+            self._start_server()
             self.running = True
             self._poller.start()
             self._timers.start()
+            self._queues.start()
         except BaseException:
             self.stop()
             raise
@@ -220,6 +252,9 @@ class Host:
         if self._timers is not None:
             self._timers.stop(left())
             self._timers = None
+        if self._queues is not None:
+            self._queues.stop(left())
+            self._queues = None
         if self._server_thread is not None:
             self._server_thread.join(left())
             if self._server_thread.is_alive():
@@ -262,6 +297,16 @@ class Host:
         elif fn.trigger_type == BLOB and self._poller is not None:
             self._poller.run_on_demand(fn, value)
             return
+        elif fn.trigger_type == QUEUE and self._queues is not None:
+            body = (value if isinstance(value, str) else json.dumps(value)).encode()
+            queues = self._queues
+
+            def run_message() -> None:
+                with contextlib.suppress(Exception):  # the invoker logged it
+                    queues.run_on_demand(fn, body)
+
+            self.function_executor.submit(run_message)
+            return
         else:
             raise ValueError(f"{fn.name!r} cannot be run on demand")
 
@@ -287,6 +332,8 @@ class Host:
             elif fn.trigger_type == BLOB:
                 source = " (source EventGrid: polled locally)" if fn.trigger.get("source") == "EventGrid" else ""
                 lines.append(f"{fn.name}: blobTrigger {resolve_expressions(fn.trigger['path'], self.settings)}{source}")
+            elif fn.trigger_type == QUEUE:
+                lines.append(f"{fn.name}: queueTrigger {resolve_expressions(fn.trigger['queueName'], self.settings)}")
             elif fn.trigger_type == TIMER:
                 when = next_runs.get(fn.name)
                 suffix = f" next {when.isoformat(timespec='seconds')}" if when else ""
@@ -347,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--app", default=DEFAULT_APP, help="module:attribute of the func.FunctionApp (default %(default)s)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument("--port", type=int, default=None, help="0 picks a free port (default: LOCAL_HOST_PORT, 7071)")
     parser.add_argument("--poll-interval", type=float, default=2.0, help="seconds between blob trigger polls")
     parser.add_argument("--host-json", default=None, help="host.json to read (default: the project's)")
     parser.add_argument("--log-level", default="INFO")
@@ -358,12 +405,21 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    host = Host(args.app, host=args.host, port=args.port, poll_interval_s=args.poll_interval, host_json=args.host_json,
-                on_start=_warm_backend_in_background)
     try:
+        port = args.port if args.port is not None else get_settings().local_host_port
+        host = Host(args.app, host=args.host, port=port, poll_interval_s=args.poll_interval, host_json=args.host_json,
+                    on_start=_warm_backend_in_background)
         host.start()
+    except SettingsError as exc:
+        # One line, no traceback (the stack prints the last line of this log when the host exits).
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except AzureError as exc:
-        log.error("storage is not reachable (%s): is Azurite running? `make up` starts it", type(exc).__name__)
+        print(f"storage is not reachable ({type(exc).__name__}): is Azurite running? `make up` starts it",
+              file=sys.stderr, flush=True)
+        return 1
+    except (AppIndexError, ValueError, RuntimeError) as exc:  # a binding the host cannot drive, a busy port
+        print(f"the local host cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
     print("\nFunctions:\n", flush=True)
     for line in host.describe():

@@ -160,6 +160,8 @@ def build_asgi_app(host: Host) -> Starlette:
         route, route_params = allowed[0]
         if not _authorized(host, request, route.auth_level):
             return _error(401, "a function key is required (x-functions-key header or code query parameter)")
+        if takes_asgi_request(route.function):
+            return await _call_streaming(host, route.function, request, route_params)
         http_request = func.HttpRequest(
             method=request.method,
             url=str(request.url),
@@ -251,6 +253,30 @@ def build_asgi_app(host: Host) -> Starlette:
             Route("/{path:path}", not_found, methods=list(ALL_METHODS)),
         ]
     )
+
+
+def takes_asgi_request(fn: IndexedFunction) -> bool:
+    """Whether an HTTP function takes the FastAPI ``Request`` (``azurefunctions-extensions-http-fastapi``,
+    Azure Functions' HTTP streams) instead of ``func.HttpRequest``."""
+    return isinstance(fn.param_type, type) and issubclass(fn.param_type, Request)
+
+
+async def _call_streaming(host: Host, fn: IndexedFunction, request: Request, route_params: dict[str, str]) -> Response:
+    """As the worker's HTTP streams do: the function gets the request itself (body unread, route
+    values as path parameters) and its FastAPI response is sent as is, a StreamingResponse chunk
+    by chunk."""
+    from fastapi import Request as FastApiRequest
+
+    scope = dict(request.scope)
+    scope["path_params"] = dict(route_params)
+    fast_request = FastApiRequest(scope, request.receive)
+    try:
+        result = await host.invoker.call_async(fn, fast_request, reason="HTTP request", executor=host.function_executor)
+    except Exception:  # already logged by the invoker; Azure answers 500 with no detail
+        return _error(500, "the function failed")
+    if isinstance(result, Response):
+        return result
+    return _to_starlette(result)
 
 
 async def _deliver(host: Host, fn: IndexedFunction, events: Iterable[Any]) -> list[str]:

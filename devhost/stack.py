@@ -12,18 +12,20 @@ Settings come from the environment and local.settings.json, as for the functions
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from devhost.azurite import RUN_DIR, Azurite, start, stop_process
-from shared.settings import PROJECT_ROOT, get_settings
+from shared.settings import PROJECT_ROOT, SettingsError, get_settings
 
 LOG_DIR = PROJECT_ROOT / ".local" / "logs"
-HOST_PORT = int(os.environ.get("LOCAL_HOST_PORT", "7071"))
 HOST_PID = RUN_DIR / "host.pid"
 AZURITE_PID = RUN_DIR / "azurite.pid"
 
@@ -59,6 +61,29 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def host_port() -> int:
+    """The local host's port: ``LOCAL_HOST_PORT`` (default 7071)."""
+    return get_settings().local_host_port
+
+
+def host_state(port: int) -> str | None:
+    """The host's own status route (``GET /admin/host/status``): ``Running`` once every trigger runs;
+    None when nothing answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/host/status", timeout=2) as reply:
+            return str(json.loads(reply.read()).get("state") or "")
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
 def azurite_config() -> Azurite:
     """Azurite ports from the storage connection string (defaults 10000-10002)."""
     conn = get_settings().storage_connection
@@ -82,11 +107,15 @@ def start_azurite() -> None:
     print(f"Azurite: started (pid {proc.pid}) blob http://127.0.0.1:{az.blob_port} log {LOG_DIR / 'azurite.log'}")
 
 
-def start_host(port: int = HOST_PORT, env: dict[str, str] | None = None, timeout_s: float = 120.0) -> int:
-    """Start the local Functions host in the background; return its pid once it answers."""
-    if _alive(HOST_PID) and _port_open(port):
+def start_host(port: int | None = None, env: dict[str, str] | None = None, timeout_s: float = 120.0) -> int:
+    """Start the local Functions host in the background; return its pid once its status route says
+    ``Running`` (every trigger built and started, not just the port open)."""
+    port = host_port() if port is None else port
+    if _alive(HOST_PID) and host_state(port) == "Running":
         print(f"Local host: already running on http://127.0.0.1:{port}")
         return int(HOST_PID.read_text())
+    if _port_open(port):
+        raise RuntimeError(f"port {port} is taken by another process (set LOCAL_HOST_PORT, or find it with `ss -ltnp`)")
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / "host.log"
@@ -99,11 +128,13 @@ def start_host(port: int = HOST_PORT, env: dict[str, str] | None = None, timeout
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the local host exited with code {proc.returncode}; see {log_path}")
-        if _port_open(port):
+            HOST_PID.unlink(missing_ok=True)
+            reason = _last_line(log_path) or f"exit code {proc.returncode}"
+            raise RuntimeError(f"the local host did not start: {reason} (log {log_path})")
+        if host_state(port) == "Running":
             print(f"Local host: started (pid {proc.pid}) http://127.0.0.1:{port} log {log_path}")
             return proc.pid
-        time.sleep(0.3)
+        time.sleep(0.2)
     stop_process(proc.pid)
     raise RuntimeError(f"the local host did not answer within {timeout_s:.0f}s; see {log_path}")
 
@@ -134,14 +165,16 @@ def stop_azurite() -> None:
     AZURITE_PID.unlink(missing_ok=True)
 
 
-def print_urls(port: int = HOST_PORT) -> None:
+def print_urls(port: int | None = None) -> None:
     s = get_settings()
+    port = s.local_host_port if port is None else port
     print(f"""
 Functions (local host http://127.0.0.1:{port}):
   prepare_chat_data      blob trigger on {s.chat_data_container}/{{name}}  (make upload FILE=...)
   on_job_event           POST http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event
   reconcile              timer {s.reconcile_schedule!r}; on demand: POST http://127.0.0.1:{port}/admin/functions/reconcile
   delete_idle_endpoints  timer {s.janitor_schedule!r}; on demand: POST http://127.0.0.1:{port}/admin/functions/delete_idle_endpoints
+  follow_up_endpoint     queue trigger on endpoint-followups (deployments and deletions in flight, checked within seconds)
   score                  POST http://127.0.0.1:{port}/api/score
   chat_completions       POST http://127.0.0.1:{port}/api/v1/chat/completions
   list_models            GET  http://127.0.0.1:{port}/api/v1/models
@@ -175,17 +208,29 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("file")
     up.add_argument("--name")
     args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "up":
         start_azurite()
         from shared.storage import ensure_storage
 
-        ensure_storage(get_settings())
+        settings = get_settings()  # a bad setting fails here, naming it, before anything starts
+        ensure_storage(settings)
         start_host()
         try:  # one reconcile now: endpoints whose processes stopped with `make down` are redeployed (health loop)
             import httpx
 
             key = get_settings().function_key
-            reply = httpx.post(f"http://127.0.0.1:{HOST_PORT}/admin/functions/reconcile", timeout=10,
+            reply = httpx.post(f"http://127.0.0.1:{host_port()}/admin/functions/reconcile", timeout=10,
                                headers={"x-functions-key": key} if key else {})
             print(f"Reconcile: {'started' if reply.status_code == 202 else f'not started (HTTP {reply.status_code})'}")
         except httpx.HTTPError as exc:
@@ -203,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Azurite: {'up' if azurite_config().is_up() else 'down'}")
         print(f"Local host: {'up' if _alive(HOST_PID) else 'down'}")
     elif args.cmd == "upload":
+        if not azurite_config().is_up():
+            print("the local stack is not running (Azurite does not answer): start it with `make up`", file=sys.stderr)
+            return 1
         try:
             upload(Path(args.file), args.name)
         except ValueError as exc:

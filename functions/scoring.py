@@ -3,6 +3,12 @@
 Clients never see endpoint names, URIs or keys: the routes find the model's live endpoint.
 Handlers only translate HTTP <-> :mod:`shared.scoring.scorer`; every refusal is a JSON error.
 
+The handlers take and return FastAPI types (``azurefunctions-extensions-http-fastapi``): that is
+how Azure Functions Python streams HTTP responses (``stream: true`` answers as server-sent
+events), and once one function streams the whole app's HTTP triggers use these types (app
+setting ``PYTHON_ENABLE_INIT_INDEXING=1``). The scoring work is blocking (pooled urllib3), so it
+runs on a worker thread, never on the event loop.
+
 The official ``openai`` client works unchanged. It sends its ``api_key`` as
 ``Authorization: Bearer``, while Functions checks the function key in ``x-functions-key`` (or
 ``?code=``), so pass the function key as a default header::
@@ -10,51 +16,61 @@ The official ``openai`` client works unchanged. It sends its ``api_key`` as
     client = openai.OpenAI(base_url="http://127.0.0.1:7071/api/v1", api_key="unused",
                            default_headers={"x-functions-key": FUNCTION_KEY})
     client.chat.completions.create(model="<fine-tuned model name>", messages=[...])
+    for chunk in client.chat.completions.create(model=..., messages=[...], stream=True): ...
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import azure.functions as func
 import orjson
+from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from shared.observability import telemetry
 from shared.scoring import scorer as scoring
-from shared.scoring.contract import ScoringError, internal_error_body
+from shared.scoring.contract import SSE_MEDIA_TYPE, ScoringError, internal_error_body
 
 log = logging.getLogger(__name__)
 
 bp = func.Blueprint()
 
 
-def _json(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
-    return func.HttpResponse(orjson.dumps(payload), status_code=status, headers=headers, mimetype="application/json")
+def _json(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, headers=headers, media_type="application/json")
 
 
-def _answer(compute: Callable[[], dict[str, Any]]) -> func.HttpResponse:
+async def _answer(compute: Callable[[], dict[str, Any] | Iterator[bytes]]) -> Response:
     try:
-        return _json(compute())
+        result = await run_in_threadpool(compute)
     except ScoringError as exc:
         return _json(exc.body(), exc.status, exc.headers())
     except Exception:
         # Full detail goes to the logs only: responses never carry stack traces, keys or URIs.
         log.exception("scoring failed unexpectedly")
         return _json(internal_error_body(), 500)
+    if isinstance(result, dict):
+        return _json(result)
+    # Server-sent events; no proxy buffering, so each token reaches the client when it is made.
+    return StreamingResponse(result, media_type=SSE_MEDIA_TYPE,
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @bp.route(route="score", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-def score(req: func.HttpRequest) -> func.HttpResponse:
-    with telemetry.scoring_span("score", req.get_body()):
-        return _answer(lambda: scoring.score(req.get_body()))
+async def score(req: Request) -> Response:
+    body = await req.body()
+    with telemetry.scoring_span("score", body):
+        return await _answer(lambda: scoring.score(body))
 
 
 @bp.route(route="v1/chat/completions", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-def chat_completions(req: func.HttpRequest) -> func.HttpResponse:
-    with telemetry.scoring_span("chat_completions", req.get_body()):
-        return _answer(lambda: scoring.chat_completion(req.get_body()))
+async def chat_completions(req: Request) -> Response:
+    body = await req.body()
+    with telemetry.scoring_span("chat_completions", body):
+        return await _answer(lambda: scoring.chat_completion(body))
 
 
 @bp.route(route="v1/models", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-def list_models(req: func.HttpRequest) -> func.HttpResponse:
-    return _answer(scoring.list_models)
+async def list_models(req: Request) -> Response:
+    return await _answer(scoring.list_models)

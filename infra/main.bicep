@@ -36,6 +36,7 @@ var functionAppName = 'func-${resourceToken}'
 var chatDataContainer = 'chat-data'
 var preparedContainer = 'prepared'
 var ledgerTable = 'ledger'
+var followupQueue = 'endpoint-followups'
 var deploymentContainer = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 var preparedDatastoreName = 'autopilot_prepared'
 var storageSystemTopicName = 'evgt-st-${resourceToken}'
@@ -68,6 +69,9 @@ module storage 'modules/storage.bicep' = {
       chatDataContainer
       preparedContainer
       deploymentContainer
+    ]
+    queues: [
+      followupQueue
     ]
     tables: [
       ledgerTable
@@ -165,6 +169,8 @@ var appSettings = {
   LEDGER_TABLE: ledgerTable
   RECONCILE_SCHEDULE: '0 */5 * * * *'
   JANITOR_SCHEDULE: '0 */10 * * * *'
+  // HTTP streams (streamed chat completions): the worker indexes the FastAPI-typed functions at start.
+  PYTHON_ENABLE_INIT_INDEXING: '1'
 }
 
 module functionApp 'modules/function-app.bicep' = {

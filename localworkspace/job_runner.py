@@ -119,12 +119,24 @@ def run(job_dir: Path, spec: dict[str, Any]) -> int:
         base_dir = ensure_base_model(spec["base_model"], spec["model_cache"])
         timings["base_model_s"] = time.monotonic() - t
 
+        total = int(spec["params"].get("max_steps") or 0) or None  # epochs mode: total unknown up front
+        training_started = now_iso()
+
+        def progress(step: int, loss: float) -> None:
+            # What `status` shows for a running job (step / loss / ETA); best effort, never fatal.
+            try:
+                ws.update_job_state(job, expect={"running"}, progress={
+                    "step": step, "total_steps": total, "loss": round(float(loss), 4),
+                    "training_started_at": training_started, "at": now_iso()})
+            except OSError:
+                log.debug("could not record progress", exc_info=True)
+
         t = time.monotonic()
         result = run_finetune_job(
             job_name=job, tracking_uri=ws.tracking_uri, artifact_root=ws.artifact_root,
             experiment_name=spec["experiment_name"], base_dir=base_dir,
             base_model_name=spec["base_model_name"], train_path=train_path, test_path=test_path,
-            params=spec["params"], ignored_params=spec.get("ignored_params"), tags=spec.get("tags"),
+            params=spec["params"], tags=spec.get("tags"), on_progress=progress,
         )
         timings["finetune_s"] = time.monotonic() - t
         final = {

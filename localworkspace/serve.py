@@ -7,7 +7,9 @@ environment variable ``LOCAL_ENDPOINT_KEY`` (never the command line, which ``ps`
 Routes: ``/ping`` and ``/health`` (open; the workspace's health check), ``/invocations``
 (MLflow's contract), ``POST /score`` (Azure ML's contract: ``{"input_data": {"input_string":
 [messages], "parameters": {...}}, "params": {}}`` -> ``{"output": ..., "finish_reason": ...,
-"usage": {...}}``). Everything but the health routes needs ``Authorization: Bearer <key>``.
+"usage": {...}}``; with ``Accept: text/event-stream`` the answer is server-sent events, one
+``{"output": "<new text>"}`` per decoded token as it is generated, a last one with
+``finish_reason`` and ``usage``, then ``[DONE]``). Everything but the health routes needs ``Authorization: Bearer <key>``.
 Each scoring request writes the time to the activity file: the endpoint's own activity metric.
 """
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import json
 import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ log = logging.getLogger("localworkspace.serve")
 KEY_ENV = "LOCAL_ENDPOINT_KEY"
 OPEN_PATHS = frozenset({"/ping", "/health"})
 DEFAULT_MAX_NEW_TOKENS = 256
+STREAM_TOKEN_TIMEOUT_S = 120.0  # longest wait for the next token (another request may hold the model)
 
 
 class ScoreRequestError(ValueError):
@@ -100,9 +105,39 @@ class ChatScorer:
             result = impl.predict(dict(data), params=dict(generation))
         return result[0] if isinstance(result, list) else result
 
+    def stream(self, data: dict[str, Any], generation: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The same generation, piece by piece: transformers' TextIteratorStreamer gets each token
+        as ``generate`` makes it (generation runs on its own thread); the last piece carries the
+        finish reason and usage of the whole completion."""
+        from transformers import TextIteratorStreamer
+
+        impl = self.pyfunc_model._model_impl
+        streamer = TextIteratorStreamer(impl.pipeline.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                        timeout=STREAM_TOKEN_TIMEOUT_S)
+        outcome: dict[str, Any] = {}
+
+        def generate() -> None:
+            try:
+                outcome["completion"] = self.complete(data, {**generation, "streamer": streamer})
+            except Exception as exc:  # noqa: BLE001 - reported to the client as the stream's end
+                outcome["error"] = exc
+                streamer.end()
+
+        worker = threading.Thread(target=generate, name="generate-stream", daemon=True)
+        worker.start()
+        for text in streamer:
+            if text:
+                yield {"output": text}
+        worker.join()
+        if "error" in outcome:
+            log.error("generation failed: %s", outcome["error"], exc_info=outcome["error"])
+            raise outcome["error"]
+        final = azure_response(outcome["completion"])
+        yield {"output": "", "finish_reason": final["finish_reason"], "usage": final["usage"]}
+
 
 def build_app(pyfunc_model: Any, key: str, activity_file: Path, max_new_tokens_cap: int = 1024):  # noqa: ANN201
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
     from mlflow.pyfunc import scoring_server
     from starlette.concurrency import run_in_threadpool
 
@@ -130,6 +165,9 @@ def build_app(pyfunc_model: Any, key: str, activity_file: Path, max_new_tokens_c
             chat = chat_request_from_azure(body, max_new_tokens_cap)
         except ScoreRequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return StreamingResponse(_sse(scorer.stream(chat["data"], chat["generation"])),
+                                     media_type="text/event-stream")
         try:
             completion = await run_in_threadpool(scorer.complete, chat["data"], chat["generation"])
         except Exception as exc:
@@ -138,6 +176,17 @@ def build_app(pyfunc_model: Any, key: str, activity_file: Path, max_new_tokens_c
         return JSONResponse(azure_response(completion))
 
     return app
+
+
+def _sse(pieces: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    """Pieces -> server-sent events; a failure mid-stream ends it with an error event."""
+    try:
+        for piece in pieces:
+            yield b"data: " + json.dumps(piece).encode() + b"\n\n"
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: tell the client in the stream
+        yield b"data: " + json.dumps({"error": f"generation failed: {type(exc).__name__}"}).encode() + b"\n\n"
+        return
+    yield b"data: [DONE]\n\n"
 
 
 def record_activity(activity_file: Path) -> None:

@@ -49,8 +49,9 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     "merge_lora_weights": "true",
     "logging_steps": 1,
 }
-# Inputs of the Azure component that have no meaning on a single local CPU process. They are
-# accepted (FINETUNE_PARAMS is shared by both backends) and recorded as ignored.
+# Inputs of the Azure component that have no meaning on a single local CPU process. Giving one to
+# the local backend is an error naming it (as an unknown input is for Azure ML), never silently
+# dropped: the run would not be the one the settings describe.
 AZURE_ONLY_PARAMS = frozenset({
     "instance_type_model_import", "instance_type_preprocess", "instance_type_finetune",
     "instance_type_model_evaluation", "shm_size_finetune", "num_nodes_finetune",
@@ -93,19 +94,20 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise ParamError(f"fine-tune parameter {name}={value!r} is not a valid {type(default).__name__}") from None
 
 
-def resolve_params(*overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Local defaults overlaid with each override in turn; returns (params, ignored).
+def resolve_params(*overrides: dict[str, Any]) -> dict[str, Any]:
+    """Local defaults overlaid with each override in turn.
 
-    Raises ParamError for a name that is neither a local parameter nor an Azure component input.
+    Raises ParamError for a name that is not a local parameter (an Azure-only component input
+    included: it says so), or a value of the wrong type.
     """
     params = dict(LOCAL_DEFAULTS)
-    ignored: dict[str, Any] = {}
     for override in overrides:
         for name, value in (override or {}).items():
-            if name in AZURE_ONLY_PARAMS:
-                ignored[name] = value
-            elif name in LOCAL_DEFAULTS:
+            if name in LOCAL_DEFAULTS:
                 params[name] = _coerce(name, value, LOCAL_DEFAULTS[name])
+            elif name in AZURE_ONLY_PARAMS:
+                raise ParamError(f"fine-tune parameter {name!r} is an Azure ML component input with no meaning on the "
+                                 "local workspace; remove it (or use ML_BACKEND=azureml)")
             else:
                 known = ", ".join(sorted(LOCAL_DEFAULTS))
                 raise ParamError(f"unknown fine-tune parameter {name!r}; the local workspace takes: {known}")
@@ -125,7 +127,7 @@ def resolve_params(*overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     for name, ok in checks:
         if not ok:
             raise ParamError(f"fine-tune parameter {name}={params[name]!r} is out of range")
-    return params, ignored
+    return params
 
 
 # --- data -------------------------------------------------------------------------------
@@ -334,8 +336,8 @@ def run_finetune_job(
     train_path: str | Path,
     test_path: str | Path,
     params: dict[str, Any],
-    ignored_params: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
+    on_progress: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """The whole job: MLflow run with params, per-step metrics, eval losses and the chat model."""
     import mlflow
@@ -347,12 +349,12 @@ def run_finetune_job(
     run_tags = {"job": job_name, "base_model": base_model_name, **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id, run_name=job_name, tags=run_tags) as run:
         mlflow.log_params({**params, "base_model": base_model_name, "train_conversations": len(train), "test_conversations": len(test)})
-        if ignored_params:
-            mlflow.set_tag("ignored_params", json.dumps(ignored_params, sort_keys=True))
 
         def on_step(step: int, values: dict[str, float]) -> None:
             mlflow.log_metrics(values, step=step)
             log.info("step %d train_loss %.4f", step, values["train_loss"])
+            if on_progress is not None:
+                on_progress(step, values["train_loss"])
 
         result = finetune(base_dir, train, test, params, on_step=on_step)
         mlflow.log_metrics({k: v for k, v in result.metrics.items() if k != "train_loss"})

@@ -147,7 +147,8 @@ SPECS: dict[str, Spec] = {
     "collection_model_names": Spec("COLLECTION_MODEL_NAMES", "", _json_obj, "Corpus mode: JSON object collection -> fine-tuned model name (default: `default` -> `FINETUNED_MODEL_NAME`'s name, any other collection -> that name + `-<collection>`)."),
     "max_running_jobs": Spec("MAX_RUNNING_JOBS", "2", _int, "Corpus mode: at most this many fine-tuning jobs run at once across collections (0: no limit); a due submission beyond it waits, pending."),
     "finetune_budget_usd": Spec("FINETUNE_BUDGET_USD", "", _opt_float, "Corpus mode: monthly (UTC calendar month) fine-tuning budget in USD, counted from the jobs' real run times x `INSTANCE_HOURLY_PRICES`; once spent, submissions wait, pending (empty: no budget)."),
-    "eventgrid_webhook_url": Spec("EVENTGRID_WEBHOOK_URL", "http://127.0.0.1:7071/runtime/webhooks/eventgrid?functionName=on_job_event", _str, "Local backend: where the workspace posts its job events (the app's Event Grid webhook)."),
+    "eventgrid_webhook_url": Spec("EVENTGRID_WEBHOOK_URL", "", _str, "Local backend: where the workspace posts its job events (the app's Event Grid webhook); empty: the `on_job_event` webhook of the local host on `LOCAL_HOST_PORT`."),
+    "local_host_port": Spec("LOCAL_HOST_PORT", "7071", _int, "Local stack: port of the local Functions host (`make up`, `python -m devhost.host`); the job-event webhook follows it unless `EVENTGRID_WEBHOOK_URL` is set."),
     # --- local workspace
     "local_workspace_dir": Spec("LOCAL_WORKSPACE_DIR", str(PROJECT_ROOT / ".local" / "workspace"), _str, "Folder of the local workspace (jobs, MLflow database, models, endpoint records)."),
     "local_base_model": Spec("LOCAL_BASE_MODEL", "smollm2", _str, "Local base model: `smollm2` (SmolLM2-135M-Instruct) or `tiny-random` (fast tests)."),
@@ -174,12 +175,13 @@ SPECS: dict[str, Spec] = {
     "quality_gate": Spec("QUALITY_GATE", "false", _bool, "Deploy only when the job's test loss beat the base model's (where the backend reports it)."),
     "delete_replaced_endpoints": Spec("DELETE_REPLACED_ENDPOINTS", "false", _bool, "Delete the previous endpoint at once when a newer model becomes active (else the janitor does it when idle)."),
     "reconcile_schedule": Spec("RECONCILE_SCHEDULE", "0 */5 * * * *", _str, "NCRONTAB schedule of the `reconcile` timer."),
+    "endpoint_followups": Spec("ENDPOINT_FOLLOWUPS", "true", _bool, "Check a deployment or deletion in flight within seconds (queue `endpoint-followups`: every 2 s for half a minute, then backed off to every 30 s) instead of only at the next `reconcile`."),
     "submit_claim_lease_s": Spec("SUBMIT_CLAIM_LEASE_SECONDS", "300", _int, "A delivery's claim on submitting a dataset is honoured this long; after it, a crashed delivery's submission is finished by the next delivery or `reconcile`."),
     # --- scoring
     "scoring_max_request_bytes": Spec("SCORING_MAX_REQUEST_BYTES", "262144", _int, "Largest scoring request body accepted."),
     "scoring_max_new_tokens": Spec("SCORING_MAX_NEW_TOKENS", "1024", _int, "Upper bound for max_new_tokens / max_tokens."),
     "scoring_redeploy_on_demand": Spec("SCORING_REDEPLOY_ON_DEMAND", "true", _bool, "When a model has no live endpoint, a scoring call starts redeploying its last version."),
-    "scoring_retry_after_s": Spec("SCORING_RETRY_AFTER_S", "60", _int, "Retry-After (seconds) sent with 503 while an endpoint is (re)deploying."),
+    "scoring_retry_after_s": Spec("SCORING_RETRY_AFTER_S", "60", _int, "Retry-After (seconds) sent with 503 while an endpoint is (re)deploying, until the app has deployment times to estimate it from."),
     "activity_flush_s": Spec("ACTIVITY_FLUSH_S", "30", _int, "Scoring records an endpoint's last activity at most once per this many seconds per worker."),
     "scoring_route_max_stale_s": Spec("SCORING_ROUTE_MAX_STALE_S", "300", _int, "While the ledger is unreachable, scoring keeps using a known route this many seconds after it was last read from the ledger."),
     # --- endpoint healing
@@ -225,6 +227,7 @@ class Settings:
     max_running_jobs: int
     finetune_budget_usd: float | None
     eventgrid_webhook_url: str
+    local_host_port: int
     local_workspace_dir: str
     local_base_model: str
     local_workspace_id: str
@@ -248,6 +251,7 @@ class Settings:
     quality_gate: bool
     delete_replaced_endpoints: bool
     reconcile_schedule: str
+    endpoint_followups: bool
     submit_claim_lease_s: int
     scoring_max_request_bytes: int
     scoring_max_new_tokens: int
@@ -340,6 +344,8 @@ def load_settings(environ: Mapping[str, str] | None = None, local_settings: Path
             # In Azure the storage has no default: never fall back to Azurite on 127.0.0.1.
             raw = "" if in_azure and spec.env == STORAGE else (spec.default if spec.default is not None else "")
         values[field] = spec.parse(spec.env, raw)
+    if not values["eventgrid_webhook_url"]:
+        values["eventgrid_webhook_url"] = local_webhook_url(values["local_host_port"])
     settings = Settings(**values)
     _validate_storage(settings, present_empty=STORAGE in env and not env[STORAGE].strip(), in_azure=in_azure)
     _validate(settings)
@@ -386,6 +392,40 @@ def _validate_storage(s: Settings, *, present_empty: bool, in_azure: str | None)
             raise SettingsError(f"{STORAGE}__{name}={uri!r} must be an https:// URL")
 
 
+def local_webhook_url(port: int) -> str:
+    """The local host's Event Grid webhook of ``on_job_event`` (where local job events go)."""
+    return f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event"
+
+
+_TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})")
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*?/,\-]+")
+
+
+def schedule_error(expression: str) -> str | None:
+    """Why ``expression`` is not a timer schedule the Functions host accepts (None when it is one):
+    NCRONTAB with six fields, seconds first (``0 */5 * * * *``), or a TimeSpan (``00:05:00``)."""
+    text = expression.strip()
+    span = _TIMESPAN.fullmatch(text)
+    if span:
+        if not any(int(g or 0) for g in span.groups()):
+            return "the TimeSpan interval must be positive"
+        return None
+    fields = text.split()
+    if len(fields) != 6:
+        hint = " (a five-field cron has no seconds: put 0 first, e.g. '0 */5 * * * *')" if len(fields) == 5 else ""
+        return f"an NCRONTAB schedule has six fields, seconds first; got {len(fields)}{hint}"
+    bad = [f for f in fields if not _CRON_FIELD.fullmatch(f)]
+    if bad:
+        return f"field {bad[0]!r} is not an NCRONTAB field"
+    try:  # the full check where croniter is installed (the local host uses it to schedule)
+        from croniter import croniter
+    except ImportError:
+        return None
+    if not croniter.is_valid(text, second_at_beginning=True):
+        return "it is not a valid NCRONTAB expression (second minute hour day month day-of-week)"
+    return None
+
+
 def _validate(s: Settings) -> None:
     if s.ml_backend not in {"local", "azureml"}:
         raise SettingsError(f"ML_BACKEND={s.ml_backend!r} is not one of: local, azureml")
@@ -423,6 +463,18 @@ def _validate(s: Settings) -> None:
                                 "(1-255 letters, digits, '-', '_' or '.', starting with a letter or digit)")
     if s.idle_endpoint_minutes <= 0:
         raise SettingsError(f"IDLE_ENDPOINT_MINUTES={s.idle_endpoint_minutes} must be positive")
+    for env_name, schedule in (("RECONCILE_SCHEDULE", s.reconcile_schedule), ("JANITOR_SCHEDULE", s.janitor_schedule)):
+        problem = schedule_error(schedule)
+        if problem:
+            raise SettingsError(f"{env_name}={schedule!r}: {problem}")
+    if not 1 <= s.local_host_port <= 65535:
+        raise SettingsError(f"LOCAL_HOST_PORT={s.local_host_port} is not a TCP port (1-65535)")
+    if s.ml_backend == "local" and s.finetune_params:
+        from shared.backends.local_params import unknown_local_params
+
+        unknown = unknown_local_params(s.finetune_params)
+        if unknown:
+            raise SettingsError(f"FINETUNE_PARAMS: {unknown}")
 
 
 _override: Settings | None = None

@@ -20,6 +20,7 @@ from shared.settings import Settings, get_settings
 if TYPE_CHECKING:
     from azure.data.tables import TableServiceClient
     from azure.storage.blob import BlobServiceClient
+    from azure.storage.queue import QueueClient, QueueServiceClient
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,32 @@ def _table_service(connection: str, url: str, kind: str, client_id: str) -> Tabl
     if connection:
         return TableServiceClient.from_connection_string(connection)
     return TableServiceClient(url, credential=_credential_for(kind, client_id))
+
+
+@functools.lru_cache(maxsize=8)
+def _queue_service(connection: str, account: str, client_id: str) -> QueueServiceClient:
+    from azure.storage.queue import QueueServiceClient
+
+    # One quick retry: an enqueue that fails costs only time (reconcile settles what it missed).
+    policies = {"retry_total": 1, "retry_backoff_factor": 0.2}
+    if connection:
+        return QueueServiceClient.from_connection_string(connection, **policies)
+    return QueueServiceClient(f"https://{account}.queue.core.windows.net", credential=credential(client_id), **policies)
+
+
+def queue_service(settings: Settings | None = None) -> QueueServiceClient:
+    s = settings or get_settings()
+    return _queue_service(s.storage_connection, s.storage_account_name, s.azure_client_id)
+
+
+def queue_client(name: str, settings: Settings | None = None) -> QueueClient:
+    """One queue of the host storage; messages (bytes) base64-encoded both ways, the Functions
+    queue trigger's default ``messageEncoding``."""
+    from azure.storage.queue import BinaryBase64DecodePolicy, BinaryBase64EncodePolicy
+
+    return queue_service(settings).get_queue_client(
+        name, message_encode_policy=BinaryBase64EncodePolicy(), message_decode_policy=BinaryBase64DecodePolicy()
+    )
 
 
 def blob_service(settings: Settings | None = None) -> BlobServiceClient:

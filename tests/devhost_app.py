@@ -129,3 +129,14 @@ def every_second(timer: func.TimerRequest) -> None:
 @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=False, use_monitor=True)
 def yearly(timer: func.TimerRequest) -> None:
     record("yearly", timer.past_due)
+
+
+# --- Queue (the queue name is per test: the fixture sets DEVHOST_TEST_QUEUE)
+
+
+@app.queue_trigger(arg_name="msg", queue_name="%DEVHOST_TEST_QUEUE%", connection="AzureWebJobsStorage")
+def on_queue_message(msg: func.QueueMessage) -> None:
+    body = msg.get_body().decode()
+    record("on_queue_message", {"body": body, "dequeue_count": msg.dequeue_count, "id": msg.id, "at": time.monotonic()})
+    if body.startswith("fail"):
+        raise RuntimeError("scripted failure")

@@ -28,7 +28,7 @@ import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -49,6 +49,14 @@ class StubEndpoint:
         self.script: list[Scripted] = []  # answered first, one per request, before normal replies
         self.raw_reply: bytes | None = None  # replaces the normal JSON reply (bad-shape tests)
         self.report_usage = True
+        # Streaming: when set and the request accepts text/event-stream, the reply is server-sent
+        # events, one {"output": word} per word (the local endpoint's streaming form).
+        self.streams = False
+        self.stream_raw_events: list[bytes] | None = None  # replaces the streamed events (bad-shape tests)
+        # When set, the last word is sent only after this event is set (or 5 s passed):
+        # ``gate_opened`` then says whether the client saw the first words before the stream ended.
+        self.gate: threading.Event | None = None
+        self.gate_opened: bool | None = None
         self.requests: list[dict[str, Any]] = []  # {"headers", "json"} of every request received
         self._lock = threading.Lock()
 
@@ -96,7 +104,23 @@ class StubEndpoint:
             prompt = sum(len(m["content"].split()) for m in messages)
             completion = min(len(text.split()), parameters.get("max_new_tokens", 1 << 30))
             reply["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        if self.streams and "text/event-stream" in request.headers.get("accept", ""):
+            return StreamingResponse(self._events(reply), media_type="text/event-stream")
         return Response(orjson.dumps(reply), 200, media_type="application/json")
+
+    async def _events(self, reply: dict[str, Any]) -> Any:
+        if self.stream_raw_events is not None:
+            for raw in self.stream_raw_events:
+                yield raw
+            return
+        words = reply["output"].split(" ")
+        for i, word in enumerate(words):
+            if i == len(words) - 1 and self.gate is not None:
+                self.gate_opened = await asyncio.to_thread(self.gate.wait, 5.0)
+            yield b"data: " + orjson.dumps({"output": word if i == 0 else f" {word}"}) + b"\n\n"
+        yield b"data: " + orjson.dumps({"output": "", "finish_reason": reply["finish_reason"],
+                                        "usage": reply.get("usage")}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
 
 @dataclasses.dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import socket
 import time
@@ -67,3 +69,48 @@ class PrivateAzurite:
         from devhost.azurite import start
 
         self.proc = start(self.az, self.location)
+
+
+@dataclasses.dataclass
+class HttpReply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    media_type: str | None
+    chunks: list[bytes]  # the body as the function sent it (one chunk unless it streamed)
+
+
+def call_http(fn: Callable[..., Any], method: str, url: str, body: bytes = b"",
+              headers: dict[str, str] | None = None) -> HttpReply:
+    """Call an HTTP function that takes FastAPI's ``Request`` (Azure Functions' HTTP streams types)
+    the way the worker does: a real ASGI request, the response (streamed or not) read to its end."""
+    from urllib.parse import urlsplit
+
+    from fastapi import Request
+    from starlette.responses import StreamingResponse
+
+    parts = urlsplit(url)
+    scope = {
+        "type": "http", "method": method, "path": parts.path, "raw_path": parts.path.encode(),
+        "query_string": parts.query.encode(), "scheme": parts.scheme or "http", "server": ("localhost", 80),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()], "path_params": {},
+    }
+
+    async def run() -> HttpReply:
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:
+                return {"type": "http.disconnect"}
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        response = await fn(Request(scope, receive))
+        if isinstance(response, StreamingResponse):
+            chunks = [c if isinstance(c, bytes) else c.encode() async for c in response.body_iterator]
+        else:
+            chunks = [bytes(response.body)]
+        return HttpReply(response.status_code, dict(response.headers), b"".join(chunks), response.media_type, chunks)
+
+    return asyncio.run(run())

@@ -26,6 +26,7 @@ from shared.observability.status import collect_status
 from shared.scoring.activity import ActivityRecorder
 from shared.settings import Settings
 from tests.fakes.workspace import InMemoryWorkspace
+from tests.support import call_http
 from tests.test_prepare_function import MOSTLY_BAD, upload
 
 pytestmark = pytest.mark.storage
@@ -147,9 +148,9 @@ def test_page_shows_the_chain_rejected_lines_curve_and_savings(storage_settings:
     assert [e["line"] for e in rejected["rejected"]["errors"]] == list(range(11, 16))  # the first 5 of lines 11..40
     assert rejected["rejected"]["omitted"] == 25
 
-    page = trigger()["dashboard"](func.HttpRequest("GET", "/api/dashboard", params={"code": "k3y", "refresh": "3"}, body=b""))
-    html = page.get_body().decode()
-    assert page.status_code == 200 and page.mimetype == "text/html"
+    page = call_http(trigger()["dashboard"], "GET", "/api/dashboard?code=k3y&refresh=3")
+    html = page.body.decode()
+    assert page.status == 200 and page.media_type.startswith("text/html")
     assert "line 11: <b>invalid_json</b>" in html or re.search(r"line 11: <b>[a-z_]+</b>", html)
     assert f'href="/api/dashboard/report?dataset={rejected["id"]}&amp;code=k3y"' in html
     assert 'content="3; url=/api/dashboard?refresh=3&amp;code=k3y"' in html
@@ -159,16 +160,16 @@ def test_page_shows_the_chain_rejected_lines_curve_and_savings(storage_settings:
     assert ep in html and "idle for 90 min" in html and "$4.59" in html
     assert 'class="deletion"' in html and 'class="requests"' in html and "7 requests" in html
 
-    as_json = trigger()["dashboard"](func.HttpRequest("GET", "/api/dashboard", params={"format": "json"}, body=b""))
-    assert as_json.status_code == 200 and as_json.mimetype == "application/json"
-    data = json.loads(as_json.get_body())
+    as_json = call_http(trigger()["dashboard"], "GET", "/api/dashboard?format=json")
+    assert as_json.status == 200 and as_json.media_type.startswith("application/json")
+    data = json.loads(as_json.body)
     (usage,) = [r for r in data["usage"]["rows"] if r["name"] == ep]
     assert sum(usage["hours"].values()) == 7 and usage["deleted"][0][0] == ledger.get(ENDPOINT, ep).get("deleted_at")
 
-    report = trigger()["dashboard_report"](func.HttpRequest("GET", "/api/dashboard/report", params={"dataset": rejected["id"]}, body=b""))
-    assert report.status_code == 200 and "line" in report.get_body().decode() and "rejected" in report.get_body().decode()
-    missing = trigger()["dashboard_report"](func.HttpRequest("GET", "/api/dashboard/report", params={"dataset": "nope"}, body=b""))
-    assert missing.status_code == 404
+    report = call_http(trigger()["dashboard_report"], "GET", f"/api/dashboard/report?dataset={rejected['id']}")
+    assert report.status == 200 and "line" in report.body.decode() and "rejected" in report.body.decode()
+    missing = call_http(trigger()["dashboard_report"], "GET", "/api/dashboard/report?dataset=nope")
+    assert missing.status == 404
 
 
 def test_untrusted_text_is_escaped(storage_settings: Settings, backend: CurveBackend) -> None:
@@ -279,10 +280,14 @@ def test_status_json_carries_the_training_curves(storage_settings: Settings, bac
 
 
 def test_refresh_parameter_is_clamped() -> None:
-    req = func.HttpRequest("GET", "/api/dashboard", params={"refresh": "0"}, body=b"")
-    assert dashboard_functions._refresh(req) is None
-    assert dashboard_functions._refresh(func.HttpRequest("GET", "/", params={"refresh": "1"}, body=b"")) == 2
-    assert dashboard_functions._refresh(func.HttpRequest("GET", "/", params={"refresh": "x"}, body=b"")) == dashboard.DEFAULT_REFRESH_S
+    from fastapi import Request
+
+    def req(query: str) -> Request:
+        return Request({"type": "http", "method": "GET", "path": "/api/dashboard", "query_string": query.encode(), "headers": []})
+
+    assert dashboard_functions._refresh(req("refresh=0")) is None
+    assert dashboard_functions._refresh(req("refresh=1")) == 2
+    assert dashboard_functions._refresh(req("refresh=x")) == dashboard.DEFAULT_REFRESH_S
 
 
 def test_collections_and_endpoint_health_are_shown_when_records_carry_them(storage_settings: Settings, backend: CurveBackend) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.storage
 
 APP = "tests.devhost_app:app"
 POLL_S = 0.1
-HOST_THREAD_PREFIXES = ("devhost-http", "blob-trigger", "timer-", "function")
+HOST_THREAD_PREFIXES = ("devhost-http", "blob-trigger", "timer-", "function", "queue-trigger")
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
@@ -47,13 +48,14 @@ def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: flo
 def host_json(tmp_path: Path) -> Path:
     path = tmp_path / "host.json"
     path.write_text(
-        json.dumps({"version": "2.0", "extensions": {"blobs": {"poisonBlobThreshold": 3, "maxDegreeOfParallelism": 2}}})
+        json.dumps({"version": "2.0", "extensions": {"blobs": {"poisonBlobThreshold": 3, "maxDegreeOfParallelism": 2},
+                                                     "queues": {"maxDequeueCount": 3, "visibilityTimeout": "00:00:01"}}})
     )
     return path
 
 
 @pytest.fixture
-def start_host(storage_settings: Settings, host_json: Path) -> Iterator[Callable[..., Host]]:
+def start_host(storage_settings: Settings, host_json: Path, test_queue: str) -> Iterator[Callable[..., Host]]:
     """Start hosts on free ports for this test; every one is stopped at the end."""
     devhost_app.reset()
     started: list[Host] = []
@@ -74,6 +76,14 @@ def start_host(storage_settings: Settings, host_json: Path) -> Iterator[Callable
     yield start
     for host in started:
         host.stop()
+
+
+@pytest.fixture(autouse=True)
+def test_queue(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The queue of devhost_app's queue trigger, this test's own (``%DEVHOST_TEST_QUEUE%``)."""
+    name = f"devhost-q-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("DEVHOST_TEST_QUEUE", name)
+    return name
 
 
 @pytest.fixture
@@ -432,3 +442,43 @@ def test_command_line_lists_functions_and_stops_on_sigint(storage_settings: Sett
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+# --- Queue triggers
+
+
+def test_queue_messages_run_once_failures_retry_then_go_to_the_poison_queue(
+    start_host: Callable[..., Host], storage_settings: Settings, test_queue: str
+) -> None:
+    from shared.storage import queue_client
+
+    host = start_host()  # host.json of this test: maxDequeueCount 3, visibilityTimeout 1 s
+    assert f"on_queue_message: queueTrigger {test_queue}" in host.describe()
+    queue = queue_client(test_queue, storage_settings)
+    wait_until(lambda: _queue_exists(queue))  # the host creates a missing queue, as the extension does
+    queue.send_message(b"hello")
+    queue.send_message(b"later", visibility_timeout=2)
+    sent_later = time.monotonic()
+    queue.send_message(b"fail: always")
+    wait_until(lambda: len([c for c in devhost_app.calls("on_queue_message") if c["body"] == "later"]) == 1, timeout=10)
+    later = [c for c in devhost_app.calls("on_queue_message") if c["body"] == "later"][0]
+    assert later["at"] - sent_later >= 1.9  # not seen before its visibility delay
+    poison = queue_client(f"{test_queue}-poison", storage_settings)
+    wait_until(lambda: _queue_exists(poison) and list(poison.peek_messages()), timeout=15)
+    time.sleep(1.5)
+    calls = devhost_app.calls("on_queue_message")
+    assert [c["dequeue_count"] for c in calls if c["body"] == "hello"] == [1]  # succeeded once, deleted
+    assert [c["dequeue_count"] for c in calls if c["body"] == "fail: always"] == [1, 2, 3]
+    assert [m.content for m in poison.peek_messages()] == [b"fail: always"]
+    assert list(queue.peek_messages()) == []  # nothing left behind
+    assert [r.outcome for r in host.invoker.of("on_queue_message")].count("Failed") == 3
+
+
+def _queue_exists(queue: Any) -> bool:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        queue.get_queue_properties()
+        return True
+    except ResourceNotFoundError:
+        return False

@@ -91,13 +91,13 @@ def test_index_rejects_what_the_host_cannot_drive() -> None:
     with pytest.raises(AppIndexError, match="blob 'out'"):
         index_app(app)
 
-    queue_app = func.FunctionApp()
+    bus_app = func.FunctionApp()  # (storage queue triggers are driven: devhost.queues)
 
-    @queue_app.queue_trigger(arg_name="msg", queue_name="q", connection="AzureWebJobsStorage")
-    def on_message(msg: func.QueueMessage) -> None: ...
+    @bus_app.service_bus_queue_trigger(arg_name="msg", queue_name="q", connection="ServiceBus")
+    def on_message(msg: func.ServiceBusMessage) -> None: ...
 
-    with pytest.raises(AppIndexError, match="queueTrigger"):
-        index_app(queue_app)
+    with pytest.raises(AppIndexError, match="serviceBusTrigger"):
+        index_app(bus_app)
 
 
 def test_binding_expressions_resolve_against_the_host_settings(unit_settings: Settings) -> None:

@@ -41,7 +41,8 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
         function_key=KEY,
         eventgrid_webhook_url=f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event",
         finetune_params={"max_steps": 4},
-        reconcile_schedule="*/2 * * * * *",
+        # reconcile never runs on its own here: activation comes from the queue follow-ups alone
+        reconcile_schedule="0 0 0 1 1 *",
         janitor_schedule="0 0 0 1 1 *",  # triggered on demand below
         scoring_retry_after_s=5,
     )
@@ -77,6 +78,10 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
             job = backend.get_job(job_name)
             assert job.state == "completed", job.error
             assert job.metrics.get("test_loss") is not None and job.metrics.get("base_test_loss") is not None
+            from localworkspace.workspace import Workspace, read_json
+
+            progress = read_json(Workspace(settings.local_workspace_dir).job_state_path(job_name))["progress"]
+            assert (progress["step"], progress["total_steps"]) == (4, 4) and progress["loss"] > 0  # what status showed
             wait_until(lambda: ledger.get(JOB, job_name).state == "completed", 60, "the job-completed event to be handled")
 
             # 3. registered, deployed, made active by reconcile
@@ -101,6 +106,36 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
             assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
             models = client.get("/api/v1/models", headers=headers).json()
             assert settings.model_name in [m["id"] for m in models["data"]]
+            version = model.id.rpartition(":")[2]
+            pinned = client.post("/api/v1/chat/completions", headers=headers, json={
+                "model": f"{settings.model_name}:{version}", "messages": [{"role": "user", "content": "Hello"}],
+                "max_tokens": 8})
+            assert pinned.status_code == 200 and pinned.json()["model"] == f"{settings.model_name}:{version}", pinned.text
+            assert client.post("/api/score", headers=headers, json={**cookbook, "model": f"{settings.model_name}:{version}"}
+                               ).status_code == 200
+            assert client.post("/api/score", headers=headers, json={**cookbook, "model": f"{settings.model_name}:99"}
+                               ).status_code == 404
+
+            # 4b. the official openai client streams a completion token by token from the local endpoint
+            import openai
+
+            oai = openai.OpenAI(base_url=f"{host.base_url}/api/v1", api_key="unused", default_headers=headers, max_retries=0)
+            chunks = list(oai.chat.completions.create(model=settings.model_name, max_tokens=8, stream=True,
+                                                      messages=[{"role": "user", "content": "Hello"}],
+                                                      stream_options={"include_usage": True}))
+            texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+            assert texts and chunks[0].choices[0].delta.role == "assistant"
+            assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in {"stop", "length"}
+            assert chunks[-1].usage is not None and 1 <= chunks[-1].usage.completion_tokens <= 8
+            # the endpoint itself streamed: one server-sent event per decoded piece, then the end
+            target = backend.get_scoring_target(endpoint_name)
+            with httpx.stream("POST", target.url, headers={"Authorization": f"Bearer {target.key}",
+                                                           "Accept": "text/event-stream"}, timeout=120,
+                              json={"input_data": {"input_string": [{"role": "user", "content": "Hello"}],
+                                                   "parameters": {"max_new_tokens": 8}}, "params": {}}) as raw:
+                assert raw.headers["content-type"].startswith("text/event-stream")
+                events = [line for line in raw.iter_lines() if line.startswith("data: ")]
+            assert events[-1] == "data: [DONE]" and len(events) >= 3  # text piece(s), the final piece, [DONE]
 
             # 5. idle: with a short threshold the janitor deletes the endpoint and its server stops
             ep_port = int(backend.get_scoring_target(endpoint_name).url.split(":")[2].split("/")[0])
@@ -117,9 +152,15 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
 
             # 6. scale from zero: 503 + Retry-After and a redeploy, then the same request succeeds
             cold = client.post("/api/score", json=cookbook, headers=headers)
-            assert cold.status_code == 503 and int(cold.headers["Retry-After"]) == 5, cold.text
+            cold_at = time.monotonic()
+            assert cold.status_code == 503, cold.text
+            retry_after = int(cold.headers["Retry-After"])  # estimated from the first deployment's time
             back = wait_until(lambda: (r := client.post("/api/score", json=cookbook, headers=headers)).status_code == 200 and r,
-                        180, "the redeployed endpoint to answer", 2.0)
+                        180, "the redeployed endpoint to answer", 1.0)
+            served_after = time.monotonic() - cold_at
+            print(f"scale from zero: Retry-After {retry_after} s, served again after {served_after:.1f} s")
+            assert retry_after != 5  # not the configured fallback: there is a deployment to learn from
+            assert served_after / 3 - 2 <= retry_after <= served_after * 3 + 5  # an honest estimate
             assert isinstance(back.json()["output"], str)
             assert ledger.get(ENDPOINT, endpoint_name).state == "succeeded"
     finally:

@@ -9,7 +9,8 @@ import sys
 
 from shared.settings import PROJECT_ROOT
 
-HEAVY_PACKAGES = ("azure.ai.ml", "torch", "transformers", "mlflow", "datasets", "pandas", "azure.monitor", "opentelemetry")
+# opentelemetry's API (not its SDK) comes with fastapi, which HTTP streams need: only the SDK and the exporter are heavy.
+HEAVY_PACKAGES = ("azure.ai.ml", "torch", "transformers", "mlflow", "datasets", "pandas", "azure.monitor", "opentelemetry.sdk")
 
 
 def imported_modules_with_importtime() -> dict[str, int]:
@@ -61,3 +62,22 @@ def test_function_app_only_registers_blueprints() -> None:
     for name in sorted(trigger_modules):
         source = (PROJECT_ROOT / "functions" / f"{name}.py").read_text(encoding="utf-8")
         assert "bp = func.Blueprint()" in source, f"functions/{name}.py must define its Blueprint as bp"
+
+
+def test_every_http_function_uses_the_http_streams_types() -> None:
+    """Once one function streams, Azure Functions serves every HTTP trigger of the app as an HTTP
+    stream and ``func.HttpRequest`` handlers stop working: all must take FastAPI's Request."""
+    import inspect
+    import json
+
+    from azurefunctions.extensions.http.fastapi import Request
+
+    import function_app
+    from devhost.app_index import functions_of
+
+    http = [f for f in functions_of(function_app.app)
+            if any(b["type"] == "httpTrigger" for b in json.loads(f.get_function_json())["bindings"])]
+    assert len(http) >= 5  # score, chat_completions, list_models, dashboard, dashboard_report
+    for fn in http:
+        params = list(inspect.signature(fn.get_user_function()).parameters.values())
+        assert params and params[0].annotation is Request, f"{fn.get_function_name()} takes {params[0].annotation!r}"

@@ -44,6 +44,7 @@ AZURE_POLICY = {
     "LEDGER_TABLE": SET,
     "FUNCTION_KEY": LOCAL,
     "TEST_FRACTION": DEFAULT,
+    "ENDPOINT_FOLLOWUPS": DEFAULT,
     "MIN_VALID_EXAMPLES": DEFAULT,
     "MAX_INVALID_SHARE": DEFAULT,
     "REPORT_ERROR_CAP": DEFAULT,
@@ -108,6 +109,7 @@ HOST_SETTINGS = {
     "AzureWebJobsStorage__tableServiceUri": "host: identity-based AzureWebJobsStorage (table)",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "host telemetry (and the app's, once it reads it)",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Entra ID auth for telemetry (App Insights local auth is off)",
+    "PYTHON_ENABLE_INIT_INDEXING": "Python worker: index the FastAPI-typed HTTP functions at start (HTTP streams)",
 }
 # Settings the Flex Consumption plan rejects or that describe other plans.
 FLEX_REJECTED = {
@@ -278,6 +280,15 @@ def test_containers_and_table_match_the_code() -> None:
     # the Flex deployment container is created too
     deploy = tpl.module_params("functionApp")["deploymentContainer"]
     assert deploy in storage["containers"], "the deployment container is not created by the storage module"
+
+
+def test_every_queue_trigger_reads_a_queue_the_template_creates(functions: dict[str, dict]) -> None:
+    queues = [tpl.resolve(q, tpl.main_doc()) for q in tpl.module_params("storage").get("queues", [])]
+    triggers = {name: fn["trigger"] for name, fn in functions.items() if fn["trigger"]["type"] == "queueTrigger"}
+    assert triggers, "no queue trigger found: the indexing is broken"
+    for name, trigger in triggers.items():
+        assert trigger["queueName"] in queues, f"{name} reads queue {trigger['queueName']!r}, which the storage module does not create"
+        assert trigger["connection"] == "AzureWebJobsStorage", f"{name}: the queue connection must be the identity-based AzureWebJobsStorage"
 
 
 def test_blob_trigger_watches_the_chat_data_container(functions: dict[str, dict]) -> None:

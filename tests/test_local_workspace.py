@@ -275,12 +275,13 @@ def test_unknown_param_is_rejected_at_submit(unit_settings: Settings) -> None:
     assert not (Path(unit_settings.local_workspace_dir) / "jobs").exists() or not any((Path(unit_settings.local_workspace_dir) / "jobs").iterdir())
 
 
-def test_azure_only_params_are_accepted_and_recorded_as_ignored() -> None:
-    from localworkspace.trainer import resolve_params
+def test_azure_only_params_are_an_error_on_the_local_backend() -> None:
+    from localworkspace.trainer import ParamError, resolve_params
 
-    params, ignored = resolve_params({"apply_deepspeed": "true", "deepspeed_stage": "2"}, {"num_train_epochs": "2", "lora_r": 4})
+    params = resolve_params({"num_train_epochs": "2"}, {"lora_r": 4})
     assert params["num_train_epochs"] == 2 and params["lora_r"] == 4
-    assert ignored == {"apply_deepspeed": "true", "deepspeed_stage": "2"}
+    with pytest.raises(ParamError, match="'apply_deepspeed' is an Azure ML component input"):
+        resolve_params({"apply_deepspeed": "true"})
 
 
 def _dead_pid() -> int:

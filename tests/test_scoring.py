@@ -1,6 +1,6 @@
 """Scoring routes against a stub endpoint speaking Azure ML's contract, with the ledger in Azurite.
 
-The decorated functions are called with real ``func.HttpRequest`` objects; the backend is a small
+The decorated functions are called with real ASGI requests (FastAPI types); the backend is a small
 stub whose scoring target is a real HTTP server (tests/stub_endpoint.py), so routing, retries,
 credential refresh, timeouts and error mapping run over real sockets.
 """
@@ -33,6 +33,7 @@ from tests.stub_endpoint import (
     seed_model,
     start_in_thread,
 )
+from tests.support import HttpReply, call_http
 
 pytestmark = pytest.mark.storage
 
@@ -86,18 +87,16 @@ class World:
         use_scorer(self.scorer)
 
     def post(self, fn: Any, payload: dict[str, Any]) -> Reply:
-        request = func.HttpRequest(
-            "POST", "http://localhost/api/x", headers={"content-type": "application/json"}, body=orjson.dumps(payload)
-        )
-        return self._reply(fn(request))
+        return self._reply(call_http(fn, "POST", "http://localhost/api/x", orjson.dumps(payload),
+                                     {"content-type": "application/json"}))
 
     def get(self, fn: Any) -> Reply:
-        return self._reply(fn(func.HttpRequest("GET", "http://localhost/api/v1/models", body=b"")))
+        return self._reply(call_http(fn, "GET", "http://localhost/api/v1/models"))
 
     @staticmethod
-    def _reply(response: func.HttpResponse) -> Reply:
-        assert response.mimetype == "application/json"
-        return Reply(response.status_code, orjson.loads(response.get_body()), dict(response.headers))
+    def _reply(response: HttpReply) -> Reply:
+        assert response.media_type == "application/json"
+        return Reply(response.status, orjson.loads(response.body), {k.title(): v for k, v in response.headers.items()})
 
     def assert_clean_error(self, reply: Reply) -> None:
         """Errors are JSON with a message, and leak no endpoint URI, key or stack trace."""
@@ -232,6 +231,7 @@ def test_list_models_in_openai_list_shape(world: World) -> None:
         "created": 0,
         "owned_by": "finetune-autopilot",
         "version": "2",
+        "versions": ["1", "2"],
         "status": "ready",
         "default": True,
     }
@@ -657,3 +657,105 @@ def test_score_over_http_needs_the_function_key(world: World, host: Any) -> None
     reply = httpx.post(url, json=cookbook(max_new_tokens=8), headers={"x-functions-key": "fk-test"})
     assert (reply.status_code, reply.json()) == (200, {"output": f"echo: {PROMPT}"})
     assert httpx.post(f"{url}?code=fk-test", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+
+
+# ---- streaming (stream: true): server-sent events the official client parses
+
+
+def test_openai_client_streams_token_by_token(world: World, host: Any) -> None:
+    import threading
+
+    seed_model(world.ledger, MODEL_NAME, "1")
+    world.stub.streams = True
+    world.stub.gate = threading.Event()
+    stream = openai_client(host).chat.completions.create(
+        model=MODEL_NAME, messages=[{"role": "user", "content": "ahoy there matey"}], max_tokens=16, stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk" and chunk.model == MODEL_NAME
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if not chunk.choices:
+            continue
+        if chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+            world.stub.gate.set()  # the first words arrived while the endpoint still holds back the last
+        finish = chunk.choices[0].finish_reason or finish
+    assert "".join(pieces) == "echo: ahoy there matey"
+    assert len(pieces) == 4  # one chunk per streamed word, not one buffered answer
+    assert world.stub.gate_opened is True  # relayed as it came: the client saw words before the end
+    assert finish == "stop" and usage is not None and usage.total_tokens == 7
+    assert "text/event-stream" in world.stub.requests[-1]["headers"]["accept"]
+
+
+def test_streaming_from_a_deployment_that_does_not_stream_is_one_chunk(world: World, host: Any) -> None:
+    seed_model(world.ledger, MODEL_NAME, "1")
+    chunks = list(openai_client(host).chat.completions.create(
+        model=MODEL_NAME, messages=[{"role": "user", "content": "hello"}], stream=True))
+    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert contents == ["echo: hello"]
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_streaming_errors_reach_the_client_as_its_exceptions(world: World, host: Any) -> None:
+    import openai
+
+    seed_model(world.ledger, MODEL_NAME, "1")
+    client = openai_client(host)
+    with pytest.raises(openai.NotFoundError):  # before the stream: a plain HTTP error
+        list(client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}], stream=True))
+    world.stub.streams = True
+    world.stub.stream_raw_events = [b'data: {"output": "fine"}\n\n', b'data: {"weird": 1}\n\n']
+    received = []
+    with pytest.raises(openai.APIError, match="streamed an unexpected event"):  # during the stream: an error event
+        for chunk in client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
+                                                    stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+    assert received == ["fine"]
+
+
+def test_stream_through_the_function_is_server_sent_events(world: World) -> None:
+    seed_model(world.ledger, MODEL_NAME, "1")
+    world.stub.streams = True
+    reply = call_http(CHAT, "POST", "http://localhost/api/v1/chat/completions",
+                      orjson.dumps({"model": MODEL_NAME, "messages": [{"role": "user", "content": "a b"}], "stream": True}),
+                      {"content-type": "application/json"})
+    assert reply.status == 200 and reply.media_type == "text/event-stream"
+    events = [e for e in reply.body.decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    payloads = [orjson.loads(e[6:]) for e in events[:-1]]
+    assert "".join(p["choices"][0]["delta"].get("content", "") for p in payloads) == "echo: a b"
+    assert len(reply.chunks) >= len(events)  # sent event by event, not as one body
+
+
+# ---- pinned versions: name:version and the stable / latest aliases on both routes
+
+
+def test_pinned_versions_on_both_routes(world: World) -> None:
+    ep1 = seed_model(world.ledger, MODEL_NAME, "1", active=False)
+    ep2 = seed_model(world.ledger, MODEL_NAME, "2")  # version 2 is the active one
+    listed = world.get(MODELS).body["data"]
+    assert [(m["id"], m["version"], m["versions"]) for m in listed] == [(MODEL_NAME, "2", ["1", "2"])]
+    for fn, body in ((CHAT, {"messages": [{"role": "user", "content": PROMPT}]}), (SCORE, cookbook())):
+        for ref, endpoint in ((f"{MODEL_NAME}:1", ep1), (f"{MODEL_NAME}:2", ep2), (f"{MODEL_NAME}:stable", ep2),
+                              (f"{MODEL_NAME}:latest", ep2), (MODEL_NAME, ep2)):
+            reply = world.post(fn, {**body, "model": ref})
+            assert reply.status == 200, (ref, reply.body)
+            assert world.scorer._routes[ref].endpoint == endpoint, ref  # the endpoint that answered
+            if fn is CHAT:
+                assert reply.body["model"] == ref
+        unknown = world.post(fn, {**body, "model": f"{MODEL_NAME}:7"})
+        assert unknown.status == 404 and unknown.body["error"]["code"] == "model_version_not_found"
+        assert "registered versions: 1, 2" in unknown.body["error"]["message"]
+
+
+def test_a_pinned_version_whose_endpoint_is_gone_is_redeployed(world: World) -> None:
+    seed_model(world.ledger, MODEL_NAME, "1", endpoint_state="deleted", active=False)
+    seed_model(world.ledger, MODEL_NAME, "2")
+    reply = world.post(CHAT, {"model": f"{MODEL_NAME}:1", "messages": [{"role": "user", "content": PROMPT}]})
+    assert reply.status == 503 and reply.body["error"]["code"] == "scaled_to_zero"
+    assert [m.ref for m in world.redeploys] == [f"{MODEL_NAME}:1"]  # that version, not the active one
+    assert world.post(CHAT, {"model": MODEL_NAME, "messages": [{"role": "user", "content": PROMPT}]}).status == 200

@@ -1,6 +1,6 @@
 """Scoring request validation: every rejection is a JSON error naming the field (no storage needed).
 
-The decorated functions are called with real ``func.HttpRequest`` objects; rejected requests
+The decorated functions are called with real ASGI requests (FastAPI types, as Azure passes them); rejected requests
 never reach the ledger or an endpoint, so these run without Azurite.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import azure.functions as func
 import orjson
 import pytest
 
@@ -26,6 +25,7 @@ from shared.scoring.contract import (
 from shared.scoring.scorer import _retry_after_seconds, reset_scorers, version_key
 from shared.settings import Settings, use_settings
 from tests.conftest import make_settings
+from tests.support import call_http
 
 SCORE = scoring_functions.score.build().get_user_function()
 CHAT = scoring_functions.chat_completions.build().get_user_function()
@@ -35,9 +35,9 @@ USER = {"role": "user", "content": "hello"}
 
 def call(fn: Any, body: bytes | dict[str, Any] | list[Any]) -> tuple[int, dict[str, Any]]:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    response = fn(func.HttpRequest("POST", "http://localhost/api/x", headers={"content-type": "application/json"}, body=raw))
-    assert response.mimetype == "application/json"
-    return response.status_code, orjson.loads(response.get_body())
+    response = call_http(fn, "POST", "http://localhost/api/x", raw, {"content-type": "application/json"})
+    assert response.media_type == "application/json"
+    return response.status, orjson.loads(response.body)
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +123,10 @@ CHAT_CASES = [
     (chat(messages=[{"role": "system", "content": "be brief"}]), "messages[0].role", "invalid_role"),
     (chat(messages=[{"role": "user", "content": ""}]), "messages[0].content", "empty"),
     (chat(messages=[{"role": "user", "content": [{"type": "text", "text": "x"}]}]), "messages[0].content", "invalid_type"),
-    (chat(stream=True), "stream", "unsupported"),
+    (chat(stream="yes"), "stream", "invalid_type"),
+    (chat(stream_options={"include_usage": True}), "stream_options", "invalid_value"),
+    (chat(stream=True, stream_options={"include_usage": "yes"}), "stream_options.include_usage", "invalid_type"),
+    (chat(stream=True, stream_options={"chunk": 1}), "stream_options.chunk", "unknown_field"),
     (chat(n=2), "n", "unsupported"),
     (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "unsupported"),
     (chat(stop=["\n"]), "stop", "unsupported"),

@@ -32,6 +32,7 @@ from shared.scoring.scorer import reset_scorers
 from tests.fakes.events import load_sample, ours
 from tests.fakes.workspace import OUR_TAGS, InMemoryWorkspace
 from tests.stub_endpoint import StubEndpoint, running
+from tests.support import call_http
 from tests.test_job_events_function import grid_event, timer
 from tests.test_prepare_function import GOOD, upload
 
@@ -103,8 +104,8 @@ def test_one_upload_is_one_operation_from_blob_to_first_answer(storage_settings,
             score = user_function(scoring, "score")
             body = json.dumps({"input_data": {"input_string": [{"role": "user", "content": "Ahoy?"}], "parameters": {}}}).encode()
             for _ in range(2):
-                reply = score(func.HttpRequest("POST", "/api/score", body=body))
-                assert reply.status_code == 200, reply.get_body()
+                reply = call_http(score, "POST", "/api/score", body)
+                assert reply.status == 200, reply.body
         finally:
             reset_scorers()
 

@@ -91,6 +91,9 @@ class JobInfo:
     log_path: str | None = None
     parent: str | None = None  # set for pipeline child steps
     steps: tuple[StepInfo, ...] = ()  # pipeline steps (Azure ML, once the job is final)
+    # A running job's progress where the backend reports it: step, total_steps (or None), loss,
+    # training_started_at and at (ISO 8601).
+    progress: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -174,7 +174,7 @@ class LocalBackend:
         from localworkspace.trainer import ParamError, resolve_params
 
         try:
-            params, ignored = resolve_params(self.settings.finetune_params, request.params)
+            params = resolve_params(self.settings.finetune_params, request.params)
         except ParamError as exc:
             raise BackendError(str(exc)) from None
         self.ws.ensure()
@@ -202,7 +202,6 @@ class LocalBackend:
                 "container": s.prepared_container,
             },
             "params": params,
-            "ignored_params": ignored,
             "tags": tags,
             "webhook_url": s.eventgrid_webhook_url,
             "event_retry_total_s": self.event_retry_total_s,
@@ -239,6 +238,7 @@ class LocalBackend:
             started_at=_parse_time(state.get("started_at")),
             ended_at=_parse_time(state.get("ended_at")),
             log_path=str(job_dir / "job.log"),
+            progress=state.get("progress") if state.get("state") == RUNNING else None,
         )
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Command line: ``python -m shared.cli {prepare,plan,status,datasets retire}``.
+"""Command line: ``python -m shared.cli {prepare,plan,status,report,rollback,datasets retire}``.
 
 Each subcommand's work lives with its domain module; this file only parses arguments.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from shared.settings import SettingsError
@@ -27,8 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--test", required=True, help="test file URI")
     plan.add_argument("--out", help="write the YAML here instead of standard output")
 
+    rollback = sub.add_parser("rollback", help="make an earlier version of a model active again (redeployed if needed)")
+    rollback.add_argument("model", help="fine-tuned model name")
+    rollback.add_argument("version", nargs="?", help="version to roll back to (default: the one before the active one)")
+
     status = sub.add_parser("status", help="datasets, jobs, models and endpoints with their states")
     status.add_argument("--json", action="store_true", help="machine-readable output (stable contract)")
+    status.add_argument("--watch", type=float, nargs="?", const=5.0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 5) until Ctrl+C: a running job's step, loss and ETA move")
+
+    report = sub.add_parser("report", help="print a dataset's preparation report (from storage)")
+    report.add_argument("dataset", help="dataset id (see `status`)")
+    report.add_argument("--json", action="store_true", help="the report.json as stored")
 
     datasets = sub.add_parser("datasets", help="manage datasets (corpus mode)")
     dsub = datasets.add_subparsers(dest="datasets_command", required=True)
@@ -49,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             from shared.cli.plan import cli_plan
 
             return cli_plan(args)
+        if args.command == "rollback":
+            from shared.endpoints.lifecycle import cli_rollback
+
+            return cli_rollback(args)
+        if args.command == "report":
+            from shared.observability.status import cli_report
+
+            return cli_report(args)
         if args.command == "status":
             from shared.observability.status import cli_status
 
@@ -60,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`make status | head`): stop quietly, like other Unix tools.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return 1
 
 

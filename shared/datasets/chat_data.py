@@ -845,20 +845,24 @@ def cli_prepare(args: Any) -> int:
     prepared = prepare_file(path, out_dir, get_settings(), token_counter=counter)
     report = prepared.report
     if not quiet:
-        c = report["counts"]
-        print(f"{path.name}: {c['lines']} lines, {c['valid']} valid, {c['invalid']} invalid, "
-              f"{c['duplicates']} duplicates, {c['blank_lines']} blank -> train {c['train']}, test {c['test']}")
-        for kind, n in c["invalid_by_kind"].items():
-            print(f"  {kind}: {n}")
-        for text in list(iter_errors(report))[:10]:
-            print(f"  {text}")
-        shown = min(10, len(report["errors"]))
-        more = len(report["errors"]) - shown + report["errors_omitted"]
-        if more:
-            print(f"  ... and {more} more (see report.json)")
-        for w in report["warnings"][:5]:
-            print(f"  warning: {w['message']} ({w['count']} times, first on line {w['first_line']})")
-        decision = "ACCEPTED" if prepared.accepted else "REJECTED"
-        print(f"{decision}: " + "; ".join(report["decision"]["reasons"]))
+        print("\n".join(report_summary(path.name, report)))
         print(f"wrote {out_dir / 'train.jsonl'}, {out_dir / 'test.jsonl'}, {out_dir / 'report.json'}")
     return 0 if prepared.accepted else 2
+
+
+def report_summary(name: str, report: dict[str, Any]) -> list[str]:
+    """A report for a terminal: counts, invalid lines by kind, the first errors, warnings, the decision
+    (``prepare`` and ``report`` print it)."""
+    c = report["counts"]
+    lines = [f"{name}: {c['lines']} lines, {c['valid']} valid, {c['invalid']} invalid, "
+             f"{c['duplicates']} duplicates, {c['blank_lines']} blank -> train {c['train']}, test {c['test']}"]
+    lines += [f"  {kind}: {n}" for kind, n in c["invalid_by_kind"].items()]
+    lines += [f"  {text}" for text in list(iter_errors(report))[:10]]
+    shown = min(10, len(report["errors"]))
+    more = len(report["errors"]) - shown + report["errors_omitted"]
+    if more:
+        lines.append(f"  ... and {more} more (see report.json)")
+    lines += [f"  warning: {w['message']} ({w['count']} times, first on line {w['first_line']})" for w in report["warnings"][:5]]
+    decision = "ACCEPTED" if report["decision"]["accepted"] else "REJECTED"
+    lines.append(f"{decision}: " + "; ".join(report["decision"]["reasons"]))
+    return lines

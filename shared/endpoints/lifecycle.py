@@ -10,7 +10,9 @@ once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,10 +33,10 @@ from shared.backends.base import (
 )
 from shared.context import Context, context
 from shared.endpoints.naming import endpoint_name
-from shared.endpoints.versions import is_newer
+from shared.endpoints.versions import is_newer, version_key
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,15 @@ def deploy_model(
     if failed is not None:
         return failed
     log.info("deploying %s to endpoint %s (%s)", model.ref, ep_name, reason)
+    _follow(ep_name, ctx.settings)
     return record
+
+
+def _follow(ep_name: str, settings: Settings) -> None:
+    """Have the endpoint checked within seconds while it is in flight (reconcile is the safety net)."""
+    from shared.endpoints.followup import schedule  # followup calls back into this module
+
+    schedule(ep_name, settings)
 
 
 def _deploy_tags(model: ModelRef) -> dict[str, str]:
@@ -205,10 +215,19 @@ def activate(record: Record, ctx: Context, summary: Counter[str]) -> None:
             if ctx.ledger.create(R.ROUTE, model_name, R.ROUTE_SET, endpoint=record.id, model_version=version, since=now) is None:
                 raise ConflictError(f"route/{model_name} created concurrently")
             return True, None
-        if route.get("endpoint") == record.id or not is_newer(version, route.get("model_version")):
-            return False, None  # already serves, or an older endpoint that still runs: the janitor deals with it
+        if route.get("endpoint") == record.id:
+            return False, None  # already serves
+        if str(route.get("rollback_to") or "") == version:
+            pass  # the version a rollback asked for is ready now: it takes over
+        elif not is_newer(version, route.get("model_version")) or (
+            route.get("rolled_back_from") and not is_newer(version, route.get("rolled_back_from"))
+        ):
+            # An older endpoint that still runs (the janitor deals with it), or a version a rollback
+            # stepped back from: only a version newer than that one takes over automatically.
+            return False, None
         ctx.ledger.update(route, R.ROUTE_SET, endpoint=record.id, model_version=version, since=now,
-                          previous_endpoint=route.get("endpoint"))
+                          previous_endpoint=route.get("endpoint"), rollback_to=None,
+                          rolled_back_from=route.get("rolled_back_from") if route.get("rollback_to") else None)
         return True, route.get("endpoint")
 
     changed, previous = retry_on_conflict(attempt, f"active/{model_name}")
@@ -238,6 +257,7 @@ def _retire_replaced(previous: str, replacement: str, ctx: Context, summary: Cou
     if won is None:
         return
     log.info("endpoint %s was replaced by %s; deleting it", previous, replacement)
+    _follow(previous, ctx.settings)
     try:
         ctx.backend.begin_delete_endpoint(previous)
     except NotFoundError:
@@ -257,7 +277,9 @@ LOST_DELETE_AFTER = timedelta(minutes=2)
 def claim_deletion(ledger: Ledger, record: Record, *, reason: str, at: datetime, **fields: Any) -> Record:
     """``succeeded`` -> ``deleting``, conditional on ``record`` being unchanged since it was read
     (raises ConflictError otherwise: a request recorded meanwhile wins)."""
-    return ledger.update(record, EP_DELETING, delete_reason=reason, delete_requested_at=iso(at), error=None, **fields)
+    claimed = ledger.update(record, EP_DELETING, delete_reason=reason, delete_requested_at=iso(at), error=None, **fields)
+    _follow(record.id, get_settings())
+    return claimed
 
 
 def undo_deletion_claim(ledger: Ledger, name: str, *, error: str, at: datetime) -> None:
@@ -307,3 +329,107 @@ def current_endpoint(backend: MLBackend, name: str, listed: dict[str, Any] | Non
         return backend.get_endpoint(name)
     except NotFoundError:
         return None
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+class RollbackError(ValueError):
+    """The rollback cannot be done as asked (unknown model or version, nothing older); says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollback:
+    model_name: str
+    from_version: str | None
+    to_version: str
+    endpoint: str
+    state: str  # "active": serving now; "redeploying": its endpoint is being redeployed, active when ready
+
+
+def rollback(
+    model_name: str,
+    version: str | None = None,
+    *,
+    settings: Settings | None = None,
+    ledger: Ledger | None = None,
+    backend: MLBackend | None = None,
+) -> Rollback:
+    """Make an earlier version of ``model_name`` the one its route serves (default: the newest
+    version older than the active one).
+
+    When that version's endpoint still serves, the route points at it at once; otherwise its
+    endpoint is redeployed and the route records ``rollback_to``: the current version keeps serving
+    until the old one is ready, then :func:`activate` switches. Either way the route keeps
+    ``rolled_back_from`` (no version up to it takes over automatically again; a newer fine-tune
+    does) and the rollback is appended to its ``rollbacks`` history.
+    """
+    ctx = context(settings, ledger, backend)
+    prefix = f"{model_name}:"
+    models = {r.id[len(prefix):]: r for r in ctx.ledger.list(R.MODEL) if r.id.startswith(prefix)}
+    route = ctx.ledger.get(R.ROUTE, model_name)
+    if not models:
+        raise RollbackError(f"no registered model named {model_name!r}")
+    current = str(route.get("model_version") or "") or None if route is not None else None
+    if version is None:
+        older = [v for v in models if current is None or is_newer(current, v)]
+        if not older:
+            raise RollbackError(f"model {model_name!r} has no version older than {current} to roll back to")
+        version = max(older, key=version_key)
+    if version not in models:
+        known = ", ".join(sorted(models, key=version_key))
+        raise RollbackError(f"model {model_name!r} has no version {version!r} (registered: {known})")
+    if version == current and route is not None and not route.get("rollback_to"):
+        raise RollbackError(f"version {version} of {model_name!r} is already the active one")
+    ep_name = endpoint_name(model_name, version)
+    endpoint = ctx.ledger.get(R.ENDPOINT, ep_name)
+    info = current_endpoint(ctx.backend, ep_name) if endpoint is not None and endpoint.state == EP_SUCCEEDED else None
+    live = info is not None and info.state == EP_SUCCEEDED
+    now = _now_iso()
+    entry = {"at": now, "from_version": current, "to_version": version, "endpoint": ep_name,
+             "redeployed": not live}
+
+    def hold(existing: Record | None) -> str | None:
+        held = [v for v in (current, existing.get("rolled_back_from") if existing else None) if v]
+        return max(held, key=version_key) if held else None
+
+    def attempt() -> None:
+        existing = ctx.ledger.get(R.ROUTE, model_name)
+        history = list((existing.get("rollbacks") if existing else None) or [])[-19:] + [entry]
+        if live:
+            fields = {"endpoint": ep_name, "model_version": version, "since": now, "rollback_to": None,
+                      "previous_endpoint": existing.get("endpoint") if existing else None}
+        else:
+            fields = {"rollback_to": version}
+        fields.update(rolled_back_from=hold(existing), rollbacks=history)
+        if existing is None:
+            fields.setdefault("endpoint", None)
+            if ctx.ledger.create(R.ROUTE, model_name, R.ROUTE_SET, **fields) is None:
+                raise ConflictError(f"route/{model_name} created concurrently")
+        else:
+            ctx.ledger.update(existing, R.ROUTE_SET, **fields)
+
+    retry_on_conflict(attempt, f"active/{model_name}")
+    if live:
+        log.info("rolled %s back from version %s to %s (endpoint %s)", model_name, current, version, ep_name)
+        return Rollback(model_name, current, version, ep_name, "active")
+    model = model_ref_of(models[version])
+    deploy_model(model, reason="rollback", settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
+    log.info("rolling %s back from version %s to %s: redeploying it to %s", model_name, current, version, ep_name)
+    return Rollback(model_name, current, version, ep_name, "redeploying")
+
+
+def cli_rollback(args: Any) -> int:
+    """``python -m shared.cli rollback MODEL [VERSION]``."""
+    try:
+        done = rollback(args.model, args.version)
+    except RollbackError as exc:
+        print(f"rollback: {exc}", file=sys.stderr)
+        return 2
+    if done.state == "active":
+        print(f"{done.model_name}: version {done.to_version} is active again (was {done.from_version}), "
+              f"served by endpoint {done.endpoint}")
+    else:
+        print(f"{done.model_name}: redeploying version {done.to_version} to endpoint {done.endpoint}; it becomes "
+              f"active when ready (version {done.from_version} serves until then)")
+    return 0

@@ -31,3 +31,31 @@ def split_model_ref(ref: str) -> tuple[str, str]:
     """``name:version`` (a model record's id) -> (name, version)."""
     name, _, version = ref.rpartition(":")
     return name, version
+
+
+# ---- pinned versions: what a client may name in ``model``
+
+# ``name`` and ``name:stable``: the version the route serves (moves only when a version becomes
+# active or is rolled back to); ``name:latest``: the newest registered version; ``name:<version>``:
+# exactly that version, served by its own endpoint for as long as that endpoint lives.
+ALIAS_STABLE = "stable"
+ALIAS_LATEST = "latest"
+
+
+def parse_model_selector(text: str) -> tuple[str, str | None]:
+    """``name``, ``name:<version>``, ``name:stable``, ``name:latest`` -> (name, selector or None)."""
+    name, sep, selector = text.partition(":")
+    if not sep or selector == ALIAS_STABLE:
+        return name, None
+    return name, selector
+
+
+def selected_endpoint(model_name: str, selector: str | None, route: Record | None, versions: list[str]) -> Serving | None:
+    """The endpoint of the version ``selector`` names (see :func:`parse_model_selector`); None when
+    the model has no such version (or no version at all)."""
+    if selector is None:
+        return serving_endpoint(model_name, route, versions)
+    version = latest(versions) if selector == ALIAS_LATEST else selector
+    if version is None or version not in versions:
+        return None
+    return Serving(model_name, version, endpoint_name(model_name, version))

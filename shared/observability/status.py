@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -61,11 +62,41 @@ def _dataset_item(r: Record) -> dict[str, Any]:
             "counts": r.get("counts"), "job_name": r.get("job_name"), "error": r.get("error")}
 
 
-def _job_item(r: Record) -> dict[str, Any]:
+def _job_item(r: Record, progress: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"id": r.id, "state": r.state, "updated_at": r.updated_at, "dataset_id": r.get("dataset_id"),
             "model_name": r.get("model_name"), "base_model": r.get("base_model"), "backend": r.get("backend"),
             "submitted_at": r.get("submitted_at"), "model": r.get("model"), "error": r.get("error"),
-            "metrics": r.get("metrics"), "ended_at": r.get("ended_at")}
+            "progress": progress}
+
+
+def job_progress(raw: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
+    """A running job's step / total / loss and an ETA from its pace so far (None when unknown)."""
+    if not raw or not raw.get("step"):
+        return None
+    step, total = int(raw["step"]), raw.get("total_steps")
+    eta_s = None
+    started = parse_iso(raw.get("training_started_at"))
+    if total and started is not None:
+        per_step = max((now - started).total_seconds(), 0.0) / step
+        eta_s = round(per_step * max(int(total) - step, 0))
+    return {"step": step, "total_steps": total, "loss": raw.get("loss"), "eta_s": eta_s, "at": raw.get("at")}
+
+
+def _running_progress(jobs: list[Record], backend: Any, now: datetime) -> dict[str, dict[str, Any]]:
+    found = {}
+    for r in jobs:
+        if r.state != "submitted":
+            continue
+        try:
+            info = backend.get_job(r.id)
+        except Exception:  # noqa: BLE001 - progress is a nicety: never fail status for it
+            log.debug("no progress for job %s", r.id, exc_info=True)
+            continue
+        progress = job_progress(getattr(info, "progress", None), now)
+        if progress is not None:
+            found[r.id] = progress
+    return found
+
 
 
 CURVES_MAX = 20
@@ -190,12 +221,14 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
 
     backend_info: dict[str, Any] = {"name": s.ml_backend, "reachable": True, "error": None}
     listed: dict[str, Any] = {}
+    progress: dict[str, dict[str, Any]] = {}
     try:
         if backend is None:
             from shared.backends import get_backend
 
             backend = get_backend(s)
         listed = {info.name: info for info in backend.list_endpoints()}
+        progress = _running_progress(jobs, backend, now)
     except Exception as exc:  # noqa: BLE001 - status must still show the ledger
         log.debug("backend unreachable", exc_info=True)
         backend_info.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
@@ -216,7 +249,7 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
         # Blob triggers the local host reports as stalled or degraded (empty in Azure).
         "triggers": trigger_health.read(s, [s.chat_data_container]),
         "datasets": [_dataset_item(r) for r in datasets],
-        "jobs": [_add_curve(_job_item(r), backend if backend_info["reachable"] and i < CURVES_MAX else None)
+        "jobs": [_add_curve(_job_item(r, progress.get(r.id)), backend if backend_info["reachable"] and i < CURVES_MAX else None)
                  for i, r in enumerate(jobs)],
         "models": [_model_item(r, active) for r in models],
         "endpoints": endpoint_items,
@@ -270,15 +303,36 @@ def _section(title: str, headers: list[str], rows: list[list[Any]]) -> str:
     return f"{title} ({len(rows)})\n{body}"
 
 
+def _split_counts(counts: dict[str, Any] | None) -> str | None:
+    if not counts or counts.get("valid") is None:
+        return None
+    return f"{counts.get('valid')}/{counts.get('train', '-')}/{counts.get('test', '-')}"
+
+
+def _progress_cell(progress: dict[str, Any] | None) -> str | None:
+    if not progress:
+        return None
+    total = f"/{progress['total_steps']}" if progress.get("total_steps") else ""
+    text = f"step {progress['step']}{total}"
+    if progress.get("loss") is not None:
+        text += f" loss {progress['loss']:.3f}"
+    if progress.get("eta_s") is not None:
+        minutes, seconds = divmod(int(progress["eta_s"]), 60)
+        text += f" ETA {minutes}m{seconds:02d}s" if minutes else f" ETA {seconds}s"
+    return text
+
+
 def render_status(status: dict[str, Any]) -> str:
     parts = []
     backend = status["backend"]
     if not backend["reachable"]:
         parts.append(f"note: backend {backend['name']!r} unreachable ({backend['error']}); showing the ledger only")
-    parts.append(_section("Datasets", ["id", "state", "counts", "job", "updated", "error"], [
-        [d["id"], d["state"], d["counts"], d["job_name"], _short_time(d["updated_at"]), d["error"]] for d in status["datasets"]]))
-    parts.append(_section("Jobs", ["id", "state", "dataset", "model", "updated", "error"], [
-        [j["id"], j["state"], j["dataset_id"], j["model"] or j["model_name"], _short_time(j["updated_at"]), j["error"]]
+    parts.append(_section("Datasets", ["id", "state", "valid/train/test", "invalid", "job", "updated", "error"], [
+        [d["id"], d["state"], _split_counts(d["counts"]), (d["counts"] or {}).get("invalid"), d["job_name"],
+         _short_time(d["updated_at"]), d["error"]] for d in status["datasets"]]))
+    parts.append(_section("Jobs", ["id", "state", "progress", "dataset", "model", "updated", "error"], [
+        [j["id"], j["state"], _progress_cell(j.get("progress")), j["dataset_id"], j["model"] or j["model_name"],
+         _short_time(j["updated_at"]), j["error"]]
         for j in status["jobs"]]))
     parts.append(_section("Models", ["id", "state", "job", "endpoint", "serving"], [
         [m["id"], m["state"], m["job_name"], m["endpoint"], m["serving"]] for m in status["models"]]))
@@ -337,6 +391,23 @@ def _render_collections(status: dict[str, Any]) -> str:
 
 
 def cli_status(args: Any) -> int:
+    every = getattr(args, "watch", None)
+    if every is None:
+        return _status_once(args)
+    try:
+        while True:
+            # Clear the screen and redraw, like `watch`: the progress of a running job moves.
+            sys.stdout.write("\x1b[H\x1b[2J")
+            code = _status_once(args)
+            print(f"\n(every {every:g} s; Ctrl+C to stop)", flush=True)
+            if code != 0:
+                return code
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _status_once(args: Any) -> int:
     try:
         status = collect_status()
     except SettingsError:
@@ -349,5 +420,38 @@ def cli_status(args: Any) -> int:
     if getattr(args, "json", False):
         print(json.dumps(status, indent=2, default=str))
     else:
-        print(render_status(status))
+        print(render_status(status), flush=True)
+    return 0
+
+
+def cli_report(args: Any) -> int:
+    """``python -m shared.cli report DATASET``: the dataset's preparation report, read from storage."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared.storage import blob_service
+
+    s = get_settings()
+    try:
+        ledger = Ledger.from_settings(s)
+        record = ledger.get(DATASET, args.dataset)
+        if record is None:
+            known = [r.id for r in _by_recency(ledger.list(DATASET))][:10]
+            print(f"no dataset {args.dataset!r} in the ledger (latest: {', '.join(known) or 'none'})", file=sys.stderr)
+            return 2
+        blob = record.get("report_blob") or f"datasets/{record.id}/report.json"
+        raw = blob_service(s).get_blob_client(s.prepared_container, blob).download_blob().readall()
+    except ResourceNotFoundError:
+        print(f"dataset {args.dataset!r} has no report in {s.prepared_container}/ yet (state {record.state})", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one clear line for a CLI user
+        print(f"cannot read the report: {type(exc).__name__}: {exc}\n(is storage running? `make up` starts Azurite locally)",
+              file=sys.stderr)
+        return 1
+    report = json.loads(raw)
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2))
+        return 0
+    from shared.datasets.chat_data import report_summary
+
+    print("\n".join(report_summary(f"{record.id} ({record.get('blob_name') or 'upload'})", report)))
     return 0

@@ -92,6 +92,8 @@ class ChatRequest:
     messages: list[dict[str, str]]  # {"role", "content"} only, validated
     parameters: dict[str, Any]  # Azure ML parameter names (SCORE_PARAMETERS), only those given
     model: str | None = None  # fine-tuned model name; None: the app's default model
+    stream: bool = False  # answer as server-sent events (chat.completion.chunk), token by token
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +102,15 @@ class Completion:
 
     text: str
     model: str
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamPiece:
+    """One piece of a streamed answer: new text, and on the last piece why it ended and the usage."""
+
+    text: str
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
 
@@ -152,8 +163,10 @@ def parse_score_request(body: bytes, settings: Settings) -> ChatRequest:
 def parse_chat_completion_request(body: bytes, settings: Settings) -> ChatRequest:
     """OpenAI's chat completions request, restricted to what the endpoint can honour."""
     data = read_json_object(body, settings)
-    if data.get("stream") not in (None, False):
-        raise invalid("stream", "streaming is not supported; send stream: false or leave it out", code="unsupported")
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid("stream", f"stream must be true or false, got {_json_type(stream)}", code="invalid_type")
+    include_usage = _stream_options(data.get("stream_options"), bool(stream))
     if data.get("n") not in (None, 1):
         raise invalid("n", "only n = 1 is supported", code="unsupported")
     for key in CHAT_UNSUPPORTED:
@@ -189,7 +202,25 @@ def parse_chat_completion_request(body: bytes, settings: Settings) -> ChatReques
             parameters["do_sample"] = True
     if limit is not None:
         parameters["max_new_tokens"] = limit
-    return ChatRequest(messages=messages, parameters=parameters, model=parse_model(data.get("model")))
+    return ChatRequest(messages=messages, parameters=parameters, model=parse_model(data.get("model")),
+                       stream=bool(stream), include_usage=include_usage)
+
+
+def _stream_options(value: Any, stream: bool) -> bool:
+    """``stream_options`` (OpenAI: only with ``stream: true``) -> include_usage."""
+    if value is None:
+        return False
+    if not stream:
+        raise invalid("stream_options", "stream_options is only allowed with stream: true", code="invalid_value")
+    if not isinstance(value, dict):
+        raise invalid("stream_options", "stream_options must be an object", code="invalid_type")
+    for key in value:
+        if key != "include_usage":
+            raise invalid(f"stream_options.{key}", f"unknown field stream_options.{key}", code="unknown_field")
+    include = value.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise invalid("stream_options.include_usage", "stream_options.include_usage must be true or false", code="invalid_type")
+    return include
 
 
 # A model name (or each part of ``name:version``) is at most this long, so that the ledger's
@@ -365,6 +396,26 @@ def parse_endpoint_reply(payload: Any, model: str) -> Completion | None:
     )
 
 
+def parse_endpoint_stream_event(payload: Any) -> StreamPiece | None:
+    """One server-sent event of a streaming deployment: ``{"output": "<new text>", "finish_reason"?,
+    "usage"?}`` (the scoring contract's reply, one piece at a time: the local endpoint's form) or
+    OpenAI's ``chat.completion.chunk`` (``choices[0].delta.content``); None when it is neither."""
+    if not isinstance(payload, dict):
+        return None
+    if isinstance(payload.get("output"), str):
+        finish = payload.get("finish_reason")
+        return StreamPiece(payload["output"], finish if finish in FINISH_REASONS else None, _usage(payload.get("usage")))
+    choices = payload.get("choices")
+    if isinstance(choices, list):
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        content = delta.get("content")
+        finish = choice.get("finish_reason")
+        return StreamPiece(content if isinstance(content, str) else "", finish if finish in FINISH_REASONS else None,
+                           _usage(payload.get("usage")))
+    return None
+
+
 def _usage(value: Any) -> dict[str, int] | None:
     if not isinstance(value, Mapping):
         return None
@@ -405,3 +456,44 @@ def chat_completion_response(completion: Completion) -> dict[str, Any]:
     if completion.usage is not None:
         response["usage"] = completion.usage
     return response
+
+
+# ---- streamed responses to the client (server-sent events, as OpenAI's API sends them)
+
+SSE_MEDIA_TYPE = "text/event-stream"
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def chat_completion_chunks(pieces: Any, model: str, include_usage: bool = False) -> Any:
+    """``chat.completion.chunk`` events for the pieces of one answer, then ``[DONE]``: a first chunk
+    with the assistant role, one per piece of text, a last one with the finish reason (and, with
+    ``include_usage``, a usage chunk whose ``choices`` is empty), as OpenAI streams them.
+
+    A :class:`ScoringError` raised while streaming (the status line is already sent) becomes an
+    ``{"error": {...}}`` event, which the official client raises as an APIError."""
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model}
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return sse_event({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    finish, usage = None, None
+    try:
+        for piece in pieces:
+            if piece.text:
+                yield chunk({"content": piece.text})
+            finish = piece.finish_reason or finish
+            usage = piece.usage or usage
+    except ScoringError as exc:
+        yield sse_event(exc.body())
+        yield SSE_DONE
+        return
+    yield chunk({}, finish or "stop")
+    if include_usage:
+        yield sse_event({**head, "choices": [], "usage": usage})
+    yield SSE_DONE

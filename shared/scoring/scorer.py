@@ -23,7 +23,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,22 +46,26 @@ from shared.backends.base import (
     TransientBackendError,
 )
 from shared.endpoints import health
-from shared.endpoints.routing import serving_endpoint, split_model_ref
+from shared.endpoints.routing import parse_model_selector, selected_endpoint, serving_endpoint, split_model_ref
 from shared.endpoints.versions import version_key
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, parse_iso
 from shared.scoring import routes as stale_routes
 from shared.scoring.activity import ActivityRecorder
 from shared.scoring.contract import (
+    SSE_MEDIA_TYPE,
     TIMEOUT,
     UNAVAILABLE,
     UPSTREAM_ERROR,
     ChatRequest,
     Completion,
     ScoringError,
+    StreamPiece,
+    chat_completion_chunks,
     chat_completion_response,
     endpoint_request_body,
     parse_chat_completion_request,
     parse_endpoint_reply,
+    parse_endpoint_stream_event,
     parse_score_request,
     score_response,
 )
@@ -89,6 +93,7 @@ Redeploy = Callable[[ModelRef], Any]
 
 @dataclasses.dataclass(frozen=True)
 class Route:
+    ref: str  # what the client named: ``name``, ``name:<version>``, ``name:latest`` (the cache key)
     model_name: str
     version: str
     endpoint: str
@@ -193,7 +198,8 @@ class Scorer:
         model_name = request.model or self.settings.model_name
         route = self._route(model_name)
         started = time.perf_counter()
-        route, completion = self._forward(route, request)  # the route that answered (refreshed/re-resolved)
+        route, response = self._forward(route, request)  # the route that answered (refreshed/re-resolved)
+        completion = self._completion(route, response)
         if log.isEnabledFor(logging.DEBUG):  # skip computing the arguments on the hot path
             log.debug(
                 "scored model %s:%s on %s in %.1f ms (%d messages)",
@@ -206,22 +212,81 @@ class Scorer:
         self.activity.touch(route.endpoint)
         return completion
 
-    def _forward(self, route: Route, request: ChatRequest) -> tuple[Route, Completion]:
+    def stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
+        """The answer piece by piece. Routing, retries and the upstream's status are settled before
+        this returns (a ScoringError here is still an HTTP error); the pieces then come as the
+        endpoint sends them: it is asked for ``text/event-stream`` (the convention of Azure ML
+        streaming deployments) and a deployment that answers JSON instead is one piece."""
+        route = self._route(request.model or self.settings.model_name)
+        route, response = self._forward(route, request, stream=True)
+        self.activity.touch(route.endpoint)
+        if SSE_MEDIA_TYPE not in (response.headers.get("content-type") or ""):
+            try:
+                completion = self._completion(route, response)
+            finally:
+                response.release_conn()
+            return iter([StreamPiece(completion.text, completion.finish_reason, completion.usage)])
+        return self._relay(route, response)
+
+    def _relay(self, route: Route, response: urllib3.BaseHTTPResponse) -> Iterator[StreamPiece]:
+        """Server-sent events of the endpoint -> pieces; the connection goes back to the pool only
+        when the stream was read to its end."""
+        finished = False
+        try:
+            for raw in response:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue  # comments, event names, the blank lines between events
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                try:
+                    payload = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    payload = None
+                if isinstance(payload, dict) and payload.get("error"):
+                    log.warning("endpoint %s failed while streaming: %.300s", route.endpoint, payload["error"])
+                    raise ScoringError(502, f"the endpoint of model {route.model_name} failed while answering",
+                                       type=UPSTREAM_ERROR, code="upstream_stream_error")
+                piece = parse_endpoint_stream_event(payload)
+                if piece is None:
+                    log.warning("endpoint %s streamed an event in an unexpected shape (%d bytes)", route.endpoint, len(data))
+                    raise ScoringError(502, f"the endpoint of model {route.model_name} streamed an unexpected event",
+                                       type=UPSTREAM_ERROR, code="upstream_bad_response")
+                yield piece
+            finished = True
+        except (HTTPError, OSError):
+            log.warning("endpoint %s of model %s broke off its stream", route.endpoint, route.model_name)
+            raise ScoringError(502, f"the endpoint of model {route.model_name} broke off its answer",
+                               type=UPSTREAM_ERROR, code="upstream_stream_broken") from None
+        finally:
+            if finished:
+                response.drain_conn()
+            else:
+                response.close()  # a connection with unread data is never reused
+            response.release_conn()
+
+    def _forward(self, route: Route, request: ChatRequest, *, stream: bool = False) -> tuple[Route, urllib3.BaseHTTPResponse]:
+        """POST to the route's endpoint until it answers 200 (with the retries below); the 200 response.
+
+        With ``stream`` the body is left unread (the caller reads it and releases the connection)."""
         body = endpoint_request_body(request)
         refreshed = rerouted = False
         busy_retries = 0
         while True:
+            headers = {**route.headers, "Accept": f"{SSE_MEDIA_TYPE}, application/json"} if stream else route.headers
             try:
                 response = route.pool.urlopen(
                     "POST",
                     route.path,
                     body=body,
-                    headers=route.headers,
+                    headers=headers,
                     timeout=route.timeout,
                     retries=False,  # retries are ours: 401 refresh, 429/503 back-off, reroute
                     redirect=False,
                     assert_same_host=False,
-                    preload_content=True,  # reads the body and returns the connection to the pool
+                    # True reads the body and returns the connection to the pool; a stream is read later
+                    preload_content=not stream,
                 )
             except NewConnectionError as exc:  # refused / DNS (urllib3 makes it a ConnectTimeoutError subclass)
                 transport_error: HTTPError | None = exc
@@ -257,7 +322,10 @@ class Scorer:
 
             status = response.status
             if status == 200:
-                return route, self._completion(route, response)
+                return route, response
+            if stream:
+                _ = response.data  # read the error body, then give the connection back
+                response.release_conn()
             if status in (401, 403) and not refreshed:
                 refreshed = True
                 route = self._refresh_credentials(route)
@@ -280,7 +348,7 @@ class Scorer:
             payload = orjson.loads(response.data)
         except orjson.JSONDecodeError:
             payload = None
-        completion = parse_endpoint_reply(payload, route.model_name)
+        completion = parse_endpoint_reply(payload, route.ref)
         if completion is None:
             log.warning("endpoint %s answered 200 without an output string (%d bytes)", route.endpoint, len(response.data))
             raise ScoringError(
@@ -324,37 +392,38 @@ class Scorer:
 
     # ---- routes
 
-    def _route(self, model_name: str) -> Route:
-        cached = self._routes.get(model_name)
+    def _route(self, ref: str) -> Route:
+        cached = self._routes.get(ref)
         if cached is not None and cached.expires_at > self._clock():
             return cached
         try:
-            route = self._resolve(model_name)
+            route = self._resolve(ref)
         except ScoringError:
             raise
         except Exception as exc:  # storage down: the route read last, within its staleness limit, or 503
-            route = self.route_reads.fallback(model_name, cached, exc)
+            route = self.route_reads.fallback(ref, cached, exc)
         else:
-            self.route_reads.read(model_name)
-        self._routes[model_name] = route
+            self.route_reads.read(ref)
+        self._routes[ref] = route
         return route
 
-    def forget_route(self, model_name: str) -> None:
-        self._routes.pop(model_name, None)
+    def forget_route(self, ref: str) -> None:
+        self._routes.pop(ref, None)
 
     def _reroute(self, stale: Route) -> Route:
-        self.forget_route(stale.model_name)
-        return self._route(stale.model_name)
+        self.forget_route(stale.ref)
+        return self._route(stale.ref)
 
     def _refresh_credentials(self, route: Route) -> Route:
         log.info("endpoint %s refused the cached credentials; refreshing them", route.endpoint)
-        target = self._scoring_target(route.model_name, route.version, route.endpoint, refresh=True)
-        fresh = self._make_route(route.model_name, route.version, route.endpoint, target)
-        self._routes[route.model_name] = fresh
+        target = self._scoring_target(route.ref, route.model_name, route.version, route.endpoint, refresh=True)
+        fresh = self._make_route(route.ref, route.model_name, route.version, route.endpoint, target)
+        self._routes[route.ref] = fresh
         return fresh
 
-    def _make_route(self, model_name: str, version: str, endpoint: str, target: ScoringTarget) -> Route:
+    def _make_route(self, ref: str, model_name: str, version: str, endpoint: str, target: ScoringTarget) -> Route:
         return Route(
+            ref=ref,
             model_name=model_name,
             version=version,
             endpoint=endpoint,
@@ -366,10 +435,21 @@ class Scorer:
             expires_at=self._clock() + self._route_ttl_s,
         )
 
-    def _resolve(self, model_name: str) -> Route:
-        """The live endpoint of ``model_name`` per the ledger, or the ScoringError saying why there is none."""
+    def _resolve(self, ref: str) -> Route:
+        """The live endpoint of ``ref`` (a model name, or ``name:<version>`` / ``name:latest`` /
+        ``name:stable``) per the ledger, or the ScoringError saying why there is none."""
         ledger = self.ledger
-        serving = serving_endpoint(model_name, ledger.get(ROUTE, model_name), self._registered_versions(model_name))
+        model_name, selector = parse_model_selector(ref)
+        versions = self._registered_versions(model_name)
+        serving = selected_endpoint(model_name, selector, ledger.get(ROUTE, model_name), versions)
+        if serving is None and selector is not None and (versions or ledger.get(ROUTE, model_name) is not None):
+            known = ", ".join(sorted(versions, key=version_key)) or "none"
+            raise ScoringError(
+                404,
+                f"model {model_name!r} has no version {selector!r} (registered versions: {known}; aliases: stable, latest)",
+                param="model",
+                code="model_version_not_found",
+            )
         if serving is None:
             raise ScoringError(
                 404,
@@ -385,15 +465,16 @@ class Scorer:
                 f"settle:{ep_name}", health.SETTLE_INTERVAL_S):
             endpoint = health.settle_if_ready(self._context(), endpoint)  # (re)deployed meanwhile: serve at once
         if endpoint is not None and endpoint.state == EP_SUCCEEDED:
-            target = self._scoring_target(model_name, version, ep_name)
-            return self._make_route(model_name, version, ep_name, target)
+            target = self._scoring_target(ref, model_name, version, ep_name)
+            return self._make_route(ref, model_name, version, ep_name, target)
         if endpoint is not None and endpoint.state == EP_PROVISIONING:
+            retry_after = self._deploy_retry_after(endpoint)
             raise ScoringError(
                 503,
-                f"model {model_name} (version {version}) is being deployed; retry later",
+                f"model {model_name} (version {version}) is being deployed; retry in {retry_after} s",
                 type=UNAVAILABLE,
                 code="provisioning",
-                retry_after=health.retry_after_s(endpoint, self.settings),
+                retry_after=retry_after,
             )
         if endpoint is not None and endpoint.state == EP_FAILED:
             raise self._healing(model_name, endpoint, health.heal_if_due(self._context(), endpoint))
@@ -401,14 +482,14 @@ class Scorer:
             self._model_ref(model_name, version, endpoint), endpoint.state if endpoint is not None else "missing"
         )
 
-    def _scoring_target(self, model_name: str, version: str, ep_name: str, refresh: bool = False) -> ScoringTarget:
+    def _scoring_target(self, ref: str, model_name: str, version: str, ep_name: str, refresh: bool = False) -> ScoringTarget:
         try:
             return self.backend.get_scoring_target(ep_name, refresh=refresh)
         except NotFoundError:
             # The ledger still calls it live but the workspace has no such endpoint (deleted
             # outside the app); reconcile will correct the ledger, redeploying restores service.
             log.warning("endpoint %s of model %s is missing in the workspace", ep_name, model_name)
-            self.forget_route(model_name)
+            self.forget_route(ref)
             raise self._scale_from_zero(self._model_ref(model_name, version, None), "missing") from None
         except TransientBackendError:
             log.warning("scoring target of endpoint %s unavailable for now", ep_name, exc_info=True)
@@ -479,8 +560,21 @@ class Scorer:
 
     # ---- scale from zero
 
+    def _deploy_retry_after(self, endpoint: Record | None) -> int:
+        """An honest Retry-After: this app's recent deployment times (see shared.endpoints.eta)."""
+        from shared.endpoints.eta import retry_after_s
+
+        try:
+            history = self.ledger.list(ENDPOINT)
+        except Exception:  # noqa: BLE001 - an estimate must never fail the answer
+            log.debug("no deployment history for the Retry-After estimate", exc_info=True)
+            history = []
+        return retry_after_s(endpoint, history, datetime.now(UTC), self.settings.scoring_retry_after_s)
+
     def _scale_from_zero(self, model: ModelRef, endpoint_state: str) -> ScoringError:
         retry_after = self.settings.scoring_retry_after_s
+        if self.settings.scoring_redeploy_on_demand:
+            retry_after = self._deploy_retry_after(None)
         if not self.settings.scoring_redeploy_on_demand:
             log.info("model %s has no live endpoint (%s); redeploy on demand is off", model.ref, endpoint_state)
             return ScoringError(
@@ -490,7 +584,7 @@ class Scorer:
                 code="no_endpoint",
                 retry_after=retry_after,
             )
-        if model.version and self._claim_redeploy(model.name, retry_after):
+        if model.version and self._claim_redeploy(model.ref, retry_after):
             log.info("scale from zero: redeploying %s (its endpoint is %s)", model.ref, endpoint_state)
             try:
                 redeploy = self._redeploy or _deploy_model_scale_from_zero(self.settings, self.ledger, self.backend)
@@ -505,14 +599,14 @@ class Scorer:
             retry_after=retry_after,
         )
 
-    def _claim_redeploy(self, model_name: str, interval_s: float) -> bool:
-        """At most one redeploy request per model per worker per interval (deploy_model is idempotent anyway)."""
+    def _claim_redeploy(self, model_ref: str, interval_s: float) -> bool:
+        """At most one redeploy request per model version per worker per interval (deploy_model is idempotent anyway)."""
         now = self._clock()
         with self._lock:
-            last = self._redeploy_requested.get(model_name)
+            last = self._redeploy_requested.get(model_ref)
             if last is not None and now - last < interval_s:
                 return False
-            self._redeploy_requested[model_name] = now
+            self._redeploy_requested[model_ref] = now
             return True
 
     # ---- model list
@@ -544,6 +638,7 @@ class Scorer:
                     "created": int(created.timestamp()) if created else 0,
                     "owned_by": MANAGED_BY_VALUE,
                     "version": version,
+                    "versions": [split_model_ref(r.id)[1] for r in versions],  # each can be pinned as id:version
                     "status": status,
                     "default": name == self.settings.model_name,
                 }
@@ -593,10 +688,15 @@ def score(body: bytes, settings: Settings | None = None) -> dict[str, Any]:
     return score_response(scorer.complete(parse_score_request(body, scorer.settings)))
 
 
-def chat_completion(body: bytes, settings: Settings | None = None) -> dict[str, Any]:
-    """``POST /api/v1/chat/completions``: OpenAI's chat completion in and out."""
+def chat_completion(body: bytes, settings: Settings | None = None) -> dict[str, Any] | Iterator[bytes]:
+    """``POST /api/v1/chat/completions``: OpenAI's chat completion in and out; with ``stream: true``
+    the server-sent events of ``chat.completion.chunk`` objects (bytes), ending with ``[DONE]``."""
     scorer = scorer_for(settings)
-    return chat_completion_response(scorer.complete(parse_chat_completion_request(body, scorer.settings)))
+    request = parse_chat_completion_request(body, scorer.settings)
+    if request.stream:
+        model = request.model or scorer.settings.model_name
+        return chat_completion_chunks(scorer.stream(request), model, request.include_usage)
+    return chat_completion_response(scorer.complete(request))
 
 
 def list_models(settings: Settings | None = None) -> dict[str, Any]:
