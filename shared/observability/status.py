@@ -92,10 +92,27 @@ def _running_progress(jobs: list[Record], backend: Any, now: datetime) -> dict[s
         except Exception:  # noqa: BLE001 - progress is a nicety: never fail status for it
             log.debug("no progress for job %s", r.id, exc_info=True)
             continue
-        progress = job_progress(getattr(info, "progress", None), now)
+        progress = job_progress(getattr(info, "progress", None) or _progress_from_curves(backend, r.id), now)
         if progress is not None:
             found[r.id] = progress
     return found
+
+
+def _progress_from_curves(backend: Any, job_name: str) -> dict[str, Any] | None:
+    """A running job's step and loss from its training curve, for backends that report no
+    progress of their own (Azure ML: the pipeline's MLflow metrics); no total, so no ETA."""
+    history = getattr(backend, "job_metrics_history", None)
+    if history is None:
+        return None
+    try:
+        points = history(job_name).series.get("train_loss") or []
+    except Exception:  # noqa: BLE001 - progress is a nicety: never fail status for it
+        log.debug("no training curve for job %s", job_name, exc_info=True)
+        return None
+    if not points:
+        return None
+    step, loss = points[-1]
+    return {"step": step, "total_steps": None, "loss": loss}
 
 
 
