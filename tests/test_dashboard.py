@@ -301,3 +301,19 @@ def test_collections_and_endpoint_health_are_shown_when_records_carry_them(stora
     html = dashboard.render_dashboard(view, link=dashboard.link_builder(None))
     assert '<h2>support-bot <span class="muted">collection support</span></h2>' in html
     assert "degraded (2 heal attempts)" in html
+
+
+def test_flushing_the_counts_at_shutdown_is_no_new_activity(storage_settings: Settings, backend: CurveBackend) -> None:
+    ledger = Ledger.from_settings(storage_settings)
+    ep = seed_chain(ledger, backend, 9)
+    recorder = ActivityRecorder(lambda: ledger, flush_s=30, clock=lambda: 0.0)
+    recorder.touch(ep)  # written at once
+    before = utcnow()
+    recorder.touch(ep)  # counted; waits for the next window
+    after = utcnow()
+    recorder.drain()
+    time.sleep(1.2)  # the worker shuts down a while after its last call
+    recorder.close()
+    record = ledger.get(ENDPOINT, ep)
+    assert sum(record.get("requests_by_hour").values()) == 2
+    assert before <= dashboard.parse_iso(record.get("last_activity")) <= after  # the last call's time, not the shutdown's

@@ -25,6 +25,10 @@ EP_PROVISIONING, EP_SUCCEEDED, EP_FAILED, EP_DELETING, EP_DELETED = (
 MANAGED_BY_TAG = "managed-by"
 MANAGED_BY_VALUE = "finetune-autopilot"
 
+# The local workspace's one "instance type" (its jobs and endpoints run on this machine), the key of
+# its row in INSTANCE_HOURLY_PRICES.
+LOCAL_INSTANCE_TYPE = "local"
+
 # Lineage tags of a corpus job (``shared.training``), copied onto the job (Azure ML job tags,
 # MLflow run tags) and onto the model it registers (Azure ML model tags, MLflow version tags).
 COLLECTION_TAG = "collection"

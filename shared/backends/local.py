@@ -47,6 +47,7 @@ from shared.backends.base import (
     HEALTH_STARTING,
     HEALTH_UNHEALTHY,
     JOB_FINAL_STATES,
+    LOCAL_INSTANCE_TYPE,
     MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
     QUEUED,
@@ -67,7 +68,7 @@ from shared.settings import PROJECT_ROOT, Settings
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "default"
-INSTANCE_TYPE = "local"
+INSTANCE_TYPE = LOCAL_INSTANCE_TYPE
 SCORING_TIMEOUT_S = 90.0
 ENDPOINT_STARTUP_TIMEOUT_S = 600.0  # a cold SmolLM2 server on a busy 2-core CPU can be slow
 EVENT_RETRY_TOTAL_S = 120.0

@@ -29,10 +29,12 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from shared.backends.base import LOCAL_INSTANCE_TYPE
 from shared.janitor.run import hourly_price
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
 from shared.observability import charts
 from shared.settings import Settings, get_settings
+from shared.training.submission import finetune_instance
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +156,11 @@ def _job_view(job: Record, s: Settings, backend: Any, budget: Budget, now: datet
     queued = parse_iso(view["queued_at"])
     view["queued_minutes"] = _minutes_between(queued, started or ended or (None if final else now))
     view["run_minutes"] = _minutes_between(started, ended or (None if final else now))
-    price = hourly_price(s, "local" if (job.get("backend") or s.ml_backend) == "local" else s.finetune_instance_type)
+    # The same instance type and node count the spend guard counts (shared.training.submission).
+    itype, nodes = (LOCAL_INSTANCE_TYPE, 1) if (job.get("backend") or s.ml_backend) == "local" else finetune_instance(s)
+    price = hourly_price(s, itype)
     view["hourly_price"] = price
-    view["cost_so_far"] = (round(view["run_minutes"] / 60.0 * price, 2)
+    view["cost_so_far"] = (round(view["run_minutes"] / 60.0 * price * nodes, 2)
                            if price is not None and view["run_minutes"] is not None else None)
     return view
 

@@ -94,6 +94,7 @@ class ActivityRecorder:
         self._lock = threading.Lock()
         self._last_flush: dict[str, float] = {}
         self._counts: dict[str, dict[str, int]] = {}  # endpoint -> hour key -> requests not written yet
+        self._latest: dict[str, datetime] = {}  # endpoint -> time of its latest call (for the counts' last write)
         self._pending: set[Future[bool]] = set()
         self._executor: ThreadPoolExecutor | None = None
 
@@ -105,6 +106,7 @@ class ActivityRecorder:
         with self._lock:
             per_hour = self._counts.setdefault(endpoint_name, {})
             per_hour[hour] = per_hour.get(hour, 0) + 1
+            self._latest[endpoint_name] = at
             last = self._last_flush.get(endpoint_name)
             if last is not None and now - last < self._flush_s:
                 return False
@@ -183,8 +185,10 @@ class ActivityRecorder:
         """Write the request counts still held in memory (shutdown, tests)."""
         with self._lock:
             pending, self._counts = self._counts, {}
+            latest = dict(self._latest)
         for name, counts in pending.items():
-            self._write(name, utcnow(), counts)
+            # the time of the endpoint's latest call, not now: a shutdown is no activity
+            self._write(name, latest.get(name) or utcnow(), counts)
 
     def close(self) -> None:
         self.drain()

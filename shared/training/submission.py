@@ -28,6 +28,7 @@ from shared.backends.base import (
     COLLECTION_TAG,
     CORPUS_TAG,
     DATASET_IDS_TAG,
+    LOCAL_INSTANCE_TYPE,
     MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
     FineTuneRequest,
@@ -44,7 +45,6 @@ from shared.training import policy as P
 log = logging.getLogger(__name__)
 
 IN_CORPUS = (R.DATASET_ACCEPTED, R.DATASET_SUBMITTED)
-LOCAL_INSTANCE_TYPE = "local"  # the local backend's instance type (shared.backends.local.INSTANCE_TYPE)
 
 
 @dataclasses.dataclass(frozen=True)
