@@ -24,6 +24,7 @@ The ledger look-ups that find a parent run only when tracing is on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -194,20 +195,13 @@ def span(name: str, *, parent: str | None = None, links: list[str] | tuple[str, 
     handle = Span(name, attributes)
     started = time.perf_counter()
     error: BaseException | None = None
-    if not enabled():
-        try:
-            yield handle
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            _log(handle, started, error, level)
-        return
-    from opentelemetry.trace import Link
+    scope: Any = contextlib.nullcontext()  # no exporter: the span is the log line alone
+    if enabled():
+        from opentelemetry.trace import Link
 
-    link_objs = [Link(sc) for sc in (_span_context_of(tp) for tp in links if tp) if sc is not None and sc.is_valid]
-    with _tracer.start_as_current_span(name, context=_context_of(parent), links=link_objs,
-                                       attributes=handle.attributes) as otel:
+        link_objs = [Link(sc) for sc in (_span_context_of(tp) for tp in links if tp) if sc is not None and sc.is_valid]
+        scope = _tracer.start_as_current_span(name, context=_context_of(parent), links=link_objs, attributes=handle.attributes)
+    with scope as otel:
         handle.otel = otel
         try:
             yield handle
