@@ -30,7 +30,8 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.observability import telemetry
 from shared.scoring import scorer as scoring
-from shared.scoring.contract import SSE_MEDIA_TYPE, ScoringError, internal_error_body
+from shared.scoring.contract import SSE_MEDIA_TYPE, ScoringError, internal_error_body, read_request_body
+from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,24 @@ async def _answer(compute: Callable[[], dict[str, Any] | Iterator[bytes]]) -> Re
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+async def _scoring_call(req: Request, name: str, compute: Callable[[bytes], dict[str, Any] | Iterator[bytes]]) -> Response:
+    """Read the body within its size limit (413 before an oversized body is read), then score it."""
+    try:
+        body = await read_request_body(req, get_settings())
+    except ScoringError as exc:
+        return _json(exc.body(), exc.status, exc.headers())
+    with telemetry.scoring_span(name, body):
+        return await _answer(lambda: compute(body))
+
+
 @bp.route(route="score", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def score(req: Request) -> Response:
-    body = await req.body()
-    with telemetry.scoring_span("score", body):
-        return await _answer(lambda: scoring.score(body))
+    return await _scoring_call(req, "score", scoring.score)
 
 
 @bp.route(route="v1/chat/completions", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def chat_completions(req: Request) -> Response:
-    body = await req.body()
-    with telemetry.scoring_span("chat_completions", body):
-        return await _answer(lambda: scoring.chat_completion(body))
+    return await _scoring_call(req, "chat_completions", scoring.chat_completion)
 
 
 @bp.route(route="v1/models", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)

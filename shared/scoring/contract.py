@@ -115,6 +115,36 @@ class StreamPiece:
     usage: dict[str, int] | None = None
 
 
+def _too_large(size: str, limit: int) -> ScoringError:
+    return ScoringError(413, f"request body is {size}; the limit is {limit} bytes", code="request_too_large")
+
+
+async def read_request_body(request: Any, settings: Settings) -> bytes:
+    """The request's body, read only while it stays within ``SCORING_MAX_REQUEST_BYTES``.
+
+    A declared ``Content-Length`` over the limit is refused before a byte of the body is read; a
+    body without one (chunked) is read piece by piece and refused as soon as it passes the limit,
+    so no client makes a worker hold more than the limit (plus one chunk) in memory.
+    ``request`` is Starlette's (FastAPI's) ``Request``, as the HTTP stream types pass it.
+    """
+    limit = settings.scoring_max_request_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise invalid(None, f"Content-Length {declared[:40]!r} is not a number of bytes", code="invalid_content_length")
+        if int(declared) > limit:
+            raise _too_large(f"{int(declared)} bytes (Content-Length)", limit)
+    pieces: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"more than {limit} bytes", limit)
+        if chunk:
+            pieces.append(chunk)
+    return b"".join(pieces)
+
+
 def read_json_object(body: bytes, settings: Settings) -> dict[str, Any]:
     if len(body) > settings.scoring_max_request_bytes:
         raise ScoringError(
