@@ -38,6 +38,10 @@ from urllib.parse import parse_qs, urlsplit
 import responses
 import yaml
 
+from shared.backends.azureml import AzureMLBackend
+from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+from tests.support import make_settings
+
 SUB = "6f1c2b3a-1111-4222-8333-444455556666"
 RG = "rg-finetune"
 WS = "ws-finetune"
@@ -680,3 +684,45 @@ class FakeAzureML:
                 }],
             })
         return 200, {"values": values}
+
+
+# --- a backend on this fake, and reading what it sent ------------------------------------------
+
+MODEL_NAME = "phi-3-mini-4k-instruct-chat-ft"
+FOUNDATION_ID = f"azureml://registries/azureml/models/{FOUNDATION_NAME}/versions/{FOUNDATION_VERSION}"
+LITERAL_TYPES = {"string", "integer", "number", "boolean"}
+
+
+def azure_settings(**env: str):
+    env.setdefault("AzureWebJobsStorage__accountName", STORAGE_ACCOUNT)  # the account the fake's datastore is on
+    return make_settings(ML_BACKEND="azureml", AZURE_SUBSCRIPTION_ID=SUB, AZURE_RESOURCE_GROUP=RG, AZURE_ML_WORKSPACE=WS, **env)
+
+
+def make_backend(settings, today=MODEL_WAS_CURRENT) -> AzureMLBackend:
+    # Two quick retries: the SDK's own retry policy is exercised without the production back-off.
+    # ``today``: the published model (version 15) was current then; see test_azureml_fidelity for its retirement.
+    return AzureMLBackend(settings, credential=FakeCredential(), client_kwargs={"retry_total": 2, "retry_backoff_factor": 0.01},
+                          today=lambda: today)
+
+
+def request_for(dataset_id: str = "ds-0123456789abcdef", **params: Any) -> FineTuneRequest:
+    return FineTuneRequest(
+        dataset_id=dataset_id,
+        train_blob=f"datasets/{dataset_id}/train.jsonl",
+        test_blob=f"datasets/{dataset_id}/test.jsonl",
+        model_name=MODEL_NAME,
+        tags={MANAGED_BY_TAG: MANAGED_BY_VALUE, "dataset_id": dataset_id},
+        params=params,
+    )
+
+
+def job_put(azure: FakeAzureML) -> tuple[str, dict[str, Any]]:
+    puts = azure.calls("PUT", r"/jobs/")
+    assert len(puts) == 1, [c.path for c in puts]
+    return puts[0].path.rsplit("/", 1)[-1], puts[0].body
+
+
+def node_of(body: dict[str, Any]) -> dict[str, Any]:
+    jobs = body["properties"]["jobs"]
+    assert len(jobs) == 1
+    return next(iter(jobs.values()))

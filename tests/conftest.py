@@ -10,11 +10,8 @@ import pytest
 
 from devhost.azurite import Azurite, free_port, start, stop_process
 from shared.backends import use_backend
-from shared.settings import Settings, load_settings, use_settings
-
-# Published payloads and specs the tests use, copied into the repo with their sources
-# (tests/fixtures/*/README.md and the files' own headers): a fresh clone needs nothing beside it.
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from shared.settings import Settings, use_settings
+from tests.support import FIXTURES, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +31,6 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     finally:
         stop_process(proc.pid)
         proc.wait(timeout=5)  # already reaped by stop_process; tells Popen, so no ResourceWarning
-
-
-def make_settings(**env: str) -> Settings:
-    """Settings from defaults plus ``env`` (no local.settings.json, no os.environ)."""
-    return load_settings(environ=env)
 
 
 @pytest.fixture

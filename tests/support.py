@@ -1,4 +1,4 @@
-"""Helpers shared by the end-to-end tests (waiting on a condition, ports, prepared data)."""
+"""Helpers shared by the tests of every tier (the repo's folders, settings, waiting on a condition, ports, prepared data)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,47 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from scripts.make_sample_data import pirate_conversations
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 from shared.storage import blob_service
+
+ROOT = Path(__file__).resolve().parent.parent
+# Published payloads and specs the tests use, copied into the repo with their sources
+# (tests/fixtures/*/README.md and the files' own headers): a fresh clone needs nothing beside it.
+FIXTURES = ROOT / "tests" / "fixtures"
+
+# The test tiers: one folder each under tests/, whose conftest gives every test in it these markers
+# (the Makefile's targets select by marker: `make test` is "not slow and not browser and not faults").
+TIER_MARKERS: dict[str, tuple[str, ...]] = {
+    "unit": ("unit",),
+    "storage": ("storage",),
+    "infra": ("infra",),
+    "e2e": ("e2e", "storage"),
+    "faults": ("faults",),
+    "browser": ("browser", "e2e", "storage"),
+    "slow": ("slow", "storage"),
+}
+
+
+def mark_tier(conftest_file: str) -> Callable[[pytest.Item], None]:
+    """The ``pytest_itemcollected`` hook of a tier folder's conftest: its tier's markers on each test below it."""
+    markers = TIER_MARKERS[Path(conftest_file).parent.name]
+
+    def pytest_itemcollected(item: pytest.Item) -> None:
+        for name in markers:
+            item.add_marker(name)
+
+    return pytest_itemcollected
+
+
+def make_settings(**env: str) -> Settings:
+    """Settings from defaults plus ``env`` (no local.settings.json, no os.environ)."""
+    return load_settings(environ=env)
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str = "the condition", every_s: float = 0.5) -> Any:
@@ -114,3 +150,14 @@ def call_http(fn: Callable[..., Any], method: str, url: str, body: bytes = b"",
         return HttpReply(response.status_code, dict(response.headers), b"".join(chunks), response.media_type, chunks)
 
     return asyncio.run(run())
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -7,8 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import azure.functions as func
+from azure.functions import meta
+from azure.functions.eventgrid import EventGridEventInConverter
+from azure.functions.timer import TimerRequest
+
 from shared import ledger as L
 from shared.backends.base import RUNNING
+from shared.deployment.events import parse_job_event
 from shared.ledger import Ledger
 from shared.settings import Settings
 from tests.fakes.workspace import OUR_TAGS, InMemoryWorkspace
@@ -45,3 +51,16 @@ def submit_job(
         tags=dict(OUR_TAGS),
     )
     workspace.add_job(name, state, **job_kw)
+
+
+def completed_event(fixtures_dir, settings, run_id, **data):
+    return parse_job_event(ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), settings, run_id, **data))
+
+
+def grid_event(envelope: dict) -> func.EventGridEvent | func.CloudEvent:
+    """Decode an envelope the way the Python worker does (its own converter, real event classes)."""
+    return EventGridEventInConverter.decode(meta.Datum(json.dumps(envelope), "json"), trigger_metadata={})
+
+
+def timer() -> TimerRequest:
+    return TimerRequest(past_due=False, schedule_status={}, schedule={"AdjustForDST": True})

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from shared.backends import use_backend
 from shared.backends.base import (
     COMPLETED,
     EP_DELETING,
@@ -44,6 +45,8 @@ from shared.backends.base import (
     NotFoundError,
     ScoringTarget,
 )
+from shared.ledger import Ledger
+from shared.settings import use_settings
 
 OUR_TAGS = {MANAGED_BY_TAG: MANAGED_BY_VALUE}
 DEFAULT_WORKSPACE_ID = "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/in-memory"
@@ -208,3 +211,11 @@ class InMemoryWorkspace:
         url = self.urls.get(endpoint_name, self.target_url)
         return ScoringTarget(url=f"{url}/score", key=self.keys[endpoint_name], timeout_s=self.timeout_s,
                              deployment=f"{endpoint_name}-dep")
+
+
+def install_workspace(settings, **workspace_kw):
+    """An in-memory workspace installed as the backend, with these settings: (settings, ledger, workspace)."""
+    workspace = InMemoryWorkspace(settings.workspace_resource_id, base_model=settings.base_model_name, **workspace_kw)
+    use_settings(settings)
+    use_backend(workspace, settings)
+    return settings, Ledger.from_settings(settings), workspace
