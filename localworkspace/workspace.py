@@ -6,7 +6,8 @@ Layout of ``<dir>``::
     mlartifacts/         MLflow artifacts (run outputs, logged models)
     jobs/<job>/          spec.json (written once at submit), state.json (the runner's record),
                          runner.pid, job.log, data/ (downloaded train/test files)
-    endpoints/<name>/    record.json, server.pid, server.log, activity (last scoring request)
+    endpoints/<name>/    record.json, server.pid, server.log (the endpoint's router), activity (last
+                         scoring request), deployments/<deployment>/ (server.pid, server.log: a model server)
 
 Every process the workspace starts runs in its own session and is tracked by pid plus its
 start time (so a recycled pid is never mistaken for ours); ``shutdown`` stops them all.
@@ -99,6 +100,7 @@ class Workspace:
         """(kind, pid file) of every process this workspace has started."""
         found = [("job", p) for p in sorted(self.jobs_dir.glob("*/runner.pid"))]
         found += [("endpoint", p) for p in sorted(self.endpoints_dir.glob("*/server.pid"))]
+        found += [("deployment", p) for p in sorted(self.endpoints_dir.glob("*/deployments/*/server.pid"))]
         return found
 
     def shutdown(self, timeout_s: float = 10.0) -> list[str]:

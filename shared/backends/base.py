@@ -131,6 +131,58 @@ class ModelRef:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeploymentInfo:
+    """One deployment of an endpoint (an endpoint holds several: the champion, a candidate)."""
+
+    name: str
+    state: str  # EP_PROVISIONING, EP_SUCCEEDED, EP_FAILED (EP_DELETING while Azure deletes it)
+    model: str | None = None  # "name:version"
+    traffic: int = 0  # its percentage of the endpoint's live traffic
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentMetrics:
+    """A deployment's live figures over a window (local: the router's counters; Azure: Azure
+    Monitor's ``RequestsPerMinute`` and ``RequestLatency_P95`` split by deployment, with errors
+    from the 5xx ``StatusCodeClass``)."""
+
+    requests: int
+    errors: int
+    p95_ms: float | None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors, "error_rate": self.error_rate, "p95_ms": self.p95_ms}
+
+
+# Deployment names: Azure ML's rule (3-32 characters, letters, digits and hyphens, starting with a letter).
+DEPLOYMENT_NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$"
+
+
+def check_traffic(endpoint_name: str, traffic: dict[str, int], deployments: Any,
+                  mirror: dict[str, int] | None = None) -> None:
+    """Azure ML's rules for a traffic split: known deployments, whole percentages 0-100 summing to
+    100 (or 0); a mirrored deployment takes no live traffic and mirrors at most 50%."""
+    names = set(deployments)
+    unknown = sorted(set(traffic) - names) + sorted(set(mirror or {}) - names)
+    if unknown:
+        raise BackendError(f"endpoint {endpoint_name} has no deployment {', '.join(unknown)}")
+    values = list(traffic.values()) + list((mirror or {}).values())
+    if any(not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 100 for v in values):
+        raise BackendError(f"traffic of endpoint {endpoint_name} must be whole percentages 0-100: {traffic}")
+    if sum(traffic.values()) not in (0, 100):
+        raise BackendError(f"traffic of endpoint {endpoint_name} must sum to 100 (or 0), got {sum(traffic.values())}")
+    for name, pct in (mirror or {}).items():
+        if pct and (traffic.get(name) or pct > 50):
+            raise BackendError(f"deployment {name} of endpoint {endpoint_name} cannot be mirrored {pct}% "
+                               "(a mirrored deployment takes no live traffic, at most 50%)")
+
+
+@dataclasses.dataclass(frozen=True)
 class EndpointInfo:
     name: str
     state: str  # EP_*
@@ -143,6 +195,11 @@ class EndpointInfo:
     created_at: datetime | None = None
     last_activity: datetime | None = None  # the backend's own metric (None: unknown)
     error: str | None = None
+    deployments: tuple[DeploymentInfo, ...] = ()  # every deployment (``deployment`` is the champion's)
+    mirror_traffic: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def deployment_info(self, name: str) -> DeploymentInfo | None:
+        return next((d for d in self.deployments if d.name == name), None)
 
     @property
     def managed(self) -> bool:
@@ -210,8 +267,25 @@ class MLBackend(Protocol):
     def get_endpoint(self, endpoint_name: str) -> EndpointInfo | None:
         """Endpoint and deployment state, or None when it does not exist."""
 
-    def set_traffic(self, endpoint_name: str) -> None:
-        """Route 100% of the endpoint's traffic to its deployment (once it has succeeded)."""
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int] | None = None,
+                    mirror: dict[str, int] | None = None) -> None:
+        """Route 100% of the endpoint's traffic to its deployment (once it has succeeded); with
+        ``traffic``, that split between its deployments (``check_traffic``'s rules), the one given
+        100% becoming the endpoint's deployment; ``mirror``: mirrored shares (None: unchanged)."""
+
+    def begin_deploy_deployment(self, model: ModelRef, endpoint_name: str, deployment: str) -> None:
+        """Start ``model`` as a further deployment of a live endpoint at 0% traffic; return at
+        once (idempotent; raises NotFoundError when the endpoint does not exist)."""
+
+    def get_deployment(self, endpoint_name: str, deployment: str) -> DeploymentInfo | None:
+        """One deployment's state, None when it (or its endpoint) does not exist."""
+
+    def begin_delete_deployment(self, endpoint_name: str, deployment: str) -> None:
+        """Start deleting one deployment that takes no traffic; return at once (NotFoundError when gone)."""
+
+    def deployment_metrics(self, endpoint_name: str, since: datetime) -> dict[str, DeploymentMetrics]:
+        """Each deployment's requests, errors and p95 latency since ``since`` (TransientBackendError
+        when the figures cannot be read now)."""
 
     def list_endpoints(self) -> list[EndpointInfo]:
         """Endpoints this app manages (carrying the managed-by tag)."""
@@ -219,8 +293,10 @@ class MLBackend(Protocol):
     def begin_delete_endpoint(self, endpoint_name: str) -> None:
         """Start deleting an endpoint; return at once."""
 
-    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
-        """Scoring URI and key/token (cached; ``refresh`` re-reads them, e.g. after a 401)."""
+    def get_scoring_target(self, endpoint_name: str, refresh: bool = False, deployment: str | None = None) -> ScoringTarget:
+        """Scoring URI and key/token (cached; ``refresh`` re-reads them, e.g. after a 401); with
+        ``deployment`` the target pins it (header ``azureml-model-deployment``), without it the
+        endpoint's traffic split picks the deployment."""
 
     def job_metrics_history(self, job_name: str) -> MetricsHistory:
         """The job's training curves from its tracking (MLflow); empty when it logged none yet

@@ -53,6 +53,8 @@ from shared.backends.base import (
     QUEUED,
     RUNNING,
     BackendError,
+    DeploymentInfo,
+    DeploymentMetrics,
     EndpointHealth,
     EndpointInfo,
     FineTuneRequest,
@@ -61,6 +63,8 @@ from shared.backends.base import (
     ModelRef,
     NotFoundError,
     ScoringTarget,
+    TransientBackendError,
+    check_traffic,
     lineage_tags,
 )
 from shared.settings import PROJECT_ROOT, Settings
@@ -324,15 +328,47 @@ class LocalBackend:
     def _record_path(self, endpoint_name: str) -> Path:
         return self.ws.endpoint_dir(endpoint_name) / "record.json"
 
+    # Layout of a local endpoint (``endpoints/<name>/``): ``server.pid``/``server.log`` are the
+    # endpoint's router (localworkspace.router, on the endpoint's port), each deployment is a
+    # ``localworkspace.serve`` process under ``deployments/<deployment>/`` on its own port.
+    # ``record.json`` holds the endpoint (``deployment``: the one that serves when traffic is
+    # routed to "its deployment", the champion) and ``deployments`` with their states and ports.
+
+    def _deployment_dir(self, endpoint_name: str, deployment: str) -> Path:
+        return self.ws.endpoint_dir(endpoint_name) / "deployments" / deployment
+
+    def _stop_endpoint_processes(self, ep_dir: Path) -> None:
+        for pid_file in [ep_dir / "server.pid", *sorted(ep_dir.glob("deployments/*/server.pid"))]:
+            proc = read_pid_file(pid_file)
+            if proc is not None:
+                stop_process_group(proc)
+
+    def _spawn_deployment(self, model: ModelRef, endpoint_name: str, deployment: str, key: str) -> dict[str, Any]:
+        """Start one deployment's model server; its entry for the record's ``deployments``."""
+        dep_dir = self._deployment_dir(endpoint_name, deployment)
+        dep_dir.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        self._spawn(
+            ["-m", "localworkspace.serve", "--model-uri", f"models:/{model.name}/{model.version}",
+             "--tracking-uri", self.ws.tracking_uri, "--port", str(port), "--activity-file", str(dep_dir / "activity"),
+             "--max-new-tokens-cap", str(self.settings.scoring_max_new_tokens)],
+            dep_dir / "server.log", dep_dir / "server.pid", extra_env={"LOCAL_ENDPOINT_KEY": key},
+        )
+        return {"name": deployment, "state": EP_PROVISIONING, "model": model.ref, "model_name": model.name,
+                "model_version": model.version, "job_name": model.job_name, "base_model": model.base_model,
+                "port": port, "deploy_started_at": now_iso(), "log_path": str(dep_dir / "server.log"), "error": None}
+
     def begin_deploy(self, model: ModelRef, endpoint_name: str, tags: dict[str, str]) -> None:
         ep_dir = self.ws.endpoint_dir(endpoint_name)
         with self.ws.lock("endpoint", ep_dir):
             record = read_json(self._record_path(endpoint_name))
             if (record and record.get("model") == model.ref and record.get("state") in {EP_PROVISIONING, EP_SUCCEEDED}
-                    and self._alive(ep_dir / "server.pid")):
+                    and self._alive(ep_dir / "server.pid")
+                    and self._alive(self._deployment_dir(endpoint_name, record.get("deployment") or DEPLOYMENT_NAME)
+                                    / "server.pid")):
                 return  # already deploying or serving this model
-            if record and self._alive(ep_dir / "server.pid"):  # a different model: replace the server
-                stop_process_group(read_pid_file(ep_dir / "server.pid") or {})
+            if record:  # a different model, or a dead process: replace the endpoint's processes
+                self._stop_endpoint_processes(ep_dir)
             port = _free_port()
             key = secrets.token_urlsafe(32)
             activity = ep_dir / "activity"
@@ -348,6 +384,8 @@ class LocalBackend:
                 "tags": {**tags, MANAGED_BY_TAG: MANAGED_BY_VALUE},
                 "deployment": DEPLOYMENT_NAME,
                 "traffic": {},
+                "mirror_traffic": {},
+                "deployments": {},
                 "port": port,
                 "key": key,
                 "created_at": (record or {}).get("created_at") or now_iso(),
@@ -355,41 +393,138 @@ class LocalBackend:
                 "log_path": str(ep_dir / "server.log"),
                 "error": None,
             }
+            record["deployments"][DEPLOYMENT_NAME] = self._spawn_deployment(model, endpoint_name, DEPLOYMENT_NAME, key)
             write_json(self._record_path(endpoint_name), record, mode=0o600)
             self._spawn(
-                ["-m", "localworkspace.serve", "--model-uri", f"models:/{model.name}/{model.version}",
-                 "--tracking-uri", self.ws.tracking_uri, "--port", str(port), "--activity-file", str(activity),
-                 "--max-new-tokens-cap", str(self.settings.scoring_max_new_tokens)],
+                ["-m", "localworkspace.router", "--record", str(self._record_path(endpoint_name)), "--port", str(port),
+                 "--activity-file", str(activity)],
                 ep_dir / "server.log", ep_dir / "server.pid", extra_env={"LOCAL_ENDPOINT_KEY": key},
             )
         log.info("deploying %s to local endpoint %s on port %d", model.ref, endpoint_name, port)
 
+    def begin_deploy_deployment(self, model: ModelRef, endpoint_name: str, deployment: str) -> None:
+        """Start ``model`` as deployment ``deployment`` of a live endpoint, at 0% of its traffic
+        (idempotent: a live deployment of the same model is left alone)."""
+        ep_dir = self.ws.endpoint_dir(endpoint_name)
+        with self.ws.lock("endpoint", ep_dir):
+            record = read_json(self._record_path(endpoint_name))
+            if record is None or record.get("state") in {EP_DELETED, EP_FAILED}:
+                raise NotFoundError(f"local endpoint {endpoint_name} not found (or failed)")
+            deployments = record.setdefault("deployments", {})
+            current = deployments.get(deployment)
+            dep_pid = self._deployment_dir(endpoint_name, deployment) / "server.pid"
+            if (current and current.get("model") == model.ref and current.get("state") in {EP_PROVISIONING, EP_SUCCEEDED}
+                    and self._alive(dep_pid)):
+                return
+            if current and float((record.get("traffic") or {}).get(deployment, 0)) > 0:
+                raise BackendError(f"deployment {deployment} of endpoint {endpoint_name} takes traffic: "
+                                   "it cannot be replaced by another model")
+            if current:
+                stop_process_group(read_pid_file(dep_pid) or {})
+            deployments[deployment] = self._spawn_deployment(model, endpoint_name, deployment, record["key"])
+            write_json(self._record_path(endpoint_name), record, mode=0o600)
+        log.info("deploying %s as deployment %s of local endpoint %s", model.ref, deployment, endpoint_name)
+
+    def begin_delete_deployment(self, endpoint_name: str, deployment: str) -> None:
+        """Stop and remove one deployment that takes no traffic (refused while it takes some)."""
+        ep_dir = self.ws.endpoint_dir(endpoint_name)
+        with self.ws.lock("endpoint", ep_dir):
+            record = read_json(self._record_path(endpoint_name))
+            if record is None or record.get("state") == EP_DELETED:
+                raise NotFoundError(f"local endpoint {endpoint_name} not found")
+            if deployment not in (record.get("deployments") or {}):
+                raise NotFoundError(f"deployment {deployment} of local endpoint {endpoint_name} not found")
+            if float((record.get("traffic") or {}).get(deployment, 0)) > 0:
+                raise BackendError(f"deployment {deployment} of endpoint {endpoint_name} still takes traffic: "
+                                   "route it elsewhere before deleting it")
+            stop_process_group(read_pid_file(self._deployment_dir(endpoint_name, deployment) / "server.pid") or {})
+            del record["deployments"][deployment]
+            record["mirror_traffic"] = {k: v for k, v in (record.get("mirror_traffic") or {}).items() if k != deployment}
+            record["traffic"] = {k: v for k, v in (record.get("traffic") or {}).items() if k != deployment}
+            write_json(self._record_path(endpoint_name), record, mode=0o600)
+        log.info("deleted deployment %s of local endpoint %s", deployment, endpoint_name)
+
+    def get_deployment(self, endpoint_name: str, deployment: str) -> DeploymentInfo | None:
+        record = self._refresh_endpoint(endpoint_name)
+        if record is None or record.get("state") == EP_DELETED:
+            return None
+        dep = (record.get("deployments") or {}).get(deployment)
+        return _deployment_info(dep, record) if dep else None
+
+    def deployment_metrics(self, endpoint_name: str, since: datetime) -> dict[str, DeploymentMetrics]:
+        """Requests, errors and p95 latency per deployment since ``since``: the router's counters."""
+        import httpx
+
+        record = read_json(self._record_path(endpoint_name))
+        if record is None or record.get("state") == EP_DELETED:
+            raise NotFoundError(f"local endpoint {endpoint_name} not found")
+        try:
+            reply = httpx.get(f"http://127.0.0.1:{record['port']}/metrics", params={"since": since.timestamp()},
+                              headers={"Authorization": f"Bearer {record['key']}"}, timeout=HEALTH_TIMEOUT_S)
+            reply.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise TransientBackendError(f"metrics of local endpoint {endpoint_name}: {type(exc).__name__}") from None
+        return {name: DeploymentMetrics(requests=int(m["requests"]), errors=int(m["errors"]), p95_ms=m.get("p95_ms"))
+                for name, m in (reply.json().get("deployments") or {}).items()}
+
     def _refresh_endpoint(self, endpoint_name: str) -> dict[str, Any] | None:
-        """The record, with provisioning/succeeded checked against the real server process."""
+        """The record, with provisioning/succeeded checked against the real processes: the
+        endpoint's router and its champion deployment for the endpoint's state, each
+        deployment's own process for the deployment's."""
         ep_dir = self.ws.endpoint_dir(endpoint_name)
         record = read_json(self._record_path(endpoint_name))
         if record is None or record.get("state") not in {EP_PROVISIONING, EP_SUCCEEDED}:
             return record
-        alive = self._alive(ep_dir / "server.pid")
+        now = time.time()
+        primary = record.get("deployment") or DEPLOYMENT_NAME
+        dep_changes: dict[str, dict[str, Any]] = {}
+        dep_alive: dict[str, bool] = {}
+        for name, dep in (record.get("deployments") or {}).items():
+            if dep.get("state") not in {EP_PROVISIONING, EP_SUCCEEDED}:
+                continue
+            pid_file = self._deployment_dir(endpoint_name, name) / "server.pid"
+            alive = dep_alive[name] = self._alive(pid_file)
+            if not alive:
+                dep_changes[name] = {"state": EP_FAILED,
+                                     "error": f"deployment {name}: server process died; see {dep.get('log_path')}"}
+            elif dep["state"] == EP_PROVISIONING:
+                if self._healthy(dep["port"]):
+                    dep_changes[name] = {"state": EP_SUCCEEDED, "ready_at": now_iso()}
+                elif now - datetime.fromisoformat(dep["deploy_started_at"]).timestamp() > self.endpoint_startup_timeout_s:
+                    stop_process_group(read_pid_file(pid_file) or {})
+                    dep_changes[name] = {"state": EP_FAILED, "error": f"deployment {name} not healthy after "
+                                         f"{self.endpoint_startup_timeout_s:.0f} s; see {dep.get('log_path')}"}
+        router_alive = self._alive(ep_dir / "server.pid")
+        primary_state = (dep_changes.get(primary) or {}).get("state") or (record.get("deployments") or {}).get(
+            primary, {}).get("state")
         changes: dict[str, Any] = {}
-        if not alive:
-            changes = {"state": EP_FAILED, "error": f"server process died; see {ep_dir / 'server.log'}"}
+        if not router_alive or primary_state == EP_FAILED or primary_state is None:
+            which = "router" if not router_alive else f"deployment {primary}"
+            changes = {"state": EP_FAILED, "error": (dep_changes.get(primary) or {}).get("error")
+                       or f"{which} process died; see {ep_dir / 'server.log'}"}
         elif record["state"] == EP_PROVISIONING:
-            if self._healthy(record["port"]):
+            if primary_state == EP_SUCCEEDED and self._healthy(record["port"]):
                 changes = {"state": EP_SUCCEEDED, "ready_at": now_iso()}
-            elif (time.time() - datetime.fromisoformat(record["deploy_started_at"]).timestamp()) > self.endpoint_startup_timeout_s:
-                stop_process_group(read_pid_file(ep_dir / "server.pid") or {})
+            elif now - datetime.fromisoformat(record["deploy_started_at"]).timestamp() > self.endpoint_startup_timeout_s:
+                self._stop_endpoint_processes(ep_dir)
                 changes = {"state": EP_FAILED,
                            "error": f"server not healthy after {self.endpoint_startup_timeout_s:.0f} s; see {ep_dir / 'server.log'}"}
-        if changes:
+        if changes or dep_changes:
             with self.ws.lock("endpoint", ep_dir):
                 current = read_json(self._record_path(endpoint_name)) or record
-                # begin_deploy writes the record and the pid file under this lock: re-check here so
+                # begin_deploy writes the record and the pid files under this lock: re-check here so
                 # a deployment caught between the two is not taken for a dead one.
-                if (current.get("state") == record["state"] and current.get("port") == record.get("port")
-                        and (alive or not self._alive(ep_dir / "server.pid"))):
+                same = current.get("state") == record["state"] and current.get("port") == record.get("port")
+                if same and changes and (router_alive or not self._alive(ep_dir / "server.pid")):
                     current.update(changes)
-                    write_json(self._record_path(endpoint_name), current, mode=0o600)
+                for name, change in dep_changes.items():
+                    dep = (current.get("deployments") or {}).get(name)
+                    before = (record.get("deployments") or {}).get(name) or {}
+                    if (dep and dep.get("state") == before.get("state") and dep.get("port") == before.get("port")
+                            and (dep_alive.get(name)
+                                 or not self._alive(self._deployment_dir(endpoint_name, name) / "server.pid"))):
+                        dep.update(change)
+                write_json(self._record_path(endpoint_name), current, mode=0o600)
                 record = current
         return record
 
@@ -415,12 +550,14 @@ class LocalBackend:
             tags=dict(record.get("tags") or {}),
             model=record.get("model"),
             deployment=record.get("deployment"),
-            traffic=dict(record.get("traffic") or {}),
+            traffic={k: int(v) for k, v in (record.get("traffic") or {}).items()},
             instance_type=INSTANCE_TYPE,
             instance_count=1,
             created_at=_parse_time(record.get("created_at")),
             last_activity=activity,
             error=record.get("error"),
+            deployments=tuple(_deployment_info(d, record) for _, d in sorted((record.get("deployments") or {}).items())),
+            mirror_traffic={k: int(v) for k, v in (record.get("mirror_traffic") or {}).items()},
         )
 
     def get_endpoint(self, endpoint_name: str) -> EndpointInfo | None:
@@ -429,13 +566,28 @@ class LocalBackend:
             return None
         return self._info(record)
 
-    def set_traffic(self, endpoint_name: str) -> None:
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int] | None = None,
+                    mirror: dict[str, int] | None = None) -> None:
+        """``traffic`` None: 100% to the endpoint's deployment. Otherwise the split (percentages of
+        existing deployments summing to 100); the deployment given 100% becomes the endpoint's
+        deployment (its model the endpoint's). ``mirror``: the mirrored share (None: unchanged)."""
         ep_dir = self.ws.endpoint_dir(endpoint_name)
         with self.ws.lock("endpoint", ep_dir):
             record = read_json(self._record_path(endpoint_name))
             if record is None or record.get("state") == EP_DELETED:
                 raise NotFoundError(f"local endpoint {endpoint_name} not found")
-            record["traffic"] = {record.get("deployment") or DEPLOYMENT_NAME: 100}
+            deployments = record.get("deployments") or {}
+            if traffic is None:
+                traffic = {record.get("deployment") or DEPLOYMENT_NAME: 100}
+            check_traffic(endpoint_name, traffic, deployments, mirror)
+            record["traffic"] = {k: int(v) for k, v in traffic.items() if int(v) > 0}
+            if mirror is not None:
+                record["mirror_traffic"] = {k: int(v) for k, v in mirror.items() if int(v) > 0}
+            full = [k for k, v in record["traffic"].items() if v == 100]
+            if full and full[0] in deployments:
+                dep = deployments[full[0]]
+                record.update(deployment=full[0], **{k: dep.get(k) for k in
+                                                     ("model", "model_name", "model_version", "job_name", "base_model")})
             write_json(self._record_path(endpoint_name), record, mode=0o600)
 
     def list_endpoints(self) -> list[EndpointInfo]:
@@ -459,10 +611,8 @@ class LocalBackend:
                 raise NotFoundError(f"local endpoint {endpoint_name} not found")
             if record.get("state") == EP_DELETED:
                 return
-            proc = read_pid_file(ep_dir / "server.pid")
-            if proc is not None:
-                stop_process_group(proc)
-            record.update(state=EP_DELETED, deleted_at=now_iso(), traffic={})
+            self._stop_endpoint_processes(ep_dir)
+            record.update(state=EP_DELETED, deleted_at=now_iso(), traffic={}, mirror_traffic={}, deployments={})
             write_json(self._record_path(endpoint_name), record, mode=0o600)
         log.info("deleted local endpoint %s", endpoint_name)
 
@@ -489,12 +639,20 @@ class LocalBackend:
             return EndpointHealth(HEALTH_UNHEALTHY, f"GET {url} answered HTTP {status}", definite=False)
         return EndpointHealth(HEALTH_HEALTHY, "server process alive, /health answered 200")
 
-    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
+    def get_scoring_target(self, endpoint_name: str, refresh: bool = False, deployment: str | None = None) -> ScoringTarget:
+        """The endpoint's router; with ``deployment`` the target pins that deployment (the
+        ``azureml-model-deployment`` header), without it the endpoint's traffic split applies."""
         record = read_json(self._record_path(endpoint_name))
         if record is None or record.get("state") == EP_DELETED:
             raise NotFoundError(f"local endpoint {endpoint_name} not found")
+        if deployment is not None and deployment not in (record.get("deployments") or {}):
+            raise NotFoundError(f"deployment {deployment} of local endpoint {endpoint_name} not found")
         return ScoringTarget(
             url=f"http://127.0.0.1:{record['port']}/score", key=record["key"], timeout_s=SCORING_TIMEOUT_S,
-            deployment=record.get("deployment"),
+            deployment=deployment,
         )
 
+
+def _deployment_info(dep: dict[str, Any], record: dict[str, Any]) -> DeploymentInfo:
+    return DeploymentInfo(name=dep["name"], state=dep.get("state") or EP_FAILED, model=dep.get("model"),
+                          traffic=int((record.get("traffic") or {}).get(dep["name"], 0)), error=dep.get("error"))

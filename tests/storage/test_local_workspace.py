@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -118,6 +119,36 @@ def test_job_event_register_deploy_score_delete(backend_with_sink: tuple[LocalBa
     assert answer["usage"]["completion_tokens"] >= 1
     assert httpx.post(target.url, json={"input_data": {}}, headers=target.headers(), timeout=30).status_code == 400
     assert backend.get_endpoint("tiny-chat-ft-1").last_activity is not None
+    assert "azureml-model-deployment" not in target.headers(), "unpinned: the endpoint's split decides"
+    assert reply.headers["azureml-model-deployment"] == "default"
+
+    # A second deployment beside the first, in the same endpoint, at 0% until traffic is split.
+    backend.begin_deploy_deployment(model, "tiny-chat-ft-1", "version-2")
+    backend.begin_deploy_deployment(model, "tiny-chat-ft-1", "version-2")  # idempotent
+    deadline = time.monotonic() + 120
+    while (dep := backend.get_deployment("tiny-chat-ft-1", "version-2")).state == "provisioning":
+        assert time.monotonic() < deadline, "second deployment never became ready"
+        time.sleep(0.5)
+    assert dep.state == EP_SUCCEEDED and dep.traffic == 0, dep
+    pinned = backend.get_scoring_target("tiny-chat-ft-1", deployment="version-2")
+    assert pinned.url == target.url and pinned.headers()["azureml-model-deployment"] == "version-2"
+    assert httpx.post(pinned.url, json=body, headers=pinned.headers(), timeout=60).headers[
+        "azureml-model-deployment"] == "version-2"
+    with pytest.raises(BackendError):
+        backend.set_traffic("tiny-chat-ft-1", {"default": 90, "version-2": 20})  # must sum to 100
+    with pytest.raises(BackendError):
+        backend.begin_delete_deployment("tiny-chat-ft-1", "default")  # takes traffic
+    backend.set_traffic("tiny-chat-ft-1", {"default": 0, "version-2": 100})
+    info = backend.get_endpoint("tiny-chat-ft-1")
+    assert info.deployment == "version-2" and info.traffic == {"version-2": 100}
+    assert {d.name: d.traffic for d in info.deployments} == {"default": 0, "version-2": 100}
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    figures = backend.deployment_metrics("tiny-chat-ft-1", since)
+    assert figures["version-2"].requests == 1 and figures["version-2"].errors == 0
+    backend.begin_delete_deployment("tiny-chat-ft-1", "default")
+    assert backend.get_deployment("tiny-chat-ft-1", "default") is None
+    assert httpx.post(target.url, json=body, headers=target.headers(), timeout=60).headers[
+        "azureml-model-deployment"] == "version-2"
 
     port = int(target.url.split(":")[2].split("/")[0])
     backend.begin_delete_endpoint("tiny-chat-ft-1")
