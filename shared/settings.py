@@ -176,6 +176,14 @@ SPECS: dict[str, Spec] = {
     "delete_replaced_endpoints": Spec("DELETE_REPLACED_ENDPOINTS", "false", _bool, "Delete the previous endpoint at once when a newer model becomes active (else the janitor does it when idle)."),
     "reconcile_schedule": Spec("RECONCILE_SCHEDULE", "0 */5 * * * *", _str, "NCRONTAB schedule of the `reconcile` timer."),
     "endpoint_followups": Spec("ENDPOINT_FOLLOWUPS", "true", _bool, "Check a deployment or deletion in flight within seconds (queue `endpoint-followups`: every 2 s for half a minute, then backed off to every 30 s) instead of only at the next `reconcile`."),
+    # --- rollout of a new version beside the serving one (shared.rollout)
+    "rollout_candidates": Spec("ROLLOUT_CANDIDATES", "true", _bool, "Deploy a new version of a model as a second deployment of the endpoint that serves it (0% traffic), judge it against the serving one, canary it, and roll it back by itself on regression; false: every version gets its own endpoint and takes over at once (the earlier behaviour)."),
+    "canary_percent": Spec("CANARY_PERCENT", "10", _int, "Share of live traffic (1-50%) a promoted candidate takes during its canary."),
+    "canary_minutes": Spec("CANARY_MINUTES", "10", _float, "How long the canary lasts before the candidate takes 100% (if it did not regress)."),
+    "canary_requests": Spec("CANARY_REQUESTS", "0", _int, "End the canary earlier, once the candidate has served this many live requests (0: time only)."),
+    "canary_min_requests": Spec("CANARY_MIN_REQUESTS", "5", _int, "Requests the candidate must have served before its error rate and latency are compared (fewer: no verdict yet, unless its deployment failed)."),
+    "canary_max_error_rate_increase": Spec("CANARY_MAX_ERROR_RATE_INCREASE", "0.05", _float, "Regression: the candidate's error rate (5xx or no answer) exceeds the champion's by more than this."),
+    "canary_max_p95_ratio": Spec("CANARY_MAX_P95_RATIO", "2.0", _float, "Regression: the candidate's p95 latency exceeds the champion's times this."),
     "submit_claim_lease_s": Spec("SUBMIT_CLAIM_LEASE_SECONDS", "300", _int, "A delivery's claim on submitting a dataset is honoured this long; after it, a crashed delivery's submission is finished by the next delivery or `reconcile`."),
     # --- scoring
     "scoring_max_request_bytes": Spec("SCORING_MAX_REQUEST_BYTES", "262144", _int, "Largest scoring request body accepted."),
@@ -252,6 +260,13 @@ class Settings:
     delete_replaced_endpoints: bool
     reconcile_schedule: str
     endpoint_followups: bool
+    rollout_candidates: bool
+    canary_percent: int
+    canary_minutes: float
+    canary_requests: int
+    canary_min_requests: int
+    canary_max_error_rate_increase: float
+    canary_max_p95_ratio: float
     submit_claim_lease_s: int
     scoring_max_request_bytes: int
     scoring_max_new_tokens: int
@@ -437,6 +452,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"MIN_VALID_EXAMPLES={s.min_valid_examples} must be at least 1")
     if s.endpoint_auth_mode not in {"key", "aml_token", "aad_token"}:
         raise SettingsError(f"ENDPOINT_AUTH_MODE={s.endpoint_auth_mode!r} is not one of: key, aml_token, aad_token")
+    if not 1 <= s.canary_percent <= 50:
+        raise SettingsError(f"CANARY_PERCENT={s.canary_percent} must be between 1 and 50")
+    if s.canary_minutes <= 0 or s.canary_requests < 0 or s.canary_min_requests < 1:
+        raise SettingsError("CANARY_MINUTES must be > 0, CANARY_REQUESTS >= 0 and CANARY_MIN_REQUESTS >= 1")
     if s.local_base_model not in {"smollm2", "tiny-random"}:
         raise SettingsError(f"LOCAL_BASE_MODEL={s.local_base_model!r} is not one of: smollm2, tiny-random")
     if s.ml_backend == "azureml" and not s.azure_ml_config:

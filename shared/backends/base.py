@@ -159,6 +159,9 @@ class DeploymentMetrics:
         return {"requests": self.requests, "errors": self.errors, "error_rate": self.error_rate, "p95_ms": self.p95_ms}
 
 
+# The request header that pins one deployment of an endpoint (and, on answers, names the one that served).
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+
 # Deployment names: Azure ML's rule (3-32 characters, letters, digits and hyphens, starting with a letter).
 DEPLOYMENT_NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$"
 
@@ -220,7 +223,7 @@ class ScoringTarget:
         if self.key:
             h["Authorization"] = f"Bearer {self.key}"
         if self.deployment:
-            h["azureml-model-deployment"] = self.deployment
+            h[DEPLOYMENT_HEADER] = self.deployment
         return h
 
 

@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+from shared import rollout
 from shared.backends.base import CANCELED, COMPLETED, EP_DELETING, EP_PROVISIONING, EP_SUCCEEDED, FAILED, MLBackend
 from shared.context import Context, context
 from shared.datasets.intake import submit_pending_datasets
@@ -46,6 +47,7 @@ SUMMARY_KEYS = (
     "endpoints_deleted",
     *sweep.SUMMARY_KEYS,
     *health.SUMMARY_KEYS,
+    *rollout.SUMMARY_KEYS,
     "errors",
 )
 
@@ -87,6 +89,7 @@ def reconcile(
     # Endpoints settled above were just read from the backend: no second look at them this run.
     just_read = {r.id for r in endpoints if r.state == EP_PROVISIONING}
 
+    _guarded(summary, "rollouts", lambda: rollout.advance_all(ctx, summary))
     _guarded(summary, "stuck-state sweep", lambda: sweep.sweep_stuck(ctx, summary))
     _guarded(summary, "endpoint health", lambda: health.heal_endpoints(ctx, summary, skip=just_read))
 
@@ -126,8 +129,13 @@ def _reconcile_model(record: Record, ctx: Context, summary: Counter[str]) -> Non
     if record.state == R.MODEL_REGISTERED:  # its registrar stopped before the deployment started
         _count_outcome(summary, deploy_registered_model(model, ctx, reason="reconcile: registered, not deployed"))
         return
+    if ctx.ledger.get(R.ROLLOUT, record.id) is not None:
+        return  # a candidate beside its champion: shared.rollout follows it
     ep_name = record.get("endpoint") or endpoint_name(model.name, model.version)
     if ctx.ledger.get(R.ENDPOINT, ep_name) is None:  # claimed "deploying", then stopped before the endpoint record
+        if lifecycle.deploy_beside_champion(model, ctx, reason="reconcile: deployment never started") is not None:
+            summary["models_deploying"] += 1
+            return
         lifecycle.deploy_model(
             model, reason="reconcile: deployment never started", settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend
         )

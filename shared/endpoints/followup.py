@@ -103,13 +103,17 @@ def follow_up(body: bytes, settings: Settings | None = None) -> str:
     elif record.state == EP_DELETING:
         info = lifecycle.current_endpoint(ctx.backend, record.id)
         lifecycle.settle_deletion(record, info, ctx.backend, ctx.ledger, utcnow())
+    # A candidate beside the endpoint's champion (shared.rollout): judged, canaried, decided here too.
+    from shared.rollout import advance_all  # the rollout schedules these follow-ups itself
+
+    rollouts = advance_all(ctx, summary, endpoint=message.endpoint)
     after = ctx.ledger.get(ENDPOINT, message.endpoint)
-    if after is None or after.state not in (EP_PROVISIONING, EP_DELETING):
+    if (after is None or after.state not in (EP_PROVISIONING, EP_DELETING)) and not rollouts:
         log.info("follow-up %d: endpoint %s is %s", message.check, message.endpoint, after.state if after else "gone")
         return "settled"
     if message.check >= MAX_CHECKS:
         log.warning("endpoint %s is still %s after %d follow-ups; reconcile keeps checking it",
-                    message.endpoint, after.state, message.check)
+                    message.endpoint, after.state if after else "gone", message.check)
         return "gave_up"
     schedule(message.endpoint, ctx.settings, message.check + 1)
     return "rescheduled"

@@ -56,8 +56,54 @@ def start_deployment(model: ModelRef, ctx: Context, *, reason: str) -> tuple[boo
     won = ctx.ledger.transition(R.MODEL, model.ref, {R.MODEL_REGISTERED}, R.MODEL_DEPLOYING, endpoint=ep_name)
     if won is None:
         return False, ep_name
+    candidate = deploy_beside_champion(model, ctx, reason=reason)
+    if candidate is not None:
+        return True, str(candidate.get("endpoint"))
     deploy_model(model, reason=reason, settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
     return True, ep_name
+
+
+def deploy_beside_champion(model: ModelRef, ctx: Context, *, reason: str) -> Record | None:
+    """A newer version of a model that an endpoint serves goes into that endpoint as a candidate
+    deployment (:mod:`shared.rollout`); None when there is no such endpoint (deploy it as its own)."""
+    from shared.rollout import begin_candidate  # the rollout calls back into this module
+
+    return begin_candidate(model, ctx, reason=reason)
+
+
+def promote_deployment(ctx: Context, ep_name: str, model: ModelRef, deployment: str) -> None:
+    """A candidate took 100% of its endpoint (:mod:`shared.rollout`): the endpoint record now serves
+    its model, the route names its version, the model is deployed. Idempotent."""
+    now = _now_iso()
+
+    def endpoint_attempt() -> None:
+        current = ctx.ledger.get(R.ENDPOINT, ep_name)
+        if current is None or current.get("model") == model.ref:
+            return
+        ctx.ledger.update(current, model=model.ref, model_name=model.name, model_version=model.version,
+                          job_name=model.job_name, base_model=model.base_model, deployment=deployment,
+                          previous_model=current.get("model"), previous_deployment=current.get("deployment"),
+                          promoted_at=now)
+
+    retry_on_conflict(endpoint_attempt, f"endpoint/{ep_name}")
+
+    def route_attempt() -> None:
+        route = ctx.ledger.get(R.ROUTE, model.name)
+        if route is None:
+            if ctx.ledger.create(R.ROUTE, model.name, R.ROUTE_SET, endpoint=ep_name, model_version=model.version,
+                                 since=now) is None:
+                raise ConflictError(f"route/{model.name} created concurrently")
+            return
+        if route.get("endpoint") == ep_name and str(route.get("model_version") or "") == model.version:
+            return
+        ctx.ledger.update(route, R.ROUTE_SET, endpoint=ep_name, model_version=model.version, since=now,
+                          previous_endpoint=route.get("endpoint"), previous_version=route.get("model_version"),
+                          rollback_to=None)
+
+    retry_on_conflict(route_attempt, f"active/{model.name}")
+    ctx.ledger.transition(R.MODEL, model.ref, {R.MODEL_REGISTERED, R.MODEL_DEPLOYING}, R.MODEL_DEPLOYED,
+                          endpoint=ep_name, deployment=deployment, deployed_at=now)
+    log.info("version %s of %s serves all of endpoint %s (deployment %s)", model.version, model.name, ep_name, deployment)
 
 
 def deploy_model(
@@ -75,7 +121,7 @@ def deploy_model(
     caller starts the deployment. Everyone gets the endpoint's current record back.
     """
     ctx = context(settings, ledger, backend)
-    ep_name = endpoint_name(model.name, model.version)
+    ep_name = home_endpoint(model, ctx.ledger)
     fields = {
         "model": model.ref,
         "model_name": model.name,
@@ -111,6 +157,19 @@ def deploy_model(
     log.info("deploying %s to endpoint %s (%s)", model.ref, ep_name, reason)
     _follow(ep_name, ctx.settings)
     return record
+
+
+def home_endpoint(model: ModelRef, ledger: Ledger) -> str:
+    """The endpoint a version is (re)deployed to: the one it was promoted into beside an earlier
+    version (its model record's ``endpoint``, while that endpoint's record names it), else the
+    name derived from the version."""
+    record = ledger.get(R.MODEL, model.ref)
+    home = record.get("endpoint") if record is not None and record.get("deployment") else None
+    if home:
+        endpoint = ledger.get(R.ENDPOINT, str(home))
+        if endpoint is not None and endpoint.get("model") == model.ref:
+            return str(home)
+    return endpoint_name(model.name, model.version)
 
 
 def _follow(ep_name: str, settings: Settings) -> None:
@@ -197,7 +256,8 @@ def settle_provisioning(record: Record, ctx: Context, summary: Counter[str]) -> 
         model_ref = record.get("model")
         if model_ref:
             ctx.ledger.transition(
-                R.MODEL, model_ref, {R.MODEL_REGISTERED, R.MODEL_DEPLOYING}, R.MODEL_DEPLOYED, endpoint=name, deployed_at=now
+                R.MODEL, model_ref, {R.MODEL_REGISTERED, R.MODEL_DEPLOYING}, R.MODEL_DEPLOYED, endpoint=name, deployed_at=now,
+                deployment=info.deployment,
             )
         activate(moved, ctx, summary)
 
@@ -218,7 +278,10 @@ def activate(record: Record, ctx: Context, summary: Counter[str]) -> None:
             return True, None
         if route.get("endpoint") == record.id:
             return False, None  # already serves
-        if str(route.get("rollback_to") or "") == version:
+        serving = ctx.ledger.get(R.ENDPOINT, str(route.get("endpoint") or ""))
+        if version == str(route.get("model_version") or "") and (serving is None or serving.state != EP_SUCCEEDED):
+            pass  # the route's own version, redeployed (scale from zero, heal) to another endpoint: it takes over
+        elif str(route.get("rollback_to") or "") == version:
             pass  # the version a rollback asked for is ready now: it takes over
         elif not is_newer(version, route.get("model_version")) or (
             route.get("rolled_back_from") and not is_newer(version, route.get("rolled_back_from"))

@@ -6,7 +6,7 @@ import dataclasses
 
 from shared.endpoints.naming import endpoint_name
 from shared.endpoints.versions import latest
-from shared.ledger import Record
+from shared.ledger import ENDPOINT, MODEL, Ledger, Record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,3 +59,27 @@ def selected_endpoint(model_name: str, selector: str | None, route: Record | Non
     if version is None or version not in versions:
         return None
     return Serving(model_name, version, endpoint_name(model_name, version))
+
+
+# ---- versions deployed beside another in one endpoint (shared.rollout)
+
+
+def placement(ledger: Ledger, model_name: str, version: str, route: Record | None) -> tuple[str, str] | None:
+    """(endpoint, deployment) where ``version`` of ``model_name`` lives as a named deployment of an
+    endpoint (a candidate beside its champion, or a version promoted in place), None when it has
+    its own endpoint (the derived name) as versions always had. The version the route serves
+    is served unpinned (None)."""
+    if route is not None and str(route.get("model_version") or "") == version:
+        return None
+    record = ledger.get(MODEL, f"{model_name}:{version}")
+    if record is None or not record.get("deployment") or not record.get("endpoint"):
+        return None
+    endpoint = ledger.get(ENDPOINT, str(record.get("endpoint")))
+    if endpoint is not None and not endpoint.get("deployments") and endpoint.get("model_version") == version:
+        return None  # a version alone in its own endpoint
+    return str(record.get("endpoint")), str(record.get("deployment"))
+
+
+def deployment_live(endpoint: Record, deployment: str) -> bool:
+    """Whether ``deployment`` still exists in ``endpoint`` (its champion, or a live candidate)."""
+    return endpoint.get("deployment") == deployment or deployment in (endpoint.get("deployments") or [])

@@ -26,6 +26,8 @@ kind           id                     owner
                                       (unhealthy -> failed, heal attempts; redeploys via lifecycle)
 ``active``     fine-tuned model name  :mod:`shared.endpoints.lifecycle` (which endpoint serves)
 ``janitor``    ``last``               :mod:`shared.janitor.run`
+``rollout``    ``name:version``       :mod:`shared.rollout` (a candidate deployment beside the
+                                      serving one: judged, canaried, promoted or rolled back)
 =============  =====================  ====================================================
 
 Transitions are ETag-conditional (:meth:`Ledger.transition`): of concurrent or repeated
@@ -44,6 +46,7 @@ MODEL = "model"
 ENDPOINT = "endpoint"
 ROUTE = "active"  # id: fine-tuned model name -> the endpoint that serves it (its "route")
 JANITOR = "janitor"  # id "last": what the idle janitor did last
+ROLLOUT = "rollout"  # id: ``name:version`` of a candidate deployed beside the serving version
 
 # ---- dataset states
 DATASET_RECEIVED = "received"  # blob being prepared (a crash here is retried by the next delivery)
@@ -68,6 +71,7 @@ JOB_CANCELED = B.CANCELED  # final
 MODEL_REGISTERED = "registered"
 MODEL_DEPLOYING = "deploying"
 MODEL_DEPLOYED = "deployed"
+MODEL_REJECTED = "rejected"  # a candidate judged worse, failed or rolled back (``rejected_reason``); stays registered
 
 # ---- endpoint states (with its single deployment): the backends' normalised words
 ENDPOINT_PROVISIONING = B.EP_PROVISIONING
@@ -78,6 +82,17 @@ ENDPOINT_DELETED = B.EP_DELETED
 
 # ---- route state (the "active" kind has one state: it names the serving endpoint)
 ROUTE_SET = "active"
+
+# ---- rollout states (a candidate version deployed beside the champion in the champion's endpoint)
+ROLLOUT_DEPLOYING = "deploying"  # its deployment is starting at 0% traffic
+ROLLOUT_EVALUATING = "evaluating"  # ready: judged against the champion (shared.evaluation)
+ROLLOUT_CANARY = "canary"  # promoted by the judge: takes CANARY_PERCENT of live traffic
+ROLLOUT_PROMOTED = "promoted"  # final: 100% of traffic, the old deployment deleted
+ROLLOUT_REJECTED = "rejected"  # judged worse: deployment deleted, never took traffic (an operator may force it on)
+ROLLOUT_ROLLED_BACK = "rolled_back"  # final: regressed in its canary, traffic back to the champion
+ROLLOUT_FAILED = "failed"  # final: its deployment failed to start
+ROLLOUT_SUPERSEDED = "superseded"  # final: the champion changed under it (rollback, newer version, endpoint gone)
+ROLLOUT_LIVE = frozenset({ROLLOUT_DEPLOYING, ROLLOUT_EVALUATING, ROLLOUT_CANARY})
 
 # ---- delete reasons recorded on an endpoint going to "deleting"
 DELETE_REASON_REPLACED = "replaced"  # a newer version became active (DELETE_REPLACED_ENDPOINTS)
@@ -106,8 +121,9 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     MODEL: {
         "": frozenset({MODEL_REGISTERED}),
         MODEL_REGISTERED: frozenset({MODEL_DEPLOYING}),
-        MODEL_DEPLOYING: frozenset({MODEL_DEPLOYED, MODEL_REGISTERED}),  # back: a transient deploy failure
+        MODEL_DEPLOYING: frozenset({MODEL_DEPLOYED, MODEL_REGISTERED, MODEL_REJECTED}),  # back: a transient deploy failure
         MODEL_DEPLOYED: frozenset(),
+        MODEL_REJECTED: frozenset({MODEL_DEPLOYING}),  # an operator forces it on
     },
     ENDPOINT: {
         "": frozenset({ENDPOINT_PROVISIONING}),
@@ -120,6 +136,17 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
         ENDPOINT_DELETED: frozenset({ENDPOINT_PROVISIONING}),  # revived (scale from zero)
     },
     ROUTE: {"": frozenset({ROUTE_SET}), ROUTE_SET: frozenset({ROUTE_SET})},
+    ROLLOUT: {
+        "": frozenset({ROLLOUT_DEPLOYING}),
+        ROLLOUT_DEPLOYING: frozenset({ROLLOUT_EVALUATING, ROLLOUT_FAILED, ROLLOUT_SUPERSEDED}),
+        ROLLOUT_EVALUATING: frozenset({ROLLOUT_CANARY, ROLLOUT_REJECTED, ROLLOUT_FAILED, ROLLOUT_SUPERSEDED}),
+        ROLLOUT_CANARY: frozenset({ROLLOUT_PROMOTED, ROLLOUT_ROLLED_BACK, ROLLOUT_SUPERSEDED}),
+        ROLLOUT_REJECTED: frozenset({ROLLOUT_DEPLOYING}),  # an operator's forced promotion redeploys it
+        ROLLOUT_PROMOTED: frozenset(),
+        ROLLOUT_ROLLED_BACK: frozenset(),
+        ROLLOUT_FAILED: frozenset(),
+        ROLLOUT_SUPERSEDED: frozenset(),
+    },
 }
 
 

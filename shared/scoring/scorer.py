@@ -34,6 +34,7 @@ from urllib3.exceptions import TimeoutError as UpstreamTimeout
 
 from shared.backends import get_backend
 from shared.backends.base import (
+    DEPLOYMENT_HEADER,
     EP_FAILED,
     EP_PROVISIONING,
     EP_SUCCEEDED,
@@ -46,7 +47,14 @@ from shared.backends.base import (
     TransientBackendError,
 )
 from shared.endpoints import health
-from shared.endpoints.routing import parse_model_selector, selected_endpoint, serving_endpoint, split_model_ref
+from shared.endpoints.routing import (
+    deployment_live,
+    parse_model_selector,
+    placement,
+    selected_endpoint,
+    serving_endpoint,
+    split_model_ref,
+)
 from shared.endpoints.versions import version_key
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, parse_iso
 from shared.scoring import routes as stale_routes
@@ -105,6 +113,9 @@ class Route:
     headers: dict[str, str]
     timeout: urllib3.Timeout
     expires_at: float
+    # Unpinned routes of an endpoint with a candidate beside its champion: the champion's
+    # deployment, which answers again when the candidate fails (a promotion never costs a client a 5xx).
+    champion_deployment: str | None = None
 
 
 def _deploy_model_scale_from_zero(settings: Settings, ledger: Ledger, backend: MLBackend) -> Redeploy:
@@ -271,7 +282,7 @@ class Scorer:
 
         With ``stream`` the body is left unread (the caller reads it and releases the connection)."""
         body = endpoint_request_body(request)
-        refreshed = rerouted = False
+        refreshed = rerouted = fell_back = False
         busy_retries = 0
         while True:
             headers = {**route.headers, "Accept": f"{SSE_MEDIA_TYPE}, application/json"} if stream else route.headers
@@ -326,6 +337,17 @@ class Scorer:
             if stream:
                 _ = response.data  # read the error body, then give the connection back
                 response.release_conn()
+            served_by = response.headers.get(DEPLOYMENT_HEADER)
+            if (status >= 500 and not fell_back and route.champion_deployment and served_by
+                    and served_by != route.champion_deployment):
+                # A candidate in its canary failed this request: the champion answers it instead
+                # (the failure is in the candidate's figures, which is what rolls it back).
+                fell_back = True
+                log.warning("deployment %s of endpoint %s answered %d; asking the champion %s", served_by,
+                            route.endpoint, status, route.champion_deployment)
+                headers_pinned = {**route.headers, DEPLOYMENT_HEADER: route.champion_deployment}
+                route = dataclasses.replace(route, headers=headers_pinned)
+                continue
             if status in (401, 403) and not refreshed:
                 refreshed = True
                 route = self._refresh_credentials(route)
@@ -416,13 +438,17 @@ class Scorer:
 
     def _refresh_credentials(self, route: Route) -> Route:
         log.info("endpoint %s refused the cached credentials; refreshing them", route.endpoint)
-        target = self._scoring_target(route.ref, route.model_name, route.version, route.endpoint, refresh=True)
-        fresh = self._make_route(route.ref, route.model_name, route.version, route.endpoint, target)
+        target = self._scoring_target(route.ref, route.model_name, route.version, route.endpoint, refresh=True,
+                                      deployment=route.target.deployment)
+        fresh = self._make_route(route.ref, route.model_name, route.version, route.endpoint, target,
+                                 champion_deployment=route.champion_deployment)
         self._routes[route.ref] = fresh
         return fresh
 
-    def _make_route(self, ref: str, model_name: str, version: str, endpoint: str, target: ScoringTarget) -> Route:
+    def _make_route(self, ref: str, model_name: str, version: str, endpoint: str, target: ScoringTarget,
+                    champion_deployment: str | None = None) -> Route:
         return Route(
+            champion_deployment=champion_deployment,
             ref=ref,
             model_name=model_name,
             version=version,
@@ -458,15 +484,27 @@ class Scorer:
                 code="model_not_found",
             )
         ep_name = serving.endpoint
+        pinned_deployment = None
+        if selector is not None and serving.version:
+            placed = placement(ledger, model_name, serving.version, ledger.get(ROUTE, model_name))
+            if placed is not None:
+                ep_name, pinned_deployment = placed
         endpoint = ledger.get(ENDPOINT, ep_name)
         version = serving.version or str((endpoint.get("model_version") if endpoint else "") or "")
+        if pinned_deployment is not None:
+            if endpoint is None or endpoint.state != EP_SUCCEEDED or not deployment_live(endpoint, pinned_deployment):
+                raise ScoringError(404, f"version {version} of model {model_name!r} is not deployed now",
+                                   param="model", code="version_not_deployed")
+            target = self._scoring_target(ref, model_name, version, ep_name, deployment=pinned_deployment)
+            return self._make_route(ref, model_name, version, ep_name, target)
 
         if endpoint is not None and endpoint.state == EP_PROVISIONING and self._claim_redeploy(
                 f"settle:{ep_name}", health.SETTLE_INTERVAL_S):
             endpoint = health.settle_if_ready(self._context(), endpoint)  # (re)deployed meanwhile: serve at once
         if endpoint is not None and endpoint.state == EP_SUCCEEDED:
             target = self._scoring_target(ref, model_name, version, ep_name)
-            return self._make_route(ref, model_name, version, ep_name, target)
+            champion = endpoint.get("deployment") if endpoint.get("deployments") else None
+            return self._make_route(ref, model_name, version, ep_name, target, champion_deployment=champion)
         if endpoint is not None and endpoint.state == EP_PROVISIONING:
             retry_after = self._deploy_retry_after(endpoint)
             raise ScoringError(
@@ -482,8 +520,11 @@ class Scorer:
             self._model_ref(model_name, version, endpoint), endpoint.state if endpoint is not None else "missing"
         )
 
-    def _scoring_target(self, ref: str, model_name: str, version: str, ep_name: str, refresh: bool = False) -> ScoringTarget:
+    def _scoring_target(self, ref: str, model_name: str, version: str, ep_name: str, refresh: bool = False,
+                        deployment: str | None = None) -> ScoringTarget:
         try:
+            if deployment is not None:
+                return self.backend.get_scoring_target(ep_name, refresh=refresh, deployment=deployment)
             return self.backend.get_scoring_target(ep_name, refresh=refresh)
         except NotFoundError:
             # The ledger still calls it live but the workspace has no such endpoint (deleted

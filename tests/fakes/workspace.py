@@ -37,6 +37,8 @@ from shared.backends.base import (
     MANAGED_BY_VALUE,
     RUNNING,
     BackendError,
+    DeploymentInfo,
+    DeploymentMetrics,
     EndpointHealth,
     EndpointInfo,
     FineTuneRequest,
@@ -44,6 +46,7 @@ from shared.backends.base import (
     ModelRef,
     NotFoundError,
     ScoringTarget,
+    check_traffic,
 )
 from shared.ledger import Ledger
 from shared.settings import use_settings
@@ -89,6 +92,10 @@ class InMemoryWorkspace:
         # the endpoints live only in the ledger): healthy unless told otherwise or ``missing``
         self.health: dict[str, EndpointHealth] = {}
         self.assume_healthy = assume_healthy
+        # further deployments of an endpoint (a candidate beside the champion) and their live figures
+        self.deployments: dict[tuple[str, str], DeploymentInfo] = {}
+        self.metrics: dict[str, dict[str, DeploymentMetrics]] = {}
+        self.traffic_calls: list[tuple[str, dict[str, int] | None]] = []
 
     # --- test controls
     def add_job(self, name: str, state: str = RUNNING, **kw: Any) -> None:
@@ -166,10 +173,65 @@ class InMemoryWorkspace:
         self._enter("get_endpoint")
         return self.endpoints.get(endpoint_name)
 
-    def set_traffic(self, endpoint_name: str) -> None:
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int] | None = None,
+                    mirror: dict[str, int] | None = None) -> None:
         self._enter("set_traffic")
+        self.traffic_calls.append((endpoint_name, traffic))
+        if endpoint_name not in self.endpoints:
+            raise NotFoundError(endpoint_name)
         ep = self.endpoints[endpoint_name]
-        self.endpoints[endpoint_name] = dataclasses.replace(ep, traffic={ep.deployment or "default": 100})
+        if traffic is None:
+            self.endpoints[endpoint_name] = dataclasses.replace(ep, traffic={ep.deployment or "default": 100})
+            return
+        names = {ep.deployment or "default"} | {d for (e, d) in self.deployments if e == endpoint_name}
+        check_traffic(endpoint_name, traffic, names, mirror)
+        full = [d for d, pct in traffic.items() if pct == 100]
+        changes: dict[str, Any] = {"traffic": {d: p for d, p in traffic.items() if p}}
+        if full and full[0] != ep.deployment:
+            promoted = self.deployments.pop((endpoint_name, full[0]))
+            if ep.deployment:  # the old champion stays a deployment (at 0%) until deleted
+                self.deployments[(endpoint_name, ep.deployment)] = DeploymentInfo(ep.deployment, EP_SUCCEEDED, ep.model)
+            changes.update(deployment=full[0], model=promoted.model)
+        self.endpoints[endpoint_name] = dataclasses.replace(ep, **changes)
+
+    # --- further deployments
+    def begin_deploy_deployment(self, model: ModelRef, endpoint_name: str, deployment: str) -> None:
+        self._enter("begin_deploy_deployment")
+        ep = self.endpoints.get(endpoint_name)
+        if ep is None or ep.state in (EP_DELETING, EP_FAILED):
+            raise NotFoundError(endpoint_name)
+        current = self.deployments.get((endpoint_name, deployment))
+        if current is not None and current.model == model.ref and current.state != EP_FAILED:
+            return
+        self.deployments[(endpoint_name, deployment)] = DeploymentInfo(deployment, EP_PROVISIONING, model.ref)
+
+    def finish_candidate(self, endpoint: str, deployment: str, ok: bool = True, error: str | None = None) -> None:
+        dep = self.deployments[(endpoint, deployment)]
+        self.deployments[(endpoint, deployment)] = dataclasses.replace(
+            dep, state=EP_SUCCEEDED if ok else EP_FAILED, error=None if ok else (error or "deployment failed"))
+
+    def get_deployment(self, endpoint_name: str, deployment: str) -> DeploymentInfo | None:
+        self._enter("get_deployment")
+        ep = self.endpoints.get(endpoint_name)
+        if ep is None:
+            return None
+        if ep.deployment == deployment:
+            return DeploymentInfo(deployment, ep.state, ep.model, (ep.traffic or {}).get(deployment, 0), ep.error)
+        dep = self.deployments.get((endpoint_name, deployment))
+        return dataclasses.replace(dep, traffic=(ep.traffic or {}).get(deployment, 0)) if dep else None
+
+    def begin_delete_deployment(self, endpoint_name: str, deployment: str) -> None:
+        self._enter("begin_delete_deployment")
+        ep = self.endpoints.get(endpoint_name)
+        if ep is None or (endpoint_name, deployment) not in self.deployments:
+            raise NotFoundError(f"{endpoint_name}/{deployment}")
+        if (ep.traffic or {}).get(deployment):
+            raise BackendError(f"deployment {deployment} takes traffic")
+        del self.deployments[(endpoint_name, deployment)]
+
+    def deployment_metrics(self, endpoint_name: str, since: Any) -> dict[str, DeploymentMetrics]:
+        self._enter("deployment_metrics")
+        return dict(self.metrics.get(endpoint_name, {}))
 
     def list_endpoints(self) -> list[EndpointInfo]:
         self._enter("list_endpoints")
@@ -202,7 +264,7 @@ class InMemoryWorkspace:
         status = {EP_SUCCEEDED: HEALTH_HEALTHY, EP_PROVISIONING: HEALTH_STARTING}.get(ep.state, HEALTH_UNHEALTHY)
         return EndpointHealth(status, ep.error or ep.state)
 
-    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
+    def get_scoring_target(self, endpoint_name: str, refresh: bool = False, deployment: str | None = None) -> ScoringTarget:
         self.target_calls.append((endpoint_name, refresh))
         if endpoint_name in self.missing:
             raise NotFoundError(f"endpoint {endpoint_name} not found")
@@ -210,7 +272,7 @@ class InMemoryWorkspace:
             self.keys[endpoint_name] = self.key if isinstance(self.key, str) else self.key.key
         url = self.urls.get(endpoint_name, self.target_url)
         return ScoringTarget(url=f"{url}/score", key=self.keys[endpoint_name], timeout_s=self.timeout_s,
-                             deployment=f"{endpoint_name}-dep")
+                             deployment=deployment or f"{endpoint_name}-dep")
 
 
 def install_workspace(settings, **workspace_kw):
