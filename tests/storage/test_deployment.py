@@ -364,8 +364,9 @@ def _deploy_and_activate(fixtures_dir, settings, ledger, ws, job):
     return outcome.endpoint
 
 
-def test_newer_model_replaces_the_active_endpoint_old_one_left_for_the_janitor(env, fixtures_dir):
-    settings, ledger, ws = env
+def test_newer_model_replaces_the_active_endpoint_old_one_left_for_the_janitor(storage_settings, fixtures_dir):
+    # ROLLOUT_CANDIDATES=false: each version its own endpoint (tests/storage/test_rollout.py: beside the champion)
+    settings, ledger, ws = install_workspace(storage_settings.replace(rollout_candidates=False))
     ep1 = _deploy_and_activate(fixtures_dir, settings, ledger, ws, "job-v1")
     ep2 = _deploy_and_activate(fixtures_dir, settings, ledger, ws, "job-v2")
     assert ep1 != ep2
@@ -377,7 +378,8 @@ def test_newer_model_replaces_the_active_endpoint_old_one_left_for_the_janitor(e
 
 
 def test_replaced_endpoint_deleted_at_once_when_configured(storage_settings, fixtures_dir):
-    settings, ledger, ws = install_workspace(storage_settings.replace(delete_replaced_endpoints=True))
+    settings, ledger, ws = install_workspace(storage_settings.replace(delete_replaced_endpoints=True,
+                                                                      rollout_candidates=False))
     ep1 = _deploy_and_activate(fixtures_dir, settings, ledger, ws, "job-v1")
     ep2 = _deploy_and_activate(fixtures_dir, settings, ledger, ws, "job-v2")
     old = ledger.get(L.ENDPOINT, ep1)

@@ -121,7 +121,9 @@ def test_a_deployment_that_fails_on_its_own_waits_before_the_first_retry(env, fi
     assert summary["endpoints_redeployed"] == 1 and ws.calls["begin_deploy"] == 2
 
 
-def test_an_endpoint_replaced_by_a_newer_version_is_not_healed(env, fixtures_dir):
+def test_an_endpoint_replaced_by_a_newer_version_is_not_healed(storage_settings, fixtures_dir):
+    env = install_workspace(storage_settings.replace(endpoint_heal_attempts=3, endpoint_heal_backoff_s=30,
+                                                     rollout_candidates=False))  # each version its own endpoint
     settings, ledger, ws = env
     old = served(env, fixtures_dir, "job-r1")
     new = served(env, fixtures_dir, "job-r2")
