@@ -218,6 +218,8 @@ class FakeAzureML:
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.metrics: dict[str, list[tuple[datetime, float]]] = {}  # endpoint name -> (minute, average)
         self.metrics_status = 200
+        # endpoint name -> deployment -> (requests, 5xx, p95 ms) in the last minute: Azure Monitor split by deployment
+        self.deployment_figures: dict[str, dict[str, tuple[int, int, float]]] = {}
         for method in ("GET", "PUT", "POST", "DELETE", "PATCH"):
             rsps.add_callback(method, re.compile(r"https://.*"), callback=self._handle)
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
@@ -248,6 +250,7 @@ class FakeAzureML:
             ("GET", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments$", re.I), self._list_deployments),
             ("PUT", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<name>[^/]+)$", re.I), self._put_deployment),
             ("GET", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<name>[^/]+)$", re.I), self._get_deployment),
+            ("DELETE", re.compile(re.escape(WS_ID) + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<name>[^/]+)$", re.I), self._delete_deployment),
             ("GET", re.compile(r"/mfeOperationsStatus/[^/]+$|/mfeOperationResults/[^/]+$", re.I), self._operation_status),
             ("POST", re.compile(rf"^/subscriptions/{SUB}/metrics:getBatch$", re.I), self._metrics_batch),
         ]
@@ -653,6 +656,20 @@ class FakeAzureML:
             return self._not_found(f"deployment {name} of endpoint {ep}")
         return 200, self.deployments[(ep, name)]
 
+    def _delete_deployment(self, rec: Recorded, ep: str, name: str) -> tuple[int, Any, dict[str, str]]:
+        example("2022-02-01-preview/examples/OnlineDeployment/delete.json")  # no body; 200, 202 or 204
+        if (ep, name) not in self.deployments:
+            return 204, None, {}
+        self.deployments[(ep, name)]["properties"]["provisioningState"] = "Deleting"
+        op = uuid.uuid4().hex
+        return 202, None, {  # the headers the spec declares for a DELETE 202
+            "Location": f"{ARM}/subscriptions/{SUB}/providers/Microsoft.MachineLearningServices/locations/{LOCATION}/mfeOperationResults/{op}?api-version=2023-04-01-preview",
+            "Retry-After": "10", "x-ms-async-operation-timeout": "PT1H",
+        }
+
+    def finish_deployment_deletion(self, endpoint: str, name: str) -> None:
+        self.deployments.pop((endpoint, name), None)
+
     def _list_deployments(self, rec: Recorded, ep: str) -> tuple[int, Any]:
         if ep not in self.endpoints:
             return self._not_found(f"endpoint {ep}")
@@ -666,6 +683,9 @@ class FakeAzureML:
         if self.metrics_status != 200:
             return self.metrics_status, {"error": {"code": "AuthorizationFailed", "message": "no Monitoring Reader role"}}
         values = []
+        wanted = (rec.query.get("metricnames") or [""])[0]
+        if wanted in ("RequestsPerMinute", "RequestLatency_P95") and "deployment" in (rec.query.get("filter") or [""])[0]:
+            return 200, {"values": [self._deployment_split(r, wanted) for r in rec.body["resourceids"]]}
         for resource_id in rec.body["resourceids"]:
             name = resource_id.rsplit("/", 1)[-1]
             points = self.metrics.get(name, [])
@@ -684,6 +704,31 @@ class FakeAzureML:
                 }],
             })
         return 200, {"values": values}
+
+
+    def _deployment_split(self, resource_id: str, metric: str) -> dict[str, Any]:
+        """One resource's metric split by deployment (and status code class), as Azure Monitor's batch answers."""
+        name = resource_id.rsplit("/", 1)[-1]
+        minute = datetime.now(UTC).replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        def dims(**values: str) -> list[dict[str, Any]]:
+            return [{"name": {"value": k, "localizedValue": k}, "value": v} for k, v in values.items()]
+
+        series = []
+        for deployment, (requests, errors, p95) in self.deployment_figures.get(name, {}).items():
+            if metric == "RequestsPerMinute":
+                for status_class, total in (("2xx", requests - errors), ("5xx", errors)):
+                    if total:
+                        series.append({"metadatavalues": dims(deployment=deployment, statusCodeClass=status_class),
+                                       "data": [{"timeStamp": minute, "total": total}]})
+            else:
+                series.append({"metadatavalues": dims(deployment=deployment), "data": [{"timeStamp": minute, "average": p95}]})
+        return {"starttime": minute, "endtime": minute, "interval": "PT1M",
+                "namespace": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints", "resourceregion": LOCATION,
+                "resourceid": resource_id,
+                "value": [{"id": f"{resource_id}/providers/Microsoft.Insights/metrics/{metric}", "type": "Microsoft.Insights/metrics",
+                           "name": {"value": metric, "localizedValue": metric}, "unit": "Count" if metric == "RequestsPerMinute"
+                           else "Milliseconds", "errorCode": "Success", "timeseries": series}]}
 
 
 # --- a backend on this fake, and reading what it sent ------------------------------------------

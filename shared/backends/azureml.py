@@ -317,6 +317,7 @@ class AzureMLBackend:
         self._skus: _Cached | None = None
         self._datastore_checked = False
         self._jobs: dict[str, _Cached] = {}
+        self._deployment_models: dict[tuple[str, str], str] = {}  # (endpoint, deployment) -> model ref
         self._endpoints: dict[str, _Cached] = {}  # the last read of each endpoint (set_traffic reuses it)
         self._workspace: MLClient | None = None
         self._registry: MLClient | None = None
@@ -719,6 +720,10 @@ class AzureMLBackend:
             self._endpoints[endpoint_name] = _Cached(endpoint, time.monotonic())
         return endpoint
 
+    def _forget_endpoint(self, endpoint_name: str) -> None:
+        with self._lock:
+            self._endpoints.pop(endpoint_name, None)
+
     def _recent_endpoint(self, endpoint_name: str) -> Any | None:
         """The endpoint as ``get_endpoint`` read it moments ago (the reconcile step that then routes traffic), else a read."""
         with self._lock:
@@ -727,12 +732,45 @@ class AzureMLBackend:
             return cached.value
         return self._read_endpoint(endpoint_name)
 
-    def _read_deployment(self, endpoint_name: str) -> Any | None:
+    def _read_deployment(self, endpoint_name: str, name: str = DEPLOYMENT_NAME) -> Any | None:
         try:
-            with azure_errors(f"reading deployment {DEPLOYMENT_NAME} of endpoint {endpoint_name}"):
-                return self.workspace.online_deployments.get(DEPLOYMENT_NAME, endpoint_name)
+            with azure_errors(f"reading deployment {name} of endpoint {endpoint_name}"):
+                return self.workspace.online_deployments.get(name, endpoint_name)
         except NotFoundError:
             return None
+
+    # ------------------------------------------------------------------ deployments beside the serving one
+    def begin_deploy_deployment(self, model: ModelRef, endpoint_name: str, deployment: str) -> None:
+        from shared.backends.azureml_rollout import begin_deploy_deployment
+
+        begin_deploy_deployment(self, model, endpoint_name, deployment)
+        self._deployment_models[(endpoint_name, deployment)] = model.ref
+
+    def get_deployment(self, endpoint_name: str, deployment: str) -> Any:
+        from shared.backends.azureml_rollout import deployment_info, get_deployment_rest
+
+        try:
+            with azure_errors(f"reading deployment {deployment} of endpoint {endpoint_name}"):
+                found = get_deployment_rest(self.workspace, endpoint_name, deployment)
+        except NotFoundError:
+            return None
+        info = deployment_info(found)
+        if info.model:
+            self._deployment_models[(endpoint_name, deployment)] = info.model
+        return info
+
+    def begin_delete_deployment(self, endpoint_name: str, deployment: str) -> None:
+        from shared.backends.azureml_rollout import start_deployment_delete
+
+        with azure_errors(f"deleting deployment {deployment} of endpoint {endpoint_name}"):
+            start_deployment_delete(self.workspace, endpoint_name, deployment)
+        self._deployment_models.pop((endpoint_name, deployment), None)
+        log.info("started deleting deployment %s of endpoint %s", deployment, endpoint_name)
+
+    def deployment_metrics(self, endpoint_name: str, since: datetime) -> Any:
+        from shared.backends.azureml_rollout import deployment_metrics
+
+        return deployment_metrics(self, endpoint_name, since)
 
     def _model_arm_id(self, model_ref: str) -> str:
         name, sep, version = model_ref.rpartition(":")
@@ -791,7 +829,9 @@ class AzureMLBackend:
         (or, with ``redo_failed``, unless the one there is not Failed or Canceled)."""
         from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
 
-        existing = self._read_deployment(endpoint.name)
+        serving = [str(k) for k, v in (endpoint.traffic or {}).items() if int(v) == 100]
+        name = serving[0] if serving else DEPLOYMENT_NAME  # a promoted candidate serves under its own name
+        existing = self._read_deployment(endpoint.name, name)
         existing_state = _text(getattr(existing, "provisioning_state", None)).lower() if existing is not None else ""
         if existing is not None and not (redo_failed and existing_state in {"failed", "canceled"}):
             return existing
@@ -834,11 +874,11 @@ class AzureMLBackend:
         except BackendError as exc:
             return dataclasses.replace(base, state=EP_FAILED, error=str(exc))
         if deployment is None:
-            return dataclasses.replace(base, state=EP_PROVISIONING, deployment=DEPLOYMENT_NAME)
+            return dataclasses.replace(base, state=EP_PROVISIONING, deployment=base.deployment or DEPLOYMENT_NAME)
         dstate = _text(deployment.provisioning_state).lower()
         info = dataclasses.replace(
             base,
-            deployment=DEPLOYMENT_NAME,
+            deployment=str(deployment.name),
             instance_type=deployment.instance_type,
             instance_count=int(deployment.instance_count or 1),
         )
@@ -847,8 +887,8 @@ class AzureMLBackend:
         if dstate in {"failed", "canceled"}:
             return dataclasses.replace(
                 info, state=EP_FAILED,
-                error=f"deployment {DEPLOYMENT_NAME} of endpoint {endpoint_name} {dstate} "
-                      f"(az ml online-deployment get-logs -e {endpoint_name} -n {DEPLOYMENT_NAME})",
+                error=f"deployment {deployment.name} of endpoint {endpoint_name} {dstate} "
+                      f"(az ml online-deployment get-logs -e {endpoint_name} -n {deployment.name})",
             )
         return dataclasses.replace(info, state=EP_PROVISIONING)
 
@@ -878,14 +918,22 @@ class AzureMLBackend:
             last_activity=last_activity,
         )
 
-    def set_traffic(self, endpoint_name: str) -> None:
-        """Step 3: route 100% to the deployment (started, not waited on; a no-op when already so)."""
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int] | None = None,
+                    mirror: dict[str, int] | None = None) -> None:
+        """Step 3: route 100% to the deployment (started, not waited on; a no-op when already so).
+        With ``traffic``: that split between the endpoint's deployments (shared.backends.azureml_rollout)."""
+        if traffic is not None or mirror:
+            from shared.backends.azureml_rollout import set_traffic_split
+
+            set_traffic_split(self, endpoint_name, traffic or {}, mirror)
+            return
         endpoint = self._recent_endpoint(endpoint_name)
         if endpoint is None:
             raise NotFoundError(f"endpoint {endpoint_name} does not exist")
+        current = {k: int(v) for k, v in (endpoint.traffic or {}).items() if int(v)}
+        if len(current) == 1 and next(iter(current.values())) == 100:
+            return  # one deployment takes everything already (the first one, or a promoted candidate)
         wanted = {DEPLOYMENT_NAME: 100}
-        if {k: int(v) for k, v in (endpoint.traffic or {}).items() if int(v)} == wanted:
-            return
         endpoint.traffic = wanted
         with azure_errors(f"routing traffic of endpoint {endpoint_name} to {DEPLOYMENT_NAME}"):
             rest.start_endpoint_put(self.workspace, endpoint, str(endpoint.location or "") or self.location())
@@ -961,7 +1009,12 @@ class AzureMLBackend:
             return
         log.info("started deleting endpoint %s", endpoint_name)
 
-    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
+    def get_scoring_target(self, endpoint_name: str, refresh: bool = False, deployment: str | None = None) -> ScoringTarget:
+        target = self._endpoint_target(endpoint_name, refresh)
+        # Unpinned, the endpoint's traffic split decides; pinned, the header names the deployment.
+        return dataclasses.replace(target, deployment=deployment)
+
+    def _endpoint_target(self, endpoint_name: str, refresh: bool) -> ScoringTarget:
         now = time.time()
         with self._lock:
             cached = self._targets.get(endpoint_name)
@@ -978,7 +1031,7 @@ class AzureMLBackend:
         if not key:
             raise BackendError(f"endpoint {endpoint_name} returned no key or token")
         expiry = getattr(creds, "expiry_time_utc", None)
-        target = ScoringTarget(url=str(endpoint.scoring_uri), key=str(key), timeout_s=SCORING_TIMEOUT_S, deployment=DEPLOYMENT_NAME)
+        target = ScoringTarget(url=str(endpoint.scoring_uri), key=str(key), timeout_s=SCORING_TIMEOUT_S)
         with self._lock:
             self._targets[endpoint_name] = _CachedTarget(target, float(expiry) if expiry else None)
         return target
