@@ -171,6 +171,9 @@ SPECS: dict[str, Spec] = {
     "inference_instance_type": Spec("INFERENCE_INSTANCE_TYPE", "Standard_NC24ads_A100_v4", _str, "Online deployment instance type (checked against the model's inference allow list and retired sizes before fine-tuning starts)."),
     "inference_instance_count": Spec("INFERENCE_INSTANCE_COUNT", "1", _int, "Online deployment instance count."),
     "endpoint_auth_mode": Spec("ENDPOINT_AUTH_MODE", "key", _str, "Online endpoint auth mode: `key`, `aml_token` or `aad_token`."),
+    # --- evaluation: held-out set, candidate vs champion, promotion rule (shared.evaluation)
+    "eval_fraction": Spec("EVAL_FRACTION", "0.1", _float, "Corpus mode: conversations whose digest is in the top this share of the digest space are eval candidates, held out of training (0: no carved eval set; `TEST_FRACTION` + this must stay below 1)."),
+    "eval_max_conversations": Spec("EVAL_MAX_CONVERSATIONS", "50", _int, "Corpus mode: at most this many eval candidates (the highest digests) form a collection's held-out eval set; the others are trained on (0: no carved eval set). Golden files under `<collection>/eval/` come on top."),
     # --- job events and deployment
     "quality_gate": Spec("QUALITY_GATE", "false", _bool, "Deploy only when the job's test loss beat the base model's (where the backend reports it)."),
     "delete_replaced_endpoints": Spec("DELETE_REPLACED_ENDPOINTS", "false", _bool, "Delete the previous endpoint at once when a newer model becomes active (else the janitor does it when idle)."),
@@ -223,6 +226,8 @@ class Settings:
     ledger_table: str
     function_key: str
     test_fraction: float
+    eval_fraction: float
+    eval_max_conversations: int
     min_valid_examples: int
     max_invalid_share: float
     report_error_cap: int
@@ -446,6 +451,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"ML_BACKEND={s.ml_backend!r} is not one of: local, azureml")
     if not 0.0 < s.test_fraction < 1.0:
         raise SettingsError(f"TEST_FRACTION={s.test_fraction} must be between 0 and 1 (exclusive)")
+    if not 0.0 <= s.eval_fraction < 1.0 or s.test_fraction + s.eval_fraction >= 1.0:
+        raise SettingsError(f"EVAL_FRACTION={s.eval_fraction} must be 0 or more and below 1 - TEST_FRACTION ({1 - s.test_fraction:g})")
+    if not 0 <= s.eval_max_conversations <= 100_000:
+        raise SettingsError(f"EVAL_MAX_CONVERSATIONS={s.eval_max_conversations} must be between 0 and 100000")
     if not 0.0 <= s.max_invalid_share <= 1.0:
         raise SettingsError(f"MAX_INVALID_SHARE={s.max_invalid_share} must be between 0 and 1")
     if s.min_valid_examples < 1:

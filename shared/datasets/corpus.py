@@ -16,8 +16,9 @@ of a collection. The corpus is built from the datasets' prepared ``train.jsonl``
 Memory stays flat in the corpus size apart from the de-duplication index (one 128-bit digest
 per distinct conversation, about 100 bytes each in a Python set). Outputs go under
 ``<prepared>/corpora/<collection>/<corpus id>/`` (``train.jsonl``, ``test.jsonl``,
-``manifest.json`` written last). The corpus id is derived from the set of dataset ids (and the
-test fraction), so the same set is built once: a manifest already there is reused.
+``manifest.json`` written last; ``eval.jsonl``, the held-out set of :mod:`shared.datasets.evalset`,
+never trained on). The corpus id is derived from the set of dataset ids (and the test fraction
+and eval-set rule), so the same set is built once: a manifest already there is reused.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from shared.datasets.chat_data import (
     normalise_conversation,
     split_threshold,
 )
+from shared.datasets.evalset import EVAL_FILE, EvalCarver
 
 if TYPE_CHECKING:
     from shared.ledger import Record
@@ -57,10 +59,13 @@ class CorpusError(ValueError):
     """A prepared file is not what preparation writes (names the dataset, file and line)."""
 
 
-def corpus_id_for(dataset_ids: Iterable[str], test_fraction: float) -> str:
-    """``c-<20 hex>``: the same set of datasets (and split fraction) always gives the same id."""
+def corpus_id_for(dataset_ids: Iterable[str], test_fraction: float, eval_fraction: float = 0.0, eval_max: int = 0) -> str:
+    """``c-<20 hex>``: the same set of datasets (and split and eval-set rules) always gives the same id."""
     ids = sorted(set(dataset_ids))
-    material = "\n".join([f"test_fraction={test_fraction!r}", *ids]).encode()
+    rules = [f"test_fraction={test_fraction!r}"]
+    if eval_max > 0:  # (no eval set: the id corpora had before there was one)
+        rules.append(f"eval_fraction={eval_fraction!r} eval_max={eval_max}")
+    material = "\n".join([*rules, *ids]).encode()
     return "c-" + hashlib.sha256(material).hexdigest()[:20]
 
 
@@ -74,27 +79,33 @@ class CorpusBuild:
 
     train_path: Path
     test_path: Path
-    rows: int = 0  # distinct conversations written (train + test)
+    rows: int = 0  # distinct conversations written (train + test + eval)
     train: int = 0
     test: int = 0
+    eval: int = 0  # held out for evaluation (never trained on), shared.datasets.evalset
+    eval_candidates: int = 0  # conversations in the eval bucket (the capped set + those sent to train)
+    eval_path: Path | None = None
     duplicates: int = 0  # lines dropped because an earlier file (or line) had the conversation
     bytes_read: int = 0
     moved_to_test: bool = False
     per_dataset: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def counts(self) -> dict[str, Any]:
-        return {"rows": self.rows, "train": self.train, "test": self.test, "duplicates": self.duplicates,
+        return {"rows": self.rows, "train": self.train, "test": self.test, "eval": self.eval,
+                "eval_candidates": self.eval_candidates, "duplicates": self.duplicates,
                 "bytes_read": self.bytes_read, "moved_to_test": self.moved_to_test, "per_dataset": self.per_dataset}
 
 
-def build_corpus(sources: Iterable[tuple[str, str, BinaryIO]], out_dir: Path, test_fraction: float) -> CorpusBuild:
-    """Stream ``(dataset_id, file label, binary stream)`` sources into ``out_dir``/{train,test}.jsonl.
+def build_corpus(sources: Iterable[tuple[str, str, BinaryIO]], out_dir: Path, test_fraction: float, *,
+                 eval_fraction: float = 0.0, eval_max: int = 0) -> CorpusBuild:
+    """Stream ``(dataset_id, file label, binary stream)`` sources into ``out_dir``/{train,test}.jsonl
+    (and ``eval.jsonl``: the held-out set of :mod:`shared.datasets.evalset`, when ``eval_max`` > 0).
 
     Sources are read in the order given (callers pass datasets sorted by id, each dataset's
     train then test file), so the output is the same bytes for the same set of datasets.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    build = CorpusBuild(out_dir / "train.jsonl", out_dir / "test.jsonl")
+    build = CorpusBuild(out_dir / "train.jsonl", out_dir / "test.jsonl", eval_path=out_dir / EVAL_FILE if eval_max > 0 else None)
     threshold = split_threshold(test_fraction)
     seen: set[int] = set()
     remember, known = seen.add, seen.__contains__
@@ -104,6 +115,17 @@ def build_corpus(sources: Iterable[tuple[str, str, BinaryIO]], out_dir: Path, te
     with open(build.train_path, "wb", buffering=WRITE_BUFFER_BYTES) as train, \
             open(build.test_path, "wb", buffering=WRITE_BUFFER_BYTES) as test:
         write_train, write_test = train.write, test.write
+
+        def to_train(digest: int, raw: bytes) -> None:
+            nonlocal lowest, train_offset
+            if lowest is None or digest < lowest[0]:
+                lowest = (digest, train_offset, raw)
+            write_train(raw)
+            train_offset += len(raw)
+            build.train += 1
+
+        carver = EvalCarver(eval_fraction, eval_max, to_train)
+        offer_eval = carver.offer
         for dataset_id, label, stream in sources:
             counts = build.per_dataset.setdefault(dataset_id, {"rows": 0, "duplicates": 0})
             readline = stream.readline
@@ -129,18 +151,19 @@ def build_corpus(sources: Iterable[tuple[str, str, BinaryIO]], out_dir: Path, te
                 if digest < threshold:
                     write_test(raw)
                     build.test += 1
-                else:
-                    if lowest is None or digest < lowest[0]:
-                        lowest = (digest, train_offset, raw)
-                    write_train(raw)
-                    train_offset += len(raw)
-                    build.train += 1
+                elif not offer_eval(digest, raw):
+                    to_train(digest, raw)
         if not build.test and lowest is not None and build.train >= 2:
             write_test(lowest[2])
             build.test, build.train, build.moved_to_test = 1, build.train - 1, True
     if build.moved_to_test and lowest is not None:
         _cut(build.train_path, lowest[1], len(lowest[2]))
-    build.rows = build.train + build.test
+    held_out = carver.kept()
+    if build.eval_path is not None:
+        with open(build.eval_path, "wb") as eval_file:
+            eval_file.writelines(held_out)
+    build.eval, build.eval_candidates = len(held_out), carver.candidates
+    build.rows = build.train + build.test + build.eval
     return build
 
 
@@ -214,7 +237,8 @@ def materialise_corpus(settings: Settings, collection: str, datasets: list[Recor
 
     prefix = corpus_prefix(collection, corpus_id)
     with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
-        build = build_corpus(sources(), Path(tmp), settings.test_fraction)
+        build = build_corpus(sources(), Path(tmp), settings.test_fraction, eval_fraction=settings.eval_fraction,
+                             eval_max=settings.eval_max_conversations)
         manifest = {
             "collection": collection,
             "corpus_id": corpus_id,
@@ -222,11 +246,15 @@ def materialise_corpus(settings: Settings, collection: str, datasets: list[Recor
             "train_blob": prefix + "train.jsonl",
             "test_blob": prefix + "test.jsonl",
             "test_fraction": settings.test_fraction,
+            "eval_blob": prefix + EVAL_FILE if build.eval_path else None,
+            "eval_rule": {"eval_fraction": settings.eval_fraction, "eval_max": settings.eval_max_conversations},
             "counts": build.counts(),
             "built_at": iso(utcnow()),
         }
         upload_file(container, manifest["train_blob"], build.train_path)
         upload_file(container, manifest["test_blob"], build.test_path)
+        if build.eval_path is not None:
+            upload_file(container, manifest["eval_blob"], build.eval_path)
     container.upload_blob(prefix + MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2), overwrite=True,
                           content_settings=ContentSettings(content_type="application/json"))
     return manifest

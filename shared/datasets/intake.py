@@ -39,6 +39,7 @@ import orjson
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest, MLBackend
 from shared.datasets.chat_data import ChunkStream, PreparedData, detect_format, prepare_stream, strip_format_suffix
 from shared.datasets.collections import collection_of
+from shared.datasets.evalset import is_golden_blob
 from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, get_settings
@@ -60,7 +61,8 @@ _NOT_ID_CHARS = re.compile(r"[^a-z0-9]+")
 @dataclasses.dataclass(frozen=True)
 class DatasetOutcome:
     """What one delivery did. ``status``: ignored, missing, rejected, submitted, already_rejected,
-    already_submitted, submission_in_progress; corpus mode also: pending (due later),
+    already_submitted, submission_in_progress, eval (a golden file under ``<collection>/eval/``:
+    evaluated on, never trained on), already_eval; corpus mode also: pending (due later),
     waiting_for_job (a job of the collection runs), held (the spend guard), already_retired."""
 
     status: str
@@ -125,7 +127,10 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
     if record.state == R.DATASET_RECEIVED:
         report = {**prepared.report, "dataset": {"id": dataset_id, "prefix": prefix, "blob_name": blob_name}}
         blobs = _upload_outputs(s, prefix, prepared, report)
-        if prepared.accepted:
+        if prepared.accepted and is_golden_blob(blob_name):  # <collection>/eval/...: evaluated on, never trained on
+            moved = ledger.transition(DATASET, dataset_id, [R.DATASET_RECEIVED], R.DATASET_EVAL, counts=prepared.counts,
+                                      accepted_at=iso(utcnow()), purpose="eval", **blobs)
+        elif prepared.accepted:
             moved = ledger.transition(DATASET, dataset_id, [R.DATASET_RECEIVED], R.DATASET_ACCEPTED, counts=prepared.counts,
                                       accepted_at=iso(utcnow()), **blobs)
         else:
@@ -138,6 +143,9 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
     reasons = tuple(prepared.report["decision"]["reasons"])
     if record.state == R.DATASET_REJECTED:
         return DatasetOutcome("rejected" if decided_now else "already_rejected", blob_name, dataset_id,
+                              reasons=reasons, counts=prepared.counts)
+    if record.state in (R.DATASET_EVAL, R.DATASET_RETIRED):
+        return DatasetOutcome(record.state if decided_now else f"already_{record.state}", blob_name, dataset_id,
                               reasons=reasons, counts=prepared.counts)
     if s.training_mode == "corpus":  # the collection's next corpus job (coalesced, guarded)
         from shared.training.submission import submit_for_dataset

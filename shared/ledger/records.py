@@ -11,7 +11,8 @@ RowKey = id, columns ``state``, ``created_at``, ``updated_at`` and ``fields`` (J
 kind           id                     owner
 =============  =====================  ====================================================
 ``dataset``    dataset id             :mod:`shared.datasets.intake` (received -> accepted |
-                                      rejected; upload mode: -> submitted);
+                                      rejected | eval (a golden file, never trained on);
+                                      upload mode: -> submitted);
                                       :mod:`shared.training.submission` (corpus mode:
                                       accepted -> submitted when its first corpus is submitted;
                                       accepted | submitted -> retired, ``datasets retire``)
@@ -54,6 +55,7 @@ DATASET_ACCEPTED = "accepted"  # prepared and good enough to train on; not submi
 DATASET_REJECTED = "rejected"  # final: the report says why
 DATASET_SUBMITTED = "submitted"  # its (first) job is named in ``job_name``; corpus mode: in every later corpus too
 DATASET_RETIRED = "retired"  # final: left out of every later corpus (raw upload and report stay)
+DATASET_EVAL = "eval"  # a golden file (``<collection>/eval/``): in the collection's eval set, never trained on
 
 # ---- collection states (corpus mode). "pending" is a summary kept for status and as the
 # holder of the submission claim; what waits is always derived from the collection's
@@ -100,11 +102,12 @@ DELETE_REASON_REPLACED = "replaced"  # a newer version became active (DELETE_REP
 TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     DATASET: {
         "": frozenset({DATASET_RECEIVED}),
-        DATASET_RECEIVED: frozenset({DATASET_ACCEPTED, DATASET_REJECTED}),
+        DATASET_RECEIVED: frozenset({DATASET_ACCEPTED, DATASET_REJECTED, DATASET_EVAL}),
         DATASET_ACCEPTED: frozenset({DATASET_SUBMITTED, DATASET_RETIRED}),
         DATASET_REJECTED: frozenset(),
         DATASET_SUBMITTED: frozenset({DATASET_RETIRED}),  # retire: out of the next corpus
         DATASET_RETIRED: frozenset(),
+        DATASET_EVAL: frozenset({DATASET_RETIRED}),  # retire: out of the eval set
     },
     COLLECTION: {
         "": frozenset({COLLECTION_IDLE, COLLECTION_PENDING}),

@@ -287,7 +287,7 @@ def _submit_corpus(s: Settings, ledger: Ledger, backend: MLBackend | None, name:
 
     members = sorted((d for d in datasets if d.state in IN_CORPUS and dataset_collection(d) == name), key=lambda d: d.id)
     ids = tuple(d.id for d in members)
-    corpus_id = corpus_id_for(ids, s.test_fraction)
+    corpus_id = corpus_id_for(ids, s.test_fraction, s.eval_fraction, s.eval_max_conversations)
     pending_ids = tuple(d.id for d in members if d.state == R.DATASET_ACCEPTED)
     manifest = materialise_corpus(s, name, members, corpus_id)
     backend = backend or get_backend(s)
@@ -375,14 +375,15 @@ def submit_due_collections(settings: Settings | None = None, *, ledger: Ledger |
 
 
 def retire_dataset(dataset_id: str, settings: Settings | None = None, *, ledger: Ledger | None = None) -> tuple[str, Record | None]:
-    """Leave a dataset out of every later corpus; its raw upload, prepared files and report stay.
+    """Leave a dataset out of every later corpus (a golden eval file: out of the eval set); its raw
+    upload, prepared files and report stay.
 
     Returns ``(what happened, record)``: ``retired``, ``already_retired``, ``missing`` or
     ``not_trainable`` (received or rejected: never in a corpus).
     """
     s = settings or get_settings()
     ledger = ledger or Ledger.from_settings(s)
-    moved = ledger.transition(R.DATASET, dataset_id, IN_CORPUS, R.DATASET_RETIRED, retired_at=iso(utcnow()))
+    moved = ledger.transition(R.DATASET, dataset_id, (*IN_CORPUS, R.DATASET_EVAL), R.DATASET_RETIRED, retired_at=iso(utcnow()))
     if moved is None:
         current = ledger.get(R.DATASET, dataset_id)
         if current is None:
