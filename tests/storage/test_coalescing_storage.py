@@ -94,6 +94,12 @@ def prepared_lines(s: Settings, name: str) -> list[bytes]:
     return blob_service(s).get_blob_client(s.prepared_container, name).download_blob().readall().splitlines()
 
 
+def corpus_lines(s: Settings, request: FineTuneRequest) -> list[bytes]:
+    """Every conversation of a corpus: train, test and the held-out eval set (shared.datasets.evalset)."""
+    eval_blob = request.train_blob.rsplit("/", 1)[0] + "/eval.jsonl"
+    return prepared_lines(s, request.train_blob) + prepared_lines(s, request.test_blob) + prepared_lines(s, eval_blob)
+
+
 def end_job(ledger: Ledger, job_name: str) -> None:
     ledger.transition(JOB, job_name, [R.JOB_SUBMITTED], R.JOB_COMPLETED, ended_at=iso(utcnow()))
 
@@ -124,7 +130,7 @@ def test_a_burst_in_one_collection_is_one_job_on_the_union_then_one_follow_up(co
     assert request.tags["collection"] == "support-bot" and request.tags["corpus-id"] == request.corpus_id
     assert request.tags["dataset-ids"] == ",".join(ids)
     assert request.train_blob == f"corpora/support-bot/{request.corpus_id}/train.jsonl"
-    rows = prepared_lines(s, request.train_blob) + prepared_lines(s, request.test_blob)
+    rows = corpus_lines(s, request)
     assert len(rows) == 100 and len(set(rows)) == 100  # 120 uploaded lines minus 20 cross-file duplicates
     job = ledger.get(JOB, "ftjob-001")
     assert job.get("collection") == "support-bot" and job.get("corpus_id") == request.corpus_id
@@ -141,7 +147,7 @@ def test_a_burst_in_one_collection_is_one_job_on_the_union_then_one_follow_up(co
     (follow_up,) = submit_due_collections(s, now=later(601))
     assert follow_up.action == "submitted" and len(backend.requests) == 2
     assert len(backend.requests[1].dataset_ids) == 4
-    assert len(prepared_lines(s, backend.requests[1].train_blob) + prepared_lines(s, backend.requests[1].test_blob)) == 130
+    assert len(corpus_lines(s, backend.requests[1])) == 130
     end_job(ledger, "ftjob-002")
     assert submit_due_collections(s, now=later(700)) == [] and len(backend.requests) == 2
     assert collect_status(s, ledger, backend)["collections"][0]["state"] == "idle"
@@ -226,7 +232,7 @@ def test_retired_dataset_leaves_the_next_corpus(corpus_settings, backend, trigge
     assert prepared_lines(s, record.get("report_blob"))
     trigger(upload(s, "bot/b.jsonl", data(100, 130)))
     assert len(backend.requests) == 2 and first not in backend.requests[1].dataset_ids
-    assert len(prepared_lines(s, backend.requests[1].train_blob) + prepared_lines(s, backend.requests[1].test_blob)) == 30
+    assert len(corpus_lines(s, backend.requests[1])) == 30
     item = collect_status(s, ledger, backend)["collections"][0]
     assert item["retired"] == [first] and first not in item["datasets"]
 

@@ -1,0 +1,64 @@
+"""The eval set on real storage (Azurite): carved into the corpus, golden files never trained on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.datasets.evalset import eval_threshold
+from shared.evaluation import held_out_conversations, load_eval_set
+from shared.ledger import DATASET, Ledger
+from shared.ledger import records as R
+from shared.settings import Settings
+from shared.training.submission import retire_dataset, submit_due_collections
+from tests.test_coalescing_storage import JobsBackend, data, later, prepared_lines, switch
+from tests.test_prepare_function import conv, upload
+
+pytestmark = pytest.mark.storage
+
+
+@pytest.fixture
+def trigger():
+    from tests.test_coalescing_storage import trigger as make
+
+    return make.__wrapped__()
+
+
+@pytest.fixture
+def settings(storage_settings: Settings) -> Settings:
+    return storage_settings.replace(training_mode="corpus", coalesce_s=0, max_running_jobs=0,
+                                    eval_fraction=0.2, eval_max_conversations=8)
+
+
+def test_carved_and_golden_eval_conversations_are_never_trained_on(settings: Settings, trigger) -> None:
+    backend = JobsBackend()
+    s = switch(settings, backend)
+    ledger = Ledger.from_settings(s)
+    golden = b"".join(conv(i) for i in range(1000, 1012))
+    trigger(upload(s, "support-bot/eval/golden.jsonl", golden))
+    (record,) = ledger.list(DATASET)
+    assert record.state == R.DATASET_EVAL and record.get("purpose") == "eval"
+    assert backend.requests == [] and submit_due_collections(s, now=later(120)) == []  # never pending, no job
+
+    trigger(upload(s, "support-bot/day1.jsonl", data(0, 200)))
+    (request,) = backend.requests
+    assert record.id not in request.dataset_ids
+    trained = {json.loads(x)["prompt"] for x in prepared_lines(s, request.train_blob) + prepared_lines(s, request.test_blob)}
+    manifest_eval = prepared_lines(s, f"corpora/support-bot/{request.corpus_id}/eval.jsonl")
+    assert len(manifest_eval) == 8 and len(trained) == 192
+    assert not any(f"What is {i} plus" in p for p in trained for i in range(1000, 1012))
+
+    evalset = load_eval_set(s, ledger, "support-bot")
+    counts = evalset.counts()
+    assert counts == {"total": 20, "carved": 8, "golden": 12, "corpus_id": request.corpus_id,
+                      "golden_datasets": [record.id]}
+    assert not {i.prompt[-1]["content"] for i in evalset.items} & trained
+    assert all(int(i.id, 16) >= eval_threshold(0.2) for i in evalset.items if i.source == "carved")
+    assert {i.reference for i in evalset.items if i.source == "golden"} == {f"{2 * i}, arr!" for i in range(1000, 1012)}
+    conversations = held_out_conversations(s, "support-bot")
+    assert len(conversations) == 20 and all(c[-1]["role"] == "assistant" for c in conversations)
+    assert held_out_conversations(s, "nothing-here") == []
+
+    assert retire_dataset(record.id, s)[0] == "retired"  # a golden file can be retired from the eval set
+    assert load_eval_set(s, ledger, "support-bot").counts()["golden"] == 0
