@@ -174,6 +174,16 @@ SPECS: dict[str, Spec] = {
     # --- evaluation: held-out set, candidate vs champion, promotion rule (shared.evaluation)
     "eval_fraction": Spec("EVAL_FRACTION", "0.1", _float, "Corpus mode: conversations whose digest is in the top this share of the digest space are eval candidates, held out of training (0: no carved eval set; `TEST_FRACTION` + this must stay below 1)."),
     "eval_max_conversations": Spec("EVAL_MAX_CONVERSATIONS", "50", _int, "Corpus mode: at most this many eval candidates (the highest digests) form a collection's held-out eval set; the others are trained on (0: no carved eval set). Golden files under `<collection>/eval/` come on top."),
+    "eval_primary_metric": Spec("EVAL_PRIMARY_METRIC", "rouge_l", _str, "The metric the promotion rule compares: `f1`, `rouge_l`, `bleu`, `chrf` (0..1; azure-ai-evaluation F1/ROUGE-L, sacrebleu BLEU/chrF) or, with a judge, `judge_similarity` / `judge_relevance` (1..5)."),
+    "eval_margin": Spec("EVAL_MARGIN", "0.02", _float, "A candidate is promoted only when its primary metric is not below the champion's by more than this (and it keeps every rule)."),
+    "eval_floors": Spec("EVAL_FLOORS", '{"rouge_l": 0.05}', _json_obj, "JSON object metric -> minimum: the first version of a collection (no champion) is promoted only when it meets every floor (and keeps every rule)."),
+    "eval_rules": Spec("EVAL_RULES", "", _json_obj, "JSON object collection (or `*`) -> list of rules every candidate answer must keep: `{\"must\": regex}`, `{\"must_not\": regex}`, `{\"json\": true}`, `{\"min_chars\": n, \"max_chars\": m}`, each with optional `name` and `min_pass_rate` (default 1)."),
+    "eval_parallelism": Spec("EVAL_PARALLELISM", "2", _int, "At most this many eval answers are requested at once (candidate and champion together)."),
+    "eval_time_budget_s": Spec("EVAL_TIME_BUDGET_S", "600", _float, "One evaluation call stops asking for answers after this many seconds; the answers so far are stored and the next call (follow-up or `reconcile`) goes on from them."),
+    "eval_max_new_tokens": Spec("EVAL_MAX_NEW_TOKENS", "64", _int, "max_tokens of each eval answer (the rollout's answer callables pass it to the deployments)."),
+    "eval_judge_endpoint": Spec("EVAL_JUDGE_ENDPOINT", "", _str, "Optional judge model: base URL of an OpenAI-compatible API (e.g. `https://host/v1`); with `EVAL_JUDGE_MODEL` it adds `judge_similarity` and `judge_relevance` (azure-ai-evaluation's SimilarityEvaluator / RelevanceEvaluator)."),
+    "eval_judge_model": Spec("EVAL_JUDGE_MODEL", "", _str, "Optional judge model: the model (deployment) name the judge endpoint serves."),
+    "eval_judge_api_key": Spec("EVAL_JUDGE_API_KEY", "", _str, "Optional judge model: API key of the judge endpoint (empty: none sent)."),
     # --- job events and deployment
     "quality_gate": Spec("QUALITY_GATE", "false", _bool, "Deploy only when the job's test loss beat the base model's (where the backend reports it)."),
     "delete_replaced_endpoints": Spec("DELETE_REPLACED_ENDPOINTS", "false", _bool, "Delete the previous endpoint at once when a newer model becomes active (else the janitor does it when idle)."),
@@ -228,6 +238,16 @@ class Settings:
     test_fraction: float
     eval_fraction: float
     eval_max_conversations: int
+    eval_primary_metric: str
+    eval_margin: float
+    eval_floors: dict[str, Any]
+    eval_rules: dict[str, Any]
+    eval_parallelism: int
+    eval_time_budget_s: float
+    eval_max_new_tokens: int
+    eval_judge_endpoint: str
+    eval_judge_model: str
+    eval_judge_api_key: str
     min_valid_examples: int
     max_invalid_share: float
     report_error_cap: int
@@ -455,6 +475,7 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"EVAL_FRACTION={s.eval_fraction} must be 0 or more and below 1 - TEST_FRACTION ({1 - s.test_fraction:g})")
     if not 0 <= s.eval_max_conversations <= 100_000:
         raise SettingsError(f"EVAL_MAX_CONVERSATIONS={s.eval_max_conversations} must be between 0 and 100000")
+    _validate_evaluation(s)
     if not 0.0 <= s.max_invalid_share <= 1.0:
         raise SettingsError(f"MAX_INVALID_SHARE={s.max_invalid_share} must be between 0 and 1")
     if s.min_valid_examples < 1:
@@ -503,6 +524,38 @@ def _validate(s: Settings) -> None:
         unknown = unknown_local_params(s.finetune_params)
         if unknown:
             raise SettingsError(f"FINETUNE_PARAMS: {unknown}")
+
+
+def _validate_evaluation(s: Settings) -> None:
+    from shared.evaluation.metrics import JUDGE_METRICS, METRICS
+    from shared.evaluation.rules import parse_rules
+
+    judged = bool(s.eval_judge_endpoint and s.eval_judge_model)
+    if bool(s.eval_judge_endpoint) != bool(s.eval_judge_model):
+        raise SettingsError("EVAL_JUDGE_ENDPOINT and EVAL_JUDGE_MODEL are set together (a judge needs both) or not at all")
+    available = METRICS if judged else tuple(m for m in METRICS if m not in JUDGE_METRICS)
+    if s.eval_primary_metric not in available:
+        raise SettingsError(f"EVAL_PRIMARY_METRIC={s.eval_primary_metric!r} is not one of: {', '.join(available)}"
+                            + ("" if judged else " (judge metrics need EVAL_JUDGE_ENDPOINT and EVAL_JUDGE_MODEL)"))
+    if s.eval_margin < 0:
+        raise SettingsError(f"EVAL_MARGIN={s.eval_margin} must be 0 or more")
+    for metric, floor in s.eval_floors.items():
+        if metric not in available:
+            raise SettingsError(f"EVAL_FLOORS[{metric!r}]: not one of: {', '.join(available)}")
+        if isinstance(floor, bool) or not isinstance(floor, int | float):
+            raise SettingsError(f"EVAL_FLOORS[{metric!r}]={floor!r} must be a number")
+    try:
+        parse_rules(s.eval_rules)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    if s.eval_parallelism < 1:
+        raise SettingsError(f"EVAL_PARALLELISM={s.eval_parallelism} must be at least 1")
+    if s.eval_time_budget_s <= 0:
+        raise SettingsError(f"EVAL_TIME_BUDGET_S={s.eval_time_budget_s} must be positive")
+    if s.eval_max_new_tokens < 1:
+        raise SettingsError(f"EVAL_MAX_NEW_TOKENS={s.eval_max_new_tokens} must be at least 1")
+    if s.eval_judge_endpoint and not s.eval_judge_endpoint.startswith(("http://", "https://")):
+        raise SettingsError(f"EVAL_JUDGE_ENDPOINT={s.eval_judge_endpoint!r} must be an http(s):// URL")
 
 
 _override: Settings | None = None

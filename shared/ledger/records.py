@@ -29,6 +29,8 @@ kind           id                     owner
 ``janitor``    ``last``               :mod:`shared.janitor.run`
 ``rollout``    ``name:version``       :mod:`shared.rollout` (a candidate deployment beside the
                                       serving one: judged, canaried, promoted or rolled back)
+``evaluation`` ``name:version``       :mod:`shared.evaluation.judge` (evaluating -> promoted |
+                                      rejected; operators: ``cli promote`` / ``cli reject``)
 =============  =====================  ====================================================
 
 Transitions are ETag-conditional (:meth:`Ledger.transition`): of concurrent or repeated
@@ -48,6 +50,7 @@ ENDPOINT = "endpoint"
 ROUTE = "active"  # id: fine-tuned model name -> the endpoint that serves it (its "route")
 JANITOR = "janitor"  # id "last": what the idle janitor did last
 ROLLOUT = "rollout"  # id: ``name:version`` of a candidate deployed beside the serving version
+EVALUATION = "evaluation"  # id ``name:version``: a candidate judged against the champion (shared.evaluation.judge)
 
 # ---- dataset states
 DATASET_RECEIVED = "received"  # blob being prepared (a crash here is retried by the next delivery)
@@ -81,6 +84,11 @@ ENDPOINT_SUCCEEDED = B.EP_SUCCEEDED
 ENDPOINT_FAILED = B.EP_FAILED
 ENDPOINT_DELETING = B.EP_DELETING
 ENDPOINT_DELETED = B.EP_DELETED
+
+# ---- evaluation states (a candidate's decision; the rollout acts on promoted / rejected)
+EVAL_EVALUATING = "evaluating"  # answers being collected (claim + lease; resumable from the stored answers)
+EVAL_PROMOTED = "promoted"  # the rule (or an operator) let it take traffic
+EVAL_REJECTED = "rejected"  # the rule (or an operator) keeps it from traffic; the reason says why
 
 # ---- route state (the "active" kind has one state: it names the serving endpoint)
 ROUTE_SET = "active"
@@ -149,6 +157,12 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
         ROLLOUT_ROLLED_BACK: frozenset(),
         ROLLOUT_FAILED: frozenset(),
         ROLLOUT_SUPERSEDED: frozenset(),
+    },
+    EVALUATION: {
+        "": frozenset({EVAL_EVALUATING, EVAL_PROMOTED, EVAL_REJECTED}),  # promoted/rejected: an operator, never evaluated
+        EVAL_EVALUATING: frozenset({EVAL_EVALUATING, EVAL_PROMOTED, EVAL_REJECTED}),
+        EVAL_PROMOTED: frozenset({EVAL_REJECTED}),  # cli reject
+        EVAL_REJECTED: frozenset({EVAL_PROMOTED}),  # cli promote (re-judged, or --force)
     },
 }
 
