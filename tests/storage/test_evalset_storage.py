@@ -3,26 +3,57 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
+from shared.backends import use_backend
 from shared.datasets.evalset import eval_threshold
 from shared.evaluation import held_out_conversations, load_eval_set
-from shared.ledger import DATASET, Ledger
+from shared.ledger import DATASET, Ledger, utcnow
 from shared.ledger import records as R
-from shared.settings import Settings
+from shared.settings import Settings, use_settings
+from shared.storage import blob_service
 from shared.training.submission import retire_dataset, submit_due_collections
-from tests.test_coalescing_storage import JobsBackend, data, later, prepared_lines, switch
-from tests.test_prepare_function import conv, upload
+from tests.fakes.uploads import conv, upload
 
 pytestmark = pytest.mark.storage
 
 
-@pytest.fixture
-def trigger():
-    from tests.test_coalescing_storage import trigger as make
+class RecordingBackend:
+    """Records the fine-tunes submitted (no job runs)."""
 
-    return make.__wrapped__()
+    name = "recording"
+    workspace_id = "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/recording"
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    def submit_finetune(self, request: Any) -> str:
+        self.requests.append(request)
+        return f"ftjob-{len(self.requests):03d}"
+
+
+@pytest.fixture
+def trigger() -> Any:
+    import azure.functions as func
+
+    from devhost.app_index import functions_of
+    from functions import prepare_chat_data
+
+    app = func.FunctionApp()
+    app.register_functions(prepare_chat_data.bp)
+    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
+    return fn.get_user_function()
+
+
+def data(first: int, last: int) -> bytes:
+    return b"".join(conv(i) for i in range(first, last))
+
+
+def prepared_lines(s: Settings, name: str) -> list[bytes]:
+    return blob_service(s).get_blob_client(s.prepared_container, name).download_blob().readall().splitlines()
 
 
 @pytest.fixture
@@ -32,14 +63,16 @@ def settings(storage_settings: Settings) -> Settings:
 
 
 def test_carved_and_golden_eval_conversations_are_never_trained_on(settings: Settings, trigger) -> None:
-    backend = JobsBackend()
-    s = switch(settings, backend)
+    backend = RecordingBackend()
+    s = settings
+    use_settings(s)
+    use_backend(backend, s)  # type: ignore[arg-type]
     ledger = Ledger.from_settings(s)
     golden = b"".join(conv(i) for i in range(1000, 1012))
     trigger(upload(s, "support-bot/eval/golden.jsonl", golden))
     (record,) = ledger.list(DATASET)
     assert record.state == R.DATASET_EVAL and record.get("purpose") == "eval"
-    assert backend.requests == [] and submit_due_collections(s, now=later(120)) == []  # never pending, no job
+    assert backend.requests == [] and submit_due_collections(s, now=utcnow() + timedelta(seconds=120)) == []  # never pending, no job
 
     trigger(upload(s, "support-bot/day1.jsonl", data(0, 200)))
     (request,) = backend.requests
