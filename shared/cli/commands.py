@@ -1,4 +1,4 @@
-"""Command line: ``python -m shared.cli {prepare,plan,status,report,rollback,datasets retire}``.
+"""Command line: ``python -m shared.cli {prepare,plan,status,report,rollback,datasets retire,promote,reject}``.
 
 Each subcommand's work lives with its domain module; this file only parses arguments.
 """
@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = datasets.add_subparsers(dest="datasets_command", required=True)
     retire = dsub.add_parser("retire", help="leave a dataset out of its collection's next corpus (upload and report stay)")
     retire.add_argument("dataset_id", metavar="ID", help="dataset id (see `status`)")
+    promote = sub.add_parser("promote", help="let an evaluated candidate take traffic: the rule re-applied to its stored answers, or --force")
+    promote.add_argument("model", metavar="NAME:VERSION", help="the candidate (see `status`)")
+    promote.add_argument("--force", action="store_true", help="promote even though the evaluation rejected it")
+    reject = sub.add_parser("reject", help="keep a candidate from traffic (or take it off its canary)")
+    reject.add_argument("model", metavar="NAME:VERSION", help="the candidate (see `status`)")
+    reject.add_argument("--reason", help="why (recorded with the decision)")
     return p
 
 
@@ -72,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             from shared.observability.status import cli_status
 
             return cli_status(args)
+        if args.command in ("promote", "reject"):
+            from shared.evaluation.judge import cli_decide
+
+            return cli_decide(args)
         if args.command == "datasets":
             from shared.training.submission import cli_datasets
 

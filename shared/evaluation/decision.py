@@ -54,6 +54,6 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: di
                                f"{'candidate' if ours is None else 'champion'}")
     delta = ours - theirs
     figures = f"{primary} {_fmt(ours)} vs champion {_fmt(theirs)} ({delta:+.4f}, margin {margin:.4f})"
-    if delta < -margin:
+    if delta < -margin - 1e-9:  # (float noise: 0.38 - 0.40 is -0.020000000000000018)
         return Decision(False, f"rejected: worse than the champion beyond the margin: {figures}")
     return Decision(True, f"promoted: {kept}not worse than the champion beyond the margin: {figures}")

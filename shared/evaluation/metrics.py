@@ -53,7 +53,7 @@ def item_scores(response: str | None, reference: str) -> dict[str, float]:
     f1, rouge = _offline_evaluators()
     return {
         "f1": float(f1(response=response, ground_truth=reference)["f1_score"]),
-        "rouge_l": float(rouge(response=response, ground_truth=reference)["rouge_f1_score"]),
+        "rouge_l": float(rouge(response=response, ground_truth=reference)["rouge"]),  # ROUGE-L F1
         "bleu": sacrebleu.sentence_bleu(response, [reference]).score / 100.0,
         "chrf": sacrebleu.sentence_chrf(response, [reference]).score / 100.0,
     }

@@ -14,46 +14,16 @@ from shared.evaluation import held_out_conversations, load_eval_set
 from shared.ledger import DATASET, Ledger, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, use_settings
-from shared.storage import blob_service
 from shared.training.submission import retire_dataset, submit_due_collections
+from tests.fakes.evaluation import RecordingBackend, data, prepare_trigger, prepared_lines
 from tests.fakes.uploads import conv, upload
 
 pytestmark = pytest.mark.storage
 
 
-class RecordingBackend:
-    """Records the fine-tunes submitted (no job runs)."""
-
-    name = "recording"
-    workspace_id = "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/recording"
-
-    def __init__(self) -> None:
-        self.requests: list[Any] = []
-
-    def submit_finetune(self, request: Any) -> str:
-        self.requests.append(request)
-        return f"ftjob-{len(self.requests):03d}"
-
-
 @pytest.fixture
 def trigger() -> Any:
-    import azure.functions as func
-
-    from devhost.app_index import functions_of
-    from functions import prepare_chat_data
-
-    app = func.FunctionApp()
-    app.register_functions(prepare_chat_data.bp)
-    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
-    return fn.get_user_function()
-
-
-def data(first: int, last: int) -> bytes:
-    return b"".join(conv(i) for i in range(first, last))
-
-
-def prepared_lines(s: Settings, name: str) -> list[bytes]:
-    return blob_service(s).get_blob_client(s.prepared_container, name).download_blob().readall().splitlines()
+    return prepare_trigger()
 
 
 @pytest.fixture

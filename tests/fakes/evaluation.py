@@ -1,0 +1,46 @@
+"""Helpers of the evaluation tests: a backend that records submissions, the real blob trigger, corpus data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.settings import Settings
+from shared.storage import blob_service
+from tests.fakes.uploads import conv
+
+
+class RecordingBackend:
+    """Records the fine-tunes submitted (no job runs)."""
+
+    name = "recording"
+    workspace_id = "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/recording"
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    def submit_finetune(self, request: Any) -> str:
+        self.requests.append(request)
+        return f"ftjob-{len(self.requests):03d}"
+
+
+def prepare_trigger() -> Any:
+    """The decorated blob-trigger function, as indexed from a FunctionApp (what the host calls)."""
+    import azure.functions as func
+
+    from devhost.app_index import functions_of
+    from functions import prepare_chat_data
+
+    app = func.FunctionApp()
+    app.register_functions(prepare_chat_data.bp)
+    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
+    return fn.get_user_function()
+
+
+def data(first: int, last: int) -> bytes:
+    return b"".join(conv(i) for i in range(first, last))
+
+
+def prepared_lines(s: Settings, name: str) -> list[bytes]:
+    return blob_service(s).get_blob_client(s.prepared_container, name).download_blob().readall().splitlines()
+
+
