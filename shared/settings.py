@@ -87,6 +87,22 @@ def _json_obj(name: str, raw: str) -> dict[str, Any]:
     return value
 
 
+DATA_POLICIES = ("report", "redact", "reject")
+
+
+def _data_policy(name: str, raw: str) -> dict[str, str]:
+    """``report`` / ``redact`` / ``reject`` for every collection, or a JSON object collection -> policy."""
+    text = raw.strip() or "report"
+    if not text.startswith("{"):
+        value: dict[str, Any] = {"*": text}
+    else:
+        value = _json_obj(name, text)
+    for collection, policy in value.items():
+        if policy not in DATA_POLICIES:
+            raise SettingsError(f"{name}[{collection!r}]={policy!r} is not one of: {', '.join(DATA_POLICIES)}")
+    return {"*": "report", **{str(k): str(v) for k, v in value.items()}}
+
+
 def _parallel_jobs(name: str, raw: str) -> int:
     if not raw.strip():
         # Half the cores, at least one: one local LoRA fine-tune keeps about two cores busy.
@@ -137,6 +153,12 @@ SPECS: dict[str, Spec] = {
     "min_valid_examples": Spec("MIN_VALID_EXAMPLES", "10", _int, "A dataset with fewer valid conversations is rejected and never submitted."),
     "max_invalid_share": Spec("MAX_INVALID_SHARE", "0.2", _float, "A dataset whose share of invalid lines is above this is rejected."),
     "report_error_cap": Spec("REPORT_ERROR_CAP", "200", _int, "At most this many line errors are listed in report.json (the rest are counted)."),
+    "max_row_bytes": Spec("MAX_ROW_BYTES", str(8 << 20), _int, "Largest decoded size of one line or parquet row (bytes); a longer one is reported (`line_too_long`) and skipped without being held in memory."),
+    "max_decoded_bytes": Spec("MAX_DECODED_BYTES", str(2 << 30), _int, "Largest decoded size of one upload (bytes, after gzip / parquet decoding); reading stops there and the file is rejected (`too_large`)."),
+    "max_expansion_ratio": Spec("MAX_EXPANSION_RATIO", "100", _float, "Largest decoded / raw size ratio of an upload (gzip, parquet compression and dictionaries; chat text compresses 3-10x): past it, once more than 64 MiB are decoded, the file is rejected as a decompression bomb (`too_large`)."),
+    "max_parquet_column_chunk_bytes": Spec("MAX_PARQUET_COLUMN_CHUNK_BYTES", str(128 << 20), _int, "Parquet: largest decoded size of one column of one row group (metadata, checked before decoding; a page is never bigger); write larger files with smaller row groups (pyarrow `row_group_size`)."),
+    "data_policy": Spec("DATA_POLICY", "report", _data_policy, "Data quality gate (personal data, secrets, special tokens, near-duplicates, leakage): `report` (report only), `redact` (personal data and secrets masked in the prepared copy, special tokens defused; the raw upload is never changed), or `reject` (any finding rejects the upload); or a JSON object collection -> one of those (`*` for the rest)."),
+    "near_duplicate_threshold": Spec("NEAR_DUPLICATE_THRESHOLD", "0.8", _float, "Data quality gate: estimated Jaccard similarity (MinHash LSH, word 3-grams) from which two conversations count as near-duplicates (within an upload, and against the collection's held-out evaluation set)."),
     # --- fine-tuning (both backends)
     "experiment_name": Spec("EXPERIMENT_NAME", "chat-finetune-autopilot", _str, "Experiment the fine-tuning jobs are submitted under."),
     "finetuned_model_name": Spec("FINETUNED_MODEL_NAME", "", _str, "Registered name of the fine-tuned model (default: `<base model>-chat-ft`)."),
@@ -215,6 +237,7 @@ SPECS: dict[str, Spec] = {
     "janitor_keep_latest": Spec("JANITOR_KEEP_LATEST", "false", _bool, "Never delete a model's active endpoint."),
     "janitor_dry_run": Spec("JANITOR_DRY_RUN", "false", _bool, "Report what would be deleted, delete nothing."),
     "instance_hourly_prices": Spec("INSTANCE_HOURLY_PRICES", '{"Standard_NC6s_v3": 3.06, "Standard_NC12s_v3": 6.12, "Standard_NC24s_v3": 12.24, "Standard_NC24ads_A100_v4": 3.67, "local": 0.0}', _json_obj, "JSON object: USD per instance-hour by instance type, for the janitor's savings estimate."),
+    "training_tokens_per_second": Spec("TRAINING_TOKENS_PER_SECOND", '{"Standard_NC24ads_A100_v4": 2500, "Standard_NC6s_v3": 700, "Standard_NC12s_v3": 1400, "Standard_NC24s_v3": 2800, "local": 400}', _json_obj, "JSON object: training throughput (tokens per second per instance) by instance type, for the report's cost forecast (tokens x epochs / throughput x `INSTANCE_HOURLY_PRICES`) that the spend guard adds to what is spent."),
     # --- observability
     "appinsights_connection_string": Spec("APPLICATIONINSIGHTS_CONNECTION_STRING", "", _str, "Application Insights connection string: when set, the functions export OpenTelemetry spans (one trace per upload); empty: nothing is sent anywhere."),
     "appinsights_authentication_string": Spec("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "", _str, "`Authorization=AAD;ClientId=<client id>`: export with that managed identity (Application Insights with local auth off)."),
@@ -251,6 +274,12 @@ class Settings:
     min_valid_examples: int
     max_invalid_share: float
     report_error_cap: int
+    max_row_bytes: int
+    max_decoded_bytes: int
+    max_expansion_ratio: float
+    max_parquet_column_chunk_bytes: int
+    data_policy: dict[str, str]
+    near_duplicate_threshold: float
     experiment_name: str
     finetuned_model_name: str
     finetune_params: dict[str, Any]
@@ -307,6 +336,7 @@ class Settings:
     janitor_keep_latest: bool
     janitor_dry_run: bool
     instance_hourly_prices: dict[str, Any]
+    training_tokens_per_second: dict[str, Any]
     appinsights_connection_string: str
     appinsights_authentication_string: str
 
@@ -333,6 +363,10 @@ class Settings:
             f"/subscriptions/{self.azure_subscription_id}/resourceGroups/{self.azure_resource_group}"
             f"/providers/Microsoft.MachineLearningServices/workspaces/{self.azure_ml_workspace}"
         )
+
+    def data_policy_for(self, collection: str) -> str:
+        """``report``, ``redact`` or ``reject``: the data quality policy of a collection (``DATA_POLICY``)."""
+        return self.data_policy.get(collection) or self.data_policy.get("*") or "report"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -480,6 +514,14 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"MAX_INVALID_SHARE={s.max_invalid_share} must be between 0 and 1")
     if s.min_valid_examples < 1:
         raise SettingsError(f"MIN_VALID_EXAMPLES={s.min_valid_examples} must be at least 1")
+    for env_name, value in (("MAX_ROW_BYTES", s.max_row_bytes), ("MAX_DECODED_BYTES", s.max_decoded_bytes),
+                            ("MAX_PARQUET_COLUMN_CHUNK_BYTES", s.max_parquet_column_chunk_bytes)):
+        if value < 1024:
+            raise SettingsError(f"{env_name}={value} must be at least 1024 (bytes)")
+    if s.max_expansion_ratio < 1:
+        raise SettingsError(f"MAX_EXPANSION_RATIO={s.max_expansion_ratio} must be at least 1")
+    if not 0.0 < s.near_duplicate_threshold <= 1.0:
+        raise SettingsError(f"NEAR_DUPLICATE_THRESHOLD={s.near_duplicate_threshold} must be above 0 and at most 1")
     if s.endpoint_auth_mode not in {"key", "aml_token", "aad_token"}:
         raise SettingsError(f"ENDPOINT_AUTH_MODE={s.endpoint_auth_mode!r} is not one of: key, aml_token, aad_token")
     if not 1 <= s.canary_percent <= 50:

@@ -7,7 +7,7 @@ the ``chat_completion_pipeline`` component reads (the same three keys, nothing e
 report (counts, every bad line with its 1-based number, warnings, length statistics, decision).
 
 Memory stays flat whatever the file size: lines are read one at a time through a 1 MiB buffer
-(a line longer than ``MAX_LINE_BYTES`` is reported, not held), outputs are written as they go,
+(a line longer than ``MAX_ROW_BYTES`` is reported, not held; see "Limits" below), outputs are written as they go,
 and statistics are histograms. The one thing that grows is the de-duplication index: one
 128-bit digest and a line number per distinct conversation (about 130 bytes each, so
 ~27 MB for ultrachat_200k's 208k train conversations).
@@ -16,6 +16,15 @@ The same digest (xxh3-128 of the normalised conversation, see ``conversation_dig
 de-duplication key and the split bucket, so a line costs one canonical serialisation and one
 hash. Lines already in the output form take a fast path in ``_Preparation.read_jsonl`` and are
 written through byte for byte.
+
+Limits (settings, all formats; issue 26.1): a line or parquet row decoding to more than
+``MAX_ROW_BYTES`` is reported and skipped; reading stops, and the file is rejected with a
+``too_large`` error naming the limit, once the upload has decoded to more than
+``MAX_DECODED_BYTES``, or to more than ``MAX_EXPANSION_RATIO`` x the raw bytes read so far (past
+``EXPANSION_FLOOR_BYTES``): an 815 KiB gzip bomb stops after about 100 MiB, a 1.7 KB parquet of
+256 dictionary-encoded 3 MiB rows before any row is decoded. Parquet is checked from its footer
+first (column chunk sizes), then read in batches of ``PARQUET_BATCH_ROWS`` with text columns
+kept dictionary-encoded and each row's size computed from the Arrow buffers before decoding.
 
 Everything here works on local files and binary streams; storage and the ledger live in
 ``shared.datasets.intake``. Nothing heavy is imported at module level (pyarrow only for parquet).
@@ -55,8 +64,15 @@ ROLES = frozenset({"system", "user", "assistant"})
 CONVERSATION_KEYS = frozenset({"prompt", "prompt_id", "messages"})
 MESSAGE_KEYS = frozenset({"role", "content"})
 
-# A line longer than this is reported and skipped without being held in memory.
-MAX_LINE_BYTES = 8 << 20
+# A line longer than MAX_ROW_BYTES (a setting, 8 MiB by default) is reported and skipped
+# without being held in memory; the same cap applies to a parquet row's decoded size.
+MAX_LINE_BYTES = 8 << 20  # the default of MAX_ROW_BYTES
+# The decoded/raw ratio (MAX_EXPANSION_RATIO) is enforced once this much is decoded, so a small,
+# very repetitive file (a test fixture, a file of one system prompt) is never refused for it.
+EXPANSION_FLOOR_BYTES = 64 << 20
+# Parquet rows are decoded (to Python objects) in slices of at most this many bytes.
+PARQUET_SLICE_BYTES = 16 << 20
+PARQUET_BATCH_ROWS = 64
 READ_BUFFER_BYTES = 1 << 20
 WRITE_BUFFER_BYTES = 1 << 20
 # Token statistics (when a tokenizer is given) are estimated on this many conversations.
@@ -86,12 +102,13 @@ INVALID_PROMPT = "invalid_prompt"
 INVALID_PROMPT_ID = "invalid_prompt_id"
 DUPLICATE = "duplicate"  # counted apart from the invalid lines: the data is fine, just repeated
 UNREADABLE_FILE = "unreadable_file"  # corrupt gzip/parquet: reading stops there
+TOO_LARGE = "too_large"  # decoded size or decoded/raw ratio above the limits: reading stops there
 
 ERROR_KINDS = (
     INVALID_UTF8, INVALID_JSON, LINE_TOO_LONG, NOT_AN_OBJECT, MISSING_MESSAGES, MESSAGES_NOT_A_LIST,
     EMPTY_MESSAGES, MESSAGE_NOT_AN_OBJECT, MISSING_ROLE, UNKNOWN_ROLE, MISSING_CONTENT,
     CONTENT_NOT_A_STRING, EMPTY_CONTENT, SYSTEM_NOT_FIRST, NO_USER_TURN, NO_ASSISTANT_TURN,
-    INVALID_PROMPT, INVALID_PROMPT_ID, DUPLICATE, UNREADABLE_FILE,
+    INVALID_PROMPT, INVALID_PROMPT_ID, DUPLICATE, UNREADABLE_FILE, TOO_LARGE,
 )
 
 
@@ -199,6 +216,62 @@ class HashingReader(io.RawIOBase):
     def close(self) -> None:
         self._stop()
         super().close()
+
+
+class InputTooLarge(Exception):
+    """The upload decodes to more than the limits allow (``MAX_DECODED_BYTES``, ``MAX_EXPANSION_RATIO``)."""
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.1f} KiB"
+
+
+class DecodedBudget:
+    """Counts the bytes an upload decodes to and stops reading past the limits.
+
+    ``raw_bytes`` says how many raw (as uploaded) bytes have been read so far: the decoded/raw
+    ratio is that of what has been read, so a decompression bomb is stopped after decoding
+    ``MAX_EXPANSION_RATIO`` x its first compressed megabyte or so, never after inflating all of it.
+    """
+
+    def __init__(self, settings: Settings, raw_bytes: Callable[[], int]):
+        self.max_bytes = settings.max_decoded_bytes
+        self.max_ratio = settings.max_expansion_ratio
+        self.raw_bytes = raw_bytes
+        self.decoded = 0
+
+    def charge(self, n: int) -> None:
+        self.decoded += n
+        self.check()
+
+    def check(self, raw: int | None = None) -> None:
+        decoded = self.decoded
+        if decoded > self.max_bytes:
+            raise InputTooLarge(f"the file decodes to more than {_mib(self.max_bytes)} (MAX_DECODED_BYTES): "
+                                f"refused after {_mib(decoded)}")
+        if decoded > EXPANSION_FLOOR_BYTES:
+            raw = max(self.raw_bytes() if raw is None else raw, 1)
+            if decoded > self.max_ratio * raw:
+                raise InputTooLarge(f"the file expands more than {self.max_ratio:g}x when decoded (MAX_EXPANSION_RATIO): "
+                                    f"{_mib(raw)} read decoded to {_mib(decoded)} ({decoded / raw:.0f}x); "
+                                    "refused as a decompression bomb")
+
+
+class CountingReader(io.RawIOBase):
+    """Passes a decoded stream (gzip, or the raw JSONL itself) through, charging a DecodedBudget."""
+
+    def __init__(self, source: BinaryIO, budget: DecodedBudget):
+        self._source = source
+        self._budget = budget
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._source.readinto(buffer) or 0
+        if n:
+            self._budget.charge(n)
+        return n
 
 
 # --------------------------------------------------------------------------- statistics
@@ -511,6 +584,7 @@ class _Preparation:
         self.chars = Distribution()
         self.tokens = Distribution()
         self.unreadable: str | None = None
+        self.refused: str | None = None  # the decoded-size limits stopped reading (InputTooLarge)
 
     @property
     def valid(self) -> int:
@@ -599,7 +673,8 @@ class _Preparation:
         methods in locals and no Python call per line beyond the C-level ones; ``add`` does
         the same steps for anything else (and names its problems).
         """
-        limit = MAX_LINE_BYTES + 1
+        max_row = self.settings.max_row_bytes
+        limit = max_row + 1
         readline = stream.readline
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         output_form, dumps, digest_of = _output_form, _dumps, xxhash.xxh3_128_intdigest
@@ -618,7 +693,7 @@ class _Preparation:
                     while raw and not raw.endswith(b"\n"):  # skip the rest of the line in bounded pieces
                         raw = readline(limit)
                         skipped += len(raw)
-                    self.error(line, LINE_TOO_LONG, f"line is {skipped} bytes, more than the {MAX_LINE_BYTES} allowed")
+                    self.error(line, LINE_TOO_LONG, f"line is {skipped} bytes, more than the {max_row} allowed (MAX_ROW_BYTES)")
                     continue
                 if line == 1 and raw.startswith(_UTF8_BOM):
                     raw = raw[3:]
@@ -657,16 +732,52 @@ class _Preparation:
         finally:
             self.lines = line  # also when a corrupt gzip stops the loop: it is reported at the next line
 
-    def read_parquet(self, path: Path) -> None:
+    def read_parquet(self, path: Path, budget: DecodedBudget) -> None:
+        """Every row of a parquet file, never decoding more than the limits allow.
+
+        Before anything is decoded, the footer's column chunk sizes are checked (decoded total,
+        decoded/raw ratio, one column chunk). Text columns are read dictionary-encoded, so a
+        dictionary value repeated in many rows (3 MiB x 256 rows from 1.7 KB of file) stays one
+        value; each row's decoded size is computed from the Arrow buffers (lengths, offsets,
+        dictionary indices) before it becomes Python objects: a row above ``MAX_ROW_BYTES`` is
+        reported and skipped, the rest is materialised in slices of at most ``PARQUET_SLICE_BYTES``
+        and charged to the budget (the same ratio and total limits as gzip).
+        """
         import pyarrow.parquet as pq
 
-        row = 0
         parquet = pq.ParquetFile(path, buffer_size=READ_BUFFER_BYTES)
-        for batch in parquet.iter_batches(batch_size=256):
-            for obj in batch.to_pylist():
-                row += 1
-                self.add(row, obj)
-            self.lines = row
+        raw_size = max(path.stat().st_size, 1)
+        _check_parquet_metadata(parquet.metadata, self.settings, budget, raw_size)
+        text_columns = [parquet.schema.column(i).path for i in range(len(parquet.schema))
+                        if parquet.schema.column(i).physical_type == "BYTE_ARRAY"]
+        parquet = pq.ParquetFile(path, buffer_size=READ_BUFFER_BYTES, read_dictionary=text_columns)
+        max_row = self.settings.max_row_bytes
+        row = 0
+        # One row group at a time: each has its own dictionaries, and Arrow cannot return a
+        # nested dictionary column whose dictionary changes within one batch.
+        batches = (batch for group in range(parquet.metadata.num_row_groups)
+                   for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]))
+        for batch in batches:
+            sizes = _row_bytes_of_batch(batch)
+            budget.charge(int(sizes.sum()))  # the whole batch, before any of it is decoded
+            start = 0
+            n = len(sizes)
+            while start < n:
+                end, total = start, 0
+                while end < n and sizes[end] <= max_row and (end == start or total + sizes[end] <= PARQUET_SLICE_BYTES):
+                    total += int(sizes[end])
+                    end += 1
+                if end == start:  # one row over the cap: reported, never decoded
+                    row += 1
+                    self.error(row, LINE_TOO_LONG, f"row decodes to {int(sizes[start])} bytes, more than the {max_row} allowed (MAX_ROW_BYTES)")
+                    start += 1
+                    self.lines = row
+                    continue
+                for obj in batch.slice(start, end - start).to_pylist():
+                    row += 1
+                    self.add(row, obj)
+                self.lines = row
+                start = end
 
     def ensure_test_split(self) -> None:
         """A tiny dataset can hash every conversation into train: move the last one to test.
@@ -691,6 +802,8 @@ class _Preparation:
         reasons: list[str] = []
         if self.unreadable:
             reasons.append(f"the file could not be read to the end: {self.unreadable}")
+        if self.refused:
+            reasons.append(f"reading stopped: {self.refused}")
         if self.valid < s.min_valid_examples:
             reasons.append(f"{self.valid} valid conversations, fewer than the minimum of {s.min_valid_examples}")
         if share > s.max_invalid_share:
@@ -733,6 +846,75 @@ class _Preparation:
         }
 
 
+def _check_parquet_metadata(metadata: Any, s: Settings, budget: DecodedBudget, raw_size: int) -> None:
+    """Refuse a parquet file from its footer alone, before any page is decoded."""
+    total = 0
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            size = int(column.total_uncompressed_size)
+            total += size
+            if size > s.max_parquet_column_chunk_bytes:
+                raise InputTooLarge(f"parquet column {column.path_in_schema!r} of row group {g} decodes to {_mib(size)}, "
+                                    f"more than the {_mib(s.max_parquet_column_chunk_bytes)} allowed "
+                                    "(MAX_PARQUET_COLUMN_CHUNK_BYTES: write smaller row groups)")
+    if total > s.max_decoded_bytes:
+        raise InputTooLarge(f"the parquet file's columns decode to {_mib(total)}, more than {_mib(s.max_decoded_bytes)} "
+                            "(MAX_DECODED_BYTES)")
+    if total > EXPANSION_FLOOR_BYTES and total > s.max_expansion_ratio * raw_size:
+        raise InputTooLarge(f"the parquet file expands more than {s.max_expansion_ratio:g}x when decoded (MAX_EXPANSION_RATIO): "
+                            f"{_mib(raw_size)} of file, {_mib(total)} of columns ({total / raw_size:.0f}x); "
+                            "refused as a decompression bomb")
+
+
+def _row_bytes_of_batch(batch: Any) -> Any:
+    """Decoded bytes of each row of an Arrow record batch (numpy int64), from its buffers alone."""
+    import numpy as np
+
+    sizes = np.zeros(batch.num_rows, dtype=np.int64)
+    for column in batch.columns:
+        sizes += _row_bytes(column)
+    return sizes
+
+
+def _row_bytes(array: Any) -> Any:
+    """Decoded bytes per element of an Arrow array: string lengths, dictionary values by index,
+    list children summed by offsets, struct fields summed, fixed-width types their width.
+    Nothing is materialised: a dictionary value of 3 MiB used by 256 rows is measured once."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    n = len(array)
+    if pa.types.is_dictionary(kind):
+        value_sizes = _row_bytes(array.dictionary)
+        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        sizes = value_sizes[indices] if len(value_sizes) else np.zeros(n, dtype=np.int64)
+        if array.null_count:
+            sizes = np.where(array.is_null().to_numpy(zero_copy_only=False), 0, sizes)
+        return sizes
+    if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind) \
+            or pa.types.is_large_binary(kind):
+        return pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        child = _row_bytes(array.values)
+        offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+        cumulative = np.concatenate(([0], np.cumsum(child)))
+        return cumulative[offsets[1:]] - cumulative[offsets[:-1]] + 8 * (offsets[1:] - offsets[:-1])
+    if pa.types.is_struct(kind):
+        sizes = np.zeros(n, dtype=np.int64)
+        for field in array.flatten():
+            sizes += _row_bytes(field)
+        return sizes
+    try:
+        width = kind.bit_width // 8
+    except (ValueError, AttributeError):  # a type without a fixed width not handled above (map, union...)
+        width = 8
+    return np.full(n, max(width, 1), dtype=np.int64)
+
+
 def prepare_stream(source: BinaryIO, fmt: str, out_dir: Path, settings: Settings | None = None, *,
                    source_name: str = "", token_counter: Callable[[list[dict[str, str]]], int] | None = None,
                    ) -> PreparedData:
@@ -752,6 +934,7 @@ def prepare_stream(source: BinaryIO, fmt: str, out_dir: Path, settings: Settings
     with hashing, open(train_path, "w+b", buffering=WRITE_BUFFER_BYTES) as train, \
             open(test_path, "wb", buffering=WRITE_BUFFER_BYTES) as test:
         prep = _Preparation(s, train, test, token_counter)
+        budget = DecodedBudget(s, lambda: hashing.size)
         if fmt == "parquet":
             # pyarrow needs a seekable file: spool the stream to disk (hashing it on the way).
             spool = out_dir / ".source.parquet"
@@ -761,15 +944,13 @@ def prepare_stream(source: BinaryIO, fmt: str, out_dir: Path, settings: Settings
                     view = memoryview(chunk)
                     while n := hashing.readinto(chunk):
                         f.write(view[:n])
-                _read_guarded(prep, lambda: prep.read_parquet(spool))
+                _read_guarded(prep, lambda: prep.read_parquet(spool, budget))
             finally:
                 spool.unlink(missing_ok=True)
         else:
             buffered = io.BufferedReader(hashing, READ_BUFFER_BYTES)
-            if fmt == "jsonl.gz":
-                reader: BinaryIO = io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), READ_BUFFER_BYTES)  # type: ignore[arg-type]
-            else:
-                reader = buffered
+            decoded: BinaryIO = gzip.GzipFile(fileobj=buffered, mode="rb") if fmt == "jsonl.gz" else buffered  # type: ignore[assignment]
+            reader: BinaryIO = io.BufferedReader(CountingReader(decoded, budget), READ_BUFFER_BYTES)  # type: ignore[arg-type]
             _read_guarded(prep, lambda: prep.read_jsonl(reader))
         # Whatever the parser did not consume (after a corrupt gzip member) still counts in the hash.
         hashing.drain()
@@ -786,6 +967,9 @@ def _read_guarded(prep: _Preparation, read: Callable[[], None]) -> None:
     """Run the reader; a corrupt file (bad gzip, bad parquet) is a data problem, not a crash."""
     try:
         read()
+    except InputTooLarge as exc:
+        prep.refused = str(exc)
+        prep.error(prep.lines + 1, TOO_LARGE, str(exc))
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         _unreadable(prep, f"corrupt or truncated gzip data ({exc})")
     except Exception as exc:

@@ -88,7 +88,8 @@ def test_every_error_kind_is_reported_with_its_line_number(tmp_path: Path) -> No
     assert counts["valid"] == 1 + len(BAD_LINES) + 10
     assert counts["invalid_by_kind"][chat_data.UNKNOWN_ROLE] == 2
     assert counts["train"] + counts["test"] == counts["valid"]
-    assert set(chat_data.ERROR_KINDS) - {e["kind"] for e in report["errors"]} == {chat_data.LINE_TOO_LONG, chat_data.UNREADABLE_FILE}
+    assert set(chat_data.ERROR_KINDS) - {e["kind"] for e in report["errors"]} == {chat_data.LINE_TOO_LONG, chat_data.UNREADABLE_FILE,
+                                                                                    chat_data.TOO_LARGE}
     # the report on disk is the same report
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == json.loads(json.dumps(report))
 
@@ -103,11 +104,10 @@ def test_messages_name_the_problem(tmp_path: Path) -> None:
     assert messages[3] == "same conversation as line 1"
 
 
-def test_line_too_long_is_reported_without_holding_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chat_data, "MAX_LINE_BYTES", 1000)
+def test_line_too_long_is_reported_without_holding_it(tmp_path: Path) -> None:
     long_line = line({"messages": [{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "y"}]})
     lines = [line(conv(i)) for i in range(3)] + [long_line] + [line(conv(i)) for i in range(3, 12)]
-    report = prepare_file(write(tmp_path / "c.jsonl", lines), tmp_path / "o", make_settings()).report
+    report = prepare_file(write(tmp_path / "c.jsonl", lines), tmp_path / "o", make_settings(MAX_ROW_BYTES="1024")).report
     assert [(e["line"], e["kind"]) for e in report["errors"]] == [(4, chat_data.LINE_TOO_LONG)]
     assert report["counts"]["valid"] == 12 and report["counts"]["lines"] == 13
 
