@@ -4,8 +4,11 @@ The flow for one blob (``prepare_uploaded_blob``), safe to run any number of tim
 same upload (blob triggers deliver at least once; a host restart replays them):
 
 1. Stream the blob through ``shared.datasets.chat_data`` into local spool files, hashing the raw bytes.
-2. The dataset id is the sanitised blob name plus the content hash, so the same content is the
-   same dataset and changed content is a new dataset version. The raw upload is only read.
+2. The dataset id is the sanitised blob name, a hash of the exact blob name and the content hash
+   (``dataset_id_for``): the same content at the same blob is the same dataset, changed content a
+   new dataset version, and the same content in two blobs (two collections) two datasets. The
+   raw upload is only read. A blob whose folder is not a canonical collection name is refused
+   (rejected, with the reason in its report and ``status``), never folded into another collection.
 3. ``dataset/<id>`` is created "received" (or found as an earlier delivery left it). While it
    is "received", the outputs are uploaded to ``<prepared>/datasets/<id>/`` (deterministic
    bytes: overwriting after a crash is harmless) and the record moves to "accepted" or
@@ -26,6 +29,7 @@ Only infrastructure errors raise (so the host retries, then poisons); bad data i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 import tempfile
@@ -38,7 +42,7 @@ import orjson
 
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest, MLBackend
 from shared.datasets.chat_data import ChunkStream, PreparedData, detect_format, prepare_stream, strip_format_suffix
-from shared.datasets.collections import collection_of
+from shared.datasets.collections import canonical_collection_of, folder_problem
 from shared.datasets.evalset import is_golden_blob
 from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
@@ -73,16 +77,44 @@ class DatasetOutcome:
     counts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def dataset_id_for(blob_name: str, content_sha256: str) -> str:
-    """``<sanitised name>-<first 16 hex of the content hash>``: lowercase letters, digits, hyphens.
+def dataset_id_for(blob_name: str, content_sha256: str, *, name_hex: int = 12) -> str:
+    """``<sanitised name>-<12 hex of the blob name's SHA-256>-<16 hex of the content's>``.
 
-    Blob names are untrusted: every character outside [a-z0-9] (slashes, backslashes, dots,
-    control characters) becomes a hyphen, so the id can never escape ``datasets/<id>/`` and is
-    a valid ledger key, Azure ML tag value and path segment.
+    Lowercase letters, digits, hyphens: blob names are untrusted, so every character outside
+    [a-z0-9] (slashes, backslashes, dots, control characters) becomes a hyphen and the id can
+    never escape ``datasets/<id>/``; it is a valid ledger key, Azure ML tag value and path
+    segment. The sanitised stem is for people (and folds names: ``team-a/data`` and
+    ``team/a-data``); the hash of the exact name keeps every blob, hence every collection, apart.
+    ``name_hex=64`` is the fallback :func:`_dataset_id_of_blob` uses should 48 bits ever collide.
     """
     stem = _NOT_ID_CHARS.sub("-", strip_format_suffix(blob_name).lower()).strip("-")
     stem = stem[-_MAX_STEM:].strip("-") or "dataset"  # keep the end: the file name says the most
+    name_hash = hashlib.sha256(blob_name.encode("utf-8", "surrogatepass")).hexdigest()[:name_hex]
+    return f"{stem}-{name_hash}-{content_sha256[:16]}"
+
+
+def legacy_dataset_id_for(blob_name: str, content_sha256: str) -> str:
+    """The id datasets had before issue 26.2 (``<sanitised name>-<16 hex of the content hash>``):
+    records under it keep working for their own blob."""
+    stem = _NOT_ID_CHARS.sub("-", strip_format_suffix(blob_name).lower()).strip("-")
+    stem = stem[-_MAX_STEM:].strip("-") or "dataset"
     return f"{stem}-{content_sha256[:16]}"
+
+
+def _dataset_id_of_blob(ledger: Ledger, blob_name: str, content_sha256: str) -> str:
+    """The dataset id of this blob's content: an existing record of this very blob (also under the
+    legacy id), else the first free id. A record of another blob is never reused (it would drop
+    this upload silently); should every candidate belong to other blobs, ConflictError says so."""
+    legacy = legacy_dataset_id_for(blob_name, content_sha256)
+    record = ledger.get(DATASET, legacy)
+    if record is not None and record.get("blob_name") == blob_name:
+        return legacy
+    candidates = (dataset_id_for(blob_name, content_sha256), dataset_id_for(blob_name, content_sha256, name_hex=64))
+    for dataset_id in candidates:
+        record = ledger.get(DATASET, dataset_id)
+        if record is None or record.get("blob_name") == blob_name:
+            return dataset_id
+    raise ConflictError(f"dataset ids {', '.join(candidates)} all belong to other blobs; {blob_name!r} is not recorded")
 
 
 def dataset_prefix(dataset_id: str) -> str:
@@ -106,8 +138,12 @@ def prepare_uploaded_blob(blob: BlobClient, settings: Settings | None = None, *,
             return DatasetOutcome("missing", name)
         # chunks() streams the blob in pieces (pinned to the version it started on): never readall.
         prepared = prepare_stream(ChunkStream(downloader.chunks()), fmt, Path(tmp), s, source_name=name)  # type: ignore[arg-type]
-        dataset_id = dataset_id_for(name, prepared.content_sha256)
+        problem = folder_problem(name)
+        if problem:  # refused, with the full report of the data all the same
+            data_reasons = [] if prepared.accepted else prepared.report["decision"]["reasons"]
+            prepared.report["decision"] = {"accepted": False, "reasons": [problem, *data_reasons]}
         ledger = ledger or Ledger.from_settings(s)
+        dataset_id = _dataset_id_of_blob(ledger, name, prepared.content_sha256)
         return _record_prepared(s, ledger, backend, name, dataset_id, prepared)
 
 
@@ -119,10 +155,12 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
         record = ledger.create(
             DATASET, dataset_id, R.DATASET_RECEIVED, blob_name=blob_name, content_sha256=prepared.content_sha256,
             size_bytes=prepared.size_bytes, format=prepared.report["source"]["format"], prefix=prefix,
-            collection=collection_of(blob_name),
+            collection=None if folder_problem(blob_name) else canonical_collection_of(blob_name),
         ) or ledger.get(DATASET, dataset_id)
         if record is None:
             raise ConflictError(f"dataset/{dataset_id} vanished while being created")
+    if record.get("blob_name") != blob_name:  # another blob created it first, just now: the retry picks the next id
+        raise ConflictError(f"dataset/{dataset_id} was just recorded for blob {record.get('blob_name')!r}, not {blob_name!r}")
     decided_now = False
     if record.state == R.DATASET_RECEIVED:
         report = {**prepared.report, "dataset": {"id": dataset_id, "prefix": prefix, "blob_name": blob_name}}

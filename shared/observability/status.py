@@ -59,7 +59,8 @@ def _by_recency(records: list[Record]) -> list[Record]:
 
 def _dataset_item(r: Record) -> dict[str, Any]:
     return {"id": r.id, "state": r.state, "updated_at": r.updated_at, "blob_name": r.get("blob_name"),
-            "counts": r.get("counts"), "job_name": r.get("job_name"), "error": r.get("error")}
+            "counts": r.get("counts"), "job_name": r.get("job_name"), "error": r.get("error"),
+            "collection": r.get("collection"), "quality": r.get("quality")}
 
 
 def _job_item(r: Record, progress: dict[str, Any] | None = None) -> dict[str, Any]:

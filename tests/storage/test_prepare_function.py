@@ -84,7 +84,7 @@ def test_upload_is_prepared_recorded_and_submitted_once(storage_settings: Settin
     trigger(client)
 
     dataset_id = dataset_id_for("team/chat data.jsonl", hashlib.sha256(GOOD).hexdigest())
-    assert re.fullmatch(r"team-chat-data-[0-9a-f]{16}", dataset_id)
+    assert re.fullmatch(r"team-chat-data-[0-9a-f]{12}-[0-9a-f]{16}", dataset_id)
     ledger = Ledger.from_settings(s)
     record = ledger.get(DATASET, dataset_id)
     assert record is not None and record.state == "submitted"
