@@ -21,8 +21,8 @@ from shared.ledger import records as R
 from shared.observability.status import collect_status, render_status
 from shared.settings import Settings
 from shared.storage import blob_service
-from tests.test_coalescing_storage import JobsBackend, switch, trigger  # noqa: F401 - the trigger fixture
-from tests.test_prepare_function import conv, upload
+from tests.storage.test_coalescing_storage import JobsBackend, switch, trigger  # noqa: F401 - the trigger fixture
+from tests.fakes.uploads import conv, upload
 
 pytestmark = pytest.mark.storage
 
