@@ -15,13 +15,14 @@ import json
 
 import pytest
 
+from shared.backends import use_backend
 from shared.datasets.intake import dataset_id_for, legacy_dataset_id_for
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.ledger import records as R
 from shared.observability.status import collect_status, render_status
-from shared.settings import Settings
+from shared.settings import Settings, use_settings
 from shared.storage import blob_service
-from tests.storage.test_coalescing_storage import JobsBackend, switch, trigger  # noqa: F401 - the trigger fixture
+from tests.fakes.evaluation import RecordingBackend, prepare_trigger
 from tests.fakes.uploads import conv, upload
 
 pytestmark = pytest.mark.storage
@@ -33,12 +34,20 @@ FILE = "conversations-exported-from-the-helpdesk-2026-12-01-batch-01.jsonl"
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
-def corpus(s: Settings) -> tuple[Settings, JobsBackend]:
-    backend = JobsBackend()
-    return switch(s.replace(training_mode="corpus", coalesce_s=0, max_running_jobs=0), backend), backend
+@pytest.fixture
+def trigger():  # noqa: ANN201
+    return prepare_trigger()
 
 
-def test_same_file_in_two_collections_trains_in_both(storage_settings: Settings, trigger) -> None:  # noqa: F811
+def corpus(s: Settings) -> tuple[Settings, RecordingBackend]:
+    backend = RecordingBackend()
+    s = s.replace(training_mode="corpus", coalesce_s=0, max_running_jobs=0)
+    use_settings(s)
+    use_backend(backend, s)  # type: ignore[arg-type]
+    return s, backend
+
+
+def test_same_file_in_two_collections_trains_in_both(storage_settings: Settings, trigger) -> None:
     s, backend = corpus(storage_settings)
     support, sales = f"support-bot/{FILE}", f"sales-bot/{FILE}"
     assert legacy_dataset_id_for(support, SHA) == legacy_dataset_id_for(sales, SHA)
@@ -55,7 +64,7 @@ def test_same_file_in_two_collections_trains_in_both(storage_settings: Settings,
     assert {ids for _, ids in trained} == {(records[sales].id,), (records[support].id,)}
 
 
-def test_names_that_sanitise_alike_are_two_datasets(storage_settings: Settings, trigger) -> None:  # noqa: F811
+def test_names_that_sanitise_alike_are_two_datasets(storage_settings: Settings, trigger) -> None:
     s, backend = corpus(storage_settings)
     assert legacy_dataset_id_for("team-a/data.jsonl", SHA) == legacy_dataset_id_for("team/a-data.jsonl", SHA)
     for name in ("team-a/data.jsonl", "team/a-data.jsonl"):
@@ -65,7 +74,7 @@ def test_names_that_sanitise_alike_are_two_datasets(storage_settings: Settings, 
     assert len(backend.requests) == 2
 
 
-def test_a_record_under_the_old_id_keeps_working_for_its_blob(storage_settings: Settings, trigger) -> None:  # noqa: F811
+def test_a_record_under_the_old_id_keeps_working_for_its_blob(storage_settings: Settings, trigger) -> None:
     s, backend = corpus(storage_settings)
     ledger = Ledger.from_settings(s)
     legacy = legacy_dataset_id_for("support-bot/batch-01.jsonl", SHA)
@@ -79,7 +88,7 @@ def test_a_record_under_the_old_id_keeps_working_for_its_blob(storage_settings: 
     assert len(backend.requests) == 2
 
 
-def test_an_id_taken_by_another_blob_is_never_reused(storage_settings: Settings, trigger) -> None:  # noqa: F811
+def test_an_id_taken_by_another_blob_is_never_reused(storage_settings: Settings, trigger) -> None:
     """Should a record under this blob's id belong to another blob (a hash collision, crafted or not),
     the upload gets the next id instead of being dropped as 'already prepared'."""
     s, backend = corpus(storage_settings)
@@ -94,7 +103,7 @@ def test_an_id_taken_by_another_blob_is_never_reused(storage_settings: Settings,
 
 
 @pytest.mark.parametrize("folder", ["Support_Bot", "support.bot", "SUPPORT BOT", "___", "s" * 40 + "x"])
-def test_a_folder_name_that_is_not_canonical_is_refused_with_its_reason(storage_settings: Settings, trigger,  # noqa: F811
+def test_a_folder_name_that_is_not_canonical_is_refused_with_its_reason(storage_settings: Settings, trigger,
                                                                         folder: str) -> None:
     s, backend = corpus(storage_settings)
     name = f"{folder}/batch-01.jsonl"
@@ -115,7 +124,7 @@ def test_a_folder_name_that_is_not_canonical_is_refused_with_its_reason(storage_
     assert not any(c["id"] in {"support-bot", "default", "s" * 40} for c in status["collections"])
 
 
-def test_canonical_folder_and_root_are_accepted(storage_settings: Settings, trigger) -> None:  # noqa: F811
+def test_canonical_folder_and_root_are_accepted(storage_settings: Settings, trigger) -> None:
     s, backend = corpus(storage_settings)
     trigger(upload(s, "support-bot/2026/batch-01.jsonl", DATA))
     trigger(upload(s, "root.jsonl", DATA))

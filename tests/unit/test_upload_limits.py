@@ -20,8 +20,7 @@ import pytest
 
 from shared.datasets import chat_data
 from shared.datasets.chat_data import prepare_file
-from tests.support import make_settings
-from tests.support import write_gzip_bomb, write_parquet_bomb
+from tests.support import make_settings, write_gzip_bomb, write_parquet_bomb
 
 ROOT = Path(__file__).resolve().parents[2]
 RSS_LIMIT_MB = 200
