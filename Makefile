@@ -17,7 +17,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.local/hf
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install checkov demo test test-fast test-faults test-slow test-browser browser test-all up down status upload mlflow lint bench lock clean
+.PHONY: install checkov demo test test-fast test-faults test-slow test-rollout test-browser browser test-all up down status upload mlflow lint bench lock clean
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || python3 -m venv .venv
@@ -49,10 +49,10 @@ PYTEST = $(PY) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: that is a failure" >&2; exit 1; fi; exit $$rc
 
 test: install $(CHECKOV_STAMP)
-	$(call PYTEST,-m "not slow and not browser and not faults")
+	$(call PYTEST,-m "not slow and not browser and not faults and not rollout")
 
 test-fast: install $(CHECKOV_STAMP)
-	$(call PYTEST,-m "not slow and not e2e and not browser and not faults")
+	$(call PYTEST,-m "not slow and not e2e and not browser and not faults and not rollout")
 
 # Fault injection against the real local stack (tiny model): a few minutes.
 test-faults: install
@@ -60,6 +60,10 @@ test-faults: install
 
 test-slow: install
 	$(call PYTEST,-m slow)
+
+# A collection's versions promoted through a canary, rejected by evaluation, rolled back by itself (SmolLM2).
+test-rollout: install
+	$(call PYTEST,-m rollout -s)
 
 # Debian's chromium for the browser tier (Playwright drives it; it never downloads a browser).
 CHROMIUM ?= /usr/bin/chromium

@@ -32,6 +32,7 @@ TIER_MARKERS: dict[str, tuple[str, ...]] = {
     "faults": ("faults",),
     "browser": ("browser", "e2e", "storage"),
     "slow": ("slow", "storage"),
+    "rollout": ("rollout", "storage"),
 }
 
 

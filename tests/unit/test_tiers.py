@@ -28,6 +28,7 @@ EXPECTED_TIERS = {
     "test-fast": {"unit", "storage", "infra"},
     "test-faults": {"faults"},
     "test-slow": {"slow"},
+    "test-rollout": {"rollout"},
     "test-browser": {"browser"},
     "test-all": set(TIER_MARKERS),
 }
@@ -115,7 +116,7 @@ def test_the_tests_running_now_carry_their_folders_markers(request: pytest.Fixtu
 
 
 def test_the_checks_catch_what_they_are_for() -> None:
-    assert tiers_selected("not slow and not browser and not faults") == EXPECTED_TIERS["test"]
-    assert tiers_selected("not slow and not browser") != EXPECTED_TIERS["test"]  # faults would slip in
+    assert tiers_selected("not slow and not browser and not faults and not rollout") == EXPECTED_TIERS["test"]
+    assert tiers_selected("not slow and not browser and not rollout") != EXPECTED_TIERS["test"]  # faults would slip in
     assert makefile_selections('test: install\n\t$(call PYTEST,-m "not slow")\nup:\n\tx\n') == {"test": "not slow"}
     assert makefile_selections("test-all: install\n\t$(call PYTEST,)\n") == {"test-all": None}
