@@ -33,6 +33,7 @@ from shared.backends.base import LOCAL_INSTANCE_TYPE
 from shared.janitor.run import hourly_price
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
 from shared.observability import charts
+from shared.rollout.view import figures_text, metrics_text, rollout_items
 from shared.settings import Settings, get_settings
 from shared.training.submission import finetune_instance
 
@@ -344,6 +345,7 @@ def collect_dashboard(settings: Settings | None = None, ledger: Ledger | None = 
                     "policy": {"idle_minutes": s.idle_endpoint_minutes, "grace_minutes": s.idle_grace_minutes,
                                "keep_latest": s.janitor_keep_latest, "dry_run": s.janitor_dry_run,
                                "schedule": s.janitor_schedule}},
+        "rollouts": rollout_items(ledger),
         "pending_lookups": budget.skipped,
         "counts": {"datasets": len(datasets), "jobs": len(jobs), "models": len(models), "endpoints": len(endpoints)},
     }
@@ -362,9 +364,9 @@ section.model h2{font-size:16px;margin:4px 0 8px}
 .step{border-left:3px solid #d0d7de;padding:2px 10px;min-width:0;overflow-wrap:anywhere}
 .step h3{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#57606a;margin:0 0 4px}
 .state{display:inline-block;padding:0 6px;border-radius:10px;font-size:12px;font-weight:600;background:#eaeef2}
-.s-rejected,.s-failed,.s-canceled{background:#ffebe9;color:#a40e26}
-.s-submitted,.s-provisioning,.s-deploying,.s-received,.s-running,.s-queued,.s-deleting{background:#fff8c5;color:#7d4e00}
-.s-completed,.s-succeeded,.s-deployed,.s-accepted,.s-registered{background:#dafbe1;color:#116329}
+.s-rejected,.s-failed,.s-canceled,.s-rolled_back{background:#ffebe9;color:#a40e26}
+.s-submitted,.s-provisioning,.s-deploying,.s-evaluating,.s-canary,.s-received,.s-running,.s-queued,.s-deleting{background:#fff8c5;color:#7d4e00}
+.s-completed,.s-succeeded,.s-deployed,.s-accepted,.s-registered,.s-promoted{background:#dafbe1;color:#116329}
 .s-deleted{background:#eaeef2;color:#57606a}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:0 8px;margin:4px 0} dt{color:#57606a} dd{margin:0}
 ol.errors{margin:4px 0;padding-left:0;list-style:none;font-size:12px} ol.errors li{margin:2px 0}
@@ -567,10 +569,33 @@ def render_dashboard(view: dict[str, Any], *, link: Callable[[str, dict[str, str
             f'<b id="saved">{j["hours_saved"]:.2f} instance-hours, {_money(j["cost_saved"])}</b>'
             + (f'; last run {escape(_t(j["last"].get("ran_at")))} ({escape(str(j["last"].get("state")))})' if j["last"] else "; never run")
             + f'</p><table><tr><th>deleted</th><th>endpoint</th><th>reason</th><th>hours saved</th><th>saved</th></tr>{deletions}</table></section>')
+    if view.get("rollouts"):
+        parts.append(_rollouts_html(view["rollouts"]))
     if view.get("pending_lookups"):
         parts.append(f'<p class="muted">{view["pending_lookups"]} look-ups still loading; they appear on the next refresh.</p>')
     refresh_url = link("dashboard", {"refresh": str(refresh_s)} if refresh_s else {})
     return _page("lifecycle dashboard", "".join(parts), refresh_s, refresh_url, view["generated_at"])
+
+
+def _rollouts_html(rollouts: list[dict[str, Any]]) -> str:
+    """Per candidate: champion against candidate (evaluation), the canary's live figures, the decision."""
+    rows = []
+    for r in rollouts:
+        ev = r.get("evaluation") or {}
+        canary = r.get("canary") or {}
+        figures = canary.get("figures")
+        rows.append(
+            f'<tr id="rollout-{escape(r["id"])}"><td>{escape(r["id"])}<br><span class="muted">'
+            f'{escape(str(r.get("collection") or ""))} in {escape(str(r.get("endpoint") or ""))}</span></td>'
+            f'<td>{_state(r["state"])}</td><td>{escape(str(r.get("champion_version") or "-"))}</td>'
+            f'<td>{escape(metrics_text(ev.get("candidate")))}</td><td>{escape(metrics_text(ev.get("champion")))}</td>'
+            f'<td>{escape(str(canary.get("percent")) + "%" if canary else "-")}</td>'
+            f'<td>{escape(figures_text(figures, "candidate"))}</td><td>{escape(figures_text(figures, "champion"))}</td>'
+            f'<td>{escape(str(r.get("reason") or r.get("evaluation_note") or "-"))}</td></tr>')
+    return ('<section class="model rollouts" id="rollouts"><h2>Rollouts: candidate beside the champion</h2><table>'
+            '<tr><th>candidate</th><th>state</th><th>champion</th><th>evaluation: candidate</th><th>champion</th>'
+            '<th>canary</th><th>live: candidate</th><th>champion</th><th>decision</th></tr>'
+            + "".join(rows) + "</table></section>")
 
 
 def render_unavailable(error: str, *, link: Callable[[str, dict[str, str]], str], refresh_s: int | None = DEFAULT_REFRESH_S) -> str:

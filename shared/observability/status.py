@@ -40,6 +40,7 @@ from typing import Any
 from shared.janitor.policy import EndpointFacts, IdlePolicy, decide
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
 from shared.observability import trigger_health
+from shared.rollout.view import figures_text, metrics_text, rollout_items
 from shared.settings import Settings, SettingsError, get_settings
 from shared.training.submission import collections_status
 
@@ -271,6 +272,8 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
                  for i, r in enumerate(jobs)],
         "models": [_model_item(r, active) for r in models],
         "endpoints": endpoint_items,
+        # A new version beside the serving one (shared.rollout): judged, canaried, decided.
+        "rollouts": rollout_items(ledger),
         "janitor": {
             "policy": {"schedule": s.janitor_schedule, "idle_minutes": s.idle_endpoint_minutes,
                        "grace_minutes": s.idle_grace_minutes, "keep_latest": s.janitor_keep_latest,
@@ -360,6 +363,15 @@ def render_status(status: dict[str, Any]) -> str:
          (e["janitor_verdict"] or {}).get("action") or (e["delete_reason"] and f"deleted: {e['delete_reason']}")]
         for e in status["endpoints"]]))
     parts.append(_render_collections(status))
+    if status.get("rollouts"):
+        parts.append(_section("Rollouts (candidate beside the champion)", [
+            "candidate", "state", "champion", "evaluation: candidate | champion", "canary: candidate | champion", "decision"], [
+            [r["id"], r["state"], r["champion_version"],
+             (metrics_text((r["evaluation"] or {}).get("candidate")) + " | " + metrics_text((r["evaluation"] or {}).get("champion")))
+             if r["evaluation"] else r.get("evaluation_note"),
+             (f"{(r['canary'] or {}).get('percent')}%: " + figures_text((r["canary"] or {}).get("figures"), "candidate") + " | "
+              + figures_text((r["canary"] or {}).get("figures"), "champion")) if r["canary"] else None,
+             r["reason"]] for r in status["rollouts"]]))
     unwell = [e for e in status["endpoints"] if e.get("health") in {"healing", "stopped", "suspect"}]
     if unwell:
         parts.append(_section("Unhealthy endpoints", ["name", "health", "state", "attempts", "next attempt", "since", "reason"], [

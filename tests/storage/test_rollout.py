@@ -207,3 +207,24 @@ def test_without_a_serving_endpoint_the_first_version_gets_its_own(world) -> Non
     ctx.ledger.transition(R.ENDPOINT, EP, {EP_SUCCEEDED}, R.ENDPOINT_DELETING)
     start_result = lifecycle.start_deployment(V2, ctx, reason="job job-2 completed")
     assert start_result[0] and ws.calls["begin_deploy"] == 1 and ctx.ledger.get(R.ROLLOUT, V2.ref) is None
+
+
+def test_status_and_dashboard_show_champion_against_candidate_the_canary_and_the_decision(world) -> None:  # noqa: ANN001
+    from shared.observability.dashboard import collect_dashboard, link_builder, render_dashboard
+    from shared.observability.status import collect_status, render_status
+
+    ctx, ws = world
+    start(ctx)
+    ws.finish_candidate(EP, DEP)
+    advance(ctx.ledger.get(R.ROLLOUT, V2.ref), ctx, judge=StandInJudge())
+    ws.metrics[EP] = {"default": DeploymentMetrics(50, 0, 100.0), DEP: DeploymentMetrics(6, 4, 80.0)}
+    advance(ctx.ledger.get(R.ROLLOUT, V2.ref), ctx)
+    status = collect_status(ctx.settings, ctx.ledger, ws)
+    [item] = status["rollouts"]
+    assert (item["id"], item["state"], item["champion_version"]) == (V2.ref, R.ROLLOUT_ROLLED_BACK, "1")
+    assert item["evaluation"]["candidate"] == {"rouge_l": 0.41} and item["evaluation"]["champion"] == {"rouge_l": 0.40}
+    assert item["canary"]["percent"] == 10 and item["canary"]["figures"]["candidate"]["errors"] == 4
+    text = render_status(status)
+    assert "Rollouts" in text and "rolled back: error rate 66.7%" in text and "6 req, 4 err (67%)" in text
+    html = render_dashboard(collect_dashboard(ctx.settings, ctx.ledger, ws), link=link_builder(None))
+    assert f'id="rollout-{V2.ref}"' in html and "rolled back: error rate 66.7%" in html and "rouge_l 0.410" in html
