@@ -445,6 +445,19 @@ def rollback(
         raise RollbackError(f"model {model_name!r} has no version {version!r} (registered: {known})")
     if version == current and route is not None and not route.get("rollback_to"):
         raise RollbackError(f"version {version} of {model_name!r} is already the active one")
+    serving_ep = ctx.ledger.get(R.ENDPOINT, str(route.get("endpoint") or "")) if route is not None else None
+    if (serving_ep is not None and serving_ep.state == EP_SUCCEEDED
+            and str(serving_ep.get("model_version") or "") != version
+            and home_endpoint(model_ref_of(models[version]), ctx.ledger) in {serving_ep.id, endpoint_name(model_name, version)}
+            and (models[version].get("deployment") or endpoint_name(model_name, version) == serving_ep.id)):
+        # The version lived (or lives) as a deployment of the serving endpoint: traffic moves between
+        # that endpoint's deployments (shared.rollout), never to another endpoint.
+        from shared.rollout import roll_back_in_endpoint
+
+        state = roll_back_in_endpoint(model_ref_of(models[version]), serving_ep, ctx)
+        log.info("rolling %s back from version %s to %s inside endpoint %s (%s)", model_name, current, version,
+                 serving_ep.id, state)
+        return Rollback(model_name, current, version, serving_ep.id, state)
     ep_name = endpoint_name(model_name, version)
     endpoint = ctx.ledger.get(R.ENDPOINT, ep_name)
     info = current_endpoint(ctx.backend, ep_name) if endpoint is not None and endpoint.state == EP_SUCCEEDED else None

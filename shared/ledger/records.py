@@ -149,7 +149,8 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     ROUTE: {"": frozenset({ROUTE_SET}), ROUTE_SET: frozenset({ROUTE_SET})},
     ROLLOUT: {
         "": frozenset({ROLLOUT_DEPLOYING}),
-        ROLLOUT_DEPLOYING: frozenset({ROLLOUT_EVALUATING, ROLLOUT_FAILED, ROLLOUT_SUPERSEDED}),
+        # -> promoted: an operator's rollback to this version (mode "rollback": no judge, no canary)
+        ROLLOUT_DEPLOYING: frozenset({ROLLOUT_EVALUATING, ROLLOUT_FAILED, ROLLOUT_SUPERSEDED, ROLLOUT_PROMOTED}),
         ROLLOUT_EVALUATING: frozenset({ROLLOUT_CANARY, ROLLOUT_REJECTED, ROLLOUT_FAILED, ROLLOUT_SUPERSEDED}),
         ROLLOUT_CANARY: frozenset({ROLLOUT_PROMOTED, ROLLOUT_ROLLED_BACK, ROLLOUT_SUPERSEDED}),
         ROLLOUT_REJECTED: frozenset({ROLLOUT_DEPLOYING}),  # an operator's forced promotion redeploys it

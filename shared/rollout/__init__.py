@@ -7,6 +7,13 @@ it (:mod:`shared.evaluation`), canaried on live traffic, then promoted or rolled
 - :mod:`shared.rollout.canary`: the canary's regression rule.
 """
 
-from shared.rollout.flow import SUMMARY_KEYS, advance, advance_all, begin_candidate, deployment_name_for
+from shared.rollout.flow import (
+    SUMMARY_KEYS,
+    advance,
+    advance_all,
+    begin_candidate,
+    deployment_name_for,
+    roll_back_in_endpoint,
+)
 
-__all__ = ["SUMMARY_KEYS", "advance", "advance_all", "begin_candidate", "deployment_name_for"]
+__all__ = ["SUMMARY_KEYS", "advance", "advance_all", "begin_candidate", "deployment_name_for", "roll_back_in_endpoint"]

@@ -155,6 +155,49 @@ def _follow(endpoint: str, ctx: Context) -> None:
     schedule(endpoint, ctx.settings)
 
 
+def roll_back_in_endpoint(model: ModelRef, endpoint: Record, ctx: Context) -> str:
+    """``cli rollback`` to a version that lived as a deployment of the serving endpoint: traffic moves
+    to its deployment at once when it still exists ("active"), else it is deployed there again at 0%
+    and takes 100% once ready ("redeploying"; a ``rollout`` record with ``mode`` rollback, no judge,
+    no canary: an operator asked for it)."""
+    record = ctx.ledger.get(R.MODEL, model.ref)
+    deployment = (record.get("deployment") if record else None) or deployment_name_for(model.version)
+    info = ctx.backend.get_deployment(endpoint.id, deployment)
+    if info is not None and info.state == EP_SUCCEEDED and info.model == model.ref:
+        ctx.backend.set_traffic(endpoint.id, {deployment: 100})
+        from shared.endpoints.lifecycle import promote_deployment
+
+        promote_deployment(ctx, endpoint.id, model, deployment)
+        return "active"
+    deployment = deployment_name_for(model.version)
+    rollback_id = f"{model.ref}@rollback-{utcnow().strftime('%Y%m%dT%H%M%S')}"
+    created = ctx.ledger.create(
+        R.ROLLOUT, rollback_id, R.ROLLOUT_DEPLOYING, mode="rollback", model_name=model.name, version=model.version,
+        job_name=model.job_name, base_model=model.base_model, collection=collection_of_model(ctx, model),
+        endpoint=endpoint.id, deployment=deployment, champion_version=str(endpoint.get("model_version") or ""),
+        champion_deployment=endpoint.get("deployment") or None, reason="rollback requested by an operator",
+        started_at=_now(), cleanup_done=False)
+    if created is not None:
+        _annotate_endpoint_deployments(ctx, endpoint.id, add=deployment)
+        _start_deployment(created, ctx)
+        _follow(endpoint.id, ctx)
+    return "redeploying"
+
+
+def _finish_rollback(record: Record, ctx: Context, summary: Counter[str]) -> Record:
+    """A rollback's deployment is ready: it takes everything (no judge, no canary)."""
+    endpoint, deployment = record.get("endpoint"), record.get("deployment")
+    ctx.backend.set_traffic(endpoint, {deployment: 100})
+    from shared.endpoints.lifecycle import promote_deployment
+
+    promote_deployment(ctx, endpoint, _model_of(record), deployment)
+    moved = ctx.ledger.transition(R.ROLLOUT, record.id, {R.ROLLOUT_DEPLOYING}, R.ROLLOUT_PROMOTED,
+                                  reason="rolled back to this version by an operator", decided_at=_now())
+    if moved is not None:
+        summary["rollouts_promoted"] += 1
+    return moved or _reread(record, ctx)
+
+
 # --------------------------------------------------------------------------- advance
 
 
@@ -226,6 +269,8 @@ def _settle_deploying(record: Record, ctx: Context, summary: Counter[str]) -> Re
             summary["rollouts_failed"] += 1
             _model_rejected(ctx, record.id, moved.get("reason"))
         return moved or _reread(record, ctx)
+    if record.get("mode") == "rollback":
+        return _finish_rollback(record, ctx, summary)
     moved = ctx.ledger.transition(R.ROLLOUT, record.id, {R.ROLLOUT_DEPLOYING}, R.ROLLOUT_EVALUATING, ready_at=_now())
     return moved or _reread(record, ctx)
 

@@ -228,3 +228,26 @@ def test_status_and_dashboard_show_champion_against_candidate_the_canary_and_the
     assert "Rollouts" in text and "rolled back: error rate 66.7%" in text and "6 req, 4 err (67%)" in text
     html = render_dashboard(collect_dashboard(ctx.settings, ctx.ledger, ws), link=link_builder(None))
     assert f'id="rollout-{V2.ref}"' in html and "rolled back: error rate 66.7%" in html and "rouge_l 0.410" in html
+
+
+def test_cli_rollback_moves_traffic_between_the_deployments_of_the_one_endpoint(world) -> None:  # noqa: ANN001
+    ctx, ws = world
+    start(ctx)
+    ws.finish_candidate(EP, DEP)
+    record = advance(ctx.ledger.get(R.ROLLOUT, V2.ref), ctx, judge=StandInJudge())
+    canary = dict(record.get("canary"))
+    canary["until"] = canary["started_at"]
+    ws.metrics[EP] = {"default": DeploymentMetrics(9, 0, 100.0), DEP: DeploymentMetrics(9, 0, 100.0)}
+    assert advance(ctx.ledger.update(record, canary=canary), ctx).state == R.ROLLOUT_PROMOTED
+    assert ws.endpoints[EP].traffic == {DEP: 100}
+
+    done = lifecycle.rollback(MODEL, "1", settings=ctx.settings, ledger=ctx.ledger, backend=ws)
+    assert (done.state, done.endpoint) == ("redeploying", EP), "back inside the same endpoint, never another one"
+    assert ws.calls["begin_deploy"] == 0 and ws.endpoints[EP].traffic == {DEP: 100}, "version 2 serves meanwhile"
+    v1_dep = deployment_name_for("1")
+    ws.finish_candidate(EP, v1_dep)
+    assert advance_all(ctx, judge=StandInJudge(promote=False)) == 0  # a rollback is not judged
+    assert ws.endpoints[EP].traffic == {v1_dep: 100} and (EP, DEP) not in ws.deployments
+    route = ctx.ledger.get(R.ROUTE, MODEL)
+    assert (route.get("endpoint"), route.get("model_version")) == (EP, "1")
+    assert ctx.ledger.get(R.ENDPOINT, EP).get("model") == f"{MODEL}:1"
