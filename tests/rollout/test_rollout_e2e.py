@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from devhost.azurite import free_port
 from scripts.make_sample_data import pirate_conversations
@@ -36,6 +37,8 @@ from shared.ledger import records as R
 from shared.settings import use_settings
 from shared.storage import blob_service
 from tests.support import wait_until
+
+pytestmark = pytest.mark.timeout(2700)  # four SmolLM2 fine-tunes and three evaluations on a shared 2-core CPU
 
 KEY = "rollout-e2e-key"
 COLLECTION = "support"
