@@ -331,16 +331,20 @@ def cli_decide(args: Any) -> int:
 # --------------------------------------------------------------------------- views
 
 
-def eval_counts(ledger: Ledger, collection: str) -> dict[str, Any]:
+def eval_counts(ledger: Ledger, collection: str, *, jobs: list[Record] | None = None,
+                datasets: list[Record] | None = None) -> dict[str, Any]:
     """How many eval conversations the collection has and where from, read from the ledger only
     (the latest corpus job's counts and the golden datasets' valid counts)."""
-    from shared.evaluation.evalset import golden_datasets
+    from shared.training.submission import dataset_collection
 
-    jobs = sorted((j for j in ledger.list(R.JOB) if j.get("collection") == collection and j.get("corpus_id")),
+    jobs = ledger.list(R.JOB) if jobs is None else jobs
+    datasets = ledger.list(R.DATASET, [R.DATASET_EVAL]) if datasets is None else datasets
+    mine = sorted((j for j in jobs if j.get("collection") == collection and j.get("corpus_id")),
                   key=lambda j: j.get("submitted_at") or "")
-    latest = jobs[-1] if jobs else None
+    latest = mine[-1] if mine else None
     carved = int((latest.get("corpus_counts") or {}).get("eval") or 0) if latest is not None else 0
-    golden = golden_datasets(ledger, collection)
+    golden = sorted((d for d in datasets if d.state == R.DATASET_EVAL and dataset_collection(d) == collection),
+                    key=lambda d: d.id)
     return {"carved": carved, "carved_from": latest.get("corpus_id") if latest is not None else None,
             "golden": sum(int((d.get("counts") or {}).get("valid") or 0) for d in golden),
             "golden_datasets": [d.id for d in golden]}
@@ -357,6 +361,7 @@ def evaluation_view(settings: Settings, ledger: Ledger, collections: list[str] |
     """Per collection: eval counts and sources, and the last decision (candidate vs champion figures,
     state, reason, who decided): the view model of ``status`` and the dashboard."""
     records = ledger.list(R.EVALUATION)
+    jobs, datasets = ledger.list(R.JOB), ledger.list(R.DATASET, [R.DATASET_EVAL])
     names = set(collections or []) | {r.get("collection") for r in records if r.get("collection")}
     out: dict[str, dict[str, Any]] = {}
     for name in sorted(names):
@@ -371,5 +376,5 @@ def evaluation_view(settings: Settings, ledger: Ledger, collections: list[str] |
                         "primary_metric": settings.eval_primary_metric,
                         "candidate": _brief(metrics.get(CANDIDATE)), "champion": _brief(metrics.get(CHAMPION)),
                         "answered": last.get("answered"), "wanted": last.get("wanted")}
-        out[name] = {"eval_set": eval_counts(ledger, name), "last_decision": decision}
+        out[name] = {"eval_set": eval_counts(ledger, name, jobs=jobs, datasets=datasets), "last_decision": decision}
     return out

@@ -15,7 +15,10 @@ The JSON form is a contract for scripts (keep it stable, add fields only):
 - ``janitor``: the janitor's settings (``policy``) and its last run (``last``, or null);
 - ``collections`` (corpus mode): one item per collection with ``id``, ``state`` (pending |
   idle), ``model_name``, ``datasets`` (the corpus), ``pending``, ``due_at``, ``held_reason``
-  (the spend guard's, or null), ``waiting_reason``, ``running_job``, ``serving_model``;
+  (the spend guard's, or null), ``waiting_reason``, ``running_job``, ``serving_model``, and
+  ``evaluation`` (:func:`shared.evaluation.evaluation_view`: ``eval_set`` with ``carved``,
+  ``carved_from``, ``golden``, ``golden_datasets``; ``last_decision``: model, state, reason,
+  decided_by, candidate and champion figures, or null);
   ``training``: ``mode`` and the spend ``guard`` (running jobs, budget, month's spend);
 - jobs also carry their training curves (``None`` when the backend has none or cannot be read):
   ``train_loss`` ([[step, value], ...]), ``eval_loss`` (same), ``base_test_loss`` and
@@ -260,6 +263,7 @@ def collect_status(settings: Settings | None = None, ledger: Ledger | None = Non
         for n in names
     ]
     training = collections_status(s, ledger, now)  # corpus mode: collections, the spend guard
+    _add_evaluation(s, ledger, training["collections"])
     return {
         "generated_at": iso(now),
         "backend": backend_info,
@@ -372,6 +376,9 @@ def render_status(status: dict[str, Any]) -> str:
              (f"{(r['canary'] or {}).get('percent')}%: " + figures_text((r["canary"] or {}).get("figures"), "candidate") + " | "
               + figures_text((r["canary"] or {}).get("figures"), "champion")) if r["canary"] else None,
              r["reason"]] for r in status["rollouts"]]))
+    evaluation = _render_evaluation(status)
+    if evaluation:
+        parts.append(evaluation)
     unwell = [e for e in status["endpoints"] if e.get("health") in {"healing", "stopped", "suspect"}]
     if unwell:
         parts.append(_section("Unhealthy endpoints", ["name", "health", "state", "attempts", "next attempt", "since", "reason"], [
@@ -403,6 +410,35 @@ def render_status(status: dict[str, Any]) -> str:
                      f"estimated {last.get('hours_saved') or 0:.1f} instance-hours, ${last.get('cost_saved') or 0:.2f} saved")
     parts.append(line)
     return "\n\n".join(parts)
+
+
+def _add_evaluation(s: Settings, ledger: Ledger, collections: list[dict[str, Any]]) -> None:
+    """Each collection's eval set (how many, from where) and last decision (shared.evaluation)."""
+    from shared.evaluation import evaluation_view
+
+    views = evaluation_view(s, ledger, [c["id"] for c in collections])
+    for item in collections:
+        item["evaluation"] = views.get(item["id"])
+
+
+def _render_evaluation(status: dict[str, Any]) -> str:
+    lines = []
+    for c in status.get("collections") or []:
+        view = c.get("evaluation") or {}
+        counts = view.get("eval_set") or {}
+        line = (f"  {c['id']}: eval set {counts.get('carved', 0)} carved"
+                + (f" (corpus {counts['carved_from']})" if counts.get("carved_from") else "")
+                + f" + {counts.get('golden', 0)} golden"
+                + (f" ({', '.join(counts['golden_datasets'])})" if counts.get("golden_datasets") else ""))
+        last = view.get("last_decision")
+        if last:
+            primary = last.get("primary_metric")
+            figures = "".join(f", {who} {primary} {(last.get(who) or {}).get(primary):.3f}"
+                              for who in ("candidate", "champion") if (last.get(who) or {}).get(primary) is not None)
+            line += (f"\n    last decision: {last['model']} {last['state']}"
+                     + (f" by {last['decided_by']}" if last.get("decided_by") else "") + f"{figures}: {last.get('reason')}")
+        lines.append(line)
+    return "Evaluation\n" + "\n".join(lines) if lines else ""
 
 
 def _render_collections(status: dict[str, Any]) -> str:

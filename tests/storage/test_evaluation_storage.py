@@ -16,6 +16,7 @@ from shared.evaluation import decision_for, evaluation_view, judge_candidate
 from shared.evaluation.answers import AnswerStore
 from shared.ledger import Ledger, iso, utcnow
 from shared.ledger import records as R
+from shared.observability.status import collect_status, render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
 from tests.fakes.evaluation import RecordingBackend, data, prepare_trigger
@@ -146,6 +147,13 @@ def test_a_candidate_that_breaks_a_rule_is_rejected_and_an_operator_can_overrule
     assert view["eval_set"] == {"carved": 12, "carved_from": record.get("corpus_id"), "golden": 0, "golden_datasets": []}
     assert view["last_decision"]["state"] == R.EVAL_PROMOTED and view["last_decision"]["decided_by"] == "operator"
     assert view["last_decision"]["candidate"]["items"] == 12
+
+    status = collect_status(s, ledger, RecordingBackend())
+    (item,) = status["collections"]
+    assert item["evaluation"] == view
+    text = render_status(status)
+    assert f"{COLLECTION}: eval set 12 carved (corpus {record.get('corpus_id')}) + 0 golden" in text
+    assert f"last decision: {model_id} promoted by operator, candidate rouge_l" in text
 
 
 def test_the_time_budget_leaves_a_resumable_evaluation(world) -> None:
