@@ -119,9 +119,13 @@ def _release(ledger: Ledger, model_id: str, claim: str, **fields: Any) -> None:
 def score_answers(settings: Settings, evalset: EvalSet, answers: dict[tuple[str, str], dict[str, Any]],
                   roles: list[str]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """(aggregates per role, per-item rows of the report)."""
-    from shared.evaluation.metrics import aggregate, item_scores, judge_config, judge_scores
+    from shared.evaluation.metrics import aggregate, item_scores, judge_config, judge_scores, probe_judge
 
     judge = judge_config(settings)
+    judge_error = probe_judge(judge) if judge is not None else None
+    if judge_error is not None:
+        log.warning("evaluation: the judge model is not usable (%s); offline metrics only", judge_error)
+        judge = None
     rows: list[dict[str, Any]] = []
     per_role: dict[str, list[dict[str, Any]]] = {role: [] for role in roles}
     for item in evalset.items:
@@ -134,8 +138,9 @@ def score_answers(settings: Settings, evalset: EvalSet, answers: dict[tuple[str,
                 try:
                     scores.update(judge_scores(judge, item.query, entry.get("answer"), item.reference))
                 except Exception as exc:  # noqa: BLE001 - a judge outage leaves the offline metrics
-                    log.warning("evaluation: the judge model failed on item %s: %s", item.id[:12], exc)
-                    scores.update(judge_similarity=None, judge_relevance=None)
+                    log.warning("evaluation: the judge model failed on item %s: %s; no judge for the rest", item.id[:12], exc)
+                    judge_error = f"{type(exc).__name__}: {exc}"[:300]
+                    judge = None
             per_role[role].append(scores)
             row[role] = {"answer": entry.get("answer"), "error": entry.get("error"), "latency_s": entry.get("latency_s"),
                          "scores": scores}
@@ -143,6 +148,11 @@ def score_answers(settings: Settings, evalset: EvalSet, answers: dict[tuple[str,
     references = [i.reference for i in evalset.items]
     figures = {role: aggregate([answers[(role, i.id)].get("answer") for i in evalset.items], references, per_role[role])
                for role in roles}
+    if judge_error is not None:  # judged items would compare unevenly: judge figures only when every item was judged
+        for role in roles:
+            figures[role].pop("judge_similarity", None)
+            figures[role].pop("judge_relevance", None)
+            figures[role]["judge_error"] = judge_error
     return figures, rows
 
 

@@ -44,6 +44,26 @@ def judge_config(settings: Settings) -> dict[str, Any] | None:
             "api_key": settings.eval_judge_api_key or "none"}
 
 
+PROBE_TIMEOUT_S = 20.0
+
+
+def probe_judge(judge: dict[str, Any]) -> str | None:
+    """One cheap call to the judge with no retries (None when it answers, else why not).
+
+    azure-ai-evaluation retries a failing judge call up to 10 times with back-off (minutes per
+    call); an evaluation probes first, so a judge outage costs seconds and leaves the offline metrics.
+    """
+    from openai import OpenAI
+
+    client = OpenAI(base_url=judge["base_url"], api_key=judge["api_key"], max_retries=0, timeout=PROBE_TIMEOUT_S)
+    try:
+        client.chat.completions.create(model=judge["model"], max_tokens=1,
+                                       messages=[{"role": "user", "content": "Reply with the digit 1."}])
+    except Exception as exc:  # noqa: BLE001 - any failure means: judge not usable now
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
 def item_scores(response: str | None, reference: str) -> dict[str, float]:
     """Per-item offline scores (the report lists them; the aggregates come from :func:`aggregate`)."""
     if response is None:

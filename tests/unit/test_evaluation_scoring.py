@@ -185,3 +185,33 @@ def test_the_time_budget_stops_asking_and_a_later_call_asks_only_for_what_is_mis
     assert not complete and len(calls) == 4
     answers, complete = collect_answers(items, {"candidate": answer}, store, parallelism=1, budget_s=100, clock=lambda: now[0])
     assert complete and len(calls) == 10 and len(set(calls)) == 10 and len(answers) == 10
+
+
+# --------------------------------------------------------------------------- the optional judge model
+
+
+def test_a_configured_judge_grades_similarity_and_relevance_and_an_outage_leaves_the_offline_metrics() -> None:
+    from shared.evaluation.evalset import EvalSet
+    from shared.evaluation.judge import score_answers
+    from shared.evaluation.metrics import judge_config
+    from tests.fakes.judge import judge_server
+
+    assert judge_config(make_settings()) is None
+    items = [item_of([{"role": "user", "content": f"capital {i}?"}, {"role": "assistant", "content": "Paris"}], "golden", "g")
+             for i in range(2)]
+    evalset = EvalSet("bot", tuple(items), None, ("g",))
+    answers = {("candidate", items[0].id): {"answer": "Paris"}, ("candidate", items[1].id): {"answer": "Rome"}}
+    with judge_server(good_word="Rome") as judge:
+        s = make_settings(EVAL_JUDGE_ENDPOINT=judge.base_url, EVAL_JUDGE_MODEL="judge-model", EVAL_JUDGE_API_KEY="k1")
+        figures, rows = score_answers(s, evalset, answers, ["candidate"])
+        assert len(judge.requests) == 5 and {r["model"] for r in judge.requests} == {"judge-model"}  # a probe + 2 x 2
+        assert {r["path"] for r in judge.requests} == {"/v1/chat/completions"}
+        assert all(r["authorization"] == "Bearer k1" for r in judge.requests)
+        assert [row["candidate"]["scores"]["judge_similarity"] for row in rows] == [1.0, 5.0]
+        assert figures["candidate"]["judge_similarity"] == 3.0 and figures["candidate"]["judge_relevance"] == 3.0
+        judge.failing = True
+        seen, t0 = len(judge.requests), time.monotonic()
+        figures, rows = score_answers(s, evalset, answers, ["candidate"])
+        assert len(judge.requests) == seen + 1 and time.monotonic() - t0 < 15  # the probe only, no retries
+        assert "judge_similarity" not in figures["candidate"] and figures["candidate"]["rouge_l"] == 0.5
+        assert "InternalServerError" in figures["candidate"]["judge_error"]
