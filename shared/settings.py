@@ -3,7 +3,7 @@
 Values come from the process environment and, when the app runs locally, from the
 ``Values`` of ``local.settings.json`` (the environment wins, as under Core Tools).
 Every setting has its environment name, default and meaning in ``SPECS`` so that the
-README, the local host (``%NAME%`` binding expressions) and validation share one table.
+docs/configuration.md, the local host (``%NAME%`` binding expressions) and validation share one table.
 Tests swap the object with :func:`use_settings` instead of patching ``os.environ``.
 """
 
@@ -131,13 +131,19 @@ class Spec:
     default: str | None  # None: required (when the condition in _required applies)
     parse: Callable[[str, str], Any]
     doc: str
+    shown: str | None = None  # the default as docs/configuration.md shows it, where the value itself says little
+
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        return "(empty)" if self.default == "" else "(required)" if self.default is None else f"`{self.default}`"
 
 
-# field name -> spec. Order is the README's order.
+# field name -> spec. Order is the order of docs/configuration.md (generated: python -m scripts.settings_table).
 SPECS: dict[str, Spec] = {
     # --- app and storage
     "ml_backend": Spec("ML_BACKEND", "local", _str, "Which ML backend the app drives: `local` (embedded workspace) or `azureml`."),
-    "storage_connection": Spec("AzureWebJobsStorage", LOCAL_DEV_STORAGE, _str, "Storage connection string, Azurite by default locally. In Azure do not set it at all (not even empty: the blob trigger's SDK binding then fails with `Invalid URL: https://`); there it has no default and the identity-based settings below are used."),
+    "storage_connection": Spec("AzureWebJobsStorage", LOCAL_DEV_STORAGE, _str, "Storage connection string, Azurite by default locally. In Azure do not set it at all (not even empty: the blob trigger's SDK binding then fails with `Invalid URL: https://`); there it has no default and the identity-based settings below are used.", shown='`Azurite on 127.0.0.1:10000-10002` (none in Azure)'),
     "storage_account_name": Spec("AzureWebJobsStorage__accountName", "", _str, "Identity-based storage: account name (stands for the three service URIs below when they are not set)."),
     "storage_blob_service_uri": Spec("AzureWebJobsStorage__blobServiceUri", "", _str, "Identity-based storage: blob endpoint, e.g. `https://<account>.blob.core.windows.net` (read by the blob binding extension and the app)."),
     "storage_queue_service_uri": Spec("AzureWebJobsStorage__queueServiceUri", "", _str, "Identity-based storage: queue endpoint (the Functions host's own storage)."),
@@ -169,14 +175,14 @@ SPECS: dict[str, Spec] = {
     "collection_model_names": Spec("COLLECTION_MODEL_NAMES", "", _json_obj, "Corpus mode: JSON object collection -> fine-tuned model name (default: `default` -> `FINETUNED_MODEL_NAME`'s name, any other collection -> that name + `-<collection>`)."),
     "max_running_jobs": Spec("MAX_RUNNING_JOBS", "2", _int, "Corpus mode: at most this many fine-tuning jobs run at once across collections (0: no limit); a due submission beyond it waits, pending."),
     "finetune_budget_usd": Spec("FINETUNE_BUDGET_USD", "", _opt_float, "Corpus mode: monthly (UTC calendar month) fine-tuning budget in USD, counted from the jobs' real run times x `INSTANCE_HOURLY_PRICES`; once spent, submissions wait, pending (empty: no budget)."),
-    "eventgrid_webhook_url": Spec("EVENTGRID_WEBHOOK_URL", "", _str, "Local backend: where the workspace posts its job events (the app's Event Grid webhook); empty: the `on_job_event` webhook of the local host on `LOCAL_HOST_PORT`."),
+    "eventgrid_webhook_url": Spec("EVENTGRID_WEBHOOK_URL", "", _str, "Local backend: where the workspace posts its job events (the app's Event Grid webhook); empty: the `on_job_event` webhook of the local host on `LOCAL_HOST_PORT`.", shown='(empty: derived)'),
     "local_host_port": Spec("LOCAL_HOST_PORT", "7071", _int, "Local stack: port of the local Functions host (`make up`, `python -m devhost.host`); the job-event webhook follows it unless `EVENTGRID_WEBHOOK_URL` is set."),
     # --- local workspace
-    "local_workspace_dir": Spec("LOCAL_WORKSPACE_DIR", str(PROJECT_ROOT / ".local" / "workspace"), _str, "Folder of the local workspace (jobs, MLflow database, models, endpoint records)."),
+    "local_workspace_dir": Spec("LOCAL_WORKSPACE_DIR", str(PROJECT_ROOT / ".local" / "workspace"), _str, "Folder of the local workspace (jobs, MLflow database, models, endpoint records).", shown='`./.local/workspace`'),
     "local_base_model": Spec("LOCAL_BASE_MODEL", "smollm2", _str, "Local base model: `smollm2` (SmolLM2-135M-Instruct) or `tiny-random` (fast tests)."),
-    "local_workspace_id": Spec("LOCAL_WORKSPACE_ID", LOCAL_WORKSPACE_ID, _str, "Resource id the local workspace uses as its Event Grid topic."),
-    "local_model_cache": Spec("LOCAL_MODEL_CACHE", str(PROJECT_ROOT / ".local" / "models"), _str, "Local workspace: folder caching the base models as plain transformers folders (shared by workspaces, built once)."),
-    "local_max_parallel_jobs": Spec("LOCAL_MAX_PARALLEL_JOBS", "", _parallel_jobs, "Local workspace: at most this many fine-tunes train at once; the others wait (`queued`) and start in submission order (empty: half the CPU cores, at least 1)."),
+    "local_workspace_id": Spec("LOCAL_WORKSPACE_ID", LOCAL_WORKSPACE_ID, _str, "Resource id the local workspace uses as its Event Grid topic.", shown='`a fixed local resource id`'),
+    "local_model_cache": Spec("LOCAL_MODEL_CACHE", str(PROJECT_ROOT / ".local" / "models"), _str, "Local workspace: folder caching the base models as plain transformers folders (shared by workspaces, built once).", shown='`./.local/models`'),
+    "local_max_parallel_jobs": Spec("LOCAL_MAX_PARALLEL_JOBS", "", _parallel_jobs, "Local workspace: at most this many fine-tunes train at once; the others wait (`queued`) and start in submission order (empty: half the CPU cores, at least 1).", shown='(half the CPU cores, at least 1)'),
     # --- Azure ML
     "azure_subscription_id": Spec("AZURE_SUBSCRIPTION_ID", "", _str, "Azure ML backend: subscription of the workspace (or use `AZURE_ML_CONFIG`)."),
     "azure_resource_group": Spec("AZURE_RESOURCE_GROUP", "", _str, "Azure ML backend: resource group of the workspace."),
@@ -236,7 +242,7 @@ SPECS: dict[str, Spec] = {
     "idle_grace_minutes": Spec("IDLE_GRACE_MINUTES", "15", _float, "Never delete an endpoint within this many minutes after it became active."),
     "janitor_keep_latest": Spec("JANITOR_KEEP_LATEST", "false", _bool, "Never delete a model's active endpoint."),
     "janitor_dry_run": Spec("JANITOR_DRY_RUN", "false", _bool, "Report what would be deleted, delete nothing."),
-    "instance_hourly_prices": Spec("INSTANCE_HOURLY_PRICES", '{"Standard_NC6s_v3": 3.06, "Standard_NC12s_v3": 6.12, "Standard_NC24s_v3": 12.24, "Standard_NC24ads_A100_v4": 3.67, "local": 0.0}', _json_obj, "JSON object: USD per instance-hour by instance type, for the janitor's savings estimate."),
+    "instance_hourly_prices": Spec("INSTANCE_HOURLY_PRICES", '{"Standard_NC6s_v3": 3.06, "Standard_NC12s_v3": 6.12, "Standard_NC24s_v3": 12.24, "Standard_NC24ads_A100_v4": 3.67, "local": 0.0}', _json_obj, "JSON object: USD per instance-hour by instance type, for the janitor's savings estimate.", shown='`NC6s_v3 $3.06, NC12s_v3 $6.12, NC24s_v3 $12.24, NC24ads_A100_v4 $3.67, local $0`'),
     "training_tokens_per_second": Spec("TRAINING_TOKENS_PER_SECOND", '{"Standard_NC24ads_A100_v4": 2500, "Standard_NC6s_v3": 700, "Standard_NC12s_v3": 1400, "Standard_NC24s_v3": 2800, "local": 400}', _json_obj, "JSON object: training throughput (tokens per second per instance) by instance type, for the report's cost forecast (tokens x epochs / throughput x `INSTANCE_HOURLY_PRICES`) that the spend guard adds to what is spent."),
     # --- observability
     "appinsights_connection_string": Spec("APPLICATIONINSIGHTS_CONNECTION_STRING", "", _str, "Application Insights connection string: when set, the functions export OpenTelemetry spans (one trace per upload); empty: nothing is sent anywhere."),

@@ -29,7 +29,7 @@ class Expr:
 
 
 def render(value: Any) -> str:
-    """Bicep-like text of a pycep value (for messages and the README table)."""
+    """Bicep-like text of a pycep value (for messages and the docs/deploying.md table)."""
     chain = access_chain(value)
     if chain:
         return ".".join(chain)
@@ -151,7 +151,7 @@ def relative(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
-# --------------------------------------------------------------------------- README reference tables
+# --------------------------------------------------------------------------- docs/deploying.md reference tables
 
 ROLE_PRINCIPALS = {"appPrincipalId": "app identity", "workspacePrincipalId": "workspace identity"}
 SCOPE_NAMES = {
@@ -198,6 +198,6 @@ def subscriptions_table() -> list[str]:
     return rows
 
 
-if __name__ == "__main__":  # regenerate the README's reference tables: python -m tests.infra_template
+if __name__ == "__main__":  # regenerate docs/deploying.md's reference tables: python -m tests.infra_template
     for table in (settings_table(), roles_table(), subscriptions_table()):
         print("\n".join(table), end="\n\n")

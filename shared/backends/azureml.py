@@ -38,7 +38,7 @@ Deployment state machine (every call returns at once; Azure does the long work):
 Long operations are started with one request each and never polled (:mod:`azureml_rest`): the
 SDK's ``begin_*`` pollers would keep polling in daemon threads of the function host (and print
 dots); the ``reconcile`` timer re-reads the state instead. Reads are the minimum the step needs
-(README "Azure ML backend: checks, no pollers, round trips" lists the counts a test measures).
+(docs/azureml-backend.md lists the counts a test measures).
 
 Before anything is submitted the registry model's lifecycle (``FinetuneRetirementDate`` /
 ``InferenceRetirementDate``), both instance types (allow lists, retired sizes) and the datastore

@@ -6,7 +6,7 @@ The browser opens the page once and never navigates again: every change below mu
 the page's own refresh. It shows the empty workspace, a rejected upload with its line numbers,
 a completed job with its loss curve, a deployed endpoint that served a call and was then
 deleted by the janitor as idle; and a clear page when storage is down. The run saves a
-screenshot to ``docs/dashboard.png`` (the README shows it).
+screenshot to ``docs/dashboard.png`` (docs/dashboard.md shows it).
 
 ``make test-browser`` installs Chromium (``apt-get install -y chromium``) when it is missing;
 Playwright never downloads a browser here (``executable_path``).

@@ -115,7 +115,7 @@ def test_host_killed_mid_preparation_and_make_down_make_up_come_back(tmp_path):
         up = stack.run("up")
         assert "Reconcile: started" in up.stdout, up.stdout
 
-        # 1. an upload is prepared, trained, deployed; reconcile on demand (README's troubleshooting) settles it
+        # 1. an upload is prepared, trained, deployed; reconcile on demand (docs/troubleshooting.md) settles it
         write(tmp_path / "small.jsonl", count=40, seed=2, malformed=0)
         stack.run("upload", str(tmp_path / "small.jsonl"))
 

@@ -45,7 +45,7 @@ def test_checkov_has_no_failed_check() -> None:
 
 def test_checkov_parsed_every_file() -> None:
     summary = checkov_report()["summary"]
-    assert summary["parsing_errors"] == 0, f"checkov could not parse {summary['parsing_errors']} file(s) (its pycep is older: see README)"
+    assert summary["parsing_errors"] == 0, f"checkov could not parse {summary['parsing_errors']} file(s) (its pycep is older: see docs/deploying.md)"
     assert summary["resource_count"] > 0 and summary["passed"] > 0, summary
 
 

@@ -1,4 +1,4 @@
-"""The README's "Deploying to Azure" section: two commands, and reference tables that match infra/."""
+"""docs/deploying.md: two commands, and reference tables that match infra/."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from tests.bicep_checks import ROOT
 
 
 def section() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index("## Deploying to Azure")
-    end = text.index("\n## ", start + 1)
-    return text[start:end]
+    return (ROOT / "docs" / "deploying.md").read_text(encoding="utf-8")
 
 
 def tables(text: str) -> list[list[str]]:
@@ -33,10 +30,10 @@ def test_deploy_is_two_commands_and_a_teardown() -> None:
     commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
     assert commands == ["azd auth login", "azd up"]
     assert "azd down --purge" in text
-    assert f"{postdeploy.DEFAULT_ATTEMPTS} checks, {postdeploy.DEFAULT_DELAY_S:.0f} s apart" in text, "README's wait bound != the step's"
+    assert f"{postdeploy.DEFAULT_ATTEMPTS} checks, {postdeploy.DEFAULT_DELAY_S:.0f} s apart" in text, "docs/deploying.md's wait bound != the step's"
 
 
 def test_reference_tables_are_generated_from_the_template() -> None:
     found = tables(section())
     expected = [tpl.settings_table(), tpl.roles_table(), tpl.subscriptions_table()]
-    assert found == expected, "README reference tables are out of date: regenerate with `.venv/bin/python -m tests.infra_template`"
+    assert found == expected, "docs/deploying.md's reference tables are out of date: regenerate with `.venv/bin/python -m tests.infra_template`"

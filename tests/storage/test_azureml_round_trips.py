@@ -1,6 +1,6 @@
 """The event-to-endpoint flow on the real SDK against the published-example fakes, with the ledger on
 Azurite: a real pipeline event's payload shape is acted on, and every step's ARM round trips are
-counted from the fake's request log (README "Azure ML round trips" shows the table).
+counted from the fake's request log (docs/azureml-backend.md shows the table).
 
 Each ARM call costs 100-500 ms in Azure; the minimum of each step is what the step cannot do
 without (the cookbook's own sequence), and every step must stay within the minimum + 1.
@@ -137,7 +137,7 @@ def test_every_step_stays_within_the_minimum_plus_one(flow, fixtures_dir):
         assert len(warm[step]) <= minimum + 1, (step, warm[step])
         # A worker's first call adds at most the one workspace read (region, run history host) it keeps.
         assert len(cold[step]) <= minimum + 1 + (step == "RunCompleted"), (step, cold[step])
-    # Shown with `pytest -s` (the README's table).
+    # Shown with `pytest -s` (docs/azureml-backend.md's table).
     print("\n| step | minimum | warm worker | first call of a worker | the minimum |")
     print("\n".join(rows))
     for step, calls in cold.items():

@@ -22,7 +22,7 @@ from tests.support import ROOT, TIER_MARKERS
 TESTS = ROOT / "tests"
 TIER_NAMES = {marker for markers in TIER_MARKERS.values() for marker in markers}
 
-# What each target runs, by tier (the README's "make test" and the CI entry point rely on it).
+# What each target runs, by tier (docs/tests.md and the CI entry point rely on it).
 EXPECTED_TIERS = {
     "test": {"unit", "storage", "infra", "e2e"},
     "test-fast": {"unit", "storage", "infra"},
