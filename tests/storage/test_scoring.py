@@ -26,6 +26,7 @@ from shared.scoring.scorer import BUSY_RETRIES, Scorer, reset_scorers, use_score
 from shared.settings import Settings, use_settings
 from tests.stub_endpoint import (
     RunningServer,
+    Scripted,
     StubEndpoint,
     StubTargetBackend,
     bound_socket,
@@ -748,3 +749,28 @@ def test_a_pinned_version_whose_endpoint_is_gone_is_redeployed(world: World) -> 
     assert reply.status == 503 and reply.body["error"]["code"] == "scaled_to_zero"
     assert [m.ref for m in world.redeploys] == [f"{MODEL_NAME}:1"]  # that version, not the active one
     assert world.post(CHAT, {"model": MODEL_NAME, "messages": [{"role": "user", "content": PROMPT}]}).status == 200
+
+
+# ---- a candidate beside the champion (shared.rollout): its failures never reach the client
+
+
+def test_a_candidate_failing_in_its_canary_is_answered_by_the_champion(world: World) -> None:
+    ep = seed_model(world.ledger, MODEL_NAME, "1")
+    world.ledger.annotate(ENDPOINT, ep, deployment="default", deployments=["version-2"])
+    chat = {"model": MODEL_NAME, "messages": [{"role": "user", "content": PROMPT}]}
+    # The endpoint's split sent this request to the candidate, which failed (the header says who answered).
+    world.stub.script.append(Scripted(500, {"azureml-model-deployment": "version-2"}, b'{"error": "boom"}'))
+    reply = world.post(CHAT, chat)
+    assert reply.status == 200, reply.body
+    first, second = world.stub.requests[-2:]
+    assert first["headers"].get("azureml-model-deployment") != "default"  # as the backend's target says
+    assert second["headers"]["azureml-model-deployment"] == "default", "asked again, pinned to the champion"
+    # The champion's own failure is the client's answer (502), not retried around.
+    world.stub.script.append(Scripted(500, {"azureml-model-deployment": "default"}, b'{"error": "boom"}'))
+    assert world.post(CHAT, chat).status == 502
+    # Without a candidate beside it, a 5xx is answered as before (no second request).
+    sent = len(world.stub.requests)
+    world.ledger.annotate(ENDPOINT, ep, deployments=[])
+    world.scorer.forget_route(MODEL_NAME)
+    world.stub.script.append(Scripted(500, {"azureml-model-deployment": "version-2"}, b'{"error": "boom"}'))
+    assert world.post(CHAT, chat).status == 502 and len(world.stub.requests) == sent + 1
