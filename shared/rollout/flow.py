@@ -226,6 +226,11 @@ def advance_all(ctx: Context, summary: Counter[str] | None = None, *, endpoint: 
     for record in ctx.ledger.list(R.ROLLOUT):
         if endpoint is not None and record.get("endpoint") != endpoint:
             continue
+        if record.state == R.ROLLOUT_REJECTED and record.get("cleanup_done"):
+            try:
+                record = _forced_on(record, ctx) or record
+            except Exception:  # noqa: BLE001 - retried next call
+                log.warning("rollout %s: forced promotion failed; retried next call", record.id, exc_info=True)
         if record.state in R.ROLLOUT_LIVE or not record.get("cleanup_done"):
             try:
                 record = advance(record, ctx, summary, judge=judge)
@@ -236,6 +241,27 @@ def advance_all(ctx: Context, summary: Counter[str] | None = None, *, endpoint: 
             if record.state in R.ROLLOUT_LIVE:
                 in_flight += 1
     return in_flight
+
+
+def _forced_on(record: Record, ctx: Context) -> Record | None:
+    """An operator's ``cli promote --force`` of a rejected candidate (its evaluation record turned
+    "promoted"): its deployment is started again beside the champion and it goes on to the canary
+    (the evaluation then returns the operator's verdict at once)."""
+    evaluation = ctx.ledger.get(R.EVALUATION, record.id)
+    if evaluation is None or evaluation.state != R.EVAL_PROMOTED or record.get("mode") == "rollback":
+        return None
+    if _champion_gone(record, ctx):
+        return None  # nothing serves beside which to canary it; a newer version will be judged instead
+    moved = ctx.ledger.transition(R.ROLLOUT, record.id, {R.ROLLOUT_REJECTED}, R.ROLLOUT_DEPLOYING, cleanup_done=False,
+                                  forced_at=_now(), reason="promoted by an operator after its rejection",
+                                  verdict=None, decided_at=None)
+    if moved is None:
+        return None
+    ctx.ledger.transition(R.MODEL, record.id, {R.MODEL_REJECTED}, R.MODEL_DEPLOYING)
+    _annotate_endpoint_deployments(ctx, record.get("endpoint"), add=record.get("deployment"))
+    _start_deployment(moved, ctx)
+    log.info("rollout %s: forced on by an operator; redeploying %s beside the champion", record.id, record.get("deployment"))
+    return ctx.ledger.get(R.ROLLOUT, record.id) or moved
 
 
 def _champion_gone(record: Record, ctx: Context) -> str | None:

@@ -251,3 +251,19 @@ def test_cli_rollback_moves_traffic_between_the_deployments_of_the_one_endpoint(
     route = ctx.ledger.get(R.ROUTE, MODEL)
     assert (route.get("endpoint"), route.get("model_version")) == (EP, "1")
     assert ctx.ledger.get(R.ENDPOINT, EP).get("model") == f"{MODEL}:1"
+
+
+def test_a_rejected_candidate_forced_on_by_an_operator_is_redeployed_and_canaried(world) -> None:  # noqa: ANN001
+    ctx, ws = world
+    start(ctx)
+    ws.finish_candidate(EP, DEP)
+    assert advance(ctx.ledger.get(R.ROLLOUT, V2.ref), ctx, judge=StandInJudge(promote=False)).state == R.ROLLOUT_REJECTED
+    assert advance_all(ctx, judge=StandInJudge(promote=False)) == 0  # nothing more while the verdict stands
+    # `cli promote --force` (shared.evaluation): the evaluation record says promoted now
+    ctx.ledger.create(R.EVALUATION, V2.ref, R.EVAL_PROMOTED, reason="forced by an operator", decided_by="operator")
+    assert advance_all(ctx, judge=StandInJudge(promote=True)) == 1
+    assert ctx.ledger.get(R.ROLLOUT, V2.ref).state == R.ROLLOUT_DEPLOYING and (EP, DEP) in ws.deployments
+    ws.finish_candidate(EP, DEP)
+    advance_all(ctx, judge=StandInJudge(promote=True))
+    assert ctx.ledger.get(R.ROLLOUT, V2.ref).state == R.ROLLOUT_CANARY
+    assert ws.endpoints[EP].traffic == {"default": 90, DEP: 10}
