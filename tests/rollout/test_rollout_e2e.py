@@ -101,7 +101,8 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
         reconcile_schedule="*/20 * * * * *", janitor_schedule="0 0 0 1 1 *",
         eval_max_conversations=6, eval_max_new_tokens=24, eval_time_budget_s=600.0,
         eval_rules={COLLECTION: [{"name": "house style", "must": "(?i)(ahoy|arr|matey)", "min_pass_rate": 0.5}]},
-        canary_percent=50, canary_minutes=2.0, canary_min_requests=3,
+        # latency on a 2-core CPU shared with the fine-tunes and the evaluation is noise: the canary is judged on errors
+        canary_percent=50, canary_minutes=2.0, canary_min_requests=3, canary_max_p95_ratio=50.0,
     )
     use_settings(settings)
     ledger = Ledger.from_settings(settings)
