@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,3 +69,23 @@ def storage_settings(azurite: Azurite, tmp_path: Path) -> Iterator[Settings]:
     finally:
         use_settings(None)
         use_backend(None)
+
+
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its schema migrated once per session (a fresh store's migration
+    costs each local workspace about 10 s of its first job)."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    code = "import mlflow, sys; c = mlflow.MlflowClient(sys.argv[1]); c.search_experiments(); c.search_registered_models()"
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], check=True, capture_output=True, timeout=300)
+    return path
+
+
+@pytest.fixture
+def migrated_mlflow_store(mlflow_store_template: Path, tmp_path: Path) -> Path:
+    """This test's local workspace (``tmp_path/workspace``, as the settings fixtures name it) starts
+    with an already migrated MLflow store: what a workspace looks like after its first job."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir(exist_ok=True)
+    shutil.copyfile(mlflow_store_template, workspace / "mlflow.db")
+    return workspace / "mlflow.db"

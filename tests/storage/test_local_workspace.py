@@ -63,6 +63,7 @@ def backend_with_sink(storage_settings: Settings, event_sink: EventSink) -> Iter
 
 # --- the whole lifecycle ---------------------------------------------------------------------
 
+@pytest.mark.usefixtures("migrated_mlflow_store")
 @pytest.mark.storage
 def test_job_event_register_deploy_score_delete(backend_with_sink: tuple[LocalBackend, Settings], event_sink: EventSink) -> None:
     backend, s = backend_with_sink
@@ -161,6 +162,7 @@ def test_job_event_register_deploy_score_delete(backend_with_sink: tuple[LocalBa
         backend.get_scoring_target("tiny-chat-ft-1")
 
 
+@pytest.mark.usefixtures("migrated_mlflow_store")
 @pytest.mark.storage
 def test_corrupt_training_file_fails_with_log_and_failed_event(
     backend_with_sink: tuple[LocalBackend, Settings], event_sink: EventSink,
@@ -181,6 +183,7 @@ def test_corrupt_training_file_fails_with_log_and_failed_event(
         backend.register_model(job, "tiny-chat-ft")
 
 
+@pytest.mark.usefixtures("migrated_mlflow_store")
 @pytest.mark.storage
 def test_canceled_job_is_recorded_and_announced(backend_with_sink: tuple[LocalBackend, Settings], event_sink: EventSink) -> None:
     backend, s = backend_with_sink

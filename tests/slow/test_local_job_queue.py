@@ -36,7 +36,7 @@ def one_at_a_time(storage_settings: Settings) -> Iterator[tuple[LocalBackend, Se
 
 
 @pytest.mark.storage
-@pytest.mark.e2e  # real training jobs (~90 s): not in test-fast
+# three real fine-tunes one after another (minutes on 2 busy cores): the slow tier
 def test_jobs_beyond_the_limit_wait_and_start_in_submission_order(one_at_a_time: tuple[LocalBackend, Settings]) -> None:
     backend, s = one_at_a_time
     train, test = upload_prepared_dataset(s, "ds-queue", seed=4)
@@ -67,7 +67,7 @@ def test_jobs_beyond_the_limit_wait_and_start_in_submission_order(one_at_a_time:
 
 
 @pytest.mark.storage
-@pytest.mark.e2e  # real training jobs (~90 s): not in test-fast
+# three real fine-tunes one after another (minutes on 2 busy cores): the slow tier
 def test_a_canceled_waiting_job_does_not_block_the_queue(one_at_a_time: tuple[LocalBackend, Settings]) -> None:
     backend, s = one_at_a_time
     train, test = upload_prepared_dataset(s, "ds-cancel-q", seed=6)
