@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from azure.data.tables import TableServiceClient
-    from azure.storage.blob import BlobServiceClient
+    from azure.storage.blob import BlobServiceClient, ContainerClient
     from azure.storage.queue import QueueClient, QueueServiceClient
 
 log = logging.getLogger(__name__)
 
 WEBJOBS_HOSTS_CONTAINER = "azure-webjobs-hosts"
+UPLOAD_BLOCK_BYTES = 4 << 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -162,3 +165,21 @@ def bounded_table_service(settings: Settings | None = None, *, connect_s: float 
     short connect and read timeouts (the default client retries for ~5 s before failing)."""
     s = settings or get_settings()
     return _bounded_table_service(s.storage_connection, s.storage_account_name, s.azure_client_id, connect_s, read_s)
+
+
+def upload_file(container: ContainerClient, name: str, path: Path) -> None:
+    """Upload a spool file block by block (memory stays at one block whatever the file size)."""
+    from azure.storage.blob import BlobBlock, ContentSettings
+
+    content = ContentSettings(content_type="application/jsonl")
+    blob = container.get_blob_client(name)
+    if path.stat().st_size <= UPLOAD_BLOCK_BYTES:
+        blob.upload_blob(path.read_bytes(), overwrite=True, content_settings=content)
+        return
+    blocks = []
+    with open(path, "rb") as f:
+        while chunk := f.read(UPLOAD_BLOCK_BYTES):
+            block_id = f"{len(blocks):08d}"
+            blob.stage_block(block_id, chunk)
+            blocks.append(BlobBlock(block_id=block_id))
+    blob.commit_block_list(blocks, content_settings=content)

@@ -213,9 +213,8 @@ def materialise_corpus(settings: Settings, collection: str, datasets: list[Recor
     """
     from azure.storage.blob import ContentSettings
 
-    from shared.datasets.intake import upload_file
     from shared.ledger import iso, utcnow
-    from shared.storage import blob_service
+    from shared.storage import blob_service, upload_file
 
     existing = read_manifest(settings, collection, corpus_id)
     if existing is not None:

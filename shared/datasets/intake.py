@@ -44,12 +44,14 @@ from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneReque
 from shared.datasets.chat_data import ChunkStream, PreparedData, detect_format, prepare_stream, strip_format_suffix
 from shared.datasets.collections import canonical_collection_of, folder_problem
 from shared.datasets.evalset import is_golden_blob
+from shared.datasets.outcome import DatasetOutcome
 from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, get_settings
+from shared.storage import upload_file
 
 if TYPE_CHECKING:
-    from azure.storage.blob import BlobClient, ContainerClient
+    from azure.storage.blob import BlobClient
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +59,8 @@ DATASET_TAG = "dataset-id"
 SOURCE_BLOB_TAG = "source-blob"
 # A submission claimed longer ago than this is taken to have died with its worker. Far longer
 # than any submit call takes, so two live deliveries never both submit.
-UPLOAD_BLOCK_BYTES = 4 << 20
 _MAX_STEM = 48
 _NOT_ID_CHARS = re.compile(r"[^a-z0-9]+")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetOutcome:
-    """What one delivery did. ``status``: ignored, missing, rejected, submitted, already_rejected,
-    already_submitted, submission_in_progress, eval (a golden file under ``<collection>/eval/``:
-    evaluated on, never trained on), already_eval; corpus mode also: pending (due later),
-    waiting_for_job (a job of the collection runs), held (the spend guard), already_retired."""
-
-    status: str
-    blob_name: str
-    dataset_id: str | None = None
-    job_name: str | None = None
-    reasons: tuple[str, ...] = ()
-    counts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def dataset_id_for(blob_name: str, content_sha256: str, *, name_hex: int = 12) -> str:
@@ -210,24 +196,6 @@ def _upload_outputs(s: Settings, prefix: str, prepared: PreparedData, report: di
     container.upload_blob(blobs["report_blob"], orjson.dumps(report, option=orjson.OPT_INDENT_2), overwrite=True,
                           content_settings=ContentSettings(content_type="application/json"))
     return blobs
-
-
-def upload_file(container: ContainerClient, name: str, path: Path) -> None:
-    """Upload a spool file block by block (memory stays at one block whatever the file size)."""
-    from azure.storage.blob import BlobBlock, ContentSettings
-
-    content = ContentSettings(content_type="application/jsonl")
-    blob = container.get_blob_client(name)
-    if path.stat().st_size <= UPLOAD_BLOCK_BYTES:
-        blob.upload_blob(path.read_bytes(), overwrite=True, content_settings=content)
-        return
-    blocks = []
-    with open(path, "rb") as f:
-        while chunk := f.read(UPLOAD_BLOCK_BYTES):
-            block_id = f"{len(blocks):08d}"
-            blob.stage_block(block_id, chunk)
-            blocks.append(BlobBlock(block_id=block_id))
-    blob.commit_block_list(blocks, content_settings=content)
 
 
 def submit_accepted_dataset(dataset_id: str, settings: Settings | None = None, *, ledger: Ledger | None = None,

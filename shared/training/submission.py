@@ -36,7 +36,7 @@ from shared.backends.base import (
 )
 from shared.datasets.collections import collection_of, model_name_for
 from shared.datasets.corpus import corpus_id_for, materialise_corpus
-from shared.datasets.intake import DatasetOutcome
+from shared.datasets.outcome import DatasetOutcome
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, get_settings

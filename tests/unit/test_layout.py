@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 from pathlib import Path
@@ -67,3 +68,129 @@ def test_shared_is_made_of_capability_packages() -> None:
     for package in packages:
         doc = (ROOT / "shared" / package / "__init__.py").read_text()
         assert doc.lstrip().startswith('"""'), f"shared/{package}/__init__.py must say what the package does"
+
+
+# --- the import graph: no cycles, imports inside functions included -----------------------------
+
+PROJECT_PACKAGES = ("shared", "functions", "devhost", "localworkspace", "scripts", "bench")
+# Cycles not cut yet (issue #27 item 4, the rollout's call-backs landed with #24): each one listed
+# here must still exist (a cut one fails until it is struck off), and any other cycle fails.
+KNOWN_CYCLES = {
+    frozenset({"shared.backends.azureml", "shared.backends.azureml_rollout"}),
+    frozenset({"shared.endpoints.followup", "shared.endpoints.lifecycle", "shared.rollout", "shared.rollout.flow"}),
+}
+MAX_MODULE_LINES = 500
+# Modules of shared/ over MAX_MODULE_LINES that are still to be split (issue #27 item 5); no other may grow past it.
+LONG_MODULES = {
+    "shared/backends/azureml.py", "shared/backends/local.py", "shared/datasets/chat_data.py", "shared/endpoints/lifecycle.py",
+    "shared/observability/dashboard.py", "shared/observability/status.py", "shared/scoring/contract.py",
+    "shared/scoring/scorer.py", "shared/settings.py",
+}
+
+
+def project_modules(root: Path = ROOT) -> dict[str, Path]:
+    found = {"function_app": root / "function_app.py"} if (root / "function_app.py").is_file() else {}
+    for top in PROJECT_PACKAGES:
+        for path in (root / top).rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the project modules it imports, wherever the import stands (module level or in a
+    function); only ``if TYPE_CHECKING:`` blocks, which never run, are left out."""
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        never_run = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                     for stmt in node.body for n in ast.walk(stmt)}
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(tree):
+            if id(node) in never_run:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[frozenset[str]] = []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, successors = work[-1]
+            for succ in successors:
+                if succ not in index:
+                    index[succ] = low[succ] = len(index)
+                    stack.append(succ)
+                    on_stack.add(succ)
+                    work.append((succ, iter(sorted(graph[succ]))))
+                    break
+                if succ in on_stack:
+                    low[node] = min(low[node], index[succ])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = set()
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.add(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(frozenset(component))
+    return found
+
+
+def test_no_import_cycles() -> None:
+    found = set(cycles(import_graph(project_modules())))
+    new = [sorted(c) for c in found - KNOWN_CYCLES]
+    gone = [sorted(c) for c in KNOWN_CYCLES - found]
+    assert new == [], f"import cycles (imports inside functions count too): {new}"
+    assert gone == [], f"cycles cut: strike them off KNOWN_CYCLES: {gone}"
+
+
+def test_no_module_of_shared_is_over_the_limit() -> None:
+    lengths = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "shared").rglob("*.py")}
+    over = {p: n for p, n in lengths.items() if n > MAX_MODULE_LINES and p not in LONG_MODULES}
+    assert over == {}, f"modules of shared/ over {MAX_MODULE_LINES} lines (split them by idea): {over}"
+    split = sorted(p for p in LONG_MODULES if lengths.get(p, 0) <= MAX_MODULE_LINES)
+    assert split == [], f"split or gone: strike them off LONG_MODULES: {split}"
+
+
+def test_the_cycle_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "__init__.py").write_text("")
+    (tmp_path / "shared" / "a.py").write_text("from shared.b import x\n")
+    (tmp_path / "shared" / "b.py").write_text("def x():\n    from shared import a\n    return a\n")
+    (tmp_path / "shared" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from shared import a\n")
+    (tmp_path / "shared" / "d.py").write_text("from . import c\n")
+    graph = import_graph(project_modules(tmp_path))
+    assert graph["shared.b"] == {"shared.a"} and graph["shared.c"] == set() and graph["shared.d"] == {"shared.c"}
+    assert cycles(graph) == [frozenset({"shared.a", "shared.b"})]
