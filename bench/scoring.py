@@ -44,6 +44,8 @@ if str(ROOT) not in sys.path:  # run as a script (make bench): make the project 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
 
+from localworkspace.ports import free_port, port_open  # noqa: E402
+
 TARGET_P50_MS = 2.0
 TARGET_P99_MS = 10.0
 MODEL_NAME = "bench-ft"
@@ -63,10 +65,6 @@ BODY = orjson.dumps(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 60.0) -> None:
@@ -74,10 +72,8 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if port_open(port):
+            return
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not listen on {port} within {timeout_s:.0f}s")
 
@@ -283,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.stub_endpoint import seed_model
 
     suffix = uuid.uuid4().hex[:8]
-    azurite = Azurite(blob_port=_free_port(), queue_port=_free_port(), table_port=_free_port())
+    azurite = Azurite(blob_port=free_port(), queue_port=free_port(), table_port=free_port())
     env = {
         "AzureWebJobsStorage": azurite.connection_string,
         "LEDGER_TABLE": f"benchledger{suffix}",
@@ -293,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "FUNCTION_KEY": FUNCTION_KEY,
     }
     child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-    stub_port, host_port = _free_port(), _free_port()
+    stub_port, host_port = free_port(), free_port()
     azurite_proc = stub = host = None
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
         try:

@@ -10,12 +10,13 @@ import dataclasses
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from localworkspace.ports import free_port as free_port  # the one copy; callers starting Azurite take it from here
+from localworkspace.ports import port_open
 from shared.settings import PROJECT_ROOT
 
 ACCOUNT = "devstoreaccount1"
@@ -43,19 +44,7 @@ class Azurite:
         return self.blob_port, self.queue_port, self.table_port
 
     def is_up(self) -> bool:
-        return all(_port_open(self.host, p) for p in self.ports())
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return all(port_open(p, self.host) for p in self.ports())
 
 
 def azurite_binary() -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from devhost.azurite import RUN_DIR, Azurite, start, stop_process
+from localworkspace.ports import port_open
 from shared.settings import PROJECT_ROOT, SettingsError, get_settings
 
 LOG_DIR = PROJECT_ROOT / ".local" / "logs"
@@ -55,10 +55,6 @@ def _alive(pid_file: Path) -> int | None:
         return None
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def host_port() -> int:
@@ -114,7 +110,7 @@ def start_host(port: int | None = None, env: dict[str, str] | None = None, timeo
     if _alive(HOST_PID) and host_state(port) == "Running":
         print(f"Local host: already running on http://127.0.0.1:{port}")
         return int(HOST_PID.read_text())
-    if _port_open(port):
+    if port_open(port):
         raise RuntimeError(f"port {port} is taken by another process (set LOCAL_HOST_PORT, or find it with `ss -ltnp`)")
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ from typing import Any
 
 from devhost.azurite import Azurite, free_port, start, stop_process
 from devhost.stack import offline_env
+from localworkspace.ports import port_open
 from scripts.make_sample_data import HELD_OUT, STYLE_OPENING, in_house_style
 from scripts.make_sample_data import write as write_sample
 from shared.settings import PROJECT_ROOT, Settings, load_settings
@@ -79,10 +79,6 @@ def http(method: str, url: str, body: dict | None = None, headers: dict[str, str
             return e.code, {"raw": raw.decode(errors="replace")}
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Demo:

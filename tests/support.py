@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from localworkspace.ports import port_open  # noqa: F401 - the tests import it from here
 from scripts.make_sample_data import pirate_conversations
 from shared.settings import Settings, load_settings
 from shared.storage import blob_service
@@ -63,10 +63,6 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str = "the 
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def upload_prepared_dataset(settings: Settings, dataset_id: str, seed: int, count: int = 24, train: int = 20) -> tuple[str, str]:

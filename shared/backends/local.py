@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from localworkspace import PROCESS_ENV
 from localworkspace.job_queue import enqueue
+from localworkspace.ports import free_port
 from localworkspace.workspace import (
     Workspace,
     now_iso,
@@ -101,10 +101,6 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalBackend:
@@ -347,7 +343,7 @@ class LocalBackend:
         """Start one deployment's model server; its entry for the record's ``deployments``."""
         dep_dir = self._deployment_dir(endpoint_name, deployment)
         dep_dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = free_port()
         self._spawn(
             ["-m", "localworkspace.serve", "--model-uri", f"models:/{model.name}/{model.version}",
              "--tracking-uri", self.ws.tracking_uri, "--port", str(port), "--activity-file", str(dep_dir / "activity"),
@@ -369,7 +365,7 @@ class LocalBackend:
                 return  # already deploying or serving this model
             if record:  # a different model, or a dead process: replace the endpoint's processes
                 self._stop_endpoint_processes(ep_dir)
-            port = _free_port()
+            port = free_port()
             key = secrets.token_urlsafe(32)
             activity = ep_dir / "activity"
             activity.unlink(missing_ok=True)
