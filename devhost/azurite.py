@@ -17,6 +17,7 @@ from pathlib import Path
 
 from localworkspace.ports import free_port as free_port  # the one copy; callers starting Azurite take it from here
 from localworkspace.ports import port_open
+from localworkspace.workspace import live_pid, write_pid_file
 from shared.settings import PROJECT_ROOT
 
 ACCOUNT = "devstoreaccount1"
@@ -115,17 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         print("up" if az.is_up() else "down")
         return 0 if az.is_up() else 1
     if args.action == "stop":
-        if pid_file.exists():
-            stop_process(int(pid_file.read_text()))
-            pid_file.unlink()
+        pid = live_pid(pid_file)
+        if pid:
+            stop_process(pid)
             print("Azurite stopped")
+        pid_file.unlink(missing_ok=True)
         return 0
     if az.is_up():
         print(f"Azurite already listening on {az.host}:{az.blob_port}-{az.table_port}")
         return 0
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     proc = start(az, Path(args.location))
-    pid_file.write_text(str(proc.pid))
+    write_pid_file(pid_file, proc.pid)
     print(f"Azurite started (pid {proc.pid}) blob http://{az.host}:{az.blob_port} table http://{az.host}:{az.table_port}")
     return 0
 

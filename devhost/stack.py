@@ -23,6 +23,7 @@ from pathlib import Path
 
 from devhost.azurite import RUN_DIR, Azurite, start, stop_process
 from localworkspace.ports import port_open
+from localworkspace.workspace import live_pid, write_pid_file
 from shared.settings import PROJECT_ROOT, SettingsError, get_settings
 
 LOG_DIR = PROJECT_ROOT / ".local" / "logs"
@@ -42,17 +43,6 @@ def offline_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
-
-
-def _alive(pid_file: Path) -> int | None:
-    if not pid_file.exists():
-        return None
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (ValueError, ProcessLookupError, PermissionError):
-        return None
 
 
 
@@ -99,7 +89,7 @@ def start_azurite() -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     proc = start(az, PROJECT_ROOT / ".local" / "azurite", LOG_DIR / "azurite.log")
-    AZURITE_PID.write_text(str(proc.pid))
+    write_pid_file(AZURITE_PID, proc.pid)
     print(f"Azurite: started (pid {proc.pid}) blob http://127.0.0.1:{az.blob_port} log {LOG_DIR / 'azurite.log'}")
 
 
@@ -107,9 +97,10 @@ def start_host(port: int | None = None, env: dict[str, str] | None = None, timeo
     """Start the local Functions host in the background; return its pid once its status route says
     ``Running`` (every trigger built and started, not just the port open)."""
     port = host_port() if port is None else port
-    if _alive(HOST_PID) and host_state(port) == "Running":
+    running = live_pid(HOST_PID)
+    if running and host_state(port) == "Running":
         print(f"Local host: already running on http://127.0.0.1:{port}")
-        return int(HOST_PID.read_text())
+        return running
     if port_open(port):
         raise RuntimeError(f"port {port} is taken by another process (set LOCAL_HOST_PORT, or find it with `ss -ltnp`)")
     RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -120,7 +111,7 @@ def start_host(port: int | None = None, env: dict[str, str] | None = None, timeo
             [sys.executable, "-m", "devhost.host", "--port", str(port)],
             cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=offline_env(env), start_new_session=True,
         )
-    HOST_PID.write_text(str(proc.pid))
+    write_pid_file(HOST_PID, proc.pid)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -136,7 +127,7 @@ def start_host(port: int | None = None, env: dict[str, str] | None = None, timeo
 
 
 def stop_host() -> None:
-    pid = _alive(HOST_PID)
+    pid = live_pid(HOST_PID)
     if pid:
         stop_process(pid, timeout_s=20)
         print(f"Local host: stopped (pid {pid})")
@@ -154,7 +145,7 @@ def stop_workspace() -> None:
 
 
 def stop_azurite() -> None:
-    pid = _alive(AZURITE_PID)
+    pid = live_pid(AZURITE_PID)
     if pid:
         stop_process(pid)
         print(f"Azurite: stopped (pid {pid})")
@@ -242,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
         stop_azurite()
     elif args.cmd == "ps":
         print(f"Azurite: {'up' if azurite_config().is_up() else 'down'}")
-        print(f"Local host: {'up' if _alive(HOST_PID) else 'down'}")
+        print(f"Local host: {'up' if live_pid(HOST_PID) else 'down'}")
     elif args.cmd == "upload":
         if not azurite_config().is_up():
             print("the local stack is not running (Azurite does not answer): start it with `make up`", file=sys.stderr)

@@ -159,7 +159,20 @@ def write_pid_file(path: Path, pid: int) -> None:
 
 
 def read_pid_file(path: Path) -> dict[str, Any] | None:
-    return read_json(path)
+    try:
+        recorded = read_json(path)
+    except ValueError:  # torn or foreign content: nothing we started
+        return None
+    if isinstance(recorded, int):  # a bare pid, as pid files were written before they carried the create time
+        return {"pid": recorded, "create_time": None}
+    return recorded if isinstance(recorded, dict) else None
+
+
+def live_pid(path: Path) -> int | None:
+    """The pid recorded in ``path`` while that very process runs (pid and create time match: a pid
+    the OS has since given to another process is not ours to signal)."""
+    recorded = read_pid_file(path)
+    return int(recorded["pid"]) if recorded is not None and process_alive(recorded) else None
 
 
 def process_alive(proc: dict[str, Any]) -> bool:

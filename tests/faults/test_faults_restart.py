@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from devhost.azurite import Azurite, free_port
+from localworkspace.workspace import read_pid_file
 from scripts.make_sample_data import write
 from shared.ledger import DATASET, ENDPOINT, JOB, ROUTE, Ledger
 from shared.settings import PROJECT_ROOT
@@ -77,7 +78,9 @@ class Stack:
         return done
 
     def host_pid(self) -> int:
-        return int((self.clone / ".local" / "run" / "host.pid").read_text().strip())
+        recorded = read_pid_file(self.clone / ".local" / "run" / "host.pid")
+        assert recorded is not None, "make up wrote no host.pid"
+        return int(recorded["pid"])
 
     def reconcile(self) -> None:
         httpx.post(f"{self.url}/admin/functions/reconcile", timeout=10)

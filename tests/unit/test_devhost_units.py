@@ -132,3 +132,22 @@ def test_event_deliveries(fixtures_dir: Path) -> None:
     for body in (b"{", b"[]", b'"text"', b'[{"eventType": "x"}]'):
         with pytest.raises(EventDeliveryError):
             parse_delivery(body)
+
+
+def test_make_down_signals_only_the_process_it_started(tmp_path) -> None:  # noqa: ANN001
+    """A pid file names the process by pid and create time: once the OS gives the pid to another
+    process, ``live_pid`` is None and ``make down`` signals nothing (a bare pid is still read)."""
+    import os
+
+    from localworkspace.workspace import live_pid, write_json, write_pid_file
+
+    pid_file = tmp_path / "host.pid"
+    write_pid_file(pid_file, os.getpid())
+    assert live_pid(pid_file) == os.getpid()
+    write_json(pid_file, {"pid": os.getpid(), "create_time": 1.0})  # same pid, another process's start
+    assert live_pid(pid_file) is None
+    pid_file.write_text(str(os.getpid()))  # written before pid files carried the create time
+    assert live_pid(pid_file) == os.getpid()
+    pid_file.write_text("not a pid")
+    assert live_pid(pid_file) is None
+    assert live_pid(tmp_path / "missing.pid") is None
