@@ -29,7 +29,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from shared.backends.base import LOCAL_INSTANCE_TYPE
+from shared.backends.base import JOB_FINAL_STATES, LOCAL_INSTANCE_TYPE
 from shared.janitor.run import hourly_price
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
 from shared.observability import charts
@@ -46,7 +46,6 @@ LIVE_TTL_S = 10.0
 CACHE_MAX = 2048
 USAGE_DAYS = 3
 REJECTED_LINES_SHOWN = 5
-FINAL_JOB_STATES = frozenset({"completed", "failed", "canceled"})
 DEFAULT_REFRESH_S = 15
 # Per model, the latest chains are drawn in full (curves, lines); older ones are one table row each.
 CHAINS_DRAWN = 8
@@ -130,7 +129,7 @@ def _minutes_between(a: datetime | None, b: datetime | None) -> float | None:
 
 
 def _job_view(job: Record, s: Settings, backend: Any, budget: Budget, now: datetime) -> dict[str, Any]:
-    final = job.state in FINAL_JOB_STATES
+    final = job.state in JOB_FINAL_STATES
     view: dict[str, Any] = {
         "id": job.id, "state": job.state, "model_name": job.get("model_name"), "dataset_id": job.get("dataset_id"),
         "backend": job.get("backend"), "queued_at": job.get("submitted_at"), "started_at": None,
