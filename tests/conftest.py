@@ -89,3 +89,13 @@ def migrated_mlflow_store(mlflow_store_template: Path, tmp_path: Path) -> Path:
     workspace.mkdir(exist_ok=True)
     shutil.copyfile(mlflow_store_template, workspace / "mlflow.db")
     return workspace / "mlflow.db"
+
+
+# Tiers whose every test trains in a local workspace: they start from the migrated store.
+TRAINING_TIERS = {"e2e", "slow"}
+
+
+@pytest.fixture(autouse=True)
+def _migrated_store_in_training_tiers(request: pytest.FixtureRequest) -> None:
+    if request.node.path.parent.name in TRAINING_TIERS and request.node.path.parent.parent == FIXTURES.parent:
+        request.getfixturevalue("migrated_mlflow_store")

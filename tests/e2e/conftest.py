@@ -4,13 +4,7 @@ Every test collected below this folder gets the markers ``e2e``, ``storage`` her
 Makefile's ``-m`` expressions select tiers by folder (the markers are ``TIER_MARKERS`` in tests/support.py; tests/unit/test_tiers.py checks it).
 """
 
-import pytest
-
 from tests.support import mark_tier
 
 pytest_itemcollected = mark_tier(__file__)
 
-
-@pytest.fixture(autouse=True)
-def _migrated_store(migrated_mlflow_store):  # noqa: ANN001, ANN202 - every test here trains in a local workspace
-    return migrated_mlflow_store
