@@ -7,8 +7,8 @@ For each local base model (the tiny random model of the tests, and the real Smol
 two copies are loaded as "champion" and "candidate" (two models side by side, as two deployments
 would be) and, in one run:
 
-- ``baseline``: the naive way, every conversation answered one after the other, champion then
-  candidate (one call at a time, nothing stored);
+- ``baseline``: one call at a time (``collect_answers`` with parallelism 1): every conversation
+  answered one after the other by each model;
 - ``app``: :func:`shared.evaluation.answers.collect_answers` as ``judge_candidate`` runs it
   (``--parallelism`` calls in flight, every answer appended to the answer store as it arrives: the
   in-memory store here; in the app each answer is also one append-block call to Azurite / Blob Storage);
@@ -99,10 +99,11 @@ def run(kind: str, n: int, max_new_tokens: int, parallelism: int, rounds: int) -
     answer["candidate"](items[0].prompt)
 
     def sequential() -> float:
+        # the same code with one call in flight (a worker thread, as the app's calls run: torch in the
+        # main thread behaves differently under load, which would not be a fair baseline)
         t0 = time.perf_counter()
-        for role in ("champion", "candidate"):
-            for item in items:
-                answer[role](item.prompt)
+        got, complete = collect_answers(items, answer, AnswerStore(None), parallelism=1, budget_s=3600)
+        assert complete and len(got) == 2 * len(items)
         return time.perf_counter() - t0
 
     def bounded() -> tuple[float, dict]:

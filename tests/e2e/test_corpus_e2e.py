@@ -94,7 +94,9 @@ def test_corpus_mode_on_the_local_stack(storage_settings, tmp_path: Path) -> Non
             assert len(jobs_of(ledger, support)) == 1
             assert len(first.get("dataset_ids")) == 3, "the three uploads were not coalesced into one job"
             corpus = blob_lines(settings, first.get("train_blob")) + blob_lines(settings, first.get("test_blob"))
-            assert len(corpus) == 70 == len(set(corpus))  # 85 uploaded conversations minus 15 cross-file duplicates
+            held_out = blob_lines(settings, first.get("train_blob").rsplit("/", 1)[0] + "/eval.jsonl")  # never trained on
+            assert len(held_out) == first.get("corpus_counts")["eval"] > 0
+            assert len(corpus) + len(held_out) == 70 == len(set(corpus + held_out))  # 85 uploaded minus 15 cross-file duplicates
             assert first.get("corpus_counts")["duplicates"] == 15
 
             # 2. a fourth file while the job runs, and a second collection
@@ -108,12 +110,13 @@ def test_corpus_mode_on_the_local_stack(storage_settings, tmp_path: Path) -> Non
             assert backend.get_job(first.id).state == "completed", backend.get_job(first.id).error
             # the trainer trained on the corpus files
             trained = (Path(settings.local_workspace_dir) / "jobs" / first.id / "data").glob("*.jsonl")
-            assert sum(len(p.read_bytes().splitlines()) for p in trained) == 70
+            assert sum(len(p.read_bytes().splitlines()) for p in trained) == 70 - len(held_out)
 
             follow_up = wait_until(lambda: len(jobs_of(ledger, support)) == 2 and jobs_of(ledger, support)[1], 60,
                                    "exactly one follow-up job")
             assert len(follow_up.get("dataset_ids")) == 4 and day4.id in follow_up.get("dataset_ids")
-            assert len(blob_lines(settings, follow_up.get("train_blob")) + blob_lines(settings, follow_up.get("test_blob"))) == 90
+            assert len(blob_lines(settings, follow_up.get("train_blob")) + blob_lines(settings, follow_up.get("test_blob"))
+                       ) + follow_up.get("corpus_counts")["eval"] == 90
 
             # 3. two collections -> two models, each answering by its name
             for collection in (support, labels):
