@@ -97,6 +97,7 @@ from shared.backends.base import (
     TransientBackendError,
     lineage_tags,  # model lineage tags (corpus mode)
 )
+from shared.ledger.store import parse_iso
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -274,10 +275,9 @@ def _parse_time(value: Any) -> datetime | None:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, str) and value:
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parse_iso(value)
         except ValueError:
             return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return None
 
 

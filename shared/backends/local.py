@@ -67,6 +67,7 @@ from shared.backends.base import (
     check_traffic,
     lineage_tags,
 )
+from shared.ledger.store import parse_iso  # the one ISO reader: 'Z' or '+00:00', a naive time is UTC
 from shared.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,6 @@ os.dup2(fd, 2)
 os.close(fd)
 os.execv(sys.executable, [sys.executable, *args])
 """
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 
@@ -236,8 +233,8 @@ class LocalBackend:
             tags=dict(state.get("tags") or {}),
             error=state.get("error"),
             metrics={k: float(v) for k, v in (state.get("metrics") or {}).items()},
-            started_at=_parse_time(state.get("started_at")),
-            ended_at=_parse_time(state.get("ended_at")),
+            started_at=parse_iso(state.get("started_at")),
+            ended_at=parse_iso(state.get("ended_at")),
             log_path=str(job_dir / "job.log"),
             progress=state.get("progress") if state.get("state") == RUNNING else None,
         )
@@ -247,7 +244,7 @@ class LocalBackend:
         # Another worker may read the record between its creation and the runner's pid file.
         if state.get("state") != QUEUED or (job_dir / "runner.pid").exists():
             return False
-        submitted = _parse_time(state.get("submitted_at"))
+        submitted = parse_iso(state.get("submitted_at"))
         return submitted is not None and time.time() - submitted.timestamp() < SUBMIT_GRACE_S
 
     def cancel_job(self, job_name: str) -> None:
@@ -549,7 +546,7 @@ class LocalBackend:
             traffic={k: int(v) for k, v in (record.get("traffic") or {}).items()},
             instance_type=INSTANCE_TYPE,
             instance_count=1,
-            created_at=_parse_time(record.get("created_at")),
+            created_at=parse_iso(record.get("created_at")),
             last_activity=activity,
             error=record.get("error"),
             deployments=tuple(_deployment_info(d, record) for _, d in sorted((record.get("deployments") or {}).items())),
