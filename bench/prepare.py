@@ -7,10 +7,14 @@ size (multi-turn conversations of about 7 KB), then measures, each in its own su
 peak RSS is the run's own:
 
 - ``prepare``: ``shared.datasets.chat_data.prepare_file`` (validate, normalise, de-duplicate, split, write)
+  with the data quality gate (issue 26: personal data, secrets, special tokens, MinHash LSH
+  near-duplicates, cost forecast), as the app runs it
+- ``prepare, no gate``: the same without the gate (``quality_gate=False``), to show what the gate costs
 - ``raw orjson``: ``for line in file: orjson.loads(line)`` over the same file (the ceiling)
 - ``pandas``: ``pandas.read_json(path, lines=True)`` (what the cookbook notebook does)
 
-Targets (issue 3): preparation at least 0.5 x the raw parse rate; peak RSS under 200 MB.
+Targets (issues 3 and 26): preparation (with the gate) at least 0.5 x the raw parse rate; peak
+RSS under 200 MB.
 
 Besides wall-clock rates, each worker reports its CPU time (``time.process_time``: every thread of
 the process) and the preparation its main thread's alone (``time.thread_time``; the content
@@ -124,17 +128,18 @@ def worker(kind: str, path: Path, out_dir: Path | None) -> dict:
                 loads(line)
                 rows += 1
         return {"elapsed_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, "rows": rows}
-    if kind == "prepare":
+    if kind in ("prepare", "prepare-nogate"):
         from shared.datasets.chat_data import prepare_file
         from shared.settings import load_settings
 
         settings = load_settings(environ={})
         assert out_dir is not None
         cpu, main_cpu, started = time.process_time(), time.thread_time(), time.perf_counter()
-        prepared = prepare_file(path, out_dir, settings)
+        prepared = prepare_file(path, out_dir, settings, quality_gate=kind == "prepare")
         elapsed = time.perf_counter() - started
         return {"elapsed_s": elapsed, "cpu_s": time.process_time() - cpu, "main_thread_cpu_s": time.thread_time() - main_cpu,
-                "rows": prepared.counts["lines"], "counts": prepared.counts, "accepted": prepared.accepted}
+                "rows": prepared.counts["lines"], "counts": prepared.counts, "accepted": prepared.accepted,
+                "quality": (prepared.report.get("quality") or {}).get("counts")}
     if kind == "pandas":
         import pandas as pd
 
@@ -190,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     results["raw orjson"] = run_worker("raw", data)
     with tempfile.TemporaryDirectory(prefix="bench-prepare-", dir=cache) as out:
         results["prepare"] = run_worker("prepare", data, Path(out))
+    with tempfile.TemporaryDirectory(prefix="bench-prepare-", dir=cache) as out:
+        results["prepare, no gate"] = run_worker("prepare-nogate", data, Path(out))
     if not args.skip_pandas:
         results["pandas.read_json"] = run_worker("pandas", data)
 
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_cpu = results["raw orjson"]["cpu_s"]
     print(f"{'contender':<18} {'seconds':>8} {'MB/s':>8} {'rows/s':>9} {'peak RSS MB':>12} {'x raw':>7} "
           f"{'CPU s':>7} {'CPU us/row':>11} {'x raw CPU':>10}")
-    for name in ("raw orjson", "prepare", "pandas.read_json"):
+    for name in ("raw orjson", "prepare", "prepare, no gate", "pandas.read_json"):
         if name not in results:
             continue
         r = results[name]
@@ -211,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cpu_s'] / max(r['rows'], 1) * 1e6:>11.1f} {raw_cpu / r['cpu_s']:>10.2f}")
     prep = results["prepare"]
     ratio = (size_mb / prep["elapsed_s"]) / raw_rate
+    nogate = results["prepare, no gate"]
     print(f"\nprepare counts: {prep['counts']}")
+    print(f"quality gate counts: {prep['quality']}")
+    print(f"the gate's cost: prepare with it runs at {nogate['elapsed_s'] / prep['elapsed_s']:.2f} x the rate without it "
+          f"({prep['elapsed_s']:.2f} s vs {nogate['elapsed_s']:.2f} s; peak RSS {prep['maxrss_mb']:.0f} MB vs {nogate['maxrss_mb']:.0f} MB)")
     print(f"prepare CPU: {prep['cpu_s']:.2f} s in all threads ({raw_cpu / prep['cpu_s']:.2f} x raw), "
           f"{prep['main_thread_cpu_s']:.2f} s in the main thread ({raw_cpu / prep['main_thread_cpu_s']:.2f} x raw; "
           f"the rest is mostly the content SHA-256 on its helper thread)")

@@ -561,8 +561,9 @@ class _Preparation:
     """State of one pass: counters, dedup index, statistics, and the two open output files."""
 
     def __init__(self, settings: Settings, train: BinaryIO, test: BinaryIO,
-                 token_counter: Callable[[list[dict[str, str]]], int] | None):
+                 token_counter: Callable[[list[dict[str, str]]], int] | None, quality: Any = None):
         self.settings = settings
+        self.quality = quality  # shared.datasets.quality.QualityScan, or None (no gate)
         self.train = train
         self.test = test
         self.token_counter = token_counter
@@ -629,6 +630,12 @@ class _Preparation:
         if first != line:
             self.error(line, DUPLICATE, f"same conversation as line {first}")
             return
+        if self.quality is not None:
+            scanned = self.quality.observe(line, roles, contents)
+            if scanned is not contents:  # redacted (DATA_POLICY=redact): the prepared copy changes
+                contents = scanned
+                messages = [{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)]
+                canonical = False
         if canonical and raw is not None:
             record = _output_line(raw)  # already exactly the output form: passed through
         else:
@@ -683,6 +690,7 @@ class _Preparation:
         write_train, write_test = self.train.write, self.test.write
         messages_batch, chars_batch = self.messages.batch, self.chars.batch
         tokens_wanted = self.token_counter is not None
+        observe = self.quality.observe if self.quality is not None else None
         batch_size = Distribution.BATCH
         line = self.lines
         try:
@@ -715,6 +723,13 @@ class _Preparation:
                 if first != line:
                     self.error(line, DUPLICATE, f"same conversation as line {first}")
                     continue
+                if observe is not None:
+                    scanned = observe(line, roles, contents)
+                    if scanned is not contents:  # redacted: rebuilt from the redacted contents
+                        contents = scanned
+                        raw = b"".join((b'{"prompt":', dumps(obj["prompt"]), b',"prompt_id":', dumps(obj["prompt_id"]),
+                                        b',"messages":', dumps([{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)]),
+                                        b"}\n"))
                 if raw[-1:] != b"\n" or raw[-2:] == b"\r\n":
                     raw = _output_line(raw)
                 if digest < test_below:
@@ -779,6 +794,15 @@ class _Preparation:
                 self.lines = row
                 start = end
 
+    def forecast(self, tokens: dict[str, Any] | None) -> dict[str, Any]:
+        """The cost forecast of training on this file's train split (shared.datasets.quality.cost_forecast)."""
+        from shared.datasets.quality import cost_forecast
+
+        chars = self.chars.summary()
+        mean_chars = chars["mean"] if chars else 0.0
+        return cost_forecast(self.settings, conversations=self.n_train, characters=int(mean_chars * self.n_train),
+                             tokens_per_conversation=tokens["mean"] if tokens else None)
+
     def ensure_test_split(self) -> None:
         """A tiny dataset can hash every conversation into train: move the last one to test.
 
@@ -810,6 +834,9 @@ class _Preparation:
             reasons.append(f"{invalid} of {considered} lines are invalid ({share:.1%}), above the maximum of {s.max_invalid_share:.1%}")
         if self.valid and (not self.n_train or not self.n_test):
             reasons.append("too few conversations for both a train and a test split")
+        quality = self.quality.report() if self.quality is not None else None
+        if self.quality is not None:
+            reasons.extend(self.quality.decision_reasons())
         accepted = not reasons
         if accepted:
             reasons = [f"{self.valid} valid conversations (minimum {s.min_valid_examples})",
@@ -840,6 +867,8 @@ class _Preparation:
                                 if tokens else "no tokenizer configured: token counts not computed"),
             },
             "decision": {"accepted": accepted, "reasons": reasons},
+            "quality": quality,
+            "forecast": self.forecast(tokens),
             "policy": {"min_valid_examples": s.min_valid_examples, "max_invalid_share": s.max_invalid_share,
                        "test_fraction": s.test_fraction},
             "elapsed_s": round(elapsed_s, 3),
@@ -881,26 +910,27 @@ def _row_bytes_of_batch(batch: Any) -> Any:
 def _row_bytes(array: Any) -> Any:
     """Decoded bytes per element of an Arrow array: string lengths, dictionary values by index,
     list children summed by offsets, struct fields summed, fixed-width types their width.
-    Nothing is materialised: a dictionary value of 3 MiB used by 256 rows is measured once."""
+    Nothing is materialised: a dictionary value of 3 MiB used by 256 rows is measured once.
+    Read from the buffers with numpy alone (``to_numpy``/compute would import pandas: +50 MB)."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     kind = array.type
     n = len(array)
     if pa.types.is_dictionary(kind):
         value_sizes = _row_bytes(array.dictionary)
-        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        sizes = value_sizes[indices] if len(value_sizes) else np.zeros(n, dtype=np.int64)
-        if array.null_count:
-            sizes = np.where(array.is_null().to_numpy(zero_copy_only=False), 0, sizes)
-        return sizes
+        if not len(value_sizes):
+            return np.zeros(n, dtype=np.int64)
+        indices = _buffer_ints(array.indices, 1, array.indices.type.bit_width // 8, n)
+        # a null slot's index is undefined: clipped into range (counts a value: never less than the truth)
+        return value_sizes[np.clip(indices, 0, len(value_sizes) - 1)]
     if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind) \
             or pa.types.is_large_binary(kind):
-        return pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        width = 8 if (pa.types.is_large_string(kind) or pa.types.is_large_binary(kind)) else 4
+        return np.diff(_buffer_ints(array, 1, width, n + 1))
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        offsets = _buffer_ints(array, 1, 8 if pa.types.is_large_list(kind) else 4, n + 1)
         child = _row_bytes(array.values)
-        offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
         cumulative = np.concatenate(([0], np.cumsum(child)))
         return cumulative[offsets[1:]] - cumulative[offsets[:-1]] + 8 * (offsets[1:] - offsets[:-1])
     if pa.types.is_struct(kind):
@@ -915,13 +945,27 @@ def _row_bytes(array: Any) -> Any:
     return np.full(n, max(width, 1), dtype=np.int64)
 
 
+def _buffer_ints(array: Any, buffer_index: int, width: int, count: int) -> Any:
+    """``count`` integers of ``width`` bytes from one of an Arrow array's buffers, from its slice offset."""
+    import numpy as np
+
+    buffer = array.buffers()[buffer_index]
+    dtype = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}[width]
+    if buffer is None or count == 0:
+        return np.zeros(count, dtype=np.int64)
+    return np.frombuffer(buffer, dtype=dtype, count=count, offset=array.offset * width).astype(np.int64)
+
+
 def prepare_stream(source: BinaryIO, fmt: str, out_dir: Path, settings: Settings | None = None, *,
                    source_name: str = "", token_counter: Callable[[list[dict[str, str]]], int] | None = None,
-                   ) -> PreparedData:
+                   collection: str | None = None, held_out: Iterable[list[dict[str, str]]] | None = None,
+                   quality_gate: bool = True) -> PreparedData:
     """Prepare a raw binary stream of ``fmt`` into ``out_dir``/{train,test}.jsonl.
 
     The stream is read once; its SHA-256 (of the raw bytes, compressed or not) identifies the
-    content. Bad data never raises: it ends up in the report. Errors of the stream itself
+    content. Bad data never raises: it ends up in the report. The data quality gate
+    (:mod:`shared.datasets.quality`, ``quality_gate``) runs in the same pass under the
+    ``DATA_POLICY`` of ``collection``, checking leakage against ``held_out`` when given. Errors of the stream itself
     (network, disk) do raise, so callers can retry.
     """
     s = settings or get_settings()
@@ -933,7 +977,12 @@ def prepare_stream(source: BinaryIO, fmt: str, out_dir: Path, settings: Settings
     hashing = HashingReader(source)
     with hashing, open(train_path, "w+b", buffering=WRITE_BUFFER_BYTES) as train, \
             open(test_path, "wb", buffering=WRITE_BUFFER_BYTES) as test:
-        prep = _Preparation(s, train, test, token_counter)
+        scan = None
+        if quality_gate:
+            from shared.datasets.quality import QualityScan
+
+            scan = QualityScan(s, collection, held_out=held_out)
+        prep = _Preparation(s, train, test, token_counter, scan)
         budget = DecodedBudget(s, lambda: hashing.size)
         if fmt == "parquet":
             # pyarrow needs a seekable file: spool the stream to disk (hashing it on the way).
@@ -985,13 +1034,15 @@ def _unreadable(prep: _Preparation, message: str) -> None:
 
 
 def prepare_file(path: Path, out_dir: Path, settings: Settings | None = None, *,
-                 token_counter: Callable[[list[dict[str, str]]], int] | None = None) -> PreparedData:
+                 token_counter: Callable[[list[dict[str, str]]], int] | None = None, collection: str | None = None,
+                 held_out: Iterable[list[dict[str, str]]] | None = None, quality_gate: bool = True) -> PreparedData:
     """Prepare a local file into ``out_dir`` (train.jsonl, test.jsonl, report.json)."""
     fmt = detect_format(path.name)
     if fmt is None:
         raise ValueError(f"{path.name}: not a chat data file (expected {', '.join(FORMATS)})")
     with open(path, "rb", buffering=0) as f:
-        prepared = prepare_stream(f, fmt, out_dir, settings, source_name=path.name, token_counter=token_counter)  # type: ignore[arg-type]
+        prepared = prepare_stream(f, fmt, out_dir, settings, source_name=path.name, token_counter=token_counter,  # type: ignore[arg-type]
+                                  collection=collection, held_out=held_out, quality_gate=quality_gate)
     (out_dir / "report.json").write_bytes(orjson.dumps(prepared.report, option=orjson.OPT_INDENT_2))
     return prepared
 

@@ -45,6 +45,7 @@ from shared.datasets.chat_data import ChunkStream, PreparedData, detect_format, 
 from shared.datasets.collections import canonical_collection_of, folder_problem
 from shared.datasets.evalset import is_golden_blob
 from shared.datasets.outcome import DatasetOutcome
+from shared.datasets.quality import held_out_for
 from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, get_settings
@@ -122,9 +123,14 @@ def prepare_uploaded_blob(blob: BlobClient, settings: Settings | None = None, *,
             downloader = blob.download_blob()
         except ResourceNotFoundError:
             return DatasetOutcome("missing", name)
-        # chunks() streams the blob in pieces (pinned to the version it started on): never readall.
-        prepared = prepare_stream(ChunkStream(downloader.chunks()), fmt, Path(tmp), s, source_name=name)  # type: ignore[arg-type]
         problem = folder_problem(name)
+        collection = None if problem else canonical_collection_of(name)
+        # Leakage is checked against the collection's held-out evaluation set (issue 24), not for
+        # a golden file (it is that set) or a refused folder.
+        held_out = None if problem or is_golden_blob(name) else held_out_for(s, collection or "default")
+        # chunks() streams the blob in pieces (pinned to the version it started on): never readall.
+        prepared = prepare_stream(ChunkStream(downloader.chunks()), fmt, Path(tmp), s, source_name=name,  # type: ignore[arg-type]
+                                  collection=collection, held_out=held_out)
         if problem:  # refused, with the full report of the data all the same
             data_reasons = [] if prepared.accepted else prepared.report["decision"]["reasons"]
             prepared.report["decision"] = {"accepted": False, "reasons": [problem, *data_reasons]}
@@ -151,6 +157,7 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
     if record.state == R.DATASET_RECEIVED:
         report = {**prepared.report, "dataset": {"id": dataset_id, "prefix": prefix, "blob_name": blob_name}}
         blobs = _upload_outputs(s, prefix, prepared, report)
+        blobs.update(_quality_fields(prepared))
         if prepared.accepted and is_golden_blob(blob_name):  # <collection>/eval/...: evaluated on, never trained on
             moved = ledger.transition(DATASET, dataset_id, [R.DATASET_RECEIVED], R.DATASET_EVAL, counts=prepared.counts,
                                       accepted_at=iso(utcnow()), purpose="eval", **blobs)
@@ -159,7 +166,8 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
                                       accepted_at=iso(utcnow()), **blobs)
         else:
             moved = ledger.transition(DATASET, dataset_id, [R.DATASET_RECEIVED], R.DATASET_REJECTED, counts=prepared.counts,
-                                      report_blob=blobs["report_blob"], error="; ".join(prepared.report["decision"]["reasons"]))
+                                      report_blob=blobs["report_blob"], quality=blobs.get("quality"),
+                                      error="; ".join(prepared.report["decision"]["reasons"]))
         decided_now = moved is not None
         record = moved or ledger.get(DATASET, dataset_id) or record
         log.info("dataset %s: %s (%d valid, %d invalid, %d duplicates)", dataset_id, record.state,
@@ -178,6 +186,14 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
     else:  # upload mode: this file alone, at once (as before collections)
         outcome = submit_accepted_dataset(dataset_id, s, ledger=ledger, backend=backend)
     return dataclasses.replace(outcome, blob_name=blob_name, reasons=reasons, counts=prepared.counts)
+
+
+def _quality_fields(prepared: PreparedData) -> dict[str, Any]:
+    """What the ledger keeps of the quality report and the forecast (for ``status``, the dashboard, the spend guard)."""
+    quality = prepared.report.get("quality") or {}
+    forecast = prepared.report.get("forecast") or {}
+    return {"quality": {**(quality.get("counts") or {}), "policy": quality.get("policy")} if quality else None,
+            "forecast_usd": forecast.get("usd"), "forecast_tokens": forecast.get("tokens")}
 
 
 def _upload_outputs(s: Settings, prefix: str, prepared: PreparedData, report: dict[str, Any]) -> dict[str, str]:

@@ -10,7 +10,7 @@ Computed in preparation's own streaming pass (``shared.datasets.chat_data`` call
 - the **base model's special tokens** inside content (``<|im_start|>`` in SmolLM2's chat
   template, ``<|end|>`` in Phi-3's, ...): they break the chat template at training time;
 - **near-duplicate conversations** within the upload (MinHash LSH, ``datasketch``: word 3-grams of
-  the conversation's text, its first ``NEAR_DUP_TEXT_CHARS`` characters), and **leakage**:
+  the conversation's first ``NEAR_DUP_WORDS`` words), and **leakage**:
   conversations equal or near-equal to one of the collection's held-out evaluation set;
 - a **cost forecast**: :func:`cost_forecast` (tokens x epochs / throughput x instance price).
 
@@ -38,7 +38,7 @@ from shared.settings import Settings
 POLICIES = ("report", "redact", "reject")
 MAX_LINES_LISTED = 50
 NUM_PERM = 32
-NEAR_DUP_TEXT_CHARS = 1024
+NEAR_DUP_WORDS = 96
 NEAR_DUP_INDEX_MAX = 30_000
 # Characters per token when no tokenizer is configured (English chat text; the report says so).
 CHARS_PER_TOKEN = 4.0
@@ -48,8 +48,9 @@ CHARS_PER_TOKEN = 4.0
 # kind -> (pattern, validator of the match or None). Each pattern is cheap to scan for: a
 # literal or a narrow first character, so a conversation without any costs a few passes in C.
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}")
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}(?![\w])"
-                    r"|(?<![\w+])\+\d{8,14}(?!\w)")
+# International (+CC ...) or North American (NXX NXX XXXX) numbers, not part of a longer digit run.
+_PHONE = re.compile(r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){1,2}[ .-]?\d{3,4}[ .-]?\d{3,4}"
+                    r"|\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4})(?![ .-]?\d)(?!\w)")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IBAN = re.compile(r"(?<![A-Z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Z0-9])")
 _SECRETS: dict[str, re.Pattern[str]] = {
@@ -61,13 +62,18 @@ _SECRETS: dict[str, re.Pattern[str]] = {
     "azure_storage_key": re.compile(r"AccountKey=[A-Za-z0-9+/]{40,}={0,2}"),
     "azure_sas_signature": re.compile(r"[?&]sig=[A-Za-z0-9%+/]{20,}={0,2}"),
     "jwt": re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
-    "private_key": re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"),
+    # the whole block where its END line follows (so redaction removes the key, not only the header)
+    "private_key": re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+                              r"(?:[A-Za-z0-9+/=\s:,-]{0,16384}?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?"),
 }
 PII_KINDS = ("email", "phone", "card_number", "iban")
 SECRET_KINDS = tuple(_SECRETS)
-# Literals one of which any secret contains: one C-level pass rules them all out.
-_SECRET_HINT = re.compile(r"AKIA|ASIA|gh[pousr]_|github_pat_|xox[abprs]-|AIza|sk-|AccountKey=|sig=|eyJ|-----BEGIN")
-_DIGIT_RUN = re.compile(r"\d[\d ().-]{6,}\d")
+# Every key and token above is one whitespace-free run of 16 or more characters (prose has few
+# such words): the secret patterns run only on those, and on text with a private key header.
+SECRET_MIN_WORD = 16
+_KEY_HEADER = "-----BEGIN"
+_DIGITS = b"0123456789"
+MIN_DIGITS = 7  # the shortest phone number; card numbers and IBANs have more
 
 
 def luhn_ok(digits: str) -> bool:
@@ -102,12 +108,20 @@ def iban_ok(text: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
-def find_sensitive(text: str) -> list[tuple[str, int, int]]:
-    """``(kind, start, end)`` of each personal datum or secret in ``text`` (validated where a checksum exists)."""
+def _digit_count(text: str) -> int:
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data) - len(data.translate(None, _DIGITS))
+
+
+def find_sensitive(text: str, words: list[str] | None = None) -> list[tuple[str, int, int]]:
+    """``(kind, start, end)`` of each personal datum or secret in ``text`` (validated where a checksum exists).
+
+    ``words`` (``text.split()``, when the caller has it) decides cheaply whether secrets can be there.
+    """
     found: list[tuple[str, int, int]] = []
     if "@" in text:
         found.extend(("email", m.start(), m.end()) for m in _EMAIL.finditer(text))
-    if _DIGIT_RUN.search(text):
+    if _digit_count(text) >= MIN_DIGITS:
         for m in _CARD.finditer(text):
             digits = re.sub(r"[ -]", "", m.group())
             if 13 <= len(digits) <= 19 and luhn_ok(digits) and len(set(digits)) > 1:
@@ -119,7 +133,9 @@ def find_sensitive(text: str) -> list[tuple[str, int, int]]:
         for m in _PHONE.finditer(text):
             if not any(s < m.end() and m.start() < e for s, e in taken):
                 found.append(("phone", m.start(), m.end()))
-    if _SECRET_HINT.search(text):
+    if words is None:
+        words = text.split()
+    if (words and max(map(len, words)) >= SECRET_MIN_WORD) or _KEY_HEADER in text:
         for kind, pattern in _SECRETS.items():
             found.extend((kind, m.start(), m.end()) for m in pattern.finditer(text))
     return found
@@ -192,23 +208,34 @@ def special_tokens_for(settings: Settings) -> tuple[tuple[str, ...], str]:
 
 # --------------------------------------------------------------------------- near-duplicates
 
-_PERMUTATIONS: Any = None
+_TEMPLATE: Any = None
 
 
 def _new_minhash() -> Any:
+    """An empty MinHash (datasketch, affine32 scheme, seed 1, xxh32 of each shingle).
+
+    Copied from one template: building each with ``MinHash(...)`` re-derives or re-validates the
+    permutations every time, which costs more than hashing a conversation's shingles.
+    """
     from datasketch import MinHash
 
-    global _PERMUTATIONS
-    if _PERMUTATIONS is None:
-        _PERMUTATIONS = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=xxhash.xxh32_intdigest).permutations
-    return MinHash(num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest, permutations=_PERMUTATIONS, scheme="affine32")
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        _TEMPLATE = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=xxhash.xxh32_intdigest)
+    m = MinHash.__new__(MinHash)
+    m.__dict__.update(_TEMPLATE.__dict__)
+    m.hashvalues = _TEMPLATE.hashvalues.copy()
+    return m
 
 
 def conversation_minhash(contents: Iterable[str]) -> Any | None:
-    """MinHash (datasketch) of a conversation: word 3-grams of its lower-cased text (the first
-    ``NEAR_DUP_TEXT_CHARS`` characters: bounded work per row). None when it has fewer than 3 words."""
-    text = " ".join(contents)[:NEAR_DUP_TEXT_CHARS].lower()
-    words = text.split()
+    """MinHash (datasketch) of a conversation: word 3-grams of its first ``NEAR_DUP_WORDS`` words,
+    lower-cased (bounded work per row). None when it has fewer than 3 words."""
+    return _minhash_of_words("\n".join(contents).split())
+
+
+def _minhash_of_words(all_words: list[str]) -> Any | None:
+    words = " ".join(all_words[:NEAR_DUP_WORDS]).lower().split()
     if len(words) < 3:
         return None
     m = _new_minhash()
@@ -298,11 +325,11 @@ class QualityScan:
         self.special_tokens_source = special_tokens_source
         self._special = (re.compile("|".join(map(re.escape, sorted(special_tokens, key=len, reverse=True))))
                          if special_tokens else None)
-        self._special_first = "".join(sorted({t[0] for t in special_tokens}))
+        self._special_first = tuple(sorted({t[0] for t in special_tokens}))
         self.findings: dict[str, _Finding] = {}
         self.special_by_token: dict[str, int] = {}
         self.threshold = settings.near_duplicate_threshold
-        self.lsh = _new_lsh(self.threshold)
+        self.lsh: Any = None  # created with the first conversation (datasketch imports scipy: ~50 MB)
         self.indexed = 0
         self.index_full_at: int | None = None
         self.near_duplicates: list[tuple[int, int]] = []  # (line, the earlier line it resembles), first MAX_LINES_LISTED
@@ -311,6 +338,9 @@ class QualityScan:
         self.leaks: list[tuple[int, int]] = []
         self.leak_count = 0
         self.redacted_lines = 0
+
+    def _special_first_in(self, text: str) -> bool:
+        return any(ch in text for ch in self._special_first)
 
     def _finding(self, kind: str) -> _Finding:
         found = self.findings.get(kind)
@@ -323,7 +353,8 @@ class QualityScan:
         out: list[str] | None = None
         special = self._special
         joined = "\n".join(contents)
-        if not (find_sensitive(joined) or (special is not None and special.search(joined))):
+        words = joined.split()
+        if not (find_sensitive(joined, words) or (special is not None and self._special_first_in(joined) and special.search(joined))):
             indices: Iterable[int] = ()
         else:
             indices = range(len(contents))
@@ -345,8 +376,10 @@ class QualityScan:
                 out[i] = redact(text, spans)
         if out is not None:
             self.redacted_lines += 1
-        m = conversation_minhash(contents)
+        m = _minhash_of_words(words)
         if m is not None:
+            if self.lsh is None:
+                self.lsh = _new_lsh(self.threshold)
             similar = self.lsh.query(m)
             if similar:
                 self.near_duplicate_count += 1
@@ -400,7 +433,7 @@ class QualityScan:
             "special_tokens": {"checked": list(self.special_tokens), "source": self.special_tokens_source,
                                "found": dict(sorted(self.special_by_token.items()))},
             "near_duplicates": {"threshold": self.threshold, "method": f"MinHash LSH (datasketch), {NUM_PERM} permutations, "
-                                f"word 3-grams of the first {NEAR_DUP_TEXT_CHARS} characters",
+                                f"word 3-grams of the first {NEAR_DUP_WORDS} words",
                                 "count": self.near_duplicate_count,
                                 "pairs": [{"line": a, "like_line": b} for a, b in self.near_duplicates],
                                 "indexed": self.indexed,

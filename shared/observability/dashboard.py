@@ -304,6 +304,7 @@ def collect_dashboard(settings: Settings | None = None, ledger: Ledger | None = 
                 "id": dataset.id, "state": dataset.state, "blob_name": dataset.get("blob_name"), "collection": dataset.get("collection"),
                 "uploaded_at": dataset.created_at, "counts": dataset.get("counts") or {}, "error": dataset.get("error"),
                 "report_blob": dataset.get("report_blob"), "rejected": _report_view(dataset, s, budget, read_blob),
+                "quality": dataset.get("quality"), "forecast_usd": dataset.get("forecast_usd"),
             }
         if job is not None:
             item["job"] = _job_view(job, s, backend, budget, now)
@@ -406,6 +407,9 @@ def _money(value: Any) -> str:
     return "-" if value is None else f"${float(value):,.2f}"
 
 
+QUALITY_KINDS = ("personal_data", "secrets", "special_tokens", "near_duplicates", "leaks")
+
+
 def _dataset_html(d: dict[str, Any] | None, link: Callable[[str, dict[str, str]], str]) -> str:
     if d is None:
         return '<div class="step"><h3>Upload / dataset</h3><span class="muted">submitted directly (no upload)</span></div>'
@@ -415,6 +419,13 @@ def _dataset_html(d: dict[str, Any] | None, link: Callable[[str, dict[str, str]]
             ("dataset", f"<code>{escape(d['id'])}</code> {_state(d['state'])}"), ("counts", escape(counts or "-"))]
     if d.get("collection"):
         rows.insert(0, ("collection", escape(d["collection"])))
+    quality = d.get("quality")
+    if quality:
+        found = ", ".join(f"{quality.get(k) or 0} {k.replace('_', ' ')}" for k in QUALITY_KINDS)
+        cls = "warn" if any(quality.get(k) for k in QUALITY_KINDS) else "muted"
+        rows.append(("quality", f'<span class="{cls}">{escape(found)}</span> (policy {escape(str(quality.get("policy") or "-"))})'))
+    if d.get("forecast_usd") is not None:
+        rows.append(("forecast", escape(f"${d['forecast_usd']:.2f} to train")))
     if d["error"]:
         rows.append(("why", f'<span class="warn">{escape(d["error"])}</span>'))
     if d["report_blob"]:

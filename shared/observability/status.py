@@ -3,7 +3,9 @@
 The JSON form is a contract for scripts (keep it stable, add fields only):
 
 - top-level lists ``datasets``, ``jobs``, ``models``, ``endpoints``; every item has ``id`` and
-  ``state`` (the ledger's state); endpoints also have ``name`` (= ``id``), ``model``
+  ``state`` (the ledger's state); datasets also have ``collection`` (null when the folder name
+  was refused) and ``quality`` (the data quality gate's counts: ``personal_data``, ``secrets``,
+  ``special_tokens``, ``near_duplicates``, ``leaks``, and the ``policy``; null before the gate); endpoints also have ``name`` (= ``id``), ``model``
   ("name:version"), ``last_activity`` (ISO 8601 or null), ``idle_minutes`` (or null),
   ``backend_state`` (null when the backend does not list it or cannot be reached) and
   ``janitor_verdict`` (what the idle policy would decide now);
@@ -347,14 +349,23 @@ def _progress_cell(progress: dict[str, Any] | None) -> str | None:
     return text
 
 
+def _quality_cell(quality: dict[str, Any] | None) -> str:
+    """``pii 2 secrets 1 tokens 0 near-dup 3 leaks 0`` (the data quality gate's counts)."""
+    if not quality:
+        return "-"
+    short = (("personal_data", "pii"), ("secrets", "secrets"), ("special_tokens", "tokens"),
+             ("near_duplicates", "near-dup"), ("leaks", "leaks"))
+    return " ".join(f"{label} {quality.get(key) or 0}" for key, label in short)
+
+
 def render_status(status: dict[str, Any]) -> str:
     parts = []
     backend = status["backend"]
     if not backend["reachable"]:
         parts.append(f"note: backend {backend['name']!r} unreachable ({backend['error']}); showing the ledger only")
-    parts.append(_section("Datasets", ["id", "state", "valid/train/test", "invalid", "job", "updated", "error"], [
-        [d["id"], d["state"], _split_counts(d["counts"]), (d["counts"] or {}).get("invalid"), d["job_name"],
-         _short_time(d["updated_at"]), d["error"]] for d in status["datasets"]]))
+    parts.append(_section("Datasets", ["id", "state", "valid/train/test", "invalid", "quality", "job", "updated", "error"], [
+        [d["id"], d["state"], _split_counts(d["counts"]), (d["counts"] or {}).get("invalid"), _quality_cell(d.get("quality")),
+         d["job_name"], _short_time(d["updated_at"]), d["error"]] for d in status["datasets"]]))
     parts.append(_section("Jobs", ["id", "state", "progress", "dataset", "model", "updated", "error"], [
         [j["id"], j["state"], _progress_cell(j.get("progress")), j["dataset_id"], j["model"] or j["model_name"],
          _short_time(j["updated_at"]), j["error"]]

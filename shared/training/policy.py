@@ -65,6 +65,7 @@ class GuardFacts:
     jobs: tuple[JobCost, ...] = ()
     next_hourly_usd: float | None = 0.0  # price of the job about to be submitted (None: unknown)
     next_instance_type: str = ""
+    next_forecast_usd: float = 0.0  # the preparation reports' cost forecast of the job about to be submitted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +121,10 @@ def guard_reason(guard: GuardFacts, now: datetime) -> str | None:
     if spent >= guard.budget_usd:
         return (f"monthly fine-tuning budget reached: ${spent:.2f} of ${guard.budget_usd:.2f} spent in "
                 f"{month_start(now):%Y-%m} (FINETUNE_BUDGET_USD); submitted when the budget allows")
+    if guard.next_forecast_usd and spent + guard.next_forecast_usd > guard.budget_usd:
+        return (f"the job's forecast cost ${guard.next_forecast_usd:.2f} (preparation reports: tokens x epochs / "
+                f"TRAINING_TOKENS_PER_SECOND x INSTANCE_HOURLY_PRICES) plus ${spent:.2f} spent in {month_start(now):%Y-%m} "
+                f"is over the budget of ${guard.budget_usd:.2f} (FINETUNE_BUDGET_USD); submitted when the budget allows")
     return None
 
 

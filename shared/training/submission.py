@@ -149,8 +149,14 @@ def _backend_times(job: Record, backend: MLBackend | None, ledger: Ledger | None
     return started, ended
 
 
+def forecast_usd(datasets: list[Record], name: str) -> float:
+    """The cost forecast of the collection's next corpus job: the sum of its members' preparation
+    forecasts (``forecast_usd`` on each dataset record, issue 26's quality report)."""
+    return float(sum(d.get("forecast_usd") or 0.0 for d in datasets if d.state in IN_CORPUS and dataset_collection(d) == name))
+
+
 def guard_facts(jobs: list[Record], settings: Settings, now: datetime, backend: MLBackend | None = None,
-                ledger: Ledger | None = None) -> P.GuardFacts:
+                ledger: Ledger | None = None, forecast: float = 0.0) -> P.GuardFacts:
     running = sum(1 for j in jobs if j.state == R.JOB_SUBMITTED)
     next_type, next_count = finetune_instance(settings)
     costs: tuple[P.JobCost, ...] = ()
@@ -158,7 +164,8 @@ def guard_facts(jobs: list[Record], settings: Settings, now: datetime, backend: 
         costs = job_costs(jobs, settings, now, backend, ledger)
     return P.GuardFacts(running_jobs=running, max_running_jobs=settings.max_running_jobs,
                         budget_usd=settings.finetune_budget_usd, jobs=costs,
-                        next_hourly_usd=_hourly(settings, next_type, next_count), next_instance_type=next_type)
+                        next_hourly_usd=_hourly(settings, next_type, next_count), next_instance_type=next_type,
+                        next_forecast_usd=forecast)
 
 
 # --------------------------------------------------------------------------- acting
@@ -193,7 +200,8 @@ def advance_collection(name: str, settings: Settings | None = None, *, ledger: L
     if _finish_moves(ledger, name, datasets, jobs):
         datasets = ledger.list(R.DATASET)
     record = ledger.get(R.COLLECTION, name)
-    decision = P.decide(collection_facts(name, datasets, jobs, record), guard_facts(jobs, s, clock, _lazy(backend, s), ledger),
+    decision = P.decide(collection_facts(name, datasets, jobs, record),
+                        guard_facts(jobs, s, clock, _lazy(backend, s), ledger, forecast_usd(datasets, name)),
                         clock, coalesce_s=s.coalesce_s, lease_s=s.submit_claim_lease_s)
     if decision.action == P.SUBMIT and not submit:
         decision = P.Decision(P.WAIT, "due: submitted by the next delivery or reconcile run", decision.due_at)
@@ -209,7 +217,7 @@ def advance_collection(name: str, settings: Settings | None = None, *, ledger: L
         # The facts again, now that the claim is ours: a submission that finished meanwhile counts.
         datasets, jobs = ledger.list(R.DATASET), ledger.list(R.JOB)
         decision = P.decide(collection_facts(name, datasets, jobs, claimed, ignore_claim=claim),
-                            guard_facts(jobs, s, clock, _lazy(backend, s), ledger),
+                            guard_facts(jobs, s, clock, _lazy(backend, s), ledger, forecast_usd(datasets, name)),
                             clock, coalesce_s=s.coalesce_s, lease_s=s.submit_claim_lease_s)
         if decision.action != P.SUBMIT:
             _release(ledger, name, claim)
