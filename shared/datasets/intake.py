@@ -45,7 +45,6 @@ from shared.datasets.chat_data import ChunkStream, PreparedData, detect_format, 
 from shared.datasets.collections import canonical_collection_of, folder_problem
 from shared.datasets.evalset import is_golden_blob
 from shared.datasets.outcome import DatasetOutcome
-from shared.datasets.quality import held_out_for
 from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, get_settings
@@ -186,6 +185,18 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
     else:  # upload mode: this file alone, at once (as before collections)
         outcome = submit_accepted_dataset(dataset_id, s, ledger=ledger, backend=backend)
     return dataclasses.replace(outcome, blob_name=blob_name, reasons=reasons, counts=prepared.counts)
+
+
+def held_out_for(settings: Settings, collection: str) -> list[list[dict[str, str]]] | None:
+    """The collection's held-out evaluation set (``shared.evaluation.held_out_conversations``, issue
+    24) for the quality gate's leakage check; None when the evaluation package does not offer it."""
+    import shared.evaluation as evaluation
+
+    loader = getattr(evaluation, "held_out_conversations", None)
+    if loader is None:
+        return None
+    conversations = loader(settings, collection)
+    return list(conversations) if conversations is not None else None
 
 
 def _quality_fields(prepared: PreparedData) -> dict[str, Any]:

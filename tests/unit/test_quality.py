@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from shared.datasets.chat_data import prepare_file
-from shared.datasets.quality import find_leaks, find_sensitive, iban_ok, luhn_ok
+from shared.datasets.quality import find_leaks
+from shared.datasets.sensitive import find_sensitive, iban_ok, luhn_ok
 from shared.training import policy as P
 from tests.fakes.planted import (
     EMAIL,
