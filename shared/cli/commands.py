@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", help="write the YAML here instead of standard output")
 
     rollback = sub.add_parser("rollback", help="make an earlier version of a model active again (redeployed if needed)")
-    rollback.add_argument("model", help="fine-tuned model name")
+    rollback.add_argument("model", help="fine-tuned model name (or NAME:VERSION)")
     rollback.add_argument("version", nargs="?", help="version to roll back to (default: the one before the active one)")
 
     status = sub.add_parser("status", help="datasets, jobs, models and endpoints with their states")

@@ -10,7 +10,9 @@ Policy, per endpoint record:
    or missing, on conclusive evidence (or inconclusive evidence seen again after
    ``SUSPECT_CONFIRM``), moves it ``succeeded`` -> ``failed`` with ``unhealthy_since`` and the
    reason: the ledger never keeps calling a dead endpoint live.
-2. A ``failed`` endpoint that its model still needs (not replaced by a newer version) is
+2. A ``failed`` endpoint that its model still needs (:func:`shared.endpoints.routing.endpoint_need`:
+   the one its route serves, a rollback's target, a newer version on its way; a ``replaced_by``
+   mark does not decide) is
    redeployed through :func:`shared.endpoints.lifecycle.deploy_model` (``failed`` ->
    ``provisioning``), at most ``ENDPOINT_HEAL_ATTEMPTS`` times. The first redeploy of an
    endpoint found unhealthy starts at once; a deployment that failed on its own waits
@@ -19,7 +21,7 @@ Policy, per endpoint record:
    an ETag-conditional write, so concurrent reconcile runs and scoring workers start it once.
 3. When the attempts are spent the record stays ``failed`` with ``heal_stopped_at`` and the
    reason, and nothing is redeployed any more (scoring answers 503 without redeploying; the
-   janitor deletes it once idle). An endpoint replaced by a newer version is stopped at once.
+   janitor deletes it once idle). An endpoint its model no longer needs is stopped at once.
 4. Once the endpoint serves again ``healed_at`` and ``heal_seconds`` (time from unhealthy to
    serving) are recorded; the attempt count is reset after it has served ``RESET_AFTER``.
 
@@ -51,7 +53,7 @@ from shared.backends.base import (
 )
 from shared.context import Context
 from shared.endpoints import lifecycle
-from shared.endpoints.versions import is_newer
+from shared.endpoints.routing import endpoint_need
 from shared.ledger import ConflictError, Record, iso, parse_iso, utcnow
 from shared.ledger import records as R
 
@@ -147,16 +149,11 @@ def is_healing(record: Record, settings: Any) -> bool:
     return record.state == EP_FAILED and next_attempt_at(record, settings) is not None
 
 
-def _still_needed(record: Record, ctx: Context) -> str | None:
-    """None when the model still needs this endpoint, else why not (replaced by a newer version)."""
-    if record.get("replaced_by"):
-        return f"replaced by {record.get('replaced_by')}"
+def _not_needed(record: Record, ctx: Context) -> str | None:
+    """None when the model still needs this endpoint (:func:`shared.endpoints.routing.endpoint_need`), else why not."""
     model_name = record.get("model_name")
-    route = ctx.ledger.get(R.ROUTE, model_name) if model_name else None
-    if route is not None and route.get("endpoint") and route.get("endpoint") != record.id:
-        if not is_newer(str(record.get("model_version") or ""), route.get("model_version")):
-            return f"model {model_name} is served by {route.get('endpoint')} (version {route.get('model_version')})"
-    return None
+    need = endpoint_need(record, ctx.ledger.get(R.ROUTE, model_name) if model_name else None)
+    return None if need.needed else need.reason
 
 
 def _mark_unhealthy(record: Record, health: EndpointHealth, ctx: Context, now: datetime,
@@ -191,7 +188,7 @@ def _heal(record: Record, ctx: Context, now: datetime, summary: Counter[str]) ->
         return record
     attempts = int(record.get("heal_attempts") or 0)
     last_error = record.get("error") or record.get("unhealthy_reason") or "deployment failed"
-    not_needed = _still_needed(record, ctx)
+    not_needed = _not_needed(record, ctx)
     if not_needed is not None or attempts >= s.endpoint_heal_attempts:
         why = (f"not healed: {not_needed}" if not_needed is not None
                else f"gave up after {attempts} redeploy(s); last error: {last_error}")

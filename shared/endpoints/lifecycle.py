@@ -132,6 +132,10 @@ def deploy_model(
         "deploy_reason": reason,
         "deploy_requested_at": _now_iso(),
         "error": None,
+        # A new deployment: an earlier decision to stop healing (not needed, attempts spent) no
+        # longer holds; the health loop decides again from its route (routing.endpoint_need).
+        "heal_stopped_at": None,
+        "heal_stopped_reason": None,
     }
     record = ctx.ledger.create(R.ENDPOINT, ep_name, EP_PROVISIONING, **fields)
     if record is None:
@@ -297,10 +301,19 @@ def activate(record: Record, ctx: Context, summary: Counter[str]) -> None:
     changed, previous = retry_on_conflict(attempt, f"active/{model_name}")
     if not changed:
         return
+    _clear_replaced_mark(record.id, ctx)
     summary["endpoints_activated"] += 1
     log.info("endpoint %s is now the active endpoint for %s (version %s)", record.id, model_name, version)
     if previous and previous != record.id:
         _retire_replaced(previous, record.id, ctx, summary)
+
+
+def _clear_replaced_mark(ep_name: str, ctx: Context) -> None:
+    """The route serves ``ep_name`` (again: a rollback, or a reactivation): a ``replaced_by`` mark
+    left from when a newer version took over is stale; drop it so nobody reads it as current."""
+    record = ctx.ledger.get(R.ENDPOINT, ep_name)
+    if record is not None and (record.get("replaced_by") or record.get("replaced_at")):
+        ctx.ledger.annotate(R.ENDPOINT, ep_name, replaced_by=None, replaced_at=None)
 
 
 def _retire_replaced(previous: str, replacement: str, ctx: Context, summary: Counter[str]) -> None:
@@ -488,6 +501,7 @@ def rollback(
 
     retry_on_conflict(attempt, f"active/{model_name}")
     if live:
+        _clear_replaced_mark(ep_name, ctx)
         log.info("rolled %s back from version %s to %s (endpoint %s)", model_name, current, version, ep_name)
         return Rollback(model_name, current, version, ep_name, "active")
     model = model_ref_of(models[version])
@@ -497,9 +511,12 @@ def rollback(
 
 
 def cli_rollback(args: Any) -> int:
-    """``python -m shared.cli rollback MODEL [VERSION]``."""
+    """``python -m shared.cli rollback MODEL [VERSION]`` (or ``MODEL:VERSION``, as ``model`` names it in scoring)."""
+    model, version = args.model, args.version
+    if version is None and ":" in model:
+        model, _, version = model.rpartition(":")
     try:
-        done = rollback(args.model, args.version)
+        done = rollback(model, version or None)
     except RollbackError as exc:
         print(f"rollback: {exc}", file=sys.stderr)
         return 2

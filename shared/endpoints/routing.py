@@ -1,11 +1,12 @@
-"""Which endpoint serves a model: the one rule, used by scoring and the model list."""
+"""Which endpoint serves a model, and which endpoints a model still needs: the rules, used by
+scoring, the model list and the health loop."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from shared.endpoints.naming import endpoint_name
-from shared.endpoints.versions import latest
+from shared.endpoints.versions import is_newer, latest
 from shared.ledger import ENDPOINT, MODEL, Ledger, Record
 
 
@@ -83,3 +84,40 @@ def placement(ledger: Ledger, model_name: str, version: str, route: Record | Non
 def deployment_live(endpoint: Record, deployment: str) -> bool:
     """Whether ``deployment`` still exists in ``endpoint`` (its champion, or a live candidate)."""
     return endpoint.get("deployment") == deployment or deployment in (endpoint.get("deployments") or [])
+
+
+# ---- which endpoints a model still needs (the health loop heals exactly these)
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    needed: bool
+    reason: str  # why it is (or is not) needed, for logs and the ledger's heal_stopped_reason
+
+
+def endpoint_need(endpoint: Record, route: Record | None) -> Need:
+    """Whether ``endpoint``'s model still needs it, decided from the model's route (``active/<model>``)
+    alone, so that rollback, promotion and replacement cannot disagree: a ``replaced_by`` mark is a
+    note of history, never the decision (a rollback makes a replaced endpoint the serving one again).
+
+    Needed: the endpoint the route serves; the version a rollback waits for (``rollback_to``); a
+    version newer than the active one that would take over when ready (newer than the version a
+    rollback stepped back from, too: :func:`shared.endpoints.lifecycle.activate`'s rule). Anything
+    else is not (an older or rolled-back-from version; a client may still name it as a pin while
+    its endpoint lives). Canary and pinned deployments, once recorded, are added here.
+    """
+    model_name = endpoint.get("model_name")
+    version = str(endpoint.get("model_version") or "")
+    if not model_name or route is None or not route.get("endpoint"):
+        return Need(True, f"model {model_name or '?'} has no active endpoint yet: this one becomes active when ready")
+    if route.get("endpoint") == endpoint.id:
+        return Need(True, f"it serves model {model_name} (its route)")
+    if version and str(route.get("rollback_to") or "") == version:
+        return Need(True, f"a rollback of model {model_name} to version {version} waits for it")
+    rolled_back_from = route.get("rolled_back_from")
+    if is_newer(version, route.get("model_version")) and (not rolled_back_from or is_newer(version, rolled_back_from)):
+        return Need(True, f"version {version} is newer than the active {route.get('model_version')}: it takes over when ready")
+    if endpoint.get("replaced_by"):
+        return Need(False, f"replaced by {endpoint.get('replaced_by')}")
+    rolled = f", rolled back from version {rolled_back_from}" if rolled_back_from else ""
+    return Need(False, f"model {model_name} is served by {route.get('endpoint')} (version {route.get('model_version')}{rolled})")
