@@ -139,6 +139,8 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
                 done = wait_until(lambda: rollout_of(v2.get("version")) if rollout_of(v2.get("version")).state
                                   not in R.ROLLOUT_LIVE else None, 600, "version 2's canary to end", 2.0)
                 assert done.state == R.ROLLOUT_PROMOTED, done.fields
+                # the old deployment's deletion follows the decision (cleanup_done)
+                wait_until(lambda: rollout_of(v2.get("version")).get("cleanup_done"), 120, "the old deployment deleted", 1.0)
                 assert ledger.get(ROUTE, model).get("model_version") == v2.get("version")
                 record = json.loads((Path(settings.local_workspace_dir) / "endpoints" / endpoint / "record.json").read_text())
                 assert record["traffic"] == {v2.get("deployment"): 100} and list(record["deployments"]) == [v2.get("deployment")]
@@ -152,6 +154,7 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
                 judged = wait_until(lambda: rollout_of(v3.get("version")) if rollout_of(v3.get("version")).state
                                     not in R.ROLLOUT_LIVE else None, 900, "version 3 judged", 2.0)
                 assert judged.state == R.ROLLOUT_REJECTED, judged.fields
+                wait_until(lambda: rollout_of(v3.get("version")).get("cleanup_done"), 120, "version 3's deployment deleted", 1.0)
                 assert "house style" in judged.get("reason"), judged.get("reason")
                 record = json.loads((Path(settings.local_workspace_dir) / "endpoints" / endpoint / "record.json").read_text())
                 assert record["traffic"] == {v2.get("deployment"): 100}, "the champion kept all of the traffic"
@@ -178,6 +181,7 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
                 rolled = wait_until(lambda: rollout_of(v4.get("version")) if rollout_of(v4.get("version")).state
                                     != R.ROLLOUT_CANARY else None, 300, "version 4 to be rolled back", 1.0)
                 assert rolled.state == R.ROLLOUT_ROLLED_BACK, rolled.fields
+                wait_until(lambda: rollout_of(v4.get("version")).get("cleanup_done"), 120, "version 4's deployment deleted", 1.0)
                 assert _seconds(rolled.get("canary")["started_at"], rolled.get("decided_at")) < settings.canary_minutes * 60
                 figures["v4: killed -> rolled back (s)"] = time.monotonic() - killed
                 figures["v4: upload -> rolled back (s)"] = time.monotonic() - t3
