@@ -218,7 +218,7 @@ SPECS: dict[str, Spec] = {
     "reconcile_schedule": Spec("RECONCILE_SCHEDULE", "0 */5 * * * *", _str, "NCRONTAB schedule of the `reconcile` timer."),
     "endpoint_followups": Spec("ENDPOINT_FOLLOWUPS", "true", _bool, "Check a deployment or deletion in flight within seconds (queue `endpoint-followups`: every 2 s for half a minute, then backed off to every 30 s) instead of only at the next `reconcile`."),
     # --- rollout of a new version beside the serving one (shared.rollout)
-    "rollout_candidates": Spec("ROLLOUT_CANDIDATES", "true", _bool, "Deploy a new version of a model as a second deployment of the endpoint that serves it (0% traffic), judge it against the serving one, canary it, and roll it back by itself on regression; false: every version gets its own endpoint and takes over at once (the earlier behaviour)."),
+    "rollout_candidates": Spec("ROLLOUT_CANDIDATES", "false", _bool, "Opt-in until its tier (`make test-rollout`) passes end to end: deploy a new version of a model as a second deployment of the endpoint that serves it (0% traffic), judge it against the serving one, canary it, and roll it back by itself on regression; false: every version gets its own endpoint and takes over at once (the earlier behaviour)."),
     "canary_percent": Spec("CANARY_PERCENT", "10", _int, "Share of live traffic (1-50%) a promoted candidate takes during its canary."),
     "canary_minutes": Spec("CANARY_MINUTES", "10", _float, "How long the canary lasts before the candidate takes 100% (if it did not regress)."),
     "canary_requests": Spec("CANARY_REQUESTS", "0", _int, "End the canary earlier, once the candidate has served this many live requests (0: time only)."),

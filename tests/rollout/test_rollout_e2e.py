@@ -95,7 +95,7 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
 
     port = free_port()
     settings = storage_settings.replace(
-        training_mode="corpus", coalesce_s=0, function_key=KEY, local_base_model="smollm2",
+        training_mode="corpus", rollout_candidates=True, coalesce_s=0, function_key=KEY, local_base_model="smollm2",
         eventgrid_webhook_url=f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event",
         finetune_params={"max_steps": 24, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "max_seq_length": 96},
         reconcile_schedule="*/20 * * * * *", janitor_schedule="0 0 0 1 1 *",

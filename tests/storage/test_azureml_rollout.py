@@ -57,6 +57,7 @@ def judge(promote: bool):  # noqa: ANN201 - judge_candidate's stand-in (the eval
 @pytest.fixture
 def azure_flow(storage_settings) -> Any:
     settings = storage_settings.replace(
+        rollout_candidates=True,
         ml_backend="azureml", azure_subscription_id=SUB, azure_resource_group=RG, azure_ml_workspace=WS,
         storage_account_name=STORAGE_ACCOUNT, endpoint_followups=False)
     use_settings(settings)

@@ -65,7 +65,7 @@ def seed_champion(ledger: Ledger, ws: Any) -> None:
 
 @pytest.fixture
 def world(storage_settings: Settings):  # noqa: ANN201
-    settings = dataclasses.replace(storage_settings, endpoint_followups=False, canary_minutes=10.0, canary_percent=10)
+    settings = dataclasses.replace(storage_settings, rollout_candidates=True, endpoint_followups=False, canary_minutes=10.0, canary_percent=10)
     settings, ledger, ws = install_workspace(settings)
     seed_champion(ledger, ws)
     return Context(settings, ledger, ws), ws
