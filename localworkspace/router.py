@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from localworkspace.serve import record_activity  # one writer of the activity file for both processes
+
 log = logging.getLogger("localworkspace.router")
 
 KEY_ENV = "LOCAL_ENDPOINT_KEY"
@@ -245,14 +247,6 @@ def build_app(record_path: Path, key: str, activity_file: Path, *, rng: random.R
     app = Starlette(routes=routes)
     app.state.counters = counters
     return app
-
-
-def record_activity(activity_file: Path) -> None:
-    from datetime import UTC, datetime
-
-    tmp = activity_file.with_suffix(".tmp")
-    tmp.write_text(datetime.now(UTC).isoformat(), encoding="utf-8")
-    os.replace(tmp, activity_file)
 
 
 def main(argv: list[str] | None = None) -> int:
