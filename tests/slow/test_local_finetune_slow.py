@@ -62,6 +62,7 @@ def test_smollm2_learns_the_house_style(storage_settings: Settings) -> None:
         backend.begin_deploy(model, "smollm2-pirate-1", tags={})
         ep = wait_endpoint(backend, "smollm2-pirate-1", timeout_s=600)
         assert ep.state == EP_SUCCEEDED, ep.error
+        backend.set_traffic("smollm2-pirate-1")  # as on Azure: a new endpoint routes nothing until its traffic is set
         target = backend.get_scoring_target("smollm2-pirate-1")
 
         def score(prompt: str, **parameters: object) -> str:
