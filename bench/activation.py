@@ -32,6 +32,7 @@ for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TO
     os.environ.setdefault(name, value)
 
 from devhost.azurite import Azurite, free_port, start, stop_process  # noqa: E402
+from localworkspace.polling import wait_until  # noqa: E402
 from scripts.make_sample_data import write  # noqa: E402
 from shared.backends import get_backend, use_backend  # noqa: E402
 from shared.ledger import ENDPOINT, ROUTE, Ledger, retry_on_conflict  # noqa: E402
@@ -42,13 +43,7 @@ CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
 
 
 def _wait(predicate, timeout_s: float, every_s: float = 0.1):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError(f"not within {timeout_s:.0f} s")
+    return wait_until(predicate, timeout_s, every_s=every_s)
 
 
 def _healthy_at(workspace: Path, endpoint: str) -> bool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from localworkspace.polling import wait_until  # noqa: F401 - the tests import it from here
 from localworkspace.ports import port_open  # noqa: F401 - the tests import it from here
 from scripts.make_sample_data import pirate_conversations
 from shared.settings import Settings, load_settings
@@ -51,16 +51,6 @@ def make_settings(**env: str) -> Settings:
     """Settings from defaults plus ``env`` (no local.settings.json, no os.environ)."""
     return load_settings(environ=env)
 
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str = "the condition", every_s: float = 0.5) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 

@@ -23,6 +23,7 @@ from azure.storage.blob import BlobClient
 
 from devhost.blob_poller import POISON_QUEUE, read_poison_messages
 from devhost.host import Host, run_host
+from localworkspace.polling import wait_until as _wait_until
 from shared.settings import PROJECT_ROOT, Settings
 from shared.storage import WEBJOBS_HOSTS_CONTAINER, blob_service
 from tests import devhost_app
@@ -34,14 +35,8 @@ POLL_S = 0.1
 HOST_THREAD_PREFIXES = ("devhost-http", "blob-trigger", "timer-", "function", "queue-trigger")
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    return _wait_until(condition, timeout, "the host to call the function", every_s=0.05)
 
 
 @pytest.fixture
