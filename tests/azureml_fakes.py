@@ -684,8 +684,12 @@ class FakeAzureML:
             return self.metrics_status, {"error": {"code": "AuthorizationFailed", "message": "no Monitoring Reader role"}}
         values = []
         wanted = (rec.query.get("metricnames") or [""])[0]
+        refused = refuse_unpublished_query(rec.query)
+        if refused:
+            return 400, {"error": {"code": "BadRequest", "message": refused}}
         if wanted in ("RequestsPerMinute", "RequestLatency_P95") and "deployment" in (rec.query.get("filter") or [""])[0]:
-            return 200, {"values": [self._deployment_split(r, wanted) for r in rec.body["resourceids"]]}
+            aggregation = (rec.query.get("aggregation") or ["Average"])[0].lower()
+            return 200, {"values": [self._deployment_split(r, wanted, aggregation) for r in rec.body["resourceids"]]}
         for resource_id in rec.body["resourceids"]:
             name = resource_id.rsplit("/", 1)[-1]
             points = self.metrics.get(name, [])
@@ -706,7 +710,7 @@ class FakeAzureML:
         return 200, {"values": values}
 
 
-    def _deployment_split(self, resource_id: str, metric: str) -> dict[str, Any]:
+    def _deployment_split(self, resource_id: str, metric: str, aggregation: str) -> dict[str, Any]:
         """One resource's metric split by deployment (and status code class), as Azure Monitor's batch answers."""
         name = resource_id.rsplit("/", 1)[-1]
         minute = datetime.now(UTC).replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -720,15 +724,47 @@ class FakeAzureML:
                 for status_class, total in (("2xx", requests - errors), ("5xx", errors)):
                     if total:
                         series.append({"metadatavalues": dims(deployment=deployment, statusCodeClass=status_class),
-                                       "data": [{"timeStamp": minute, "total": total}]})
+                                       "data": [{"timeStamp": minute, aggregation: total}]})
             else:
-                series.append({"metadatavalues": dims(deployment=deployment), "data": [{"timeStamp": minute, "average": p95}]})
+                series.append({"metadatavalues": dims(deployment=deployment), "data": [{"timeStamp": minute, aggregation: p95}]})
         return {"starttime": minute, "endtime": minute, "interval": "PT1M",
                 "namespace": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints", "resourceregion": LOCATION,
                 "resourceid": resource_id,
                 "value": [{"id": f"{resource_id}/providers/Microsoft.Insights/metrics/{metric}", "type": "Microsoft.Insights/metrics",
                            "name": {"value": metric, "localizedValue": metric}, "unit": "Count" if metric == "RequestsPerMinute"
                            else "Milliseconds", "errorCode": "Success", "timeseries": series}]}
+
+
+def published_endpoint_metrics() -> dict[str, dict[str, Any]]:
+    """Azure Monitor's table of the endpoint resource's metrics (tests/fixtures/azure-monitor):
+    REST name -> {"aggregations": {...}, "dimensions": {...}} (lower case)."""
+    text = (FIXTURES / "azure-monitor" / "microsoft-machinelearningservices-workspaces-onlineendpoints-metrics.md").read_text()
+    table: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[1].startswith("`"):
+            table[cells[1].strip("`")] = {
+                "aggregations": {a.strip().lower() for a in cells[4].split(",")},
+                "dimensions": set(re.findall(r"`([^`]+)`", cells[5].lower())),
+            }
+    return table
+
+
+def refuse_unpublished_query(query: dict[str, list[str]]) -> str | None:
+    """Why Azure Monitor would not answer a metrics query of an endpoint as the published table
+    describes it (a metric, aggregation or dimension it does not list), or None."""
+    table = published_endpoint_metrics()
+    for name in (query.get("metricnames") or [""])[0].split(","):
+        if name not in table:
+            return f"metric {name!r} is not a metric of online endpoints"
+        for aggregation in (query.get("aggregation") or [])[:1]:
+            for one in aggregation.split(","):
+                if one.lower() not in table[name]["aggregations"]:
+                    return f"metric {name!r} does not support aggregation {one!r}"
+        for dimension in re.findall(r"(\w+)\s+(?:eq|ne)\s", (query.get("filter") or [""])[0]):
+            if dimension.lower() not in table[name]["dimensions"]:
+                return f"metric {name!r} has no dimension {dimension!r}"
+    return None
 
 
 # --- a backend on this fake, and reading what it sent ------------------------------------------

@@ -12,7 +12,11 @@ deployment. Every call is one request through azure-ai-ml's generated operations
 Live figures per deployment come from Azure Monitor's metrics of the endpoint resource
 (``Microsoft.MachineLearningServices/workspaces/onlineEndpoints``), split by the ``deployment``
 dimension: ``RequestsPerMinute`` (requests; with ``statusCodeClass`` eq ``5xx``: errors) and
-``RequestLatency_P95`` (milliseconds), one metrics-batch request per look.
+``RequestLatency_P95`` (milliseconds). Names, dimensions and aggregations are those of Azure
+Monitor's published table for that resource type (supported-metrics
+microsoft-machinelearningservices-workspaces-onlineendpoints-metrics; a copy in
+tests/fixtures/azure-monitor): both metrics list only the ``Average`` aggregation, so at PT1M a
+minute's ``RequestsPerMinute`` average is that minute's request count, summed over the window.
 """
 
 from __future__ import annotations
@@ -147,7 +151,7 @@ def deployment_metrics(backend: Any, endpoint_name: str, since: datetime) -> dic
     try:
         requests = client.query_resources(
             resource_ids=[resource], metric_namespace=METRICS_NAMESPACE, metric_names=[REQUESTS_METRIC],
-            timespan=(start, end), granularity=timedelta(minutes=1), aggregations=[MetricAggregationType.TOTAL],
+            timespan=(start, end), granularity=timedelta(minutes=1), aggregations=[MetricAggregationType.AVERAGE],
             filter=f"{DEPLOYMENT_DIMENSION} eq '*' and {STATUS_CLASS_DIMENSION} eq '*'")
         latency = client.query_resources(
             resource_ids=[resource], metric_namespace=METRICS_NAMESPACE, metric_names=[P95_METRIC],
@@ -163,7 +167,7 @@ def deployment_metrics(backend: Any, endpoint_name: str, since: datetime) -> dic
                 name = dims.get(DEPLOYMENT_DIMENSION.lower())
                 if not name:
                     continue
-                total = sum(float(p.total or 0) for p in series.data)
+                total = sum(float(p.average or 0) for p in series.data)  # per minute: that minute's requests
                 entry = counts.setdefault(name, [0.0, 0.0])
                 entry[0] += total
                 if dims.get(STATUS_CLASS_DIMENSION.lower(), "").lower() == "5xx":
