@@ -233,6 +233,7 @@ SPECS: dict[str, Spec] = {
     "scoring_retry_after_s": Spec("SCORING_RETRY_AFTER_S", "60", _int, "Retry-After (seconds) sent with 503 while an endpoint is (re)deploying, until the app has deployment times to estimate it from."),
     "activity_flush_s": Spec("ACTIVITY_FLUSH_S", "30", _int, "Scoring records an endpoint's last activity at most once per this many seconds per worker."),
     "scoring_route_max_stale_s": Spec("SCORING_ROUTE_MAX_STALE_S", "300", _int, "While the ledger is unreachable, scoring keeps using a known route this many seconds after it was last read from the ledger."),
+    "max_live_endpoints": Spec("MAX_LIVE_ENDPOINTS", "4", _int, "At most this many endpoints and deployments live (provisioning or serving, candidates beside a champion included); a deployment that would pass it is not started and its model's record says why (`shared.endpoints.capacity`)."),
     # --- endpoint healing
     "endpoint_heal_attempts": Spec("ENDPOINT_HEAL_ATTEMPTS", "3", _int, "Redeploys the health loop tries for an unhealthy or failed endpoint before it records it failed for good."),
     "endpoint_heal_backoff_s": Spec("ENDPOINT_HEAL_BACKOFF_S", "30", _int, "Wait before the second heal redeploy; doubled for each further one."),
@@ -334,6 +335,7 @@ class Settings:
     scoring_retry_after_s: int
     activity_flush_s: int
     scoring_route_max_stale_s: int
+    max_live_endpoints: int
     endpoint_heal_attempts: int
     endpoint_heal_backoff_s: int
     janitor_schedule: str
@@ -528,6 +530,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"MAX_EXPANSION_RATIO={s.max_expansion_ratio} must be at least 1")
     if not 0.0 < s.near_duplicate_threshold <= 1.0:
         raise SettingsError(f"NEAR_DUPLICATE_THRESHOLD={s.near_duplicate_threshold} must be above 0 and at most 1")
+    if s.max_live_endpoints < 1:
+        raise SettingsError(f"MAX_LIVE_ENDPOINTS={s.max_live_endpoints} must be at least 1")
     if s.endpoint_auth_mode not in {"key", "aml_token", "aad_token"}:
         raise SettingsError(f"ENDPOINT_AUTH_MODE={s.endpoint_auth_mode!r} is not one of: key, aml_token, aad_token")
     if not 1 <= s.canary_percent <= 50:

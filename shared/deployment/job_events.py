@@ -38,6 +38,7 @@ from shared.backends.base import (
 )
 from shared.context import Context, context
 from shared.deployment.events import JobEvent, is_trusted
+from shared.endpoints.capacity import CapacityError
 from shared.endpoints.lifecycle import start_deployment
 from shared.ledger import Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
@@ -54,7 +55,7 @@ REGISTRATION_CLAIM_TTL = timedelta(minutes=5)
 class Outcome:
     """What handling one event (or one job during reconciliation) did."""
 
-    action: str  # ignored | pending | failed | canceled | gated | deploying | in_progress | done | error
+    action: str  # ignored | pending | failed | canceled | gated | deploying | refused (capacity) | in_progress | done | error
     reason: str
     job_name: str | None = None
     model: str | None = None  # "name:version"
@@ -268,7 +269,10 @@ def _register_once(record: Record, ctx: Context) -> ModelRef | None:
 
 def deploy_registered_model(model: ModelRef, ctx: Context, *, reason: str) -> Outcome:
     """Start the deployment of a registered model, exactly once (see :func:`start_deployment`)."""
-    started, ep_name = start_deployment(model, ctx, reason=reason)
+    try:
+        started, ep_name = start_deployment(model, ctx, reason=reason)
+    except CapacityError as exc:  # left "deploying": reconcile starts it once there is room
+        return Outcome("refused", str(exc), model.job_name, model.ref, None)
     if not started:
         return Outcome("done", "deployment already started", model.job_name, model.ref, ep_name)
     return Outcome("deploying", reason, model.job_name, model.ref, ep_name)

@@ -33,6 +33,7 @@ from shared.backends.base import (
     TransientBackendError,
 )
 from shared.context import Context, context
+from shared.endpoints import capacity
 from shared.endpoints.naming import endpoint_name
 from shared.endpoints.versions import is_newer, version_key
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
@@ -119,9 +120,15 @@ def deploy_model(
     Idempotent: the endpoint name is derived from the model; the endpoint record is created in
     "provisioning" (or moved there from "deleted"/"failed") by exactly one caller, and only that
     caller starts the deployment. Everyone gets the endpoint's current record back.
+
+    Raises :class:`shared.endpoints.capacity.CapacityError` (reason recorded on the model's record)
+    instead of starting an endpoint that would pass ``MAX_LIVE_ENDPOINTS``.
     """
     ctx = context(settings, ledger, backend)
     ep_name = home_endpoint(model, ctx.ledger)
+    existing = ctx.ledger.get(R.ENDPOINT, ep_name)
+    if existing is None or existing.state in {EP_DELETED, EP_FAILED}:  # this call would start one more
+        capacity.ensure_room(ctx, what=f"endpoint {ep_name} for {model.ref} ({reason})", model_ref=model.ref)
     fields = {
         "model": model.ref,
         "model_name": model.name,
@@ -155,12 +162,20 @@ def deploy_model(
             raise ConflictError(f"endpoint/{ep_name} vanished while deploying")
         return current
     ctx.ledger.transition(R.MODEL, model.ref, {R.MODEL_REGISTERED}, R.MODEL_DEPLOYING, endpoint=ep_name)
+    _clear_refusal(model.ref, ctx)
     failed = _begin_deploy(model, ep_name, ctx)
     if failed is not None:
         return failed
     log.info("deploying %s to endpoint %s (%s)", model.ref, ep_name, reason)
     _follow(ep_name, ctx.settings)
     return record
+
+
+def _clear_refusal(model_ref: str, ctx: Context) -> None:
+    """A deployment starts: an earlier refusal at the cap (shared.endpoints.capacity) is history."""
+    record = ctx.ledger.get(R.MODEL, model_ref)
+    if record is not None and record.get("deploy_refused_reason"):
+        ctx.ledger.annotate(R.MODEL, model_ref, deploy_refused_reason=None, deploy_refused_at=None)
 
 
 def home_endpoint(model: ModelRef, ledger: Ledger) -> str:
@@ -517,7 +532,7 @@ def cli_rollback(args: Any) -> int:
         model, _, version = model.rpartition(":")
     try:
         done = rollback(model, version or None)
-    except RollbackError as exc:
+    except (RollbackError, capacity.CapacityError) as exc:
         print(f"rollback: {exc}", file=sys.stderr)
         return 2
     if done.state == "active":

@@ -296,7 +296,7 @@ def collect_dashboard(settings: Settings | None = None, ledger: Ledger | None = 
         versions = []
         for m in sorted(models_by_job.get(job.id, []) if job else [], key=lambda r: r.id):
             versions.append({"id": m.id, "state": m.state, "base_model": m.get("base_model"), "registered_at": m.get("registered_at"),
-                             "deployed_at": m.get("deployed_at"), "error": m.get("deploy_error"),
+                             "deployed_at": m.get("deployed_at"), "error": m.get("deploy_refused_reason") or m.get("deploy_error"),
                              "endpoints": [_endpoint_view(e, s, routes, now) for e in endpoints_by_model.get(m.id, [])]})
         item: dict[str, Any] = {"dataset": None, "job": None, "models": versions}
         if dataset is not None:

@@ -153,7 +153,8 @@ def _model_item(r: Record, active: dict[str, str]) -> dict[str, Any]:
     endpoint = r.get("endpoint")
     return {"id": r.id, "name": name, "version": version, "state": r.state, "updated_at": r.updated_at,
             "job_name": r.get("job_name"), "base_model": r.get("base_model"), "endpoint": endpoint,
-            "serving": bool(endpoint) and active.get(name) == endpoint, "error": r.get("error")}
+            "serving": bool(endpoint) and active.get(name) == endpoint,
+            "error": r.get("deploy_refused_reason") or r.get("error")}  # refused: MAX_LIVE_ENDPOINTS
 
 
 def _health_fields(record: Record | None, settings: Settings | None) -> dict[str, Any]:
@@ -370,8 +371,8 @@ def render_status(status: dict[str, Any]) -> str:
         [j["id"], j["state"], _progress_cell(j.get("progress")), j["dataset_id"], j["model"] or j["model_name"],
          _short_time(j["updated_at"]), j["error"]]
         for j in status["jobs"]]))
-    parts.append(_section("Models", ["id", "state", "job", "endpoint", "serving"], [
-        [m["id"], m["state"], m["job_name"], m["endpoint"], m["serving"]] for m in status["models"]]))
+    parts.append(_section("Models", ["id", "state", "job", "endpoint", "serving", "error"], [
+        [m["id"], m["state"], m["job_name"], m["endpoint"], m["serving"], m["error"]] for m in status["models"]]))
     parts.append(_section("Endpoints", ["name", "state", "backend", "model", "active", "last activity", "idle", "janitor"], [
         [e["name"], e["state"], e["backend_state"], e["model"], e["active"], _short_time(e["last_activity"]),
          _duration(e["idle_minutes"]),

@@ -40,6 +40,7 @@ from shared.backends.base import (
     NotFoundError,
 )
 from shared.context import Context
+from shared.endpoints import capacity
 from shared.endpoints.naming import slug
 from shared.endpoints.versions import is_newer
 from shared.ledger import ConflictError, Record, iso, parse_iso, utcnow
@@ -103,7 +104,8 @@ def begin_candidate(model: ModelRef, ctx: Context, *, reason: str) -> Record | N
     if not is_newer(model.version, champion_version):
         return None
     deployment = deployment_name_for(model.version)
-    _ensure_room(ctx, f"candidate deployment {deployment} of endpoint {champion.id}")
+    capacity.ensure_room(ctx, what=f"candidate deployment {deployment} of endpoint {champion.id} for {model.ref}",
+                         model_ref=model.ref)
     record = ctx.ledger.create(
         R.ROLLOUT, model.ref, R.ROLLOUT_DEPLOYING, model_name=model.name, version=model.version,
         job_name=model.job_name, base_model=model.base_model, collection=collection_of_model(ctx, model),
@@ -122,16 +124,6 @@ def begin_candidate(model: ModelRef, ctx: Context, *, reason: str) -> Record | N
              champion_version, champion.id)
     _follow(champion.id, ctx)
     return record
-
-
-def _ensure_room(ctx: Context, what: str) -> None:
-    try:
-        from shared.endpoints import capacity  # helper D's cap (#26.4), where it has landed
-    except ImportError:
-        return
-    ensure = getattr(capacity, "ensure_room", None)
-    if ensure is not None:
-        ensure(ctx, what=what)
 
 
 def _start_deployment(record: Record, ctx: Context) -> None:
@@ -170,6 +162,8 @@ def roll_back_in_endpoint(model: ModelRef, endpoint: Record, ctx: Context) -> st
         promote_deployment(ctx, endpoint.id, model, deployment)
         return "active"
     deployment = deployment_name_for(model.version)
+    capacity.ensure_room(ctx, what=f"rollback deployment {deployment} of endpoint {endpoint.id} for {model.ref}",
+                         model_ref=model.ref)
     rollback_id = f"{model.ref}@rollback-{utcnow().strftime('%Y%m%dT%H%M%S')}"
     created = ctx.ledger.create(
         R.ROLLOUT, rollback_id, R.ROLLOUT_DEPLOYING, mode="rollback", model_name=model.name, version=model.version,
@@ -252,6 +246,8 @@ def _forced_on(record: Record, ctx: Context) -> Record | None:
         return None
     if _champion_gone(record, ctx):
         return None  # nothing serves beside which to canary it; a newer version will be judged instead
+    capacity.ensure_room(ctx, what=f"forced candidate deployment {record.get('deployment')} of endpoint "
+                                   f"{record.get('endpoint')} for {record.id}", model_ref=record.id)
     moved = ctx.ledger.transition(R.ROLLOUT, record.id, {R.ROLLOUT_REJECTED}, R.ROLLOUT_DEPLOYING, cleanup_done=False,
                                   forced_at=_now(), reason="promoted by an operator after its rejection",
                                   verdict=None, decided_at=None)

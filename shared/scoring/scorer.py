@@ -47,6 +47,7 @@ from shared.backends.base import (
     TransientBackendError,
 )
 from shared.endpoints import health
+from shared.endpoints.capacity import CapacityError
 from shared.endpoints.routing import (
     deployment_live,
     parse_model_selector,
@@ -167,6 +168,7 @@ class Scorer:
         self._sleep = sleep
         self._routes: dict[str, Route] = {}
         self._redeploy_requested: dict[str, float] = {}
+        self._refused: dict[str, str] = {}  # model ref -> why its last redeploy was refused (MAX_LIVE_ENDPOINTS)
         self._lock = threading.Lock()
         # One connection pool per endpoint origin, kept for the worker's life (a worker calls
         # a handful of endpoints). block=False: a burst opens extra connections instead of
@@ -613,6 +615,9 @@ class Scorer:
         return retry_after_s(endpoint, history, datetime.now(UTC), self.settings.scoring_retry_after_s)
 
     def _scale_from_zero(self, model: ModelRef, endpoint_state: str) -> ScoringError:
+        not_serving = self._not_serving(model)
+        if not_serving is not None:
+            return not_serving
         retry_after = self.settings.scoring_retry_after_s
         if self.settings.scoring_redeploy_on_demand:
             retry_after = self._deploy_retry_after(None)
@@ -630,8 +635,15 @@ class Scorer:
             try:
                 redeploy = self._redeploy or _deploy_model_scale_from_zero(self.settings, self.ledger, self.backend)
                 redeploy(model)
+                self._refused.pop(model.ref, None)
+            except CapacityError as exc:  # asked again after Retry-After (the claim): room may be freed by then
+                self._refused[model.ref] = str(exc)
             except Exception:
                 log.error("could not start redeploying %s", model.ref, exc_info=True)
+        refused = self._refused.get(model.ref)
+        if refused is not None:
+            return ScoringError(503, f"model {model.name} was scaled to zero and cannot be redeployed now: {refused}",
+                                type=UNAVAILABLE, code="capacity", retry_after=retry_after)
         return ScoringError(
             503,
             f"model {model.name} was scaled to zero; version {model.version} is being redeployed, retry in {retry_after} s",
@@ -639,6 +651,18 @@ class Scorer:
             code="scaled_to_zero",
             retry_after=retry_after,
         )
+
+    def _not_serving(self, model: ModelRef) -> ScoringError | None:
+        """Only the version a model's route serves scales from zero (a pin of any other version must
+        not start an endpoint): the 404 for a pinned version that is not deployed, None for the serving one."""
+        serving = serving_endpoint(model.name, self.ledger.get(ROUTE, model.name), self._registered_versions(model.name))
+        if serving is None or not serving.version or serving.version == model.version:
+            return None
+        log.info("pinned %s has no live endpoint; only version %s of %s is started on demand", model.ref,
+                 serving.version, model.name)
+        return ScoringError(404, f"version {model.version} of model {model.name!r} is not deployed (only the version "
+                                 f"that serves, {serving.version}, is started on demand)",
+                            param="model", code="version_not_deployed")
 
     def _claim_redeploy(self, model_ref: str, interval_s: float) -> bool:
         """At most one redeploy request per model version per worker per interval (deploy_model is idempotent anyway)."""

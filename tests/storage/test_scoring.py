@@ -742,13 +742,60 @@ def test_pinned_versions_on_both_routes(world: World) -> None:
         assert "registered versions: 1, 2" in unknown.body["error"]["message"]
 
 
-def test_a_pinned_version_whose_endpoint_is_gone_is_redeployed(world: World) -> None:
+def test_a_pinned_old_version_whose_endpoint_is_gone_starts_nothing(world: World) -> None:
+    """Only the version that serves scales from zero: a pin of another version is 404 unless it is deployed."""
     seed_model(world.ledger, MODEL_NAME, "1", endpoint_state="deleted", active=False)
     seed_model(world.ledger, MODEL_NAME, "2")
     reply = world.post(CHAT, {"model": f"{MODEL_NAME}:1", "messages": [{"role": "user", "content": PROMPT}]})
-    assert reply.status == 503 and reply.body["error"]["code"] == "scaled_to_zero"
-    assert [m.ref for m in world.redeploys] == [f"{MODEL_NAME}:1"]  # that version, not the active one
+    assert reply.status == 404 and reply.body["error"]["code"] == "version_not_deployed", reply.body
+    assert "version 1" in reply.body["error"]["message"] and "serves, 2" in reply.body["error"]["message"]
+    assert world.redeploys == []
     assert world.post(CHAT, {"model": MODEL_NAME, "messages": [{"role": "user", "content": PROMPT}]}).status == 200
+
+
+def test_eight_pinned_old_versions_start_no_endpoint(world: World) -> None:
+    """Issue 26.4: clients pinning ``:1``..``:8`` of a model whose old endpoints are gone start no
+    deployment (through the real deploy path: shared.endpoints.lifecycle.deploy_model)."""
+    reset_scorers()
+    world.scorer = Scorer(world.settings, clock=world.clock, sleep=world.sleeps.append)  # the real redeploy
+    use_scorer(world.scorer)
+    for version in range(1, 9):
+        seed_model(world.ledger, MODEL_NAME, str(version), endpoint_state="deleted", active=False)
+    seed_model(world.ledger, MODEL_NAME, "9")  # the one that serves
+    codes = []
+    for version in range(1, 9):
+        reply = world.post(CHAT, {"model": f"{MODEL_NAME}:{version}", "messages": [{"role": "user", "content": PROMPT}]})
+        codes.append((reply.status, reply.body["error"]["code"]))
+    assert codes == [(404, "version_not_deployed")] * 8
+    assert world.backend.deploys == []
+    live = [r.id for r in world.ledger.list(ENDPOINT) if r.state in {"provisioning", "succeeded"}]
+    assert live == [endpoint_name(MODEL_NAME, "9")]
+
+
+def test_scale_from_zero_at_the_live_endpoint_cap_is_refused_with_its_reason(world: World) -> None:
+    """MAX_LIVE_ENDPOINTS in the deploy path: the serving versions of three models scaled to zero,
+    one endpoint already live, a cap of 2: one is redeployed, the others get 503 ``capacity`` and
+    their model records say why."""
+    world.reconfigure(max_live_endpoints=2)
+    reset_scorers()
+    world.scorer = Scorer(world.settings, clock=world.clock, sleep=world.sleeps.append)  # the real redeploy
+    use_scorer(world.scorer)
+    seed_model(world.ledger, MODEL_NAME, "1")
+    for name in ("bot-a", "bot-b", "bot-c"):
+        seed_model(world.ledger, name, "1", endpoint_state="deleted")
+    replies = [world.post(CHAT, {"model": name, "messages": [{"role": "user", "content": PROMPT}]})
+               for name in ("bot-a", "bot-b", "bot-c")]
+    assert [(r.status, r.body["error"]["code"]) for r in replies] == [
+        (503, "scaled_to_zero"), (503, "capacity"), (503, "capacity")]
+    assert "MAX_LIVE_ENDPOINTS=2" in replies[1].body["error"]["message"]
+    world.assert_clean_error(replies[1])
+    assert [name for _, name, _ in world.backend.deploys] == [endpoint_name("bot-a", "1")]
+    refused = world.ledger.get(MODEL, "bot-b:1")
+    assert "MAX_LIVE_ENDPOINTS=2" in refused.get("deploy_refused_reason") and refused.get("deploy_refused_at")
+    # asked again within Retry-After: still refused, and no ledger write or deploy call per request
+    again = world.post(CHAT, {"model": "bot-b", "messages": [{"role": "user", "content": PROMPT}]})
+    assert (again.status, again.body["error"]["code"]) == (503, "capacity")
+    assert len(world.backend.deploys) == 1
 
 
 # ---- a candidate beside the champion (shared.rollout): its failures never reach the client
