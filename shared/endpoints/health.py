@@ -313,5 +313,5 @@ def settle_if_ready(ctx: Context, record: Record) -> Record:
     the next reconcile run. Returns its current record."""
     if record.state != EP_PROVISIONING:
         return record
-    lifecycle.settle_provisioning(record, ctx, Counter())
+    lifecycle.settle_provisioning(record, ctx, Counter(), evaluate=False)  # a client waits: never judge here
     return ctx.ledger.get(R.ENDPOINT, record.id) or record

@@ -232,7 +232,9 @@ def model_ref_of(record: Record) -> ModelRef:
     )
 
 
-def settle_provisioning(record: Record, ctx: Context, summary: Counter[str]) -> None:
+def settle_provisioning(record: Record, ctx: Context, summary: Counter[str], *, evaluate: bool = True) -> None:
+    """``evaluate`` False (a client's request settling it): a first version not judged yet waits
+    for the follow-up or reconcile to judge it (:mod:`shared.rollout.first`)."""
     name = record.id
     info = ctx.backend.get_endpoint(name)
     if info is None or info.state in {EP_DELETED, EP_DELETING}:
@@ -263,6 +265,15 @@ def settle_provisioning(record: Record, ctx: Context, summary: Counter[str]) -> 
             summary["endpoints_failed"] += 1
         return
     if info.state == EP_SUCCEEDED:
+        from shared.rollout.first import REJECTED, WAIT, first_version_gate  # a collection's first version: the floors
+
+        gate = first_version_gate(ctx, record, info.deployment, evaluate=evaluate)
+        if gate == WAIT:
+            summary["endpoints_provisioning"] += 1
+            return
+        if gate == REJECTED:
+            _delete_rejected(name, ctx, summary)
+            return
         # Traffic first: the endpoint must serve before anyone is pointed at it.
         ctx.backend.set_traffic(name)
         now = _now_iso()
@@ -279,6 +290,25 @@ def settle_provisioning(record: Record, ctx: Context, summary: Counter[str]) -> 
                 deployment=info.deployment,
             )
         activate(moved, ctx, summary)
+
+
+def _delete_rejected(name: str, ctx: Context, summary: Counter[str]) -> None:
+    """A first version rejected by evaluation: its endpoint (which never took traffic) is deleted."""
+    why = "its model was rejected by evaluation (first version below the floors)"
+    failed = ctx.ledger.transition(R.ENDPOINT, name, {EP_PROVISIONING}, EP_FAILED, error=why)
+    if failed is None:
+        return
+    try:
+        claim_deletion(ctx.ledger, failed, reason=why, at=utcnow())
+    except ConflictError:
+        return
+    try:
+        ctx.backend.begin_delete_endpoint(name)
+    except NotFoundError:
+        finish_deletion(ctx.ledger, name, utcnow())
+    except BackendError as exc:  # the deletion's follow-up starts it again (settle_deletion)
+        log.warning("deleting endpoint %s of a rejected first version failed: %s", name, exc)
+    summary["endpoints_rejected"] += 1
 
 
 def activate(record: Record, ctx: Context, summary: Counter[str]) -> None:

@@ -47,6 +47,7 @@ from shared.ledger import ConflictError, Record, iso, parse_iso, utcnow
 from shared.ledger import records as R
 from shared.rollout.answers import deployment_answerer
 from shared.rollout.canary import PROMOTE, ROLL_BACK, judge_canary
+from shared.rollout.first import collection_of_model, model_rejected
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,6 @@ def champion_endpoint(ctx: Context, model_name: str) -> Record | None:
     if endpoint is None or endpoint.state != EP_SUCCEEDED:
         return None
     return endpoint
-
-
-def collection_of_model(ctx: Context, model: ModelRef) -> str:
-    job = ctx.ledger.get(R.JOB, model.job_name) if model.job_name else None
-    return str((job.get("collection") if job else None) or "default")
 
 
 # --------------------------------------------------------------------------- start
@@ -289,7 +285,7 @@ def _settle_deploying(record: Record, ctx: Context, summary: Counter[str]) -> Re
                                       decided_at=_now())
         if moved is not None:
             summary["rollouts_failed"] += 1
-            _model_rejected(ctx, record.id, moved.get("reason"))
+            model_rejected(ctx, record.id, moved.get("reason"))
         return moved or _reread(record, ctx)
     if record.get("mode") == "rollback":
         return _finish_rollback(record, ctx, summary)
@@ -327,7 +323,7 @@ def _evaluate(record: Record, ctx: Context, summary: Counter[str], judge: Judge 
                                       reason=f"rejected by evaluation: {verdict.reason}", decided_at=_now())
         if moved is not None:
             summary["rollouts_rejected"] += 1
-            _model_rejected(ctx, record.id, moved.get("reason"))
+            model_rejected(ctx, record.id, moved.get("reason"))
             log.warning("candidate %s rejected by evaluation: %s", record.id, verdict.reason)
         return moved or _reread(record, ctx)
     percent = ctx.settings.canary_percent
@@ -381,7 +377,7 @@ def _watch_canary(record: Record, ctx: Context, summary: Counter[str]) -> Record
                                       decided_at=_now())
         if moved is not None:
             summary["rollouts_rolled_back"] += 1
-            _model_rejected(ctx, record.id, moved.get("reason"))
+            model_rejected(ctx, record.id, moved.get("reason"))
             log.warning("candidate %s rolled back: %s (figures %s)", record.id, call.reason, shown)
         return moved or _reread(record, ctx)
     if call.action == PROMOTE:
@@ -430,14 +426,6 @@ def _supersede(record: Record, ctx: Context, why: str) -> Record:
 
 def _reread(record: Record, ctx: Context) -> Record:
     return ctx.ledger.get(R.ROLLOUT, record.id) or record
-
-
-def _model_rejected(ctx: Context, model_id: str, reason: str | None) -> None:
-    """The model stays registered, with the reason it never took (or lost) traffic."""
-    moved = ctx.ledger.transition(R.MODEL, model_id, {R.MODEL_DEPLOYING}, R.MODEL_REJECTED, rejected_reason=reason,
-                                  rejected_at=_now())
-    if moved is None:
-        ctx.ledger.annotate(R.MODEL, model_id, rejected_reason=reason, rejected_at=_now())
 
 
 def _annotate_endpoint_deployments(ctx: Context, endpoint: str, *, add: str | None = None,

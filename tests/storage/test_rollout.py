@@ -267,3 +267,66 @@ def test_a_rejected_candidate_forced_on_by_an_operator_is_redeployed_and_canarie
     advance_all(ctx, judge=StandInJudge(promote=True))
     assert ctx.ledger.get(R.ROLLOUT, V2.ref).state == R.ROLLOUT_CANARY
     assert ws.endpoints[EP].traffic == {"default": 90, DEP: 10}
+
+
+# --- the first version of a collection: the absolute floors before any traffic ---------------------------------
+
+V1 = ModelRef(MODEL, "1", "job-1", "base-model")
+
+
+@pytest.fixture
+def first(storage_settings: Settings, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """No version served yet: version 1 registered, its own endpoint deployed and ready; the
+    evaluation's judge_candidate stood in for (``judge.promote`` says what it decides)."""
+    import shared.evaluation
+
+    settings = dataclasses.replace(storage_settings, rollout_candidates=True, endpoint_followups=False)
+    settings, ledger, ws = install_workspace(settings)
+    ledger.create(R.JOB, "job-1", R.JOB_COMPLETED, collection="support")
+    ledger.create(R.MODEL, V1.ref, R.MODEL_REGISTERED, job_name="job-1")
+    ctx = Context(settings, ledger, ws)
+    judge = StandInJudge()
+    monkeypatch.setattr(shared.evaluation, "judge_candidate", judge)
+    started, ep = lifecycle.start_deployment(V1, ctx, reason="job job-1 completed")
+    assert started and ws.calls["begin_deploy"] == 1
+    ws.finish_deployment(ep)
+    return ctx, ws, judge, ep
+
+
+def settle(ctx: Context, ep: str, **kw: Any) -> Counter:
+    summary: Counter = Counter()
+    lifecycle.settle_provisioning(ctx.ledger.get(R.ENDPOINT, ep), ctx, summary, **kw)
+    return summary
+
+
+def test_a_first_version_below_the_floors_never_takes_traffic_and_its_endpoint_is_deleted(first) -> None:  # noqa: ANN001
+    ctx, ws, judge, ep = first
+    judge.promote = False
+    settle(ctx, ep)
+    assert [c["champion"] for c in judge.calls] == [None], "judged once, against the floors (no champion)"
+    assert judge.calls[0]["answerers"][1] is None and judge.calls[0]["collection"] == "support"
+    assert ws.traffic_calls == [], "it never took traffic"
+    assert ctx.ledger.get(R.ENDPOINT, ep).state == R.ENDPOINT_DELETING and ws.calls["begin_delete_endpoint"] == 1
+    model = ctx.ledger.get(R.MODEL, V1.ref)
+    assert model.state == R.MODEL_REJECTED and "first version rejected by evaluation" in model.get("rejected_reason")
+    assert ctx.ledger.get(R.ROUTE, MODEL) is None
+
+
+def test_a_first_version_meeting_the_floors_serves(first) -> None:  # noqa: ANN001
+    ctx, ws, judge, ep = first
+    settle(ctx, ep, evaluate=False)  # a client's request settling it: never judges, waits
+    assert judge.calls == [] and ws.traffic_calls == [] and ctx.ledger.get(R.ENDPOINT, ep).state == R.ENDPOINT_PROVISIONING
+    settle(ctx, ep)
+    assert len(judge.calls) == 1 and ws.traffic_calls == [(ep, None)]
+    assert ctx.ledger.get(R.ENDPOINT, ep).state == EP_SUCCEEDED
+    assert ctx.ledger.get(R.ROUTE, MODEL).get("model_version") == "1"
+    assert ctx.ledger.get(R.ENDPOINT, ep).get("first_version_verdict")["promote"] is True
+
+
+def test_the_champion_redeployed_from_zero_is_not_judged_again(first) -> None:  # noqa: ANN001
+    ctx, ws, judge, ep = first
+    ctx.ledger.create(R.ROUTE, MODEL, R.ROUTE_SET, endpoint=ep, model_version="1")  # it served before (scale from zero)
+    judge.promote = False
+    settle(ctx, ep)
+    assert judge.calls == [] and ws.traffic_calls == [(ep, None)]
+    assert ctx.ledger.get(R.ENDPOINT, ep).state == EP_SUCCEEDED
