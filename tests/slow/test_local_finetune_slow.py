@@ -42,6 +42,7 @@ def base_model_answers(s: Settings, prompts: list[str]) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.storage
+@pytest.mark.timeout(1800)  # its own waits allow 20 min for the job and 10 for the endpoint: the default 600 s cut it on a busy machine
 def test_smollm2_learns_the_house_style(storage_settings: Settings) -> None:
     sink = EventSink().start()
     s = storage_settings.replace(local_base_model="smollm2", eventgrid_webhook_url=sink.url)
