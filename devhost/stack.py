@@ -162,6 +162,7 @@ Functions (local host http://127.0.0.1:{port}):
   reconcile              timer {s.reconcile_schedule!r}; on demand: POST http://127.0.0.1:{port}/admin/functions/reconcile
   delete_idle_endpoints  timer {s.janitor_schedule!r}; on demand: POST http://127.0.0.1:{port}/admin/functions/delete_idle_endpoints
   follow_up_endpoint     queue trigger on endpoint-followups (deployments and deletions in flight, checked within seconds)
+  submit_due_collection  queue trigger on collection-submissions (a collection's job submitted when its window closes)
   score                  POST http://127.0.0.1:{port}/api/score
   chat_completions       POST http://127.0.0.1:{port}/api/v1/chat/completions
   list_models            GET  http://127.0.0.1:{port}/api/v1/models

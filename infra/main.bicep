@@ -37,6 +37,7 @@ var chatDataContainer = 'chat-data'
 var preparedContainer = 'prepared'
 var ledgerTable = 'ledger'
 var followupQueue = 'endpoint-followups'
+var submissionQueue = 'collection-submissions'
 var deploymentContainer = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 var preparedDatastoreName = 'autopilot_prepared'
 var storageSystemTopicName = 'evgt-st-${resourceToken}'
@@ -72,6 +73,7 @@ module storage 'modules/storage.bicep' = {
     ]
     queues: [
       followupQueue
+      submissionQueue
     ]
     tables: [
       ledgerTable

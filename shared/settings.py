@@ -171,7 +171,8 @@ SPECS: dict[str, Spec] = {
     "finetune_params": Spec("FINETUNE_PARAMS", "", _json_obj, "JSON object of fine-tune parameter overrides (component input names, e.g. `{\"num_train_epochs\": 1}`)."),
     # --- training: collections, corpus, coalescing, spend ceiling (shared.training)
     "training_mode": Spec("TRAINING_MODE", "corpus", _str, "`corpus`: a job trains on every accepted, not retired dataset of the upload's collection (the blob's first folder); `upload`: one job per uploaded file, on that file alone."),
-    "coalesce_s": Spec("COALESCE_SECONDS", "60", _int, "Corpus mode: a collection's job is submitted this long after its first pending upload, so a burst of uploads becomes one job (0: at once). Submitted by the upload's own delivery when due at once, else by `reconcile`."),
+    "coalesce_s": Spec("COALESCE_SECONDS", "60", _int, "Corpus mode: a collection's job is submitted this long after its first pending upload, so a burst of uploads becomes one job (0: at once). Submitted by the upload's own delivery when due at once, else at the due time by a message on queue `collection-submissions` (`COLLECTION_SUBMISSIONS`), `reconcile` being the safety net."),
+    "collection_submissions": Spec("COLLECTION_SUBMISSIONS", "true", _bool, "Corpus mode: when a collection becomes pending, schedule its submission for its due time (a message on queue `collection-submissions`, visible at the due time) instead of leaving it to the next `reconcile` (false: `reconcile` only, the earlier behaviour)."),
     "collection_model_names": Spec("COLLECTION_MODEL_NAMES", "", _json_obj, "Corpus mode: JSON object collection -> fine-tuned model name (default: `default` -> `FINETUNED_MODEL_NAME`'s name, any other collection -> that name + `-<collection>`)."),
     "max_running_jobs": Spec("MAX_RUNNING_JOBS", "2", _int, "Corpus mode: at most this many fine-tuning jobs run at once across collections (0: no limit); a due submission beyond it waits, pending."),
     "finetune_budget_usd": Spec("FINETUNE_BUDGET_USD", "", _opt_float, "Corpus mode: monthly (UTC calendar month) fine-tuning budget in USD, counted from the jobs' real run times x `INSTANCE_HOURLY_PRICES`; once spent, submissions wait, pending (empty: no budget)."),
@@ -292,6 +293,7 @@ class Settings:
     finetune_params: dict[str, Any]
     training_mode: str
     coalesce_s: int
+    collection_submissions: bool
     collection_model_names: dict[str, Any]
     max_running_jobs: int
     finetune_budget_usd: float | None

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 WEBJOBS_HOSTS_CONTAINER = "azure-webjobs-hosts"
 UPLOAD_BLOCK_BYTES = 4 << 20
+MAX_QUEUE_DELAY_S = 7 * 24 * 3600 - 1  # a queue message's visibility timeout must be under 7 days
 
 
 @functools.lru_cache(maxsize=1)
@@ -123,6 +124,24 @@ def queue_client(name: str, settings: Settings | None = None) -> QueueClient:
     return queue_service(settings).get_queue_client(
         name, message_encode_policy=BinaryBase64EncodePolicy(), message_decode_policy=BinaryBase64DecodePolicy()
     )
+
+
+def send_queue_message(name: str, body: bytes, settings: Settings | None = None, delay_s: int = 0) -> None:
+    """Send ``body`` to queue ``name`` of the host storage, visible after ``delay_s`` seconds (at
+    most 7 days, the service's limit); the queue is created when missing (locally: in Azure the
+    infrastructure creates it). Raises ``AzureError`` when the message could not be sent."""
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    queue = queue_client(name, settings)
+    delay = max(0, min(int(delay_s), MAX_QUEUE_DELAY_S))
+    try:
+        queue.send_message(body, visibility_timeout=delay)
+    except ResourceNotFoundError:
+        try:
+            queue.create_queue()
+        except ResourceExistsError:
+            pass
+        queue.send_message(body, visibility_timeout=delay)
 
 
 def blob_service(settings: Settings | None = None) -> BlobServiceClient:

@@ -66,22 +66,12 @@ def schedule(endpoint: str, settings: Settings, check: int = 1) -> bool:
     could not be enqueued (logged: reconcile settles the endpoint anyway)."""
     if not settings.endpoint_followups:
         return False
-    from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+    from azure.core.exceptions import AzureError
 
-    from shared.storage import queue_client
+    from shared.storage import send_queue_message
 
-    queue = queue_client(FOLLOWUP_QUEUE, settings)
-    message = FollowUp(endpoint, check).encode()
-    delay = int(round(delay_before(check)))
     try:
-        try:
-            queue.send_message(message, visibility_timeout=delay)
-        except ResourceNotFoundError:  # locally the queue may not exist yet (Azure: the infrastructure creates it)
-            try:
-                queue.create_queue()
-            except ResourceExistsError:
-                pass
-            queue.send_message(message, visibility_timeout=delay)
+        send_queue_message(FOLLOWUP_QUEUE, FollowUp(endpoint, check).encode(), settings, int(round(delay_before(check))))
     except AzureError as exc:
         log.warning("could not schedule follow-up %d of endpoint %s (%s); reconcile will settle it",
                     check, endpoint, type(exc).__name__)

@@ -1,9 +1,10 @@
 """Corpus mode: submit one job per collection for everything accepted so far, once, guarded.
 
 Who calls it: the blob trigger after a dataset is accepted (:func:`submit_for_dataset`; with
-``COALESCE_SECONDS=0`` that submits at once), and the ``reconcile`` timer
-(:func:`submit_due_collections`): windows that closed, jobs that ended with data waiting,
-submissions the spend guard held back, and submissions a crashed delivery left.
+``COALESCE_SECONDS=0`` that submits at once), the scheduled delivery at the window's due time
+(:mod:`shared.training.due`: queue ``collection-submissions``), and the ``reconcile`` timer
+(:func:`submit_due_collections`), the safety net: windows whose message was lost, jobs that
+ended with data waiting, submissions the spend guard held back, and submissions a crashed delivery left.
 
 What waits is derived from the ledger, never from a flag that a crash could lose: a
 collection's pending data is its datasets in ``accepted`` (in no submitted corpus yet). The
@@ -40,6 +41,7 @@ from shared.datasets.outcome import DatasetOutcome
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, get_settings
+from shared.training import due
 from shared.training import policy as P
 
 log = logging.getLogger(__name__)
@@ -206,7 +208,7 @@ def advance_collection(name: str, settings: Settings | None = None, *, ledger: L
     if decision.action == P.SUBMIT and not submit:
         decision = P.Decision(P.WAIT, "due: submitted by the next delivery or reconcile run", decision.due_at)
     if decision.action != P.SUBMIT:
-        _record_waiting(ledger, name, decision)
+        _record_waiting(ledger, name, decision, s)
         return CollectionOutcome(name, decision.action, decision.reason, decision.due_at)
 
     claim = uuid.uuid4().hex
@@ -221,7 +223,7 @@ def advance_collection(name: str, settings: Settings | None = None, *, ledger: L
                             clock, coalesce_s=s.coalesce_s, lease_s=s.submit_claim_lease_s)
         if decision.action != P.SUBMIT:
             _release(ledger, name, claim)
-            _record_waiting(ledger, name, decision)
+            _record_waiting(ledger, name, decision, s)
             return CollectionOutcome(name, decision.action, decision.reason, decision.due_at)
         outcome = _submit_corpus(s, ledger, backend, name, datasets, jobs, clock)
     except Exception as exc:
@@ -261,8 +263,9 @@ def _release(ledger: Ledger, name: str, claim: str, **fields: Any) -> None:
     retry_on_conflict(attempt, f"collection/{name} claim release")
 
 
-def _record_waiting(ledger: Ledger, name: str, decision: P.Decision) -> None:
-    """Keep ``collection/<name>`` true for status: pending (due, why) or idle. Written only on change."""
+def _record_waiting(ledger: Ledger, name: str, decision: P.Decision, s: Settings) -> None:
+    """Keep ``collection/<name>`` true for status: pending (due, why) or idle. Written only on change.
+    Whoever records a new due time of an open window schedules its submission (:mod:`shared.training.due`)."""
     pending = decision.action != P.NOTHING
     wanted = {"due_at": iso(decision.due_at) if pending else None,
               "waiting": decision.action if pending else None,
@@ -271,20 +274,22 @@ def _record_waiting(ledger: Ledger, name: str, decision: P.Decision) -> None:
     if decision.action == P.IN_PROGRESS:
         return  # the claimant writes the outcome
 
-    def attempt() -> None:
+    def attempt() -> bool:  # True: this write opened a window (or moved its due time)
         record = ledger.get(R.COLLECTION, name)
         state = R.COLLECTION_PENDING if pending else R.COLLECTION_IDLE
         if record is None:
             if pending and ledger.create(R.COLLECTION, name, state, **wanted) is None:
                 raise ConflictError(f"collection/{name} created concurrently")
-            return
+            return pending
         if record.get("submit_claim") and not pending:
-            return
+            return False
         if record.state == state and all(record.get(k) == v for k, v in wanted.items()):
-            return
+            return False
         ledger.update(record, state, **wanted)
+        return (record.get("waiting"), record.get("due_at")) != (wanted["waiting"], wanted["due_at"])
 
-    retry_on_conflict(attempt, f"collection/{name} status")
+    if retry_on_conflict(attempt, f"collection/{name} status") and decision.action == P.WAIT and decision.due_at:
+        due.schedule(name, decision.due_at, s)
 
 
 def _submit_corpus(s: Settings, ledger: Ledger, backend: MLBackend | None, name: str, datasets: list[Record],

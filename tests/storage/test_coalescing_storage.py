@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shared.backends import use_backend
-from shared.backends.base import COMPLETED, RUNNING, FineTuneRequest, JobInfo
+from shared.backends.base import FineTuneRequest
 from shared.datasets.collections import model_name_for
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.ledger import records as R
@@ -19,36 +19,10 @@ from shared.observability.status import collect_status, render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
 from shared.training.submission import advance_collection, submit_due_collections
+from tests.fakes.jobs import JobsBackend
 from tests.fakes.uploads import conv, upload
 
 pytestmark = pytest.mark.storage
-
-
-class JobsBackend:
-    """Records submissions; reports each job's run times as a test sets them."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.requests: list[FineTuneRequest] = []
-        self.times: dict[str, tuple[datetime | None, datetime | None]] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def workspace_id(self) -> str:
-        return "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/recording"
-
-    def submit_finetune(self, request: FineTuneRequest) -> str:
-        with self._lock:
-            self.requests.append(request)
-            return f"ftjob-{len(self.requests):03d}"
-
-    def get_job(self, job_name: str) -> JobInfo:
-        started, ended = self.times.get(job_name, (None, None))
-        return JobInfo(job_name, COMPLETED if ended else RUNNING, started_at=started, ended_at=ended)
-
-    def __getattr__(self, name: str) -> Any:
-        raise NotImplementedError(name)
 
 
 @pytest.fixture
