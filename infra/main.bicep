@@ -22,6 +22,12 @@ param location string
 @description('Resource group to create (empty: rg-<environment name>).')
 param resourceGroupName string = ''
 
+@description('Foundation model of the azureml registry to fine-tune (its spec must list chat-completion fine-tuning and the instance types below; the cookbook\'s Phi-3-mini-4k-instruct is retired).')
+param foundationModelName string = 'Phi-4'
+
+@description('Pinned version of the foundation model (empty: the registry\'s latest).')
+param foundationModelVersion string = ''
+
 @description('Serverless instance type of the fine-tuning jobs (from the model\'s finetune_compute_allow_list).')
 param finetuneInstanceType string = 'Standard_NC24ads_A100_v4'
 
@@ -164,6 +170,8 @@ var appSettings = {
   AZURE_RESOURCE_GROUP: rg.name
   AZURE_ML_WORKSPACE: workspace.outputs.name
   AZURE_ML_DATASTORE: preparedDatastoreName
+  FOUNDATION_MODEL_NAME: foundationModelName
+  FOUNDATION_MODEL_VERSION: foundationModelVersion
   FINETUNE_INSTANCE_TYPE: finetuneInstanceType
   INFERENCE_INSTANCE_TYPE: inferenceInstanceType
   CHAT_DATA_CONTAINER: chatDataContainer

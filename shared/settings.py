@@ -191,7 +191,7 @@ SPECS: dict[str, Spec] = {
     "azure_ml_config": Spec("AZURE_ML_CONFIG", "", _str, "Azure ML backend: path of a workspace `config.json` instead of the three settings above."),
     "azure_client_id": Spec("AZURE_CLIENT_ID", "", _str, "Client id of the user-assigned managed identity (empty: DefaultAzureCredential's chain)."),
     "azure_ml_registry": Spec("AZURE_ML_REGISTRY", "azureml", _str, "Registry holding the foundation model and the `chat_completion_pipeline` component."),
-    "foundation_model_name": Spec("FOUNDATION_MODEL_NAME", "Phi-3-mini-4k-instruct", _str, "Foundation model to fine-tune (registry model name)."),
+    "foundation_model_name": Spec("FOUNDATION_MODEL_NAME", "Phi-4", _str, "Foundation model to fine-tune (registry model name; the cookbook's Phi-3-mini-4k-instruct is retired)."),
     "foundation_model_version": Spec("FOUNDATION_MODEL_VERSION", "", _str, "Pinned foundation model version (empty: label latest)."),
     "pipeline_component_version": Spec("PIPELINE_COMPONENT_VERSION", "", _str, "Pinned `chat_completion_pipeline` version (empty: label latest)."),
     "azure_ml_datastore": Spec("AZURE_ML_DATASTORE", "autopilot_prepared", _str, "Workspace datastore on the prepared-data container (the deployment creates `autopilot_prepared`; checked before the first submission); train/test are passed as `azureml://datastores/<it>/paths/...`."),

@@ -8,8 +8,11 @@ records every request, and can be told to fail chosen calls (409, 429, 5xx ...).
 
 Built from what Azure publishes (``tests/fixtures``, each file with its source):
 
-- the registry model is the published asset spec of Phi-3-mini-4k-instruct version 15 (its tags,
-  allow lists, lifecycle dates and ``model_specific_defaults`` as the registry serves them: strings);
+- the registry model is a published asset spec: by default Phi-4 version 8, the app's default
+  (``model_specific_defaults`` tag; allow lists and fine-tuning tasks under ``system_metadata``,
+  served as the azureml-assets publisher stores it: ``properties.system_metadata``, every value a
+  string); ``spec=`` picks another (the cookbook's Phi-3-mini-4k-instruct v15, as first published
+  with tags only, or as the registry holds it now: archived, lifecycle under ``system_metadata``);
 - online endpoint, deployment and datastore bodies are the official azure-rest-api-specs examples
   of the api-versions azure-ai-ml 1.35.2 sends, with the request's values filled in; every endpoint
   and deployment PUT body is checked against the example request body (an unknown key is answered
@@ -57,18 +60,20 @@ REGISTRY_PATH = (
     f"/providers/Microsoft.MachineLearningServices/registries/{REGISTRY}"
 )
 METRICS_HOST = f"https://{LOCATION}.metrics.monitor.azure.com"
-FOUNDATION_NAME = "Phi-3-mini-4k-instruct"
-FOUNDATION_VERSION = "15"
-COMPONENT_VERSION = "0.0.57"
+FOUNDATION_NAME = "Phi-4"
+FOUNDATION_VERSION = "8"
+COMPONENT_VERSION = "0.0.82"
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SPEC_EXAMPLES = FIXTURES / "rest-api-specs" / "specification" / "machinelearningservices" / "resource-manager" / "Microsoft.MachineLearningServices" / "preview"
-FOUNDATION_SPEC = FIXTURES / "azureml" / "phi-3-mini-4k-instruct.spec.yaml"
+FOUNDATION_SPEC = FIXTURES / "azureml" / "phi-4.spec.yaml"  # the app's default base model
+PHI3_TAG_SPEC = FIXTURES / "azureml" / "phi-3-mini-4k-instruct.spec.yaml"  # as first published: tags only
+PHI3_CURRENT_SPEC = FIXTURES / "azureml" / "phi-3-mini-4k-instruct.system-metadata.spec.yaml"  # archived, system_metadata
 PREPARED_DATASTORE = "autopilot_prepared"
 STORAGE_ACCOUNT = "stautopilotapp"
 
-# The day the published model was current (before its FinetuneDeprecationDate 2025-06-30): happy
-# paths run on it; the lifecycle tests use the real dates.
+# The day the cookbook's Phi-3 was current (before its FinetuneDeprecationDate 2025-06-30): happy
+# paths run on it (Phi-4 publishes no dates); the lifecycle tests use the real dates.
 MODEL_WAS_CURRENT = datetime(2025, 5, 1, tzinfo=UTC).date()
 
 
@@ -90,7 +95,20 @@ def registry_tags(spec_path: Path = FOUNDATION_SPEC) -> tuple[dict[str, str], di
     return tags, properties
 
 
-PHI3_TAGS, PHI3_PROPERTIES = registry_tags()
+def registry_system_metadata(spec_path: Path = FOUNDATION_SPEC) -> dict[str, str]:
+    """The spec's ``system_metadata`` as azureml-assets' publisher stores it on the registry model
+    (``publish_utils.stringify_dictionary``: mappings as JSON, everything else ``str()``)."""
+    spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    return {str(k): json.dumps(v) if isinstance(v, dict) else str(v) for k, v in (spec.get("system_metadata") or {}).items()}
+
+
+def spec_identity(spec_path: Path) -> tuple[str, str, bool]:
+    """(name, version, isArchived) of a published model asset spec."""
+    spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    return str(spec["name"]), str(spec["version"]), bool(spec.get("isArchived", False))
+
+
+PHI3_TAGS, PHI3_PROPERTIES = registry_tags(PHI3_TAG_SPEC)
 
 # VM sizes of the workspace's region (``compute.list_sizes()``): today's GPU sizes of the model's
 # allow lists; the NCv3 family retired on 2025-09-30 and no region lists it any more.
@@ -196,15 +214,17 @@ def _system_data(created: datetime | None = None) -> dict[str, Any]:
 class FakeAzureML:
     """Stateful fake of the Azure ML services the backend talks to (see the module docstring)."""
 
-    def __init__(self, rsps: responses.RequestsMock, interface_path: str, *, foundation_tags: dict[str, str] | None = None) -> None:
+    def __init__(self, rsps: responses.RequestsMock, interface_path: str, *, foundation_tags: dict[str, str] | None = None,
+                 spec: Path = FOUNDATION_SPEC) -> None:
         self.rsps = rsps
         self.requests: list[Recorded] = []
         self.failures: list[_Failure] = []
         self.violations: list[str] = []  # request bodies that do not fit the published examples
         with open(interface_path, encoding="utf-8") as f:
             self.interface = yaml.safe_load(f)
-        self.foundation_tags = dict(PHI3_TAGS if foundation_tags is None else foundation_tags)
-        self.foundation_properties = dict(PHI3_PROPERTIES)
+        self.use_spec(spec)
+        if foundation_tags is not None:
+            self.foundation_tags = dict(foundation_tags)
         self.datastores: dict[str, dict[str, Any]] = {}
         self.add_datastore(PREPARED_DATASTORE, "prepared")
         self.steps: dict[str, list[dict[str, Any]]] = {}  # job name -> run history records of its steps
@@ -256,6 +276,12 @@ class FakeAzureML:
         ]
 
     # ------------------------------------------------------------------ knobs
+    def use_spec(self, spec: Path) -> None:
+        """Serve another published model asset spec as the registry's foundation model."""
+        self.foundation_name, self.foundation_version, self.foundation_archived = spec_identity(spec)
+        self.foundation_tags, self.foundation_properties = registry_tags(spec)
+        self.foundation_system_metadata = registry_system_metadata(spec)
+
     def fail(self, method: str, pattern: str, status: int, code: str = "", message: str = "", *, times: int | None = 1,
              headers: dict[str, str] | None = None) -> None:
         """Answer the next ``times`` matching requests (None: all) with an ARM error."""
@@ -407,13 +433,16 @@ class FakeAzureML:
                      "regions": [LOCATION, "westeurope"], "subscriptionId": REGISTRY_SUB, "resourceGroup": REGISTRY_RG,
                      "workspaceName": None, "primaryRegionResourceProviderUri": REGISTRY_HOST}
 
-    def foundation_body(self, version: str = FOUNDATION_VERSION) -> dict[str, Any]:
-        asset_id = f"azureml://registries/{REGISTRY}/models/{FOUNDATION_NAME}/versions/{version}"
+    def foundation_body(self, version: str | None = None) -> dict[str, Any]:
+        version = version or self.foundation_version
+        asset_id = f"azureml://registries/{REGISTRY}/models/{self.foundation_name}/versions/{version}"
         return {
             "id": asset_id, "name": version, "type": "Microsoft.MachineLearningServices/registries/models/versions",
             "properties": {
-                "description": "Phi-3 Mini-4K-Instruct is a 3.8B parameters, lightweight, state-of-the-art open model.",
-                "tags": self.foundation_tags, "properties": self.foundation_properties, "isArchived": False, "isAnonymous": False,
+                "description": f"{self.foundation_name} from the azureml registry.",
+                "tags": self.foundation_tags, "properties": self.foundation_properties,
+                **({"system_metadata": self.foundation_system_metadata} if self.foundation_system_metadata else {}),
+                "isArchived": self.foundation_archived, "isAnonymous": False,
                 "flavors": {"transformers": {"data": {"task": "text-generation"}}, "python_function": {"data": {"loader_module": "mlflow.transformers"}}},
                 "modelType": "mlflow_model", "modelUri": asset_id, "jobName": None, "stage": None,
             },
@@ -421,12 +450,12 @@ class FakeAzureML:
         }
 
     def _registry_model_list(self, rec: Recorded, name: str) -> tuple[int, Any]:
-        if name != FOUNDATION_NAME:
+        if name != self.foundation_name:
             return 200, {"value": []}
         return 200, {"value": [self.foundation_body()]}
 
     def _registry_model(self, rec: Recorded, name: str, version: str) -> tuple[int, Any]:
-        if name != FOUNDATION_NAME:
+        if name != self.foundation_name:
             return self._not_found(f"model {name}")
         return 200, self.foundation_body(version)
 
@@ -769,7 +798,7 @@ def refuse_unpublished_query(query: dict[str, list[str]]) -> str | None:
 
 # --- a backend on this fake, and reading what it sent ------------------------------------------
 
-MODEL_NAME = "phi-3-mini-4k-instruct-chat-ft"
+MODEL_NAME = "phi-4-chat-ft"
 FOUNDATION_ID = f"azureml://registries/azureml/models/{FOUNDATION_NAME}/versions/{FOUNDATION_VERSION}"
 LITERAL_TYPES = {"string", "integer", "number", "boolean"}
 

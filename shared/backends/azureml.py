@@ -385,11 +385,10 @@ class AzureMLBackend:
         s = self.settings
         name, version = s.foundation_model_name, s.foundation_model_version
         with azure_errors(f"reading foundation model {name} from registry {s.azure_ml_registry}"):
-            if version:
-                model = self.registry.models.get(name, version=version)
-            else:
-                model = self.registry.models.get(name, label="latest")
-        foundation = FoundationModel.from_tags(str(model.id), str(model.name), str(model.version), model.tags)
+            model, raw = rest.registry_model(self.registry, name, version or None)
+        system_metadata = raw.get("system_metadata") or raw.get("systemMetadata")
+        foundation = FoundationModel.from_tags(str(model.id), str(model.name), str(model.version), model.tags,
+                                               system_metadata, archived=bool(raw.get("isArchived")))
         self._foundation = _Cached(foundation, time.monotonic())
         log.info("foundation model %s version %s", foundation.name, foundation.version)
         return foundation
@@ -519,6 +518,7 @@ class AzureMLBackend:
         """The PipelineJob ``submit_finetune`` would send (every check done, nothing sent)."""
         s = self.settings
         foundation = self.foundation_model()
+        foundation.check_finetuning_task()
         self.check_foundation_model(foundation, finetune=True)
         compute = self.finetune_compute(foundation)
         self.check_datastore()

@@ -70,6 +70,26 @@ def start_deployment_put(ws: Any, deployment: Any, location: str) -> None:
     )
 
 
+def registry_model(registry: Any, name: str, version: str | None) -> tuple[Any, dict[str, Any]]:
+    """A registry model version (pinned, or label latest) and its raw ``properties``.
+
+    The SDK's ``Model`` entity drops ``properties.system_metadata`` (it looks for an attribute the
+    REST model does not declare), where the registry now keeps the lifecycle dates and compute
+    lists; the REST object still holds it. Same requests as ``models.get``: the label is resolved
+    the SDK's way (one list), then the version is read once.
+    """
+    from azure.ai.ml._utils._asset_utils import _resolve_label_to_asset
+    from azure.ai.ml.entities import Model
+
+    ops = registry.models
+    if not version:
+        version = str(_resolve_label_to_asset(ops, name, "latest").version)
+    rest_object = ops._get(name, version)
+    properties = getattr(rest_object, "properties", None)
+    raw = dict(properties) if hasattr(properties, "keys") else {}
+    return Model._from_rest_object(rest_object), raw
+
+
 def put_model_version(ws: Any, model: Any) -> None:
     """PUT a workspace model version (the SDK's ``create_or_update`` lists the versions first)."""
     ops = ws.models

@@ -48,10 +48,11 @@ def lifecycle_lines(foundation: FoundationModel | None, today: date, online: boo
     """The plan's header lines on the model's lifecycle, and the refusals a submission would meet today."""
     if foundation is None or not online:
         return ["# lifecycle: unknown (registry not reachable; its tags hold the dates)"], []
+    archived = " (archived in the registry)" if foundation.archived else ""
     if not foundation.lifecycle:
-        return [f"# lifecycle: {foundation.label} publishes no lifecycle dates"], []
+        return [f"# lifecycle of {foundation.label}{archived}: no deprecation or retirement date published"], []
     dates = ", ".join(f"{name} {day.isoformat()}" for name, day in foundation.lifecycle.items())
-    lines, refusals = [f"# lifecycle of {foundation.label}: {dates}"], []
+    lines, refusals = [f"# lifecycle of {foundation.label}{archived}: {dates}"], []
     for kind in ("finetune", "inference"):
         try:
             warning = foundation.check_lifecycle(kind, today)

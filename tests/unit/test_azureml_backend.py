@@ -106,7 +106,7 @@ def test_submit_sends_the_notebook_pipeline_serverless(azure, interface_spec):
     assert props["settings"]["force_rerun"] is True and props["settings"]["continue_on_step_failure"] is False
     assert props["tags"][MANAGED_BY_TAG] == MANAGED_BY_VALUE and props["tags"]["dataset_id"] == "ds-0123456789abcdef"
     assert props["tags"]["base_model"] == FOUNDATION_NAME and props["tags"]["model_name"] == MODEL_NAME
-    assert props["displayName"] == "Phi-3-mini-4k-instruct-ds-012345678-bs1-cosine-ds2-lora-save_limit1-seqlen-1"
+    assert props["displayName"] == "Phi-4-ds-012345678-bs1-cosine-ds3-lora-save_limit1-seqlen-1"
     assert props["outputs"] == {"trained_model": {"mode": "ReadWriteMount", "jobOutputType": "mlflow_model"}}
 
     node = node_of(body)
@@ -116,11 +116,11 @@ def test_submit_sends_the_notebook_pipeline_serverless(azure, interface_spec):
     assert wire_problems(inputs, interface_spec) == []
     literal = {k: v["value"] for k, v in inputs.items() if v["job_input_type"] == "literal"}
     assert literal == {
-        # the notebook's values, overridden by the published model_specific_defaults (num_train_epochs 1 ...);
-        # its learning_rate_min / learning_rate_max are not inputs of the component: dropped
+        # the notebook's values, overridden by Phi-4's published model_specific_defaults (num_train_epochs 1,
+        # deepspeed_stage 3 ...)
         "num_train_epochs": "1", "per_device_train_batch_size": "1", "per_device_eval_batch_size": "1",
         "learning_rate": "5e-06", "lr_scheduler_type": "cosine",
-        "apply_lora": "true", "apply_deepspeed": "true", "deepspeed_stage": "2",
+        "apply_lora": "true", "apply_deepspeed": "true", "deepspeed_stage": "3",
         "precision": "16", "apply_ort": "false", "ignore_mismatched_sizes": "false", "gradient_accumulation_steps": "1",
         "logging_strategy": "steps", "logging_steps": "10", "save_total_limit": "1",
         "compute_model_import": "serverless", "compute_preprocess": "serverless",
@@ -138,7 +138,7 @@ def test_submit_sends_the_notebook_pipeline_serverless(azure, interface_spec):
     assert put.headers["Authorization"].startswith("Bearer ey")
     assert azure.requests[-1] is put
     # The registry model was read by label latest (list ordered by creation, newest first).
-    listed = azure.calls("GET", r"/registries/azureml/models/Phi-3-mini-4k-instruct/versions$")
+    listed = azure.calls("GET", rf"/registries/azureml/models/{FOUNDATION_NAME}/versions$")
     assert listed and listed[0].query.get("$orderBy") == ["createdtime desc"]
 
 
@@ -172,7 +172,7 @@ def test_pinned_foundation_model_and_component_versions(azure):
     backend.submit_finetune(request_for())
     node = node_of(job_put(azure)[1])
     assert node["componentId"].endswith("/components/chat_completion_pipeline/versions/0.0.50")
-    assert node["inputs"]["mlflow_model_path"]["uri"].endswith("/models/Phi-3-mini-4k-instruct/versions/12")
+    assert node["inputs"]["mlflow_model_path"]["uri"].endswith(f"/models/{FOUNDATION_NAME}/versions/12")
 
 
 @pytest.mark.parametrize(
@@ -185,14 +185,14 @@ def test_pinned_foundation_model_and_component_versions(azure):
         (lambda a: None, {"FINETUNE_COMPUTE": "missing-cluster"}, NotFoundError, "reading compute cluster missing-cluster: not found"),
         (lambda a: None, {"FINETUNE_INSTANCE_TYPE": "Standard_DS3_v2"},
          BackendError, "serverless instance type Standard_DS3_v2: VM size Standard_DS3_v2 is not in the foundation model's"),
-        (lambda a: a.foundation_tags.update(finetune_compute_allow_list="['Standard_NC24ads_A100_v4'"), {},
-         BackendError, "tag finetune_compute_allow_list of foundation model Phi-3-mini-4k-instruct:15 is not a valid Python literal"),
+        (lambda a: a.foundation_system_metadata.update(supportedComputes="{'finetuneComputes': ['Standard_NC24ads_A100_v4'"), {},
+         BackendError, "system_metadata.supportedComputes of foundation model Phi-4:8 is not a JSON object"),
         (lambda a: a.foundation_tags.update(model_specific_defaults="{'deepspeed_stage': 4}"), {},
          BackendError, "foundation model tag model_specific_defaults: deepspeed_stage=4 is not one of ['2', '3']"),
         (lambda a: None, {"FINETUNE_PARAMS": '{"num_epochs": 2}'},
-         BackendError, "FINETUNE_PARAMS: chat_completion_pipeline 0.0.57 has no input named 'num_epochs'"),
+         BackendError, "FINETUNE_PARAMS: chat_completion_pipeline 0.0.82 has no input named 'num_epochs'"),
     ],
-    ids=["failed-compute", "disallowed-size", "missing-compute", "disallowed-serverless", "malformed-tag",
+    ids=["failed-compute", "disallowed-size", "missing-compute", "disallowed-serverless", "malformed-system-metadata",
          "bad-model-default", "unknown-param"],
 )
 def test_submit_refuses_before_sending_anything(azure, setup, env, error, message):
@@ -205,7 +205,7 @@ def test_submit_refuses_before_sending_anything(azure, setup, env, error, messag
 
 
 def test_unsupported_size_without_allow_list(azure):
-    del azure.foundation_tags["finetune_compute_allow_list"]
+    azure.foundation_system_metadata.pop("supportedComputes")
     azure.add_compute("old-gpus", "Standard_NC24")
     with pytest.raises(BackendError, match="VM size Standard_NC24 is not supported for fine-tuning"):
         make_backend(azure_settings(FINETUNE_COMPUTE="old-gpus")).submit_finetune(request_for())

@@ -1,7 +1,7 @@
 """What would break on first contact with a real workspace, pinned with what Azure publishes.
 
-The real azure-ai-ml SDK drives ``FakeAzureML``, which serves the published Phi-3-mini-4k-instruct
-asset spec (tags, allow lists, lifecycle dates, model_specific_defaults) and the azure-rest-api-specs
+The real azure-ai-ml SDK drives ``FakeAzureML``, which serves a published model asset spec (the
+cookbook's Phi-3-mini-4k-instruct v15 as first published, with tags, for the tag-form checks here) (tags, allow lists, lifecycle dates, model_specific_defaults) and the azure-rest-api-specs
 examples and headers (tests/fixtures/SOURCES). One section per defect of issue 15.
 """
 
@@ -25,6 +25,7 @@ from shared.backends.base import COMPLETED, FAILED, BackendError, ModelRef
 from shared.settings import SPECS
 from tests.azureml_fakes import (
     FOUNDATION_SPEC,
+    PHI3_TAG_SPEC,
     MODEL_NAME,
     MODEL_WAS_CURRENT,
     PHI3_TAGS,
@@ -48,15 +49,35 @@ def azure() -> Any:
         assert fake.violations == [], "request bodies that do not fit the published examples"
 
 
+@pytest.fixture
+def phi3() -> Any:
+    """The registry serving the cookbook's Phi-3-mini-4k-instruct v15 as first published (lifecycle and allow lists as tags)."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        fake = FakeAzureML(rsps, str(INTERFACE_PATH), spec=PHI3_TAG_SPEC)
+        yield fake
+        assert fake.violations == [], "request bodies that do not fit the published examples"
+
+
+def phi3_settings(**env: str) -> Any:
+    return azure_settings(FOUNDATION_MODEL_NAME="Phi-3-mini-4k-instruct", **env)
+
+
 @pytest.fixture(scope="module")
 def published() -> dict[str, Any]:
+    """The tag-form spec of Phi-3-mini-4k-instruct v15."""
+    return yaml.safe_load(PHI3_TAG_SPEC.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def default_spec() -> dict[str, Any]:
+    """The app's default base model's spec (Phi-4)."""
     return yaml.safe_load(FOUNDATION_SPEC.read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- 8. the fakes serve the published spec
 
-def test_the_fake_registry_serves_the_published_tags(azure, published):
-    foundation = make_backend(azure_settings()).foundation_model()
+def test_the_fake_registry_serves_the_published_tags(phi3, published):
+    foundation = make_backend(phi3_settings()).foundation_model()
     tags = published["tags"]
     assert foundation.finetune_compute_allow_list == tags["finetune_compute_allow_list"]
     assert foundation.inference_compute_allow_list == tags["inference_compute_allow_list"]
@@ -69,18 +90,20 @@ def test_the_fake_registry_serves_the_published_tags(azure, published):
 
 
 @pytest.mark.parametrize("size", ["Standard_NC24s_v3", "Standard_ND40rs_v2"])
-def test_sizes_the_published_finetune_list_lacks_are_refused(azure, size):
+def test_sizes_the_published_finetune_list_lacks_are_refused(phi3, size):
     # The old fake's finetune list held the NCv3 sizes and ND40rs_v2; the published one does not.
+    azure = phi3
     azure.add_compute("gpu-cluster", size)
     with pytest.raises(BackendError, match=f"VM size {size} is not in the foundation model's finetune_compute_allow_list"):
-        make_backend(azure_settings(FINETUNE_COMPUTE="gpu-cluster")).submit_finetune(request_for())
+        make_backend(phi3_settings(FINETUNE_COMPUTE="gpu-cluster")).submit_finetune(request_for())
     assert azure.writes() == []
 
 
 # --------------------------------------------------------------------------- 2. retired model, retired sizes, defaults
 
-def test_a_retired_model_is_refused_before_anything_is_submitted(azure):
-    backend = make_backend(azure_settings(), today=date(2026, 12, 1))
+def test_a_retired_model_is_refused_before_anything_is_submitted(phi3):
+    azure = phi3
+    backend = make_backend(phi3_settings(), today=date(2026, 12, 1))
     with pytest.raises(BackendError) as info:
         backend.submit_finetune(request_for())
     text = str(info.value)
@@ -89,8 +112,9 @@ def test_a_retired_model_is_refused_before_anything_is_submitted(azure):
     assert azure.writes() == []
 
 
-def test_a_deprecated_model_is_submitted_with_a_dated_warning(azure, caplog):
-    backend = make_backend(azure_settings(), today=date(2025, 7, 1))
+def test_a_deprecated_model_is_submitted_with_a_dated_warning(phi3, caplog):
+    azure = phi3
+    backend = make_backend(phi3_settings(), today=date(2025, 7, 1))
     with caplog.at_level(logging.WARNING, logger="shared.backends.azureml"):
         backend.submit_finetune(request_for())
     assert "is deprecated for fine-tuning since 2025-06-30, retirement 2025-08-30" in caplog.text
@@ -105,17 +129,19 @@ def test_retirement_within_the_grace_warns_with_the_date():
         model.check_lifecycle("finetune", date(2026, 12, 20))
 
 
-def test_a_malformed_lifecycle_tag_names_the_tag(azure):
+def test_a_malformed_lifecycle_tag_names_the_tag(phi3):
+    azure = phi3
     azure.foundation_tags["FinetuneRetirementDate"] = "end of summer"
     with pytest.raises(BackendError, match="tag FinetuneRetirementDate of foundation model Phi-3-mini-4k-instruct:15 is not an ISO date"):
-        make_backend(azure_settings()).submit_finetune(request_for())
+        make_backend(phi3_settings()).submit_finetune(request_for())
     assert azure.writes() == []
 
 
 @pytest.mark.parametrize(("env", "setting"), [({"INFERENCE_INSTANCE_TYPE": "Standard_NC6s_v3"}, "INFERENCE_INSTANCE_TYPE")])
-def test_a_retired_size_is_refused_even_where_the_allow_list_still_names_it(azure, env, setting):
+def test_a_retired_size_is_refused_even_where_the_allow_list_still_names_it(phi3, env, setting):
+    azure = phi3
     # Standard_NC6s_v3 is in the published inference allow list, but Azure retired it on 2025-09-30.
-    backend = make_backend(azure_settings(**env), today=date(2025, 10, 1))
+    backend = make_backend(phi3_settings(**env), today=date(2025, 10, 1))
     azure.foundation_tags.update(FinetuneRetirementDate="2027-01-01", InferenceRetirementDate="2027-01-01",
                                  FinetuneDeprecationDate="2027-01-01", InferenceDeprecationDate="2027-01-01")
     with pytest.raises(BackendError, match=f"VM size Standard_NC6s_v3 was retired by Azure on 2025-09-30; set {setting}"):
@@ -125,28 +151,30 @@ def test_a_retired_size_is_refused_even_where_the_allow_list_still_names_it(azur
     assert azure.writes() == []
 
 
-def test_the_default_sizes_are_in_the_published_allow_lists_and_exist_today(published):
+def test_the_default_sizes_are_in_the_published_allow_lists_and_exist_today(default_spec):
     finetune = SPECS["finetune_instance_type"].default
     inference = SPECS["inference_instance_type"].default
-    assert finetune in published["tags"]["finetune_compute_allow_list"]
-    assert inference in published["tags"]["inference_compute_allow_list"]
+    computes = default_spec["system_metadata"]["supportedComputes"]
+    assert finetune in computes["finetuneComputes"]
+    assert inference in computes["inferenceComputes"]
     assert finetune.lower() not in RETIRED_SIZES and inference.lower() not in RETIRED_SIZES
 
 
 # --------------------------------------------------------------------------- 3. model_specific_defaults
 
-def test_registry_defaults_the_component_lacks_are_dropped_with_a_warning(azure, caplog):
+def test_registry_defaults_the_component_lacks_are_dropped_with_a_warning(phi3, caplog):
+    azure = phi3
     # The published tag holds learning_rate_min / learning_rate_max: before the fix every submission raised.
     with caplog.at_level(logging.WARNING, logger="shared.backends.azureml_params"):
-        make_backend(azure_settings()).submit_finetune(request_for())
+        make_backend(phi3_settings()).submit_finetune(request_for())
     inputs = node_of(job_put(azure)[1])["inputs"]
     assert "learning_rate_min" not in inputs and "learning_rate_max" not in inputs
     assert inputs["num_train_epochs"]["value"] == "1" and inputs["logging_steps"]["value"] == "10"  # published defaults kept
-    assert "ignoring learning_rate_max, learning_rate_min (not parameters of chat_completion_pipeline 0.0.57)" in caplog.text
+    assert "ignoring learning_rate_max, learning_rate_min (not parameters of chat_completion_pipeline 0.0.82)" in caplog.text
 
 
 def test_unknown_keys_of_finetune_params_stay_an_error(azure):
-    with pytest.raises(BackendError, match="FINETUNE_PARAMS: chat_completion_pipeline 0.0.57 has no input named 'learning_rate_min'"):
+    with pytest.raises(BackendError, match="FINETUNE_PARAMS: chat_completion_pipeline 0.0.82 has no input named 'learning_rate_min'"):
         make_backend(azure_settings(FINETUNE_PARAMS='{"learning_rate_min": 1e-7}')).submit_finetune(request_for())
     assert azure.writes() == []
 

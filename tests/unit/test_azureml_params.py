@@ -31,7 +31,7 @@ def test_repo_copy_of_the_interface_is_the_fixture(fixtures_dir):
 
 
 def test_interface_is_read_with_types_enums_and_minimums(interface):
-    assert (interface.name, interface.version) == ("chat_completion_pipeline", "0.0.57")
+    assert (interface.name, interface.version) == ("chat_completion_pipeline", "0.0.82")
     assert interface.inputs["deepspeed_stage"].type == "string"
     assert interface.inputs["deepspeed_stage"].enum == ("2", "3")
     assert interface.inputs["num_train_epochs"].min == 1

@@ -16,7 +16,7 @@ from shared.backends.azureml import AzureMLBackend
 from shared.backends.azureml_params import ComponentInterface
 from shared.cli.plan import plan_pipeline_job
 from shared.settings import PROJECT_ROOT
-from tests.azureml_fakes import RG, SUB, WS, FakeAzureML, FakeCredential
+from tests.azureml_fakes import PHI3_CURRENT_SPEC, RG, SUB, WS, FakeAzureML, FakeCredential
 from tests.support import make_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning:marshmallow")
@@ -62,7 +62,7 @@ def test_plan_offline_uses_the_repo_interface(fixture_interface):
     doc = check_plan(plan.yaml, fixture_interface)
     [node] = doc["jobs"].values()
     assert node["component"] == "azureml://registries/azureml/components/chat_completion_pipeline/labels/latest"
-    assert node["inputs"]["mlflow_model_path"]["path"] == "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/latest"
+    assert node["inputs"]["mlflow_model_path"]["path"] == "azureml://registries/azureml/models/Phi-4/labels/latest"
     assert node["inputs"]["compute_finetune"] == "serverless"
     assert node["inputs"]["instance_type_finetune"] == "Standard_NC24ads_A100_v4"
     assert "# note: registry not reachable" in plan.yaml
@@ -76,10 +76,11 @@ def test_plan_online_uses_the_registry_and_workspace(fixture_interface, fixtures
         azure.add_compute("gpu-cluster", "Standard_NC48ads_A100_v4")
         plan = plan_pipeline_job(settings, TRAIN, TEST, backend=AzureMLBackend(settings, credential=FakeCredential()))
     assert plan.component_source == "registry azureml"
-    # The published model_specific_defaults override the notebook's epochs (learning_rate_min/max are dropped).
-    doc = check_plan(plan.yaml, fixture_interface, {**NOTEBOOK_INPUTS, "num_train_epochs": 1})
+    # Phi-4's published model_specific_defaults override the notebook's epochs and DeepSpeed stage.
+    doc = check_plan(plan.yaml, fixture_interface, {**NOTEBOOK_INPUTS, "num_train_epochs": 1, "deepspeed_stage": "3"})
     [node] = doc["jobs"].values()
-    assert node["component"] == "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.57"
+    assert node["component"] == "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.82"
+    assert "# lifecycle of Phi-4:8: no deprecation or retirement date published" in plan.yaml
     assert node["inputs"]["precision"] == "16"  # from the model's model_specific_defaults tag
     assert "learning_rate_min" not in node["inputs"] and "learning_rate_max" not in node["inputs"]
     assert node["inputs"]["number_of_gpu_to_use_finetuning"] == 2
@@ -101,16 +102,19 @@ def test_cli_plan_works_without_network_or_credentials(tmp_path, fixture_interfa
 
 
 def test_plan_prints_the_models_lifecycle_and_todays_refusal(fixtures_dir):
+    # The cookbook's model as the registry holds it now: its dates only under system_metadata.deprecation
+    # (a tag-only reader finds none and plans a job Azure refuses).
     settings = make_settings(ML_BACKEND="azureml", AZURE_SUBSCRIPTION_ID=SUB, AZURE_RESOURCE_GROUP=RG, AZURE_ML_WORKSPACE=WS,
-                             FINETUNE_COMPUTE="gpu-cluster")
+                             FINETUNE_COMPUTE="gpu-cluster", FOUNDATION_MODEL_NAME="Phi-3-mini-4k-instruct")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        azure = FakeAzureML(rsps, str(fixtures_dir / "azureml" / "chat_completion_pipeline.interface.yaml"))
+        azure = FakeAzureML(rsps, str(fixtures_dir / "azureml" / "chat_completion_pipeline.interface.yaml"), spec=PHI3_CURRENT_SPEC)
+        assert not any("Date" in tag for tag in azure.foundation_tags)
         azure.add_compute("gpu-cluster", "Standard_NC48ads_A100_v4")
         backend = AzureMLBackend(settings, credential=FakeCredential())
         late = plan_pipeline_job(settings, TRAIN, TEST, backend=backend, today=date(2026, 12, 1))
         early = plan_pipeline_job(settings, TRAIN, TEST, backend=backend, today=date(2025, 7, 15))
-    # The dates are the published spec's tags.
-    assert ("# lifecycle of Phi-3-mini-4k-instruct:15: FinetuneDeprecationDate 2025-06-30, FinetuneRetirementDate 2025-08-30, "
+    # The dates are the published spec's system_metadata.deprecation.
+    assert ("# lifecycle of Phi-3-mini-4k-instruct:15 (archived in the registry): FinetuneDeprecationDate 2025-06-30, FinetuneRetirementDate 2025-08-30, "
             "InferenceLegacyDate 2025-06-09, InferenceDeprecationDate 2025-06-30, InferenceRetirementDate 2025-08-30") in late.yaml
     assert len(late.refusals) == 2 and "retired for fine-tuning on 2025-08-30" in late.refusals[0]
     assert "# REFUSED today (2026-12-01): foundation model Phi-3-mini-4k-instruct:15 was retired for deployment on 2025-08-30" in late.yaml

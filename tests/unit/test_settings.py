@@ -53,7 +53,7 @@ def test_azureml_workspace_id() -> None:
     s = load_settings(environ={"ML_BACKEND": "azureml", "AZURE_SUBSCRIPTION_ID": "sub", "AZURE_RESOURCE_GROUP": "rg",
                                "AZURE_ML_WORKSPACE": "ws"})
     assert s.workspace_resource_id.endswith("/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws")
-    assert s.model_name == "phi-3-mini-4k-instruct-chat-ft"
+    assert s.model_name == "phi-4-chat-ft"
 
 
 def test_local_settings_json_values(tmp_path, monkeypatch) -> None:
