@@ -15,11 +15,13 @@ Every answer carries the header ``azureml-model-deployment`` naming the deployme
 
 It counts, per deployment, every forwarded request with its status and its latency (to the end
 of the answer): ``GET /metrics?since=EPOCH`` (key required) gives requests, errors (5xx or no
-answer) and the p95 latency since then. These are the endpoint's own counters, the local
+answer) and the p95 latency since then, and the requests in flight now (``in_flight``: a
+deployment being deleted is drained of them first, as Azure ML drains one). These are the endpoint's own counters, the local
 counterpart of Azure Monitor's metrics split by deployment.
 
-``/ping`` and ``/health`` are open: 200 when the deployment with the most traffic (the one
-``record.json`` names as ``deployment`` when none has any) answers its own ``/ping``.
+``/ping`` and ``/health`` are open: 200 when the endpoint's own deployment (``record.json``'s
+``deployment``, the champion) answers its own ``/ping`` while it takes traffic, else the one with
+the most traffic.
 """
 
 from __future__ import annotations
@@ -57,10 +59,18 @@ class Counters:
     def __init__(self, maxlen: int = SAMPLES_PER_DEPLOYMENT) -> None:
         self._samples: dict[str, collections.deque[tuple[float, float, bool]]] = {}
         self._maxlen = maxlen
+        self._in_flight: collections.Counter[str] = collections.Counter()
 
-    def record(self, deployment: str, latency_ms: float, ok: bool, at: float | None = None) -> None:
+    def start(self, deployment: str) -> None:
+        """A request forwarded to ``deployment``; its :meth:`record` ends it."""
+        self._in_flight[deployment] += 1
+
+    def record(self, deployment: str, latency_ms: float, ok: bool, at: float | None = None, *,
+               mirrored: bool = False) -> None:
         self._samples.setdefault(deployment, collections.deque(maxlen=self._maxlen)).append(
             (time.time() if at is None else at, latency_ms, ok))
+        if not mirrored and self._in_flight[deployment] > 0:
+            self._in_flight[deployment] -= 1
 
     def summary(self, since: float = 0.0) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -70,7 +80,9 @@ class Counters:
             errors = sum(1 for s in window if not s[2])
             out[name] = {"requests": len(window), "errors": errors,
                          "error_rate": (errors / len(window)) if window else None,
-                         "p95_ms": percentile(latencies, 95.0)}
+                         "p95_ms": percentile(latencies, 95.0), "in_flight": self._in_flight[name]}
+        for name, n in self._in_flight.items():
+            out.setdefault(name, {"requests": 0, "errors": 0, "error_rate": None, "p95_ms": None, "in_flight": n})
         return out
 
 
@@ -132,7 +144,11 @@ def choose_deployment(record: dict[str, Any], pinned: str | None, rand: float) -
 
 
 def primary_deployment(record: dict[str, Any]) -> str | None:
+    """The deployment whose health is the endpoint's: its champion while that takes traffic (a
+    50/50 canary must not make the candidate's health the endpoint's), else the most traffic."""
     traffic = {k: float(v) for k, v in (record.get("traffic") or {}).items() if float(v) > 0}
+    if record.get("deployment") in traffic:
+        return record.get("deployment")
     if traffic:
         return max(sorted(traffic), key=lambda k: traffic[k])
     return record.get("deployment")
@@ -189,7 +205,7 @@ def build_app(record_path: Path, key: str, activity_file: Path, *, rng: random.R
             ok = reply.status_code < 500
         except httpx.HTTPError:
             ok = False
-        counters.record(name, (time.perf_counter() - started) * 1000, ok)
+        counters.record(name, (time.perf_counter() - started) * 1000, ok, mirrored=True)
 
     async def forward(request: Request) -> Response:
         if not authorized(request):
@@ -210,6 +226,7 @@ def build_app(record_path: Path, key: str, activity_file: Path, *, rng: random.R
                     task = asyncio.create_task(mirror(target, mirror_to["port"], path, body, headers))
                     background.add(task)
                     task.add_done_callback(background.discard)
+        counters.start(name)
         started = time.perf_counter()
         try:
             upstream = await client.send(

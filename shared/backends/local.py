@@ -38,6 +38,7 @@ from localworkspace.workspace import (
 from shared.backends.base import (
     COMPLETED,
     EP_DELETED,
+    EP_DELETING,
     EP_FAILED,
     EP_PROVISIONING,
     EP_SUCCEEDED,
@@ -79,6 +80,7 @@ ENDPOINT_STARTUP_TIMEOUT_S = 600.0  # a cold SmolLM2 server on a busy 2-core CPU
 EVENT_RETRY_TOTAL_S = 120.0
 SUBMIT_GRACE_S = 30.0
 HEALTH_TIMEOUT_S = 3.0  # GET /health of an endpoint server (a busy CPU server still answers it)
+DRAIN_TIMEOUT_S = SCORING_TIMEOUT_S  # a deployment being deleted finishes its requests in flight first, this long at most
 
 
 # Forks the workspace process, prints its pid and exits: the process is re-parented to init.
@@ -419,7 +421,12 @@ class LocalBackend:
         log.info("deploying %s as deployment %s of local endpoint %s", model.ref, deployment, endpoint_name)
 
     def begin_delete_deployment(self, endpoint_name: str, deployment: str) -> None:
-        """Stop and remove one deployment that takes no traffic (refused while it takes some)."""
+        """Stop and remove one deployment that takes no traffic (refused while it takes some).
+
+        Drained first, as Azure ML drains a deployment it deletes: marked ``deleting`` (the router
+        sends it nothing more), then stopped once the router counts none of its requests in flight
+        (``DRAIN_TIMEOUT_S`` at most): a request it took just before the traffic moved away (the
+        old champion at a promotion) is answered, not cut off."""
         ep_dir = self.ws.endpoint_dir(endpoint_name)
         with self.ws.lock("endpoint", ep_dir):
             record = read_json(self._record_path(endpoint_name))
@@ -430,12 +437,40 @@ class LocalBackend:
             if float((record.get("traffic") or {}).get(deployment, 0)) > 0:
                 raise BackendError(f"deployment {deployment} of endpoint {endpoint_name} still takes traffic: "
                                    "route it elsewhere before deleting it")
-            stop_process_group(read_pid_file(self._deployment_dir(endpoint_name, deployment) / "server.pid") or {})
+            draining = record["deployments"][deployment].get("state") in {EP_PROVISIONING, EP_SUCCEEDED}
+            record["deployments"][deployment]["state"] = EP_DELETING
+            write_json(self._record_path(endpoint_name), record, mode=0o600)
+        if draining:
+            self._drain(record, deployment)
+        with self.ws.lock("endpoint", ep_dir):
+            record = read_json(self._record_path(endpoint_name)) or record
+            if deployment not in (record.get("deployments") or {}):
+                return  # deleted meanwhile
+            proc = read_pid_file(self._deployment_dir(endpoint_name, deployment) / "server.pid")
+            if proc is not None:  # (none: its server never started)
+                stop_process_group(proc)
             del record["deployments"][deployment]
             record["mirror_traffic"] = {k: v for k, v in (record.get("mirror_traffic") or {}).items() if k != deployment}
             record["traffic"] = {k: v for k, v in (record.get("traffic") or {}).items() if k != deployment}
             write_json(self._record_path(endpoint_name), record, mode=0o600)
         log.info("deleted deployment %s of local endpoint %s", deployment, endpoint_name)
+
+    def _drain(self, record: dict[str, Any], deployment: str) -> None:
+        """Wait until the endpoint's router counts no request of ``deployment`` in flight."""
+        import httpx
+
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                reply = httpx.get(f"http://127.0.0.1:{record['port']}/metrics", params={"since": time.time()},
+                                  headers={"Authorization": f"Bearer {record['key']}"}, timeout=HEALTH_TIMEOUT_S)
+                in_flight = int(((reply.json().get("deployments") or {}).get(deployment) or {}).get("in_flight") or 0)
+            except (httpx.HTTPError, ValueError):
+                return  # no router to ask (it is gone, or stopping): nothing is forwarded to it either
+            if in_flight == 0:
+                return
+            time.sleep(0.2)
+        log.warning("deployment %s still had requests in flight after %.0f s; stopping it", deployment, DRAIN_TIMEOUT_S)
 
     def get_deployment(self, endpoint_name: str, deployment: str) -> DeploymentInfo | None:
         record = self._refresh_endpoint(endpoint_name)

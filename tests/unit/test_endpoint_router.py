@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from devhost.azurite import free_port
-from localworkspace.router import Counters, choose_deployment, percentile
+from localworkspace.router import Counters, choose_deployment, percentile, primary_deployment
 from localworkspace.workspace import write_json
 
 KEY = "router-test-key"
@@ -33,6 +33,8 @@ class Deployment:
 
     def __init__(self, name: str, status: int = 200) -> None:
         self.name, self.status, self.hits, self.dead = name, status, 0, False
+        self.hold = threading.Event()  # cleared: POST /score waits for it (a request in flight)
+        self.hold.set()
         dep = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,6 +57,7 @@ class Deployment:
                     self.close_connection = True
                     return
                 dep.hits += 1
+                dep.hold.wait(30)
                 if self.headers.get("Authorization") != f"Bearer {KEY}":
                     self.send_response(401)
                     self.send_header("Content-Length", "0")
@@ -91,11 +94,13 @@ class Deployment:
 @pytest.fixture
 def endpoint(tmp_path: Path):  # noqa: ANN201
     blue, green = Deployment("blue"), Deployment("green")
-    record = tmp_path / "record.json"
-    write_json(record, {"deployment": "blue", "traffic": {"blue": 100}, "deployments": {
-        "blue": {"name": "blue", "state": "succeeded", "port": blue.port},
-        "green": {"name": "green", "state": "succeeded", "port": green.port}}})
+    record = tmp_path / "ws" / "endpoints" / "ep" / "record.json"  # where a LocalBackend on tmp_path/ws finds it
+    record.parent.mkdir(parents=True)
     port = free_port()
+    write_json(record, {"name": "ep", "state": "succeeded", "port": port, "key": KEY, "deployment": "blue",
+                        "traffic": {"blue": 100}, "deployments": {
+                            "blue": {"name": "blue", "state": "succeeded", "port": blue.port},
+                            "green": {"name": "green", "state": "succeeded", "port": green.port}}})
     env = {**os.environ, "LOCAL_ENDPOINT_KEY": KEY}
     proc = subprocess.Popen([sys.executable, "-m", "localworkspace.router", "--record", str(record), "--port", str(port),
                              "--activity-file", str(tmp_path / "activity")], env=env,
@@ -224,4 +229,53 @@ def test_choice_and_percentile_rules() -> None:
     counters = Counters()
     counters.record("a", 10, True, at=100)
     counters.record("a", 20, False, at=200)
-    assert counters.summary(since=150)["a"] == {"requests": 1, "errors": 1, "error_rate": 1.0, "p95_ms": 20.0}
+    assert counters.summary(since=150)["a"] == {"requests": 1, "errors": 1, "error_rate": 1.0, "p95_ms": 20.0,
+                                                "in_flight": 0}
+    # The endpoint's health is its champion's while the champion takes traffic, even in a 50/50 canary
+    # whose candidate sorts first ("version-10" < "version-9").
+    canary = {"deployment": "version-9", "traffic": {"version-10": 50, "version-9": 50}}
+    assert primary_deployment(canary) == "version-9"
+    assert primary_deployment({"deployment": "version-9", "traffic": {"version-10": 100}}) == "version-10"
+    assert primary_deployment({"deployment": "blue", "traffic": {}}) == "blue"
+
+
+def in_flight(url: str, name: str) -> int:
+    figures = httpx.get(f"{url}/metrics", params={"since": time.time()}, headers={"Authorization": f"Bearer {KEY}"}).json()
+    return int((figures["deployments"].get(name) or {}).get("in_flight") or 0)
+
+
+def test_a_deployment_being_deleted_answers_its_requests_in_flight_first(endpoint) -> None:  # noqa: ANN001
+    """The old champion at a promotion: traffic moved away while it was answering; its deletion
+    (LocalBackend.begin_delete_deployment) waits for that answer instead of cutting it off."""
+    from shared.backends.local import LocalBackend
+    from tests.support import make_settings
+
+    url, record, deps, tmp = endpoint
+    backend = LocalBackend(make_settings(LOCAL_WORKSPACE_DIR=str(tmp / "ws")))
+    set_record(record, traffic={"blue": 50, "green": 50})
+    deps["green"].hold.clear()
+    answers: list[httpx.Response] = []
+    clients = [threading.Thread(target=lambda: answers.append(score(url, pin="green"))) for _ in range(2)]
+    for c in clients:
+        c.start()
+    deadline = time.monotonic() + 10
+    while in_flight(url, "green") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_flight(url, "green") == 2, "the router counts the requests in flight"
+    set_record(record, traffic={"blue": 100})  # the promotion's traffic move
+    deleting = threading.Thread(target=backend.begin_delete_deployment, args=("ep", "green"))
+    deleting.start()
+    while json.loads(record.read_text())["deployments"]["green"]["state"] != "deleting" and deleting.is_alive():
+        time.sleep(0.05)
+    deleting.join(1.0)
+    assert deleting.is_alive() and "green" in json.loads(record.read_text())["deployments"], \
+        "not deleted while its requests are in flight"
+    assert score(url, pin="green").status_code == 404, "a deployment being deleted takes no new request"
+    deps["green"].hold.set()
+    for c in clients:
+        c.join(10)
+    deleting.join(30)
+    assert [a.status_code for a in answers] == [200, 200] and not deleting.is_alive()
+    data = json.loads(record.read_text())
+    assert "green" not in data["deployments"] and data["traffic"] == {"blue": 100}
+    assert in_flight(url, "green") == 0
