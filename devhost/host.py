@@ -7,8 +7,9 @@ function's binding JSON, ``get_user_function()``) and serves it:
 
 - HTTP triggers under ``/api/<route>`` on a real ASGI server (Starlette on uvicorn); function keys
   are checked for FUNCTION/ADMIN auth levels when ``FUNCTION_KEY`` is set (Azure checks them, Core
-  Tools does not);
-- the Event Grid webhook ``POST /runtime/webhooks/eventgrid?functionName=NAME``;
+  Tools does not; ``make up`` always sets one); only loopback ``Host`` values are served and
+  cross-site writes are refused (devhost.access);
+- the Event Grid webhook ``POST /runtime/webhooks/eventgrid?functionName=NAME&code=KEY``;
 - ``POST /admin/functions/NAME`` to run a non-HTTP function on demand (202);
 - blob triggers by polling storage, with receipts and the poison queue (devhost.blob_poller);
 - timer triggers by NCRONTAB (devhost.timers).
@@ -38,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import azure.functions as func
 import uvicorn
@@ -157,11 +159,17 @@ class Host:
         return self._socket.getsockname()[1]
 
     @property
+    def listen_host(self) -> str:
+        return self._listen_host
+
+    @property
     def base_url(self) -> str:
         return f"http://{self._listen_host}:{self.port}"
 
-    def eventgrid_url(self, function_name: str) -> str:
-        return f"{self.base_url}/runtime/webhooks/eventgrid?functionName={function_name}"
+    def eventgrid_url(self, function_name: str, *, with_key: bool = True) -> str:
+        """The function's Event Grid webhook URL, with ``code=<FUNCTION_KEY>`` when a key is set."""
+        url = f"{self.base_url}/runtime/webhooks/eventgrid?functionName={function_name}"
+        return url + (f"&code={quote(self.settings.function_key)}" if with_key and self.settings.function_key else "")
 
     def _of_kind(self, kind: str) -> list[IndexedFunction]:
         return [f for f in self.functions.values() if f.trigger_type == kind]
@@ -214,6 +222,9 @@ class Host:
             self.stop()
             raise
         log.info("local Functions host listening on %s (%d functions)", self.base_url, len(self.functions))
+        if not self.settings.function_key:
+            log.warning("FUNCTION_KEY is not set: every route takes requests from any local process "
+                        "(`make up` sets one; see devhost.access)")
         return self
 
     def _start_server(self) -> None:
@@ -328,7 +339,7 @@ class Host:
                 prefix = f"/{self.route_prefix}" if self.route_prefix else ""
                 lines.append(f"{fn.name}: [{methods}] {self.base_url}{prefix}/{route.template}")
             elif fn.trigger_type == EVENT_GRID:
-                lines.append(f"{fn.name}: eventGridTrigger {self.eventgrid_url(fn.name)}")
+                lines.append(f"{fn.name}: eventGridTrigger {self.eventgrid_url(fn.name, with_key=False)}")
             elif fn.trigger_type == BLOB:
                 source = " (source EventGrid: polled locally)" if fn.trigger.get("source") == "EventGrid" else ""
                 lines.append(f"{fn.name}: blobTrigger {resolve_expressions(fn.trigger['path'], self.settings)}{source}")

@@ -4,14 +4,16 @@ Routes of HTTP triggers are ASP.NET route templates as in Azure (``items/{id:int
 ``files/{*path}``, ``{name?}``); they are matched case-insensitively, literal segments before
 parameters, and route values reach the function as strings, as the worker passes them.
 
-The Event Grid webhook takes no key, as under Core Tools (in Azure the subscription's URL carries
-the eventgrid_extension system key): the local workspace posts to it without one.
+Every request passes :class:`devhost.access.AccessGuard` first (loopback ``Host`` only, no
+cross-site writes). With ``FUNCTION_KEY`` set (``make up`` always sets one) FUNCTION and ADMIN
+routes and the Event Grid webhook take it (``x-functions-key`` header or ``code=`` query; in Azure
+the subscription's URL carries the eventgrid_extension system key as ``code=``): the local
+workspace's webhook URL carries it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import logging
 import re
 from collections.abc import Iterable
@@ -23,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from devhost import eventgrid
+from devhost import access, eventgrid
 from devhost.app_index import EVENT_GRID, HTTP, IndexedFunction
 
 if TYPE_CHECKING:
@@ -118,9 +120,7 @@ def _presented_key(request: Request) -> str:
 
 
 def _authorized(host: Host, request: Request, auth_level: str) -> bool:
-    if auth_level == "ANONYMOUS" or not host.settings.function_key:
-        return True
-    return hmac.compare_digest(_presented_key(request).encode(), host.settings.function_key.encode())
+    return auth_level == "ANONYMOUS" or access.authorized(host.settings.function_key, _presented_key(request))
 
 
 def _to_starlette(result: Any) -> Response:
@@ -136,8 +136,8 @@ def _to_starlette(result: Any) -> Response:
     return Response(result.get_body(), status_code=result.status_code, headers=headers)
 
 
-def build_asgi_app(host: Host) -> Starlette:
-    """The Starlette app serving ``host``'s functions."""
+def build_asgi_app(host: Host) -> access.AccessGuard:
+    """The ASGI app serving ``host``'s functions: the Starlette routes behind the access guard."""
     routes = sorted(
         (HttpRoute.of(fn) for fn in host.functions.values() if fn.trigger_type == HTTP),
         key=lambda r: r.precedence,
@@ -184,6 +184,8 @@ def build_asgi_app(host: Host) -> Starlette:
             if not origin:
                 return _error(400, "WebHook-Request-Origin header missing")
             return Response(status_code=200, headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"})
+        if not _authorized(host, request, "FUNCTION"):
+            return _error(401, "the Event Grid webhook takes the function key (code query parameter)")
         name = request.query_params.get("functionName", "")
         fn = host.functions.get(name)
         if fn is None or fn.trigger_type != EVENT_GRID:
@@ -243,7 +245,7 @@ def build_asgi_app(host: Host) -> Starlette:
         return _error(404, "not found")
 
     http_paths = [f"/{prefix}", f"/{prefix}/{{path:path}}"] if prefix else ["/{path:path}"]
-    return Starlette(
+    routed = Starlette(
         routes=[
             Route("/runtime/webhooks/eventgrid", eventgrid_webhook, methods=["POST", "OPTIONS"]),
             Route("/admin/functions/{name}", run_function, methods=["POST"]),
@@ -253,6 +255,7 @@ def build_asgi_app(host: Host) -> Starlette:
             Route("/{path:path}", not_found, methods=list(ALL_METHODS)),
         ]
     )
+    return access.AccessGuard(routed, access.allowed_hosts(host.listen_host))
 
 
 def takes_asgi_request(fn: IndexedFunction) -> bool:

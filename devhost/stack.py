@@ -20,7 +20,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
+from devhost.access import KEY_FILE, stack_function_key
 from devhost.azurite import RUN_DIR, Azurite, start, stop_process
 from localworkspace.ports import port_open
 from localworkspace.workspace import live_pid, write_pid_file
@@ -152,13 +154,18 @@ def stop_azurite() -> None:
     AZURITE_PID.unlink(missing_ok=True)
 
 
-def print_urls(port: int | None = None) -> None:
+def print_urls(port: int | None = None, key: str = "", key_source: str = "") -> None:
     s = get_settings()
     port = s.local_host_port if port is None else port
+    code = quote(key)
     print(f"""
+Function key: {key}  ({key_source}; send it as the x-functions-key header or ?code=)
+Dashboard: http://127.0.0.1:{port}/api/dashboard?code={code}
+
 Functions (local host http://127.0.0.1:{port}):
   prepare_chat_data      blob trigger on {s.chat_data_container}/{{name}}  (make upload FILE=...)
-  on_job_event           POST http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event
+  on_job_event           POST http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event&code=<key>
+  dashboard              GET  http://127.0.0.1:{port}/api/dashboard?code=<key>  (a dataset's report: /api/dashboard/report?dataset=ID)
   reconcile              timer {s.reconcile_schedule!r}; on demand: POST http://127.0.0.1:{port}/admin/functions/reconcile
   delete_idle_endpoints  timer {s.janitor_schedule!r}; on demand: POST http://127.0.0.1:{port}/admin/functions/delete_idle_endpoints
   follow_up_endpoint     queue trigger on endpoint-followups (deployments and deletions in flight, checked within seconds)
@@ -213,17 +220,17 @@ def _run(args: argparse.Namespace) -> int:
 
         settings = get_settings()  # a bad setting fails here, naming it, before anything starts
         ensure_storage(settings)
-        start_host()
+        key, key_source = stack_function_key(settings.function_key, KEY_FILE)  # never an open host (devhost.access)
+        start_host(env={"FUNCTION_KEY": key})
         try:  # one reconcile now: endpoints whose processes stopped with `make down` are redeployed (health loop)
             import httpx
 
-            key = get_settings().function_key
             reply = httpx.post(f"http://127.0.0.1:{host_port()}/admin/functions/reconcile", timeout=10,
-                               headers={"x-functions-key": key} if key else {})
+                               headers={"x-functions-key": key})
             print(f"Reconcile: {'started' if reply.status_code == 202 else f'not started (HTTP {reply.status_code})'}")
         except httpx.HTTPError as exc:
             print(f"Reconcile: not started ({exc}); it runs on its timer", file=sys.stderr)
-        print_urls()
+        print_urls(key=key, key_source=key_source)
         print("\nStop everything with: make down")
     elif args.cmd == "down":
         stop_host()

@@ -102,6 +102,18 @@ os.execv(sys.executable, [sys.executable, *args])
 
 
 
+
+def webhook_with_key(url: str, function_key: str) -> str:
+    """The job-event webhook URL with the local host's key as ``code=`` (as Azure's Event Grid
+    subscription URL carries the eventgrid_extension key), unless it carries a code already."""
+    from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not function_key or not url or "code" in parse_qs(parts.query):
+        return url
+    query = f"{parts.query}&{urlencode({'code': function_key})}" if parts.query else urlencode({"code": function_key})
+    return urlunsplit(parts._replace(query=query))
+
 class LocalBackend:
     """``MLBackend`` on the local workspace folder ``settings.local_workspace_dir``."""
 
@@ -203,7 +215,7 @@ class LocalBackend:
             },
             "params": params,
             "tags": tags,
-            "webhook_url": s.eventgrid_webhook_url,
+            "webhook_url": webhook_with_key(s.eventgrid_webhook_url, s.function_key),
             "event_retry_total_s": self.event_retry_total_s,
             "max_parallel_jobs": s.local_max_parallel_jobs,
             "submitted_at": now_iso(),

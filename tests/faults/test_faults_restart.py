@@ -82,13 +82,18 @@ class Stack:
         assert recorded is not None, "make up wrote no host.pid"
         return int(recorded["pid"])
 
+    @property
+    def key(self) -> str:
+        """The function key `make up` generated (no FUNCTION_KEY is set here) and kept in .local/."""
+        return (self.clone / ".local" / "function_key").read_text(encoding="utf-8").strip()
+
     def reconcile(self) -> None:
-        httpx.post(f"{self.url}/admin/functions/reconcile", timeout=10)
+        httpx.post(f"{self.url}/admin/functions/reconcile", timeout=10, headers={"x-functions-key": self.key})
 
 
-def chat(url: str, model: str) -> httpx.Response:
-    return httpx.post(url + CHAT, json={"model": model, "messages": [{"role": "user", "content": "Ahoy?"}], "max_tokens": 4},
-                      timeout=60)
+def chat(stack: Stack, model: str) -> httpx.Response:
+    return httpx.post(stack.url + CHAT, json={"model": model, "messages": [{"role": "user", "content": "Ahoy?"}], "max_tokens": 4},
+                      headers={"x-functions-key": stack.key}, timeout=60)
 
 
 def test_host_killed_mid_preparation_and_make_down_make_up_come_back(tmp_path):
@@ -108,7 +113,7 @@ def test_host_killed_mid_preparation_and_make_down_make_up_come_back(tmp_path):
         "SCORING_RETRY_AFTER_S": "10",
         "EVENTGRID_WEBHOOK_URL": f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event",
     }
-    env = {**os.environ, **values, "LOCAL_HOST_PORT": str(port), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    env = {**os.environ, **values, "LOCAL_HOST_PORT": str(port), "FUNCTION_KEY": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
     stack = Stack(clone, env, port)
     settings = make_settings(**values)
@@ -117,6 +122,7 @@ def test_host_killed_mid_preparation_and_make_down_make_up_come_back(tmp_path):
     try:
         up = stack.run("up")
         assert "Reconcile: started" in up.stdout, up.stdout
+        assert f"Function key: {stack.key}" in up.stdout, up.stdout  # generated: the stack is never open
 
         # 1. an upload is prepared, trained, deployed; reconcile on demand (docs/troubleshooting.md) settles it
         write(tmp_path / "small.jsonl", count=40, seed=2, malformed=0)
@@ -127,7 +133,7 @@ def test_host_killed_mid_preparation_and_make_down_make_up_come_back(tmp_path):
             return ledger.get(ROUTE, model)
 
         route = wait_until(serving, 300, "the first upload's model to serve", every_s=3.0)
-        assert chat(stack.url, model).status_code == 200
+        assert chat(stack, model).status_code == 200
         ep = route.get("endpoint")
 
         # 2. the host killed in the middle of preparing a large upload
@@ -157,6 +163,7 @@ def test_host_killed_mid_preparation_and_make_down_make_up_come_back(tmp_path):
         assert not port_open(record["port"]) and not port_open(port)
         up = stack.run("up")
         assert "Reconcile: started" in up.stdout, up.stdout
+        assert f"Function key: {stack.key}" in up.stdout, up.stdout  # generated: the stack is never open
         started = time.monotonic()
         record_path = clone / ".local" / "workspace" / "endpoints" / ep / "record.json"
 
@@ -168,7 +175,7 @@ def test_host_killed_mid_preparation_and_make_down_make_up_come_back(tmp_path):
         print(f"make down, make up: endpoint {ep} listening again {time.monotonic() - started:.1f} s after `up`")
         answers = []
         while time.monotonic() - started < 180:
-            reply = chat(stack.url, model)
+            reply = chat(stack, model)
             answers.append((reply.status_code, reply.headers.get("retry-after")))
             if reply.status_code == 200:
                 break

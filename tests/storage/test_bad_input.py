@@ -87,7 +87,7 @@ def test_a_pinned_name_version_is_still_a_valid_name(client: httpx.Client) -> No
 
 
 def _webhook(client: httpx.Client, body: bytes | str, **headers: str) -> httpx.Response:
-    return client.post("/runtime/webhooks/eventgrid", params={"functionName": "on_job_event"},
+    return client.post("/runtime/webhooks/eventgrid", params={"functionName": "on_job_event", "code": KEY},
                        headers={"aeg-event-type": "Notification", **headers}, content=body)
 
 
