@@ -19,6 +19,10 @@ answer) and the p95 latency since then, and the requests in flight now (``in_fli
 deployment being deleted is drained of them first, as Azure ML drains one). These are the endpoint's own counters, the local
 counterpart of Azure Monitor's metrics split by deployment.
 
+A client that disconnects is let go at once: the forwarded request is cancelled (its connection
+to the deployment closed, so the model server sees the disconnect and stops generating), while
+it waits for the answer and while the answer streams.
+
 ``/ping`` and ``/health`` are open: 200 when the endpoint's own deployment (``record.json``'s
 ``deployment``, the champion) answers its own ``/ping`` while it takes traffic, else the one with
 the most traffic.
@@ -41,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from localworkspace.disconnect import ClientGone, ClosingStreamingResponse, unless_gone
 from localworkspace.serve import record_activity  # one writer of the activity file for both processes
 
 log = logging.getLogger("localworkspace.router")
@@ -155,10 +160,11 @@ def primary_deployment(record: dict[str, Any]) -> str | None:
 
 
 def build_app(record_path: Path, key: str, activity_file: Path, *, rng: random.Random | None = None):  # noqa: ANN201
+    import anyio
     import httpx
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     record = EndpointRecord(record_path)
@@ -229,9 +235,13 @@ def build_app(record_path: Path, key: str, activity_file: Path, *, rng: random.R
         counters.start(name)
         started = time.perf_counter()
         try:
-            upstream = await client.send(
+            upstream = await unless_gone(request.receive, client.send(
                 client.build_request(request.method, f"http://127.0.0.1:{port}{path}", content=body, headers=headers),
-                stream=True)
+                stream=True))
+        except ClientGone:  # the request to the deployment was cancelled: its connection is closed
+            log.info("the client left before deployment %s answered", name)
+            counters.record(name, (time.perf_counter() - started) * 1000, True)  # not the deployment's failure
+            return Response(status_code=499, headers={DEPLOYMENT_HEADER: name})
         except httpx.HTTPError as exc:
             counters.record(name, (time.perf_counter() - started) * 1000, False)
             log.warning("deployment %s unreachable: %s", name, type(exc).__name__)
@@ -240,6 +250,19 @@ def build_app(record_path: Path, key: str, activity_file: Path, *, rng: random.R
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in {"content-type", "retry-after"}}
         out_headers[DEPLOYMENT_HEADER] = name
         status = upstream.status_code
+
+        ended = False
+
+        async def end(ok: bool) -> None:
+            nonlocal ended
+            if ended:
+                return
+            ended = True
+            # Also when the client left (the cancellation Starlette delivers): the connection
+            # to the deployment is closed, not left to a garbage collector.
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+            counters.record(name, (time.perf_counter() - started) * 1000, ok)
 
         async def relay():  # noqa: ANN202
             ok = status < 500
@@ -250,10 +273,11 @@ def build_app(record_path: Path, key: str, activity_file: Path, *, rng: random.R
                 ok = False
                 raise
             finally:
-                await upstream.aclose()
-                counters.record(name, (time.perf_counter() - started) * 1000, ok)
+                await end(ok)
 
-        return StreamingResponse(relay(), status_code=status, headers=out_headers)
+        # on_close: the client may leave before the relay ever ran (then no finally of it runs)
+        return ClosingStreamingResponse(relay(), status_code=status, headers=out_headers,
+                                        on_close=lambda: end(status < 500))
 
     routes = [
         Route("/ping", health, methods=["GET"]),

@@ -11,6 +11,11 @@ Routes: ``/ping`` and ``/health`` (open; the workspace's health check), ``/invoc
 ``{"output": "<new text>"}`` per decoded token as it is generated, a last one with
 ``finish_reason`` and ``usage``, then ``[DONE]``). Everything but the health routes needs ``Authorization: Bearer <key>``.
 Each scoring request writes the time to the activity file: the endpoint's own activity metric.
+
+A client that disconnects stops its generation (as vLLM aborts a request whose client left): a
+stopping criterion checked at every token step sees the request's stop flag, which the
+disconnect sets (:mod:`localworkspace.disconnect`); a request still waiting for the model when
+its client left never starts generating.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ KEY_ENV = "LOCAL_ENDPOINT_KEY"
 OPEN_PATHS = frozenset({"/ping", "/health"})
 DEFAULT_MAX_NEW_TOKENS = 256
 STREAM_TOKEN_TIMEOUT_S = 120.0  # longest wait for the next token (another request may hold the model)
+LOCK_POLL_S = 0.05  # a request waiting for the model checks this often whether its client left
 
 
 class ScoreRequestError(ValueError):
@@ -89,6 +95,23 @@ def azure_response(completion: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class Stopped(Exception):
+    """The request's client left before its generation started."""
+
+
+def stop_when(stop: threading.Event) -> Any:
+    """A transformers stopping criterion: every sequence is done once ``stop`` is set (checked
+    after each token step, so an abandoned request costs at most one more step)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenSet()])
+
+
 class ChatScorer:
     """Runs the chat model; one generation at a time (two would only thrash the CPU)."""
 
@@ -96,16 +119,32 @@ class ChatScorer:
         self.pyfunc_model = pyfunc_model
         self._lock = threading.Lock()
 
-    def complete(self, data: dict[str, Any], generation: dict[str, Any]) -> dict[str, Any]:
+    def complete(self, data: dict[str, Any], generation: dict[str, Any],
+                 stop: threading.Event | None = None) -> dict[str, Any]:
+        """One generation; ``stop`` set (the client left) ends it after the current token step,
+        or before it starts while it waits for the model (:class:`Stopped`)."""
         # The transformers flavor's own predict takes generation kwargs (do_sample, top_p, ...)
         # as params and hands them to the pipeline; the pyfunc wrapper would drop params the
         # chat signature does not declare.
         impl = self.pyfunc_model._model_impl
-        with self._lock:
-            result = impl.predict(dict(data), params=dict(generation))
+        params = dict(generation)
+        if stop is not None:
+            params["stopping_criteria"] = stop_when(stop)
+            while not self._lock.acquire(timeout=LOCK_POLL_S):
+                if stop.is_set():
+                    raise Stopped()
+        else:
+            self._lock.acquire()
+        try:
+            if stop is not None and stop.is_set():
+                raise Stopped()
+            result = impl.predict(dict(data), params=params)
+        finally:
+            self._lock.release()
         return result[0] if isinstance(result, list) else result
 
-    def stream(self, data: dict[str, Any], generation: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def stream(self, data: dict[str, Any], generation: dict[str, Any],
+               stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
         """The same generation, piece by piece: transformers' TextIteratorStreamer gets each token
         as ``generate`` makes it (generation runs on its own thread); the last piece carries the
         finish reason and usage of the whole completion."""
@@ -118,7 +157,7 @@ class ChatScorer:
 
         def generate() -> None:
             try:
-                outcome["completion"] = self.complete(data, {**generation, "streamer": streamer})
+                outcome["completion"] = self.complete(data, {**generation, "streamer": streamer}, stop)
             except Exception as exc:  # noqa: BLE001 - reported to the client as the stream's end
                 outcome["error"] = exc
                 streamer.end()
@@ -129,6 +168,8 @@ class ChatScorer:
             if text:
                 yield {"output": text}
         worker.join()
+        if isinstance(outcome.get("error"), Stopped):
+            raise outcome["error"]
         if "error" in outcome:
             log.error("generation failed: %s", outcome["error"], exc_info=outcome["error"])
             raise outcome["error"]
@@ -136,24 +177,40 @@ class ChatScorer:
         yield {"output": "", "finish_reason": final["finish_reason"], "usage": final["usage"]}
 
 
+class RequireKey:
+    """Pure ASGI middleware (a BaseHTTPMiddleware would stand between the routes and the client's
+    ``http.disconnect``): every path but the health routes needs the key, and records activity."""
+
+    def __init__(self, app: Any, key: str, activity_file: Path) -> None:
+        self.app = app
+        self.key = key
+        self.expected = f"Bearer {key}".encode()
+        self.activity_file = activity_file
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            given = next((v for k, v in scope.get("headers") or [] if k.lower() == b"authorization"), b"")
+            if not self.key or not hmac.compare_digest(given, self.expected):
+                from fastapi.responses import JSONResponse
+
+                reply = JSONResponse({"error": "missing or invalid key"}, status_code=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+                await reply(scope, receive, send)
+                return
+            record_activity(self.activity_file)
+        await self.app(scope, receive, send)
+
+
 def build_app(pyfunc_model: Any, key: str, activity_file: Path, max_new_tokens_cap: int = 1024):  # noqa: ANN201
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse
     from mlflow.pyfunc import scoring_server
     from starlette.concurrency import run_in_threadpool
 
+    from localworkspace.disconnect import ClientGone, ClosingStreamingResponse, unless_gone
+
     app = scoring_server.init(pyfunc_model)
     scorer = ChatScorer(pyfunc_model)
-    expected = f"Bearer {key}".encode()
-
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):  # noqa: ANN001, ANN202
-        if request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "").encode()
-            if not key or not hmac.compare_digest(given, expected):
-                return JSONResponse({"error": "missing or invalid key"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-            record_activity(activity_file)
-        return await call_next(request)
+    app.add_middleware(RequireKey, key=key, activity_file=activity_file)
 
     @app.post("/score")
     async def score(request: Request):  # noqa: ANN202
@@ -165,11 +222,17 @@ def build_app(pyfunc_model: Any, key: str, activity_file: Path, max_new_tokens_c
             chat = chat_request_from_azure(body, max_new_tokens_cap)
         except ScoreRequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+        stop = threading.Event()
         if "text/event-stream" in request.headers.get("accept", ""):
-            return StreamingResponse(_sse(scorer.stream(chat["data"], chat["generation"])),
-                                     media_type="text/event-stream")
+            return ClosingStreamingResponse(_sse(scorer.stream(chat["data"], chat["generation"], stop), stop),
+                                            media_type="text/event-stream", on_close=stop.set)
         try:
-            completion = await run_in_threadpool(scorer.complete, chat["data"], chat["generation"])
+            completion = await unless_gone(request.receive,
+                                           run_in_threadpool(scorer.complete, chat["data"], chat["generation"], stop),
+                                           on_gone=stop.set)
+        except (ClientGone, Stopped):
+            log.info("the client left before its answer was ready: generation stopped")
+            return JSONResponse({"error": "the client closed the request"}, status_code=499)
         except Exception as exc:
             log.error("generation failed: %s", exc, exc_info=True)
             return JSONResponse({"error": f"generation failed: {type(exc).__name__}"}, status_code=500)
@@ -178,14 +241,28 @@ def build_app(pyfunc_model: Any, key: str, activity_file: Path, max_new_tokens_c
     return app
 
 
-def _sse(pieces: Iterator[dict[str, Any]]) -> Iterator[bytes]:
-    """Pieces -> server-sent events; a failure mid-stream ends it with an error event."""
+_END = object()
+
+
+async def _sse(pieces: Iterator[dict[str, Any]], stop: threading.Event) -> AsyncIterator[bytes]:
+    """Pieces -> server-sent events; a failure mid-stream ends it with an error event. Each piece
+    is awaited on a worker thread; when the client leaves (Starlette cancels this), ``stop`` ends
+    the generation and the thread still waiting for its next token is let go."""
+    import anyio.to_thread
+
     try:
-        for piece in pieces:
+        while True:
+            piece = await anyio.to_thread.run_sync(next, pieces, _END, abandon_on_cancel=True)
+            if piece is _END:
+                break
             yield b"data: " + json.dumps(piece).encode() + b"\n\n"
+    except Stopped:
+        return
     except Exception as exc:  # noqa: BLE001 - the status line is sent: tell the client in the stream
         yield b"data: " + json.dumps({"error": f"generation failed: {type(exc).__name__}"}).encode() + b"\n\n"
         return
+    finally:
+        stop.set()  # read to its end or not: nothing generates for this request any more
     yield b"data: [DONE]\n\n"
 
 

@@ -103,6 +103,13 @@ def _data_policy(name: str, raw: str) -> dict[str, str]:
     return {"*": "report", **{str(k): str(v) for k, v in value.items()}}
 
 
+def _at_least_one(name: str, raw: str) -> int:
+    value = _int(name, raw)
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r} must be at least 1")
+    return value
+
+
 def _parallel_jobs(name: str, raw: str) -> int:
     if not raw.strip():
         # Half the cores, at least one: one local LoRA fine-tune keeps about two cores busy.
@@ -235,6 +242,8 @@ SPECS: dict[str, Spec] = {
     "activity_flush_s": Spec("ACTIVITY_FLUSH_S", "30", _int, "Scoring records an endpoint's last activity at most once per this many seconds per worker."),
     "scoring_route_max_stale_s": Spec("SCORING_ROUTE_MAX_STALE_S", "300", _int, "While the ledger is unreachable, scoring keeps using a known route this many seconds after it was last read from the ledger."),
     "max_live_endpoints": Spec("MAX_LIVE_ENDPOINTS", "4", _int, "At most this many endpoints and deployments live (provisioning or serving, candidates beside a champion included); a deployment that would pass it is not started and its model's record says why (`shared.endpoints.capacity`)."),
+    "scoring_max_streams": Spec("SCORING_MAX_STREAMS", "8", _at_least_one, "Streamed answers (`stream: true`) one worker relays at once per endpoint; past it a client gets 429 with Retry-After."),
+    "scoring_stream_idle_s": Spec("SCORING_STREAM_IDLE_S", "60", _at_least_one, "A stream ends (and its upstream is closed) when the endpoint sends nothing, or the client reads nothing, for this many seconds."),
     # --- endpoint healing
     "endpoint_heal_attempts": Spec("ENDPOINT_HEAL_ATTEMPTS", "3", _int, "Redeploys the health loop tries for an unhealthy or failed endpoint before it records it failed for good."),
     "endpoint_heal_backoff_s": Spec("ENDPOINT_HEAL_BACKOFF_S", "30", _int, "Wait before the second heal redeploy; doubled for each further one."),
@@ -338,6 +347,8 @@ class Settings:
     activity_flush_s: int
     scoring_route_max_stale_s: int
     max_live_endpoints: int
+    scoring_max_streams: int
+    scoring_stream_idle_s: int
     endpoint_heal_attempts: int
     endpoint_heal_backoff_s: int
     janitor_schedule: str

@@ -53,9 +53,10 @@ class StubEndpoint:
         # events, one {"output": word} per word (the local endpoint's streaming form).
         self.streams = False
         self.stream_raw_events: list[bytes] | None = None  # replaces the streamed events (bad-shape tests)
-        # When set, the last word is sent only after this event is set (or 5 s passed):
+        # When set, the last word is sent only after this event is set (or gate_timeout_s passed):
         # ``gate_opened`` then says whether the client saw the first words before the stream ended.
         self.gate: threading.Event | None = None
+        self.gate_timeout_s = 5.0
         self.gate_opened: bool | None = None
         self.requests: list[dict[str, Any]] = []  # {"headers", "json"} of every request received
         self._lock = threading.Lock()
@@ -116,7 +117,7 @@ class StubEndpoint:
         words = reply["output"].split(" ")
         for i, word in enumerate(words):
             if i == len(words) - 1 and self.gate is not None:
-                self.gate_opened = await asyncio.to_thread(self.gate.wait, 5.0)
+                self.gate_opened = await asyncio.to_thread(self.gate.wait, self.gate_timeout_s)
             yield b"data: " + orjson.dumps({"output": word if i == 0 else f" {word}"}) + b"\n\n"
         yield b"data: " + orjson.dumps({"output": "", "finish_reason": reply["finish_reason"],
                                         "usage": reply.get("usage")}) + b"\n\n"

@@ -124,8 +124,8 @@ def call_http(fn: Callable[..., Any], method: str, url: str, body: bytes = b"",
 
         async def receive() -> dict[str, Any]:
             nonlocal delivered
-            if delivered:
-                return {"type": "http.disconnect"}
+            if delivered:  # the client stays connected: as under a real server, nothing more comes
+                await asyncio.Event().wait()
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import HTTPError, NewConnectionError, ReadTimeoutError
 from urllib3.exceptions import TimeoutError as UpstreamTimeout
 
 from shared.backends import get_backend
@@ -78,6 +78,7 @@ from shared.scoring.contract import (
     parse_score_request,
     score_response,
 )
+from shared.scoring.hangup import Abort, StreamSlots, abortable, bound
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ BUSY_RETRY_AFTER_S = 5
 CONNECT_TIMEOUT_S = 10.0
 # Keep-alive connections kept per endpoint origin (more are opened under a burst, then closed).
 POOL_KEEPALIVE = 32
+# Retry-After sent with the 429 of a worker already relaying SCORING_MAX_STREAMS streams of an endpoint.
+STREAMS_RETRY_AFTER_S = 1
 
 Redeploy = Callable[[ModelRef], Any]
 
@@ -126,6 +129,12 @@ def _deploy_model_scale_from_zero(settings: Settings, ledger: Ledger, backend: M
         return deploy_model(model, reason="scale-from-zero", settings=settings, ledger=ledger, backend=backend)
 
     return redeploy
+
+
+def _client_gone(route: Route) -> ScoringError:
+    # Nobody reads this answer: the client left and its upstream call was aborted.
+    log.info("the client of model %s left: its call to endpoint %s was aborted", route.model_name, route.endpoint)
+    return ScoringError(499, "the client closed the request", code="client_closed_request")
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -176,6 +185,7 @@ class Scorer:
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
         self.activity = ActivityRecorder(lambda: self.ledger, settings.activity_flush_s, clock=clock)
         self.route_reads = stale_routes.RouteCache(settings.scoring_route_max_stale_s, clock=clock)
+        self.streams = StreamSlots(settings.scoring_max_streams)
 
     @property
     def ledger(self) -> Ledger:
@@ -201,17 +211,19 @@ class Scorer:
         with self._lock:
             pool = self._pools.get(origin)
             if pool is None:
-                pool = urllib3.connection_from_url(origin, maxsize=POOL_KEEPALIVE, block=False, retries=False)
+                pool = abortable(urllib3.connection_from_url(origin, maxsize=POOL_KEEPALIVE, block=False, retries=False))
                 self._pools[origin] = pool
             return pool
 
     # ---- the hot path
 
-    def complete(self, request: ChatRequest) -> Completion:
+    def complete(self, request: ChatRequest, abort: Abort | None = None) -> Completion:
+        """The whole answer. ``abort``: the client's handle (:mod:`.hangup`); aborting it ends the
+        upstream call at once (the endpoint sees the disconnect and stops generating)."""
         model_name = request.model or self.settings.model_name
         route = self._route(model_name)
         started = time.perf_counter()
-        route, response = self._forward(route, request)  # the route that answered (refreshed/re-resolved)
+        route, response = self._forward(route, request, abort=abort)  # the route that answered (refreshed/re-resolved)
         completion = self._completion(route, response)
         if log.isEnabledFor(logging.DEBUG):  # skip computing the arguments on the hot path
             log.debug(
@@ -225,25 +237,66 @@ class Scorer:
         self.activity.touch(route.endpoint)
         return completion
 
-    def stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
+    def stream(self, request: ChatRequest, abort: Abort | None = None) -> Iterator[StreamPiece]:
         """The answer piece by piece. Routing, retries and the upstream's status are settled before
         this returns (a ScoringError here is still an HTTP error); the pieces then come as the
         endpoint sends them: it is asked for ``text/event-stream`` (the convention of Azure ML
-        streaming deployments) and a deployment that answers JSON instead is one piece."""
+        streaming deployments) and a deployment that answers JSON instead is one piece.
+
+        At most ``SCORING_MAX_STREAMS`` streams per endpoint at once in this worker (429 past it);
+        an upstream that sends nothing for ``SCORING_STREAM_IDLE_S`` ends the stream; aborting
+        ``abort`` (the client left) closes the upstream at once."""
+        abort = abort or Abort()
         route = self._route(request.model or self.settings.model_name)
-        route, response = self._forward(route, request, stream=True)
+        release = self.streams.take(route.endpoint)
+        if release is None:
+            raise ScoringError(
+                429,
+                f"this worker already relays {self.streams.limit} streamed answers of model {route.model_name} "
+                f"(SCORING_MAX_STREAMS); retry in {STREAMS_RETRY_AFTER_S} s",
+                type="rate_limit_exceeded",
+                code="too_many_streams",
+                retry_after=STREAMS_RETRY_AFTER_S,
+            )
+        abort.on_close(release)
+        try:
+            route, response = self._forward(route, request, stream=True, abort=abort)
+        except BaseException:
+            release()
+            raise
         self.activity.touch(route.endpoint)
         if SSE_MEDIA_TYPE not in (response.headers.get("content-type") or ""):
             try:
                 completion = self._completion(route, response)
             finally:
+                abort.detach()
                 response.release_conn()
+                release()
             return iter([StreamPiece(completion.text, completion.finish_reason, completion.usage)])
-        return self._relay(route, response)
+        return self._relay(route, response, abort, release)
 
-    def _relay(self, route: Route, response: urllib3.BaseHTTPResponse) -> Iterator[StreamPiece]:
+    def _relay(self, route: Route, response: urllib3.BaseHTTPResponse, abort: Abort,
+               release: Callable[[], None]) -> Iterator[StreamPiece]:
         """Server-sent events of the endpoint -> pieces; the connection goes back to the pool only
-        when the stream was read to its end."""
+        when the stream was read to its end, else it is closed: when the reader stops (an error,
+        ``close()``) or, if this generator never ran, when ``abort`` is closed."""
+        done = threading.Event()
+
+        def finish(finished: bool = False) -> None:
+            if done.is_set():
+                return
+            done.set()
+            try:
+                if finished:
+                    abort.detach()
+                    response.drain_conn()
+                else:
+                    response.close()  # a connection with unread data is never reused
+                response.release_conn()
+            finally:
+                release()
+
+        abort.on_close(finish)
         finished = False
         try:
             for raw in response:
@@ -267,40 +320,47 @@ class Scorer:
                     raise ScoringError(502, f"the endpoint of model {route.model_name} streamed an unexpected event",
                                        type=UPSTREAM_ERROR, code="upstream_bad_response")
                 yield piece
-            finished = True
+            finished = not abort.aborted  # a socket shut down under the reader may read as an end
+        except ReadTimeoutError:
+            log.warning("endpoint %s of model %s sent nothing for %.0f s while streaming", route.endpoint,
+                        route.model_name, self.settings.scoring_stream_idle_s)
+            raise ScoringError(504, f"the endpoint of model {route.model_name} stopped sending its answer",
+                               type=TIMEOUT, code="upstream_stream_idle") from None
         except (HTTPError, OSError):
+            if abort.aborted:
+                return  # the client left: nobody reads on
             log.warning("endpoint %s of model %s broke off its stream", route.endpoint, route.model_name)
             raise ScoringError(502, f"the endpoint of model {route.model_name} broke off its answer",
                                type=UPSTREAM_ERROR, code="upstream_stream_broken") from None
         finally:
-            if finished:
-                response.drain_conn()
-            else:
-                response.close()  # a connection with unread data is never reused
-            response.release_conn()
+            finish(finished)
 
-    def _forward(self, route: Route, request: ChatRequest, *, stream: bool = False) -> tuple[Route, urllib3.BaseHTTPResponse]:
+    def _forward(self, route: Route, request: ChatRequest, *, stream: bool = False,
+                 abort: Abort | None = None) -> tuple[Route, urllib3.BaseHTTPResponse]:
         """POST to the route's endpoint until it answers 200 (with the retries below); the 200 response.
 
-        With ``stream`` the body is left unread (the caller reads it and releases the connection)."""
+        With ``stream`` the body is left unread (the caller reads it and releases the connection)
+        and each read waits at most ``SCORING_STREAM_IDLE_S``. An aborted ``abort`` (the client
+        left) ends the call at once, with no retry."""
         body = endpoint_request_body(request)
         refreshed = rerouted = fell_back = False
         busy_retries = 0
         while True:
             headers = {**route.headers, "Accept": f"{SSE_MEDIA_TYPE}, application/json"} if stream else route.headers
             try:
-                response = route.pool.urlopen(
-                    "POST",
-                    route.path,
-                    body=body,
-                    headers=headers,
-                    timeout=route.timeout,
-                    retries=False,  # retries are ours: 401 refresh, 429/503 back-off, reroute
-                    redirect=False,
-                    assert_same_host=False,
-                    # True reads the body and returns the connection to the pool; a stream is read later
-                    preload_content=not stream,
-                )
+                with bound(abort):
+                    response = route.pool.urlopen(
+                        "POST",
+                        route.path,
+                        body=body,
+                        headers=headers,
+                        timeout=self._stream_timeout(route) if stream else route.timeout,
+                        retries=False,  # retries are ours: 401 refresh, 429/503 back-off, reroute
+                        redirect=False,
+                        assert_same_host=False,
+                        # True reads the body and returns the connection to the pool; a stream is read later
+                        preload_content=not stream,
+                    )
             except NewConnectionError as exc:  # refused / DNS (urllib3 makes it a ConnectTimeoutError subclass)
                 transport_error: HTTPError | None = exc
             except UpstreamTimeout:
@@ -317,6 +377,8 @@ class Scorer:
                 transport_error = exc
             else:
                 transport_error = None
+            if transport_error is not None and abort is not None and abort.aborted:
+                raise _client_gone(route) from None
             if transport_error is not None:
                 log.warning(
                     "endpoint %s of model %s unreachable (%s)", route.endpoint, route.model_name, type(transport_error).__name__
@@ -334,6 +396,8 @@ class Scorer:
                 ) from None
 
             status = response.status
+            if abort is not None and not (stream and status == 200):
+                abort.detach()  # read to its end and back in the pool: no longer this client's
             if status == 200:
                 return route, response
             if stream:
@@ -366,6 +430,11 @@ class Scorer:
                 route = self._reroute(route)
                 continue
             raise self._upstream_failure(route, response)
+
+    def _stream_timeout(self, route: Route) -> urllib3.Timeout:
+        """A stream's reads wait at most SCORING_STREAM_IDLE_S (and never longer than the endpoint's timeout)."""
+        read = min(route.target.timeout_s, float(self.settings.scoring_stream_idle_s))
+        return urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, read), read=read)
 
     def _completion(self, route: Route, response: urllib3.BaseHTTPResponse) -> Completion:
         try:
@@ -747,21 +816,23 @@ def reset_scorers() -> None:
 # ---- what the HTTP triggers call
 
 
-def score(body: bytes, settings: Settings | None = None) -> dict[str, Any]:
+def score(body: bytes, settings: Settings | None = None, abort: Abort | None = None) -> dict[str, Any]:
     """``POST /api/score``: Azure ML's request shape in, ``{"output": ...}`` out."""
     scorer = scorer_for(settings)
-    return score_response(scorer.complete(parse_score_request(body, scorer.settings)))
+    return score_response(scorer.complete(parse_score_request(body, scorer.settings), abort))
 
 
-def chat_completion(body: bytes, settings: Settings | None = None) -> dict[str, Any] | Iterator[bytes]:
+def chat_completion(body: bytes, settings: Settings | None = None,
+                    abort: Abort | None = None) -> dict[str, Any] | Iterator[bytes]:
     """``POST /api/v1/chat/completions``: OpenAI's chat completion in and out; with ``stream: true``
-    the server-sent events of ``chat.completion.chunk`` objects (bytes), ending with ``[DONE]``."""
+    the server-sent events of ``chat.completion.chunk`` objects (bytes), ending with ``[DONE]``.
+    ``abort``: the client's handle (aborting it ends the upstream call, :mod:`.hangup`)."""
     scorer = scorer_for(settings)
     request = parse_chat_completion_request(body, scorer.settings)
     if request.stream:
         model = request.model or scorer.settings.model_name
-        return chat_completion_chunks(scorer.stream(request), model, request.include_usage)
-    return chat_completion_response(scorer.complete(request))
+        return chat_completion_chunks(scorer.stream(request, abort), model, request.include_usage)
+    return chat_completion_response(scorer.complete(request, abort))
 
 
 def list_models(settings: Settings | None = None) -> dict[str, Any]:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import azure.functions as func
+import httpx
 import orjson
+import psutil
 import pytest
 
 from functions import scoring as scoring_functions
@@ -34,7 +39,7 @@ from tests.stub_endpoint import (
     seed_model,
     start_in_thread,
 )
-from tests.support import FakeClock, HttpReply, call_http
+from tests.support import FakeClock, HttpReply, call_http, wait_until
 
 pytestmark = pytest.mark.storage
 
@@ -821,3 +826,104 @@ def test_a_candidate_failing_in_its_canary_is_answered_by_the_champion(world: Wo
     world.scorer.forget_route(MODEL_NAME)
     world.stub.script.append(Scripted(500, {"azureml-model-deployment": "version-2"}, b'{"error": "boom"}'))
     assert world.post(CHAT, chat).status == 502 and len(world.stub.requests) == sent + 1
+
+
+# ---- clients that hang up or hold streams (issue 29): the host counts as the sockets of this
+# process whose remote port is the stub's; the model server's side is tests/faults/test_faults_hangups.py
+
+CHAT_PATH = "/api/v1/chat/completions"
+KEY = {"x-functions-key": "fk-test"}
+
+
+def upstream_connections(world: World) -> int:
+    return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+               if c.raddr and c.raddr.port == world.server.port and c.status == psutil.CONN_ESTABLISHED)
+
+
+@dataclasses.dataclass
+class Held:
+    endpoint: str
+    gate: threading.Event
+
+
+@pytest.fixture
+def held_stream(world: World) -> Iterator[Held]:
+    """The stub streams its first words, then holds the last one until the gate opens."""
+    ep = seed_model(world.ledger, MODEL_NAME, "1")
+    world.stub.streams = True
+    world.stub.gate = threading.Event()
+    world.stub.gate_timeout_s = 60.0
+    yield Held(ep, world.stub.gate)
+    world.stub.gate.set()  # let the stub's waiting thread go
+
+
+def open_stream(host: Any) -> socket.socket:
+    """A streamed chat completion on a raw socket, read up to its first words."""
+    parts = urlsplit(host.base_url)
+    body = orjson.dumps({"model": MODEL_NAME, "messages": [{"role": "user", "content": "one two three"}],
+                         "stream": True})
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall((f"POST {CHAT_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\nx-functions-key: fk-test\r\n\r\n").encode() + body)
+    seen = b""
+    while b"echo:" not in seen:
+        chunk = sock.recv(4096)
+        assert chunk, f"the stream ended before its first words: {seen!r}"
+        seen += chunk
+    assert seen.startswith(b"HTTP/1.1 200"), seen[:200]
+    return sock
+
+
+def test_a_stream_whose_client_hangs_up_closes_its_upstream_at_once(world: World, host: Any, held_stream) -> None:
+    baseline = upstream_connections(world)
+    sock = open_stream(host)
+    assert upstream_connections(world) == baseline + 1
+    sock.close()
+    # The stub holds its last word for a minute: only the relay closing its upstream ends it sooner.
+    wait_until(lambda: upstream_connections(world) == baseline, 5, "the relay to close the abandoned stream's upstream",
+               0.05)
+    assert world.scorer.streams.open(held_stream.endpoint) == 0  # its slot is given back
+
+
+def test_streams_past_scoring_max_streams_get_429_with_retry_after(world: World, host: Any, held_stream) -> None:
+    world.reconfigure(scoring_max_streams=1)
+    first = open_stream(host)
+    assert world.scorer.streams.open(held_stream.endpoint) == 1
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    refused = httpx.post(host.base_url + CHAT_PATH, json=body, headers=KEY, timeout=10)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "1"
+    error = refused.json()["error"]
+    assert error["code"] == "too_many_streams" and "SCORING_MAX_STREAMS" in error["message"]
+    other_model = httpx.post(host.base_url + CHAT_PATH, json={**body, "stream": False}, headers=KEY, timeout=10)
+    assert other_model.status_code == 200  # plain answers are not streams
+    first.close()
+    wait_until(lambda: world.scorer.streams.open(held_stream.endpoint) == 0, 5, "the slot to be given back", 0.05)
+    held_stream.gate.set()
+    assert httpx.post(host.base_url + CHAT_PATH, json=body, headers=KEY, timeout=10).status_code == 200
+
+
+def test_an_upstream_that_stops_sending_ends_the_stream_with_an_error_event(world: World, host: Any,
+                                                                             held_stream) -> None:
+    world.reconfigure(scoring_stream_idle_s=1)
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "one two three"}], "stream": True}
+    reply = httpx.post(host.base_url + CHAT_PATH, json=body, headers=KEY, timeout=30)
+    events = [e[6:] for e in reply.text.split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = orjson.loads(events[-2])["error"]
+    assert error["code"] == "upstream_stream_idle", events
+    route = world.scorer._routes[MODEL_NAME]
+    assert world.scorer._stream_timeout(route).read_timeout == 1.0  # the setting, not the endpoint's 5 s timeout
+    assert wait_until(lambda: world.scorer.streams.open(held_stream.endpoint) == 0, 5, "the slot to be given back", 0.05)
+
+
+def test_a_plain_request_whose_client_gives_up_frees_its_upstream(world: World, host: Any) -> None:
+    seed_model(world.ledger, MODEL_NAME, "1")
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}]}
+    world.stub.delay_s = 4.5  # below the stub target's 5 s timeout: only the client leaving ends it sooner
+    assert upstream_connections(world) == 0  # a new worker Scorer: no pooled connection yet
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(host.base_url + CHAT_PATH, json=body, headers=KEY, timeout=0.3)
+    # Not aborted, the call would end after 4.5 s and its connection stay in the pool (keep-alive).
+    wait_until(lambda: upstream_connections(world) == 0, 3, "the host to abort the upstream call of the client that left",
+               0.05)
