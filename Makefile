@@ -17,7 +17,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.local/hf
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install checkov demo test test-fast test-faults test-slow test-rollout test-browser browser test-all up down status upload mlflow lint bench lock clean
+.PHONY: install checkov demo test test-fast test-integration test-faults test-slow test-rollout test-browser browser test-all up down status upload mlflow lint bench lock clean
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || python3 -m venv .venv
@@ -49,10 +49,14 @@ PYTEST = $(PY) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: that is a failure" >&2; exit 1; fi; exit $$rc
 
 test: install $(CHECKOV_STAMP)
-	$(call PYTEST,-m "not slow and not browser and not faults and not rollout")
+	$(call PYTEST,-m "not slow and not browser and not faults and not rollout and not integration")
 
 test-fast: install $(CHECKOV_STAMP)
 	$(call PYTEST,-m "not slow and not e2e and not browser and not faults and not rollout")
+
+# Longer scenarios on the real local stack with the tiny model (corpus mode, janitor, deployments): a few minutes.
+test-integration: install
+	$(call PYTEST,-m integration)
 
 # Fault injection against the real local stack (tiny model): a few minutes.
 test-faults: install

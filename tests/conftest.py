@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,6 +16,10 @@ from devhost.azurite import Azurite, free_port, start, stop_process
 from shared.backends import use_backend
 from shared.settings import Settings, use_settings
 from tests.support import FIXTURES, make_settings
+
+if TYPE_CHECKING:
+    from shared.backends.local import LocalBackend
+    from tests.fakes.local import EventSink
 
 
 @pytest.fixture(scope="session")
@@ -92,10 +97,36 @@ def migrated_mlflow_store(mlflow_store_template: Path, tmp_path: Path) -> Path:
 
 
 # Tiers whose every test trains in a local workspace: they start from the migrated store.
-TRAINING_TIERS = {"e2e", "slow"}
+TRAINING_TIERS = {"e2e", "integration", "slow"}
 
 
 @pytest.fixture(autouse=True)
 def _migrated_store_in_training_tiers(request: pytest.FixtureRequest) -> None:
     if request.node.path.parent.name in TRAINING_TIERS and request.node.path.parent.parent == FIXTURES.parent:
         request.getfixturevalue("migrated_mlflow_store")
+
+
+# The local workspace with its job events collected (tests/storage/test_local_workspace.py, tests/integration).
+@pytest.fixture
+def event_sink() -> Iterator[EventSink]:
+    """A webhook that collects the local workspace's job events (tests/fakes/local.py)."""
+    from tests.fakes.local import EventSink
+
+    sink = EventSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@pytest.fixture
+def backend_with_sink(storage_settings: Settings, event_sink: EventSink) -> Iterator[tuple[LocalBackend, Settings]]:
+    """A real local workspace on this test's storage, posting its job events to ``event_sink``."""
+    from shared.backends.local import LocalBackend
+
+    s = storage_settings.replace(eventgrid_webhook_url=event_sink.url)
+    backend = LocalBackend(s, event_retry_total_s=10)
+    try:
+        yield backend, s
+    finally:
+        backend.shutdown()

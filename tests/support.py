@@ -29,6 +29,7 @@ TIER_MARKERS: dict[str, tuple[str, ...]] = {
     "storage": ("storage",),
     "infra": ("infra",),
     "e2e": ("e2e", "storage"),
+    "integration": ("integration", "e2e", "storage"),
     "faults": ("faults",),
     "browser": ("browser", "e2e", "storage"),
     "slow": ("slow", "storage"),

@@ -69,7 +69,7 @@ def test_dashboard_follows_a_real_run_in_chromium(storage_settings, browser, tmp
         idle_endpoint_minutes=IDLE_MINUTES,
         idle_grace_minutes=0.0,
         activity_flush_s=1,
-        training_mode="upload",  # one upload, one job, under the app's model name (corpus mode: tests/test_corpus_e2e.py)
+        training_mode="upload",  # one upload, one job, under the app's model name (corpus mode: tests/integration/test_corpus_e2e.py)
     )
     use_settings(settings)
     ledger = Ledger.from_settings(settings)

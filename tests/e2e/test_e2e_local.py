@@ -37,7 +37,7 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
 
     port = free_port()
     settings = storage_settings.replace(
-        training_mode="upload",  # one upload, one job, as before collections (corpus mode: test_corpus_e2e.py)
+        training_mode="upload",  # one upload, one job, as before collections (corpus mode: tests/integration/test_corpus_e2e.py)
         function_key=KEY,
         eventgrid_webhook_url=f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event",
         finetune_params={"max_steps": 4},

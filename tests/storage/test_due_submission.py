@@ -1,7 +1,7 @@
 """A due collection submits itself: its submission is a queue message visible at its due time.
 
 Real Azurite (queue, ledger, blobs) and the real blob trigger; a recording backend. The
-queue-triggered function runs in the local host in tests/e2e/test_due_collection_e2e.py (the
+queue-triggered function runs in the local host in tests/faults/test_due_collection_blackbox.py (the
 black-box run, no reconcile) and in bench/stages.py.
 """
 

@@ -5,7 +5,7 @@ select whole tiers by those markers.
 * every tier folder has a conftest that applies ``TIER_MARKERS[tier]`` (and nothing else does);
 * a module never carries a tier marker of another tier (a misplaced test would run in the wrong target);
 * no test module imports another test module (shared helpers live in tests/support.py and tests/fakes/);
-* the tiers each Makefile target selects are the documented ones (``make test``: unit, storage, infra, e2e).
+* the tiers each Makefile target selects are the documented ones (``make test``: unit, storage, infra, e2e; the longer integration scenarios in ``make test-integration``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ TIER_NAMES = {marker for markers in TIER_MARKERS.values() for marker in markers}
 EXPECTED_TIERS = {
     "test": {"unit", "storage", "infra", "e2e"},
     "test-fast": {"unit", "storage", "infra"},
+    "test-integration": {"integration"},
     "test-faults": {"faults"},
     "test-slow": {"slow"},
     "test-rollout": {"rollout"},
@@ -116,7 +117,8 @@ def test_the_tests_running_now_carry_their_folders_markers(request: pytest.Fixtu
 
 
 def test_the_checks_catch_what_they_are_for() -> None:
-    assert tiers_selected("not slow and not browser and not faults and not rollout") == EXPECTED_TIERS["test"]
-    assert tiers_selected("not slow and not browser and not rollout") != EXPECTED_TIERS["test"]  # faults would slip in
+    assert tiers_selected("not slow and not browser and not faults and not rollout and not integration") == EXPECTED_TIERS["test"]
+    assert tiers_selected("not slow and not browser and not rollout and not integration") != EXPECTED_TIERS["test"]  # faults would slip in
+    assert tiers_selected("not slow and not browser and not faults and not rollout") != EXPECTED_TIERS["test"]  # integration would
     assert makefile_selections('test: install\n\t$(call PYTEST,-m "not slow")\nup:\n\tx\n') == {"test": "not slow"}
     assert makefile_selections("test-all: install\n\t$(call PYTEST,)\n") == {"test-all": None}
