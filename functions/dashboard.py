@@ -31,7 +31,7 @@ def _answer(page: view.Page) -> Response:
     return Response(body, status_code=page.status, media_type=media_type, headers={"Cache-Control": "no-store"})
 
 
-@bp.route(route="dashboard", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="dashboard", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 async def dashboard(req: Request) -> Response:
     params = req.query_params
     page = await run_in_threadpool(view.dashboard_page, code=params.get("code"), refresh_s=_refresh(req),
@@ -39,7 +39,7 @@ async def dashboard(req: Request) -> Response:
     return _answer(page)
 
 
-@bp.route(route="dashboard/report", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="dashboard/report", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 async def dashboard_report(req: Request) -> Response:
     params = req.query_params
     page = await run_in_threadpool(view.report_page, params.get("dataset") or "", code=params.get("code"))

@@ -45,6 +45,9 @@ var ledgerTable = 'ledger'
 var followupQueue = 'endpoint-followups'
 var submissionQueue = 'collection-submissions'
 var deploymentContainer = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+// The Functions host's containers, created here: its identity holds blob roles on containers only.
+var webjobsHostsContainer = 'azure-webjobs-hosts'
+var webjobsSecretsContainer = 'azure-webjobs-secrets'
 var preparedDatastoreName = 'autopilot_prepared'
 var storageSystemTopicName = 'evgt-st-${resourceToken}'
 var workspaceSystemTopicName = 'evgt-mlw-${resourceToken}'
@@ -76,6 +79,8 @@ module storage 'modules/storage.bicep' = {
       chatDataContainer
       preparedContainer
       deploymentContainer
+      webjobsHostsContainer
+      webjobsSecretsContainer
     ]
     queues: [
       followupQueue
@@ -116,6 +121,11 @@ module roleAssignments 'modules/role-assignments.bicep' = {
   scope: rg
   params: {
     storageAccountName: storage.outputs.name
+    chatDataContainer: chatDataContainer
+    preparedContainer: preparedContainer
+    deploymentContainer: deploymentContainer
+    webjobsHostsContainer: webjobsHostsContainer
+    webjobsSecretsContainer: webjobsSecretsContainer
     workspaceName: workspace.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     appPrincipalId: identity.outputs.principalId

@@ -173,12 +173,20 @@ def settings_table() -> list[str]:
     return rows
 
 
+CONTAINER_TYPE = "Microsoft.Storage/storageAccounts/blobServices/containers"
+
+
 def roles_table() -> list[str]:
     by_id = {v: k for k, v in role_table().items()}
     rows = ["| Role | Principal | Scope |", "|---|---|---|"]
     for ra in role_assignments():
         role = by_id.get(ra.role_id or "", f"unknown role {ra.role_id}")
-        rows.append(f"| {role} | {ROLE_PRINCIPALS.get(ra.principal, ra.principal)} | {SCOPE_NAMES.get(ra.scope_type, ra.scope_type)} |")
+        scope = SCOPE_NAMES.get(ra.scope_type, ra.scope_type)
+        if ra.scope_type == CONTAINER_TYPE:  # name the container: main.bicep's value of the module parameter
+            param = body_of(parse(ROLE_ASSIGNMENTS)["resources"][ra.scope])["name"]
+            name = resolve(module_params("roleAssignments")[param], main_doc())
+            scope = f"container `{getattr(name, 'text', name)}` of the app storage account"
+        rows.append(f"| {role} | {ROLE_PRINCIPALS.get(ra.principal, ra.principal)} | {scope} |")
     return rows
 
 

@@ -46,12 +46,14 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       '${identityId}': {}
     }
   }
+  // checkov:skip=CKV_AZURE_78: siteConfig.ftpsState is on Flex Consumption's rejection list; FTP is off by basicPublishingCredentialsPolicies ftp (allow false)
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    // No ftpsState (nor any other property on Flex Consumption's rejection list, see
+    // tests/fixtures/azure/flex-consumption-site-config.json): FTP is off through the policies below.
     siteConfig: {
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
     }
     functionAppConfig: {
@@ -74,6 +76,23 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         version: '3.11'
       }
     }
+  }
+}
+
+// Basic (user name and password) publishing off for both endpoints: deployment is by identity.
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
   }
 }
 

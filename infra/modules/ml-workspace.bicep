@@ -1,5 +1,5 @@
 // The Azure Machine Learning workspace (public network access, system-assigned identity) with
-// its own Key Vault and storage account (artifacts, workspaceblobstore).
+// its own Key Vault and storage account (artifacts, workspaceblobstore; shared keys off, reached by identity).
 param name string
 param storageName string
 param keyVaultName string
@@ -20,6 +20,7 @@ resource workspaceStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
   properties: {
     allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
     allowCrossTenantReplication: false
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
@@ -46,7 +47,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
-resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
+// 2025-06-01: systemDatastoresAuthMode, so the workspace reaches its own storage (shared keys off) by identity.
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-06-01' = {
   name: name
   location: location
   tags: tags
@@ -65,6 +67,7 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
     keyVault: keyVault.id
     applicationInsights: applicationInsightsId
     publicNetworkAccess: 'Enabled'
+    systemDatastoresAuthMode: 'Identity'
     v1LegacyMode: false
   }
 }

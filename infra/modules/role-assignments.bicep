@@ -1,6 +1,17 @@
 // Every role assignment, each named guid(scope, principal, role) and scoped to the one resource
-// that needs it. Role definition ids: tests/fixtures/azure/role-definitions.json (with sources).
+// that needs it (blob roles: the one container). Role definition ids and their published actions:
+// tests/fixtures/azure/ (with sources); tests/infra/test_infra_permissions.py checks every request.
 param storageAccountName string
+@description('Container of the raw uploads (the app only reads them).')
+param chatDataContainer string
+@description('Container of the prepared datasets (the app writes them, the workspace reads them).')
+param preparedContainer string
+@description('Container of the deployment package (the Flex platform writes and reads it with the app identity).')
+param deploymentContainer string
+@description('The Functions host\'s container of locks, timer state and blob receipts.')
+param webjobsHostsContainer string
+@description('The Functions host\'s container of keys.')
+param webjobsSecretsContainer string
 param workspaceName string
 param applicationInsightsName string
 @description('Principal id of the app\'s user-assigned identity.')
@@ -20,6 +31,36 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
 
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: storage
+  name: 'default'
+}
+
+resource chatData 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: chatDataContainer
+}
+
+resource prepared 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: preparedContainer
+}
+
+resource deployment 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: deploymentContainer
+}
+
+resource webjobsHosts 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: webjobsHostsContainer
+}
+
+resource webjobsSecrets 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: webjobsSecretsContainer
+}
+
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' existing = {
   name: workspaceName
 }
@@ -28,10 +69,10 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
-// App identity on the app's storage: host state, blob trigger receipts, uploads, prepared data.
-resource appBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, appPrincipalId, storageBlobDataOwner)
-  scope: storage
+// App identity: writes the prepared datasets (and the evaluation's files).
+resource appPreparedOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(prepared.id, appPrincipalId, storageBlobDataOwner)
+  scope: prepared
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
     principalId: appPrincipalId
@@ -39,7 +80,51 @@ resource appBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-// Blob trigger poison queue and host queues.
+// App identity: the host's locks, timer state and Event Grid blob trigger receipts.
+resource appHostsOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(webjobsHosts.id, appPrincipalId, storageBlobDataOwner)
+  scope: webjobsHosts
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// App identity: the host's function and system keys.
+resource appSecretsOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(webjobsSecrets.id, appPrincipalId, storageBlobDataOwner)
+  scope: webjobsSecrets
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// App identity: the Flex deployment package (written on deploy, read at start).
+resource appDeploymentOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(deployment.id, appPrincipalId, storageBlobDataOwner)
+  scope: deployment
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// App identity: reads the raw uploads (never modifies them).
+resource appChatDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(chatData.id, appPrincipalId, storageBlobDataReader)
+  scope: chatData
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Blob trigger poison queue, host queues and the app's queues.
 resource appQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, appPrincipalId, storageQueueDataContributor)
   scope: storage
@@ -83,10 +168,10 @@ resource appMonitoringReader 'Microsoft.Authorization/roleAssignments@2022-04-01
   }
 }
 
-// The workspace reads the prepared datasets through its identity-based datastore.
+// The workspace reads the prepared datasets through its identity-based datastore: that container only.
 resource workspaceBlobDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, workspacePrincipalId, storageBlobDataReader)
-  scope: storage
+  name: guid(prepared.id, workspacePrincipalId, storageBlobDataReader)
+  scope: prepared
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
     principalId: workspacePrincipalId

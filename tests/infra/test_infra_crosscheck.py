@@ -159,15 +159,21 @@ IDENTITY_STORAGE = {
 # Writes after which a blob is complete (Event Grid: Blob Storage as an event source, BlobCreated).
 BLOB_COMPLETING_WRITES = {"PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose"}
 
+CONTAINER = "Microsoft.Storage/storageAccounts/blobServices/containers"
 EXPECTED_ROLES = {
-    # (role, principal parameter, scope resource type, what main.bicep passes as that scope's name)
-    ("Storage Blob Data Owner", "appPrincipalId", "Microsoft.Storage/storageAccounts"),
-    ("Storage Queue Data Contributor", "appPrincipalId", "Microsoft.Storage/storageAccounts"),
-    ("Storage Table Data Contributor", "appPrincipalId", "Microsoft.Storage/storageAccounts"),
-    ("AzureML Data Scientist", "appPrincipalId", "Microsoft.MachineLearningServices/workspaces"),
-    ("Monitoring Reader", "appPrincipalId", "Microsoft.MachineLearningServices/workspaces"),
-    ("Storage Blob Data Reader", "workspacePrincipalId", "Microsoft.Storage/storageAccounts"),
-    ("Monitoring Metrics Publisher", "appPrincipalId", "Microsoft.Insights/components"),
+    # (role, principal parameter, scope resource type, scope symbol in role-assignments.bicep): blob roles on
+    # the containers each identity needs, never the whole account (issue 25.6)
+    ("Storage Blob Data Owner", "appPrincipalId", CONTAINER, "prepared"),
+    ("Storage Blob Data Owner", "appPrincipalId", CONTAINER, "webjobsHosts"),
+    ("Storage Blob Data Owner", "appPrincipalId", CONTAINER, "webjobsSecrets"),
+    ("Storage Blob Data Owner", "appPrincipalId", CONTAINER, "deployment"),
+    ("Storage Blob Data Reader", "appPrincipalId", CONTAINER, "chatData"),
+    ("Storage Queue Data Contributor", "appPrincipalId", "Microsoft.Storage/storageAccounts", "storage"),
+    ("Storage Table Data Contributor", "appPrincipalId", "Microsoft.Storage/storageAccounts", "storage"),
+    ("AzureML Data Scientist", "appPrincipalId", "Microsoft.MachineLearningServices/workspaces", "workspace"),
+    ("Monitoring Reader", "appPrincipalId", "Microsoft.MachineLearningServices/workspaces", "workspace"),
+    ("Storage Blob Data Reader", "workspacePrincipalId", CONTAINER, "prepared"),
+    ("Monitoring Metrics Publisher", "appPrincipalId", "Microsoft.Insights/components", "applicationInsights"),
 }
 
 
@@ -415,7 +421,7 @@ def test_role_assignments_match_the_role_table_and_the_issue() -> None:
             f"{ra.symbol}: name must be guid({ra.scope}.id, {ra.principal}, <role>), got guid({', '.join(ra.name_parts)})"
         )
         assert ra.principal_type == "ServicePrincipal", f"{ra.symbol}: principalType must be ServicePrincipal (managed identity)"
-        found.add((role, ra.principal, ra.scope_type))
+        found.add((role, ra.principal, ra.scope_type, ra.scope))
     assert found == EXPECTED_ROLES, f"missing: {sorted(EXPECTED_ROLES - found)}; unexpected: {sorted(found - EXPECTED_ROLES)}"
     assert len(tpl.role_assignments()) == len(EXPECTED_ROLES), "a role is assigned twice"
     assert table  # the table itself is non-empty
@@ -430,4 +436,11 @@ def test_role_scopes_and_principals_are_the_right_resources() -> None:
     assert tpl.render(params["workspacePrincipalId"]) == "workspace.outputs.principalId"
     doc = parse(tpl.ROLE_ASSIGNMENTS)
     scopes = {sym: body_of(r)["name"] for sym, r in doc["resources"].items() if r.get("existing")}
-    assert scopes == {"storage": "storageAccountName", "workspace": "workspaceName", "applicationInsights": "applicationInsightsName"}
+    assert scopes == {"storage": "storageAccountName", "blobService": "default", "chatData": "chatDataContainer",
+                      "prepared": "preparedContainer", "deployment": "deploymentContainer",
+                      "webjobsHosts": "webjobsHostsContainer", "webjobsSecrets": "webjobsSecretsContainer",
+                      "workspace": "workspaceName", "applicationInsights": "applicationInsightsName"}
+    for param in ("chatDataContainer", "preparedContainer", "deploymentContainer", "webjobsHostsContainer", "webjobsSecretsContainer"):
+        assert tpl.render(params[param]) == param, f"{param} must be main.bicep's own variable"
+    created = {tpl.resolve(c, tpl.main_doc()) for c in tpl.module_params("storage")["containers"]}
+    assert {"azure-webjobs-hosts", "azure-webjobs-secrets"} <= created, "the host's containers must exist: its blob roles are per container"
