@@ -45,9 +45,31 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
+# (stage title, time.monotonic() when it began): where the demo's time goes, printed at its end
+STAGE_STARTS: list[tuple[str, float]] = []
+
+
 def stage(n: int, title: str) -> None:
+    STAGE_STARTS.append((f"[{n}] {title}", time.monotonic()))
     say()
     say(f"== [{n}] {title} " + "=" * max(0, 70 - len(title)))
+
+
+def mark(title: str) -> None:
+    """A step within the current stage, timed on its own in the table (no header printed)."""
+    STAGE_STARTS.append((f"    {title}", time.monotonic()))
+
+
+def stage_timings(end: float, started: float | None = None) -> str:
+    """The table of seconds per stage (each stage lasts until the next one begins, the last until ``end``)."""
+    marks = [*STAGE_STARTS, ("stop every process", end)]
+    rows = [(title, marks[i + 1][1] - at) for i, (title, at) in enumerate(marks[:-1])]
+    width = max((len(title) for title, _ in rows), default=10)
+    lines = ["Stage timings (s; `make install` before the demo is not included):"]
+    lines += [f"  {title:<{width}} {took:7.1f}" for title, took in rows]
+    if started is not None:
+        lines.append(f"  {'total':<{width}} {end - started:7.1f}")
+    return "\n".join(lines)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, interval: float = 1.0,
@@ -254,11 +276,14 @@ def run(demo: Demo) -> None:
         return rec if rec and rec.state not in {"submitted"} else None
 
     job_rec = wait_for("the job-completed event to be handled", job_recorded, 180)
+    mark("event handled -> model registered")
     say(f"event handled by on_job_event: job {job_name} recorded {job_rec.state}, test loss "
         f"{job_rec.get('metrics', {}).get('base_test_loss', float('nan')):.3f} (base) -> {job_rec.get('metrics', {}).get('test_loss', float('nan')):.3f}")
     model_rec = wait_for("the model to be registered", lambda: (r := ledger.get("job", job_name)) and r.get("model") and r, 120)
     say(f"model registered: {model_rec.get('model')} at {model_rec.get('registered_at')} (MLflow registry)")
+    mark("model registered -> deployment started")
     ep_rec = wait_for("the endpoint deployment to start", lambda: next(iter(ledger.list("endpoint")), None), 120)
+    mark("deployment started -> active")
     say(f"deployment started: endpoint {ep_rec.id} {ep_rec.state} (instance {ep_rec.get('instance_type') or 'local'})")
     model_name = demo.settings.model_name
     active = wait_for("the endpoint to be deployed and active", lambda: ledger.get("active", model_name), 300, 2.0)
@@ -268,6 +293,7 @@ def run(demo: Demo) -> None:
     stage(6, "Held-out questions: base model vs fine-tuned model (through POST /api/score)")
     questions = HELD_OUT[:6]
     fine = [demo.score(q) for q in questions]
+    mark("the base model's answers (loaded in this process)")
     base = base_model_answers(demo.settings, questions)
     for q, b, f in zip(questions, base, fine, strict=True):
         say(f"Q: {q}")
@@ -293,6 +319,7 @@ def run(demo: Demo) -> None:
         f"cost saved {deleted.get('cost_saved')}")
     wait_for("the endpoint's server to stop listening", lambda: not port_open(int(ep_port)), 30)
     say(f"endpoint server port {ep_port}: closed; model {model_name} stays registered for scale-from-zero")
+    mark("status and the dashboard")
     out = subprocess.run([sys.executable, "-m", "shared.cli", "status"], env=offline_env(demo.env), cwd=PROJECT_ROOT,
                          capture_output=True, text=True, timeout=120)
     say(out.stdout)
@@ -327,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     demo = Demo(args.base_model, args.max_steps)
     say(f"Logs of every stage: {LOG_DIR} (host.log, azurite.log); job logs in {demo.settings.local_workspace_dir}")
+    started = time.monotonic()
     try:
         run(demo)
     except (StageFailed, RuntimeError) as exc:
@@ -338,8 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted")
         return 130
     finally:
+        stopping = time.monotonic()
         say("stopping every process the demo started ...")
         demo.stop_all()
+        STAGE_STARTS.append(("stop every process", stopping))
+        say()
+        say(stage_timings(time.monotonic(), started))
     say("DEMO OK")
     # Last line: where to look. This run's host is stopped; `make up` serves the same page on port 7071.
     say(f"Dashboard: http://127.0.0.1:7071/api/dashboard?code=<FUNCTION_KEY> after `make up` "
