@@ -212,8 +212,9 @@ def _heal(record: Record, ctx: Context, now: datetime, summary: Counter[str]) ->
     log.warning("endpoint %s: redeploying %s (%s)", record.id, record.get("model"), reason)
     summary["endpoints_redeployed"] += 1
     summary["endpoints_healing"] += 1
+    # This endpoint, whatever the version's home elsewhere: the route (or a rollback) needs this one.
     current = lifecycle.deploy_model(lifecycle.model_ref_of(claimed), reason=reason, settings=s, ledger=ctx.ledger,
-                                     backend=ctx.backend)
+                                     backend=ctx.backend, endpoint=record.id)
     return current
 
 

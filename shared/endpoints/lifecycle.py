@@ -35,6 +35,7 @@ from shared.backends.base import (
 from shared.context import Context, context
 from shared.endpoints import capacity
 from shared.endpoints.naming import endpoint_name
+from shared.endpoints.routing import lived_in
 from shared.endpoints.versions import is_newer, version_key
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
@@ -114,18 +115,20 @@ def deploy_model(
     settings: Settings | None = None,
     ledger: Ledger | None = None,
     backend: MLBackend | None = None,
+    endpoint: str | None = None,
 ) -> Record:
     """Create (or revive) ``model``'s endpoint and start its deployment; never waits.
 
-    Idempotent: the endpoint name is derived from the model; the endpoint record is created in
-    "provisioning" (or moved there from "deleted"/"failed") by exactly one caller, and only that
-    caller starts the deployment. Everyone gets the endpoint's current record back.
+    Idempotent: the endpoint name is derived from the model (:func:`home_endpoint`; ``endpoint``
+    names it instead: the health loop redeploys the failed endpoint itself); the endpoint record is
+    created in "provisioning" (or moved there from "deleted"/"failed") by exactly one caller, and
+    only that caller starts the deployment. Everyone gets the endpoint's current record back.
 
     Raises :class:`shared.endpoints.capacity.CapacityError` (reason recorded on the model's record)
     instead of starting an endpoint that would pass ``MAX_LIVE_ENDPOINTS``.
     """
     ctx = context(settings, ledger, backend)
-    ep_name = home_endpoint(model, ctx.ledger)
+    ep_name = endpoint or home_endpoint(model, ctx.ledger)
     existing = ctx.ledger.get(R.ENDPOINT, ep_name)
     if existing is None or existing.state in {EP_DELETED, EP_FAILED}:  # this call would start one more
         capacity.ensure_room(ctx, what=f"endpoint {ep_name} for {model.ref} ({reason})", model_ref=model.ref)
@@ -506,8 +509,7 @@ def rollback(
     serving_ep = ctx.ledger.get(R.ENDPOINT, str(route.get("endpoint") or "")) if route is not None else None
     if (serving_ep is not None and serving_ep.state == EP_SUCCEEDED
             and str(serving_ep.get("model_version") or "") != version
-            and home_endpoint(model_ref_of(models[version]), ctx.ledger) in {serving_ep.id, endpoint_name(model_name, version)}
-            and (models[version].get("deployment") or endpoint_name(model_name, version) == serving_ep.id)):
+            and lived_in(serving_ep, models[version])):
         # The version lived (or lives) as a deployment of the serving endpoint: traffic moves between
         # that endpoint's deployments (shared.rollout), never to another endpoint.
         from shared.rollout import roll_back_in_endpoint

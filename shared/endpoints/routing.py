@@ -81,6 +81,17 @@ def placement(ledger: Ledger, model_name: str, version: str, route: Record | Non
     return str(record.get("endpoint")), str(record.get("deployment"))
 
 
+def lived_in(endpoint: Record, model: Record) -> bool:
+    """Whether the version of ``model`` (its model record, ``name:version``) lived or lives as a
+    deployment of ``endpoint``: it was deployed there (beside a champion, or promoted in place:
+    the model record names that endpoint), or ``endpoint`` is its own derived endpoint, where a
+    later version was promoted beside it. A version deployed as its own endpoint elsewhere (the
+    default, ``ROLLOUT_CANDIDATES`` off) did not: a rollback to it moves the route to that endpoint,
+    never into ``endpoint`` (issue 30)."""
+    name, version = split_model_ref(model.id)
+    return str(model.get("endpoint") or "") == endpoint.id or endpoint_name(name, version) == endpoint.id
+
+
 def deployment_live(endpoint: Record, deployment: str) -> bool:
     """Whether ``deployment`` still exists in ``endpoint`` (its champion, or a live candidate)."""
     return endpoint.get("deployment") == deployment or deployment in (endpoint.get("deployments") or [])

@@ -429,6 +429,10 @@ class Scorer:
                 rerouted = True
                 route = self._reroute(route)
                 continue
+            if status == 502:
+                # The endpoint's gateway could not reach its deployment (a dead model server): the
+                # same evidence as a refused connection, so the same answer when the backend agrees.
+                raise self._unreachable(route) or self._upstream_failure(route, response)
             raise self._upstream_failure(route, response)
 
     def _stream_timeout(self, route: Route) -> urllib3.Timeout:

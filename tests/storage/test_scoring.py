@@ -368,6 +368,24 @@ def test_unreachable_endpoint_reported_dead_answers_503_and_is_healed(world: Wor
     assert world.post(SCORE, cookbook()).status == 200
 
 
+def test_a_gateway_502_from_a_dead_deployment_answers_503_and_is_healed(world: World) -> None:
+    """The endpoint's gateway answers 502 because the model server behind it died (the local router,
+    Azure's front end): like a refused connection, the backend is asked, and a dead endpoint gets
+    503 + Retry-After and one redeploy instead of a 502 passed on (issue 30)."""
+    from shared.backends.base import HEALTH_UNHEALTHY, EndpointHealth
+
+    ep = seed_model(world.ledger, MODEL_NAME, "1")
+    world.backend.health[ep] = EndpointHealth(HEALTH_UNHEALTHY, "deployment default: server process died")
+    world.stub.then(502, body=b'{"error": "deployment default is unreachable"}')
+    reply = world.post(SCORE, cookbook())
+    assert reply.status == 503 and reply.body["error"]["code"] == "endpoint_healing", reply.body
+    assert int(reply.headers["Retry-After"]) >= 1
+    world.assert_clean_error(reply)
+    record = world.ledger.get(ENDPOINT, ep)
+    assert record.state == "provisioning" and record.get("heal_attempts") == 1
+    assert [d[1] for d in world.backend.deploys] == [ep]
+
+
 def test_unexpected_failure_is_a_clean_500(world: World, caplog: pytest.LogCaptureFixture) -> None:
     seed_model(world.ledger, MODEL_NAME, "1")
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from shared.endpoints.routing import endpoint_need
-from shared.ledger import ENDPOINT, ROUTE, Record
+from shared.endpoints.naming import endpoint_name
+from shared.endpoints.routing import endpoint_need, lived_in
+from shared.ledger import ENDPOINT, MODEL, ROUTE, Record
 
 
 def endpoint(version: str, **fields: Any) -> Record:
@@ -36,3 +37,30 @@ def route(version: str, **fields: Any) -> Record:
 def test_endpoint_need(record, active, needed, why):
     need = endpoint_need(record, active)
     assert (need.needed, why in need.reason) == (needed, True), need
+
+
+
+def model(version: str, **fields: Any) -> Record:
+    return Record(MODEL, f"m:{version}", "deployed", fields, "", "")
+
+
+def serving(ep: str, version: str) -> Record:
+    return Record(ENDPOINT, ep, "succeeded", {"model_name": "m", "model_version": version}, "", "")
+
+
+EP1, EP2 = endpoint_name("m", "1"), endpoint_name("m", "2")
+
+
+@pytest.mark.parametrize(("endpoint_record", "version_record", "lived"), [
+    # ROLLOUT_CANDIDATES off: each version its own endpoint, which its model record names (with the
+    # deployment, as settle_provisioning records it): a rollback to 1 moves the route, never into EP2
+    (serving(EP2, "2"), model("1", endpoint=EP1, deployment="default"), False),
+    (serving(EP2, "2"), model("1"), False),
+    # version 2 promoted in place beside version 1, in version 1's endpoint
+    (serving(EP1, "2"), model("1", endpoint=EP1, deployment="default"), True),
+    (serving(EP1, "2"), model("1"), True),  # its own (derived) endpoint, whatever its record says
+    # version 3 promoted there beside version 2: version 2 lived in EP1 as well
+    (serving(EP1, "3"), model("2", endpoint=EP1, deployment="version-2"), True),
+])
+def test_lived_in(endpoint_record, version_record, lived):
+    assert lived_in(endpoint_record, version_record) is lived
