@@ -945,3 +945,21 @@ def test_a_plain_request_whose_client_gives_up_frees_its_upstream(world: World, 
     # Not aborted, the call would end after 4.5 s and its connection stay in the pool (keep-alive).
     wait_until(lambda: upstream_connections(world) == 0, 3, "the host to abort the upstream call of the client that left",
                0.05)
+
+
+def test_a_client_that_reads_nothing_of_its_stream_is_cut_off_with_its_upstream(world: World, host: Any) -> None:
+    ep = seed_model(world.ledger, MODEL_NAME, "1")
+    world.reconfigure(scoring_stream_idle_s=1)
+    world.stub.streams = True
+    # Far more than the socket buffers between the host and a client that reads nothing hold.
+    world.stub.stream_raw_events = [b'data: {"output": "' + b"x" * 65536 + b'"}\n\n'] * 600
+    parts = urlsplit(host.base_url)
+    body = orjson.dumps({"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall((f"POST {CHAT_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\nx-functions-key: fk-test\r\n\r\n").encode() + body)
+        wait_until(lambda: world.scorer.streams.open(ep) == 1, 5, "the stream to start", 0.05)
+        # Not cut off, the relay would wait on this client for ever, holding its upstream and its slot.
+        wait_until(lambda: world.scorer.streams.open(ep) == 0 and upstream_connections(world) == 0, 15,
+                   "the relay to give up on a client that reads nothing", 0.1)
