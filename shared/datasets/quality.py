@@ -9,9 +9,10 @@ Computed in preparation's own streaming pass (``shared.datasets.chat_data`` call
   JWTs) and private key blocks: counted by kind with the line numbers, never the values;
 - the **base model's special tokens** inside content (``<|im_start|>`` in SmolLM2's chat
   template, ``<|end|>`` in Phi-3's, ...): they break the chat template at training time;
-- **near-duplicate conversations** within the upload (MinHash LSH, ``datasketch``: word 3-grams of
-  the conversation's first ``NEAR_DUP_WORDS`` words), and **leakage**:
-  conversations equal or near-equal to one of the collection's held-out evaluation set;
+- **near-duplicate conversations** within the upload (MinHash LSH, datasketch's scheme computed
+  in batches by :mod:`shared.datasets.neardup`: word 3-grams of the conversation's first
+  ``NEAR_DUP_WORDS`` words), and **leakage**: conversations equal or near-equal to one of the
+  collection's held-out evaluation set;
 - a **cost forecast**: :func:`cost_forecast` (tokens x epochs / throughput x instance price).
 
 ``DATA_POLICY`` (per collection) says what a finding does: ``report`` (only reported),
@@ -19,9 +20,17 @@ Computed in preparation's own streaming pass (``shared.datasets.chat_data`` call
 ``[REDACTED:<kind>]`` and every special token by ``[SPECIAL_TOKEN]``; the raw upload is never
 changed) or ``reject`` (any finding rejects the upload, with the counts as the reason).
 
-Memory: the near-duplicate index holds one MinHash LSH entry per conversation up to
+Memory: the near-duplicate index holds one band key per band per conversation up to
 ``NEAR_DUP_INDEX_MAX`` conversations (then later ones are still checked against it, not added:
-the report says so), the rest is counters and at most ``MAX_LINES_LISTED`` line numbers per kind.
+the report says so), the rest is counters, at most ``MAX_LINES_LISTED`` line numbers per kind and
+the first words of at most ``BATCH`` conversations waiting for their signatures.
+
+Speed (``bench/prepare.py``): the whole conversation is encoded once and checked with a few C
+scans (``@``, digit count, a sentinel byte before each secret's literal, the special tokens'
+first bytes); the detectors' regexes run only where one says a finding is possible; the MinHash
+words come from a prefix of the text, never a split of all of it; signatures are computed
+``BATCH`` conversations at a time (near-duplicates and leaks are recorded in order at each
+flush, and before any count or report is read).
 """
 
 from __future__ import annotations
@@ -31,16 +40,15 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import xxhash
-
+from shared.datasets import neardup
 from shared.datasets.digest import conversation_digest
-from shared.datasets.sensitive import PII_KINDS, SECRET_KINDS, find_sensitive, redact
+from shared.datasets.sensitive import PII_KINDS, SECRET_KINDS, find_sensitive, may_hold_sensitive, redact
 from shared.settings import Settings
 
 POLICIES = ("report", "redact", "reject")
 MAX_LINES_LISTED = 50
-NUM_PERM = 32
 NEAR_DUP_WORDS = 96
+BATCH = 256  # conversations whose MinHash signatures are computed together
 NEAR_DUP_INDEX_MAX = 30_000
 # Characters per token when no tokenizer is configured (English chat text; the report says so).
 CHARS_PER_TOKEN = 4.0
@@ -99,45 +107,25 @@ def special_tokens_for(settings: Settings) -> tuple[tuple[str, ...], str]:
 
 # --------------------------------------------------------------------------- near-duplicates
 
-_TEMPLATE: Any = None
 
+def first_words(text: str, n: int = NEAR_DUP_WORDS) -> list[bytes]:
+    """The first ``n`` words of ``text``, lower-cased, UTF-8 (what a conversation's MinHash is of).
 
-def _new_minhash() -> Any:
-    """An empty MinHash (datasketch, affine32 scheme, seed 1, xxh32 of each shingle).
-
-    Copied from one template: building each with ``MinHash(...)`` re-derives or re-validates the
-    permutations every time, which costs more than hashing a conversation's shingles.
-    """
-    from datasketch import MinHash
-
-    global _TEMPLATE
-    if _TEMPLATE is None:
-        _TEMPLATE = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=xxhash.xxh32_intdigest)
-    m = MinHash.__new__(MinHash)
-    m.__dict__.update(_TEMPLATE.__dict__)
-    m.hashvalues = _TEMPLATE.hashvalues.copy()
-    return m
+    Splits a prefix long enough for ``n`` words (grown while it is not), never the whole text."""
+    size = n * 8
+    while True:
+        prefix = text[:size]
+        words = prefix.split()
+        if len(words) > n or len(prefix) == len(text):
+            break
+        size *= 4
+    return " ".join(words[:n]).lower().encode("utf-8", "surrogatepass").split()
 
 
 def conversation_minhash(contents: Iterable[str]) -> Any | None:
-    """MinHash (datasketch) of a conversation: word 3-grams of its first ``NEAR_DUP_WORDS`` words,
-    lower-cased (bounded work per row). None when it has fewer than 3 words."""
-    return _minhash_of_words("\n".join(contents).split())
-
-
-def _minhash_of_words(all_words: list[str]) -> Any | None:
-    words = " ".join(all_words[:NEAR_DUP_WORDS]).lower().split()
-    if len(words) < 3:
-        return None
-    m = _new_minhash()
-    m.update_batch(set(map(str.encode, map(" ".join, zip(words, words[1:], words[2:], strict=False)))))
-    return m
-
-
-def _new_lsh(threshold: float) -> Any:
-    from datasketch import MinHashLSH
-
-    return MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    """MinHash signature (:mod:`shared.datasets.neardup`) of a conversation: word 3-grams of its first
+    ``NEAR_DUP_WORDS`` words, lower-cased (bounded work per row). None when it has fewer than 3 words."""
+    return neardup.signatures([first_words("\n".join(contents))])[0]
 
 
 def find_leaks(train: Iterable[list[dict[str, str]]], held_out: Iterable[list[dict[str, str]]], *,
@@ -158,26 +146,28 @@ class HeldOutIndex:
 
     def __init__(self, held_out: Iterable[list[dict[str, str]]], threshold: float):
         self.digests: dict[int, int] = {}
-        self.lsh = _new_lsh(threshold)
+        self.lsh = neardup.LshIndex(threshold)
         self.size = 0
+        words = []
         for i, messages in enumerate(held_out):
             contents = [str(m.get("content", "")).strip() for m in messages]
             roles = [str(m.get("role", "")).strip().lower() for m in messages]
             self.digests.setdefault(conversation_digest(roles, contents), i)
-            m = conversation_minhash(contents)
-            if m is not None:
-                self.lsh.insert(i, m, check_duplication=False)
+            words.append(first_words("\n".join(contents)))
             self.size += 1
+        for i, signature in enumerate(neardup.signatures(words)):
+            if signature is not None:
+                self.lsh.insert(i, signature)
 
-    def match(self, contents: list[str], roles: list[str], minhash: Any = None) -> int | None:
-        hit = self.digests.get(conversation_digest(roles, contents))
-        if hit is not None:
-            return hit
-        m = minhash if minhash is not None else conversation_minhash(contents)
-        if m is None:
-            return None
-        found = self.lsh.query(m)
-        return min(found) if found else None
+    def exact(self, contents: list[str], roles: list[str]) -> int | None:
+        return self.digests.get(conversation_digest(roles, contents))
+
+    def near(self, signature: Any) -> int | None:
+        return None if signature is None else self.lsh.query(signature)
+
+    def match(self, contents: list[str], roles: list[str]) -> int | None:
+        hit = self.exact(contents, roles)
+        return hit if hit is not None else self.near(conversation_minhash(contents))
 
 
 # --------------------------------------------------------------------------- the scan
@@ -212,11 +202,12 @@ class QualityScan:
         self.special_tokens_source = special_tokens_source
         self._special = (re.compile("|".join(map(re.escape, sorted(special_tokens, key=len, reverse=True))))
                          if special_tokens else None)
-        self._special_first = tuple(sorted({t[0] for t in special_tokens}))
+        self._special_first = tuple(sorted({t[0].encode("utf-8") for t in special_tokens}))
         self.findings: dict[str, _Finding] = {}
         self.special_by_token: dict[str, int] = {}
         self.threshold = settings.near_duplicate_threshold
-        self.lsh: Any = None  # created with the first conversation (datasketch imports scipy: ~50 MB)
+        self.lsh = neardup.LshIndex(self.threshold)
+        self._pending: list[tuple[int, list[bytes], int | None]] = []  # (line, first words, exact leak)
         self.indexed = 0
         self.index_full_at: int | None = None
         self.near_duplicates: list[tuple[int, int]] = []  # (line, the earlier line it resembles), first MAX_LINES_LISTED
@@ -225,9 +216,6 @@ class QualityScan:
         self.leaks: list[tuple[int, int]] = []
         self.leak_count = 0
         self.redacted_lines = 0
-
-    def _special_first_in(self, text: str) -> bool:
-        return any(ch in text for ch in self._special_first)
 
     def _finding(self, kind: str) -> _Finding:
         found = self.findings.get(kind)
@@ -240,11 +228,12 @@ class QualityScan:
         out: list[str] | None = None
         special = self._special
         joined = "\n".join(contents)
-        words = joined.split()
-        if not (find_sensitive(joined, words) or (special is not None and self._special_first_in(joined) and special.search(joined))):
-            indices: Iterable[int] = ()
+        data = joined.encode("utf-8", "surrogatepass")
+        if may_hold_sensitive(data) or (special is not None and any(ch in data for ch in self._special_first)
+                                        and special.search(joined)):
+            indices: Iterable[int] = range(len(contents))
         else:
-            indices = range(len(contents))
+            indices = ()
         for i in indices:
             text = contents[i]
             spans = find_sensitive(text)
@@ -263,32 +252,43 @@ class QualityScan:
                 out[i] = redact(text, spans)
         if out is not None:
             self.redacted_lines += 1
-        m = _minhash_of_words(words)
-        if m is not None:
-            if self.lsh is None:
-                self.lsh = _new_lsh(self.threshold)
-            similar = self.lsh.query(m)
-            if similar:
-                self.near_duplicate_count += 1
-                if len(self.near_duplicates) < MAX_LINES_LISTED:
-                    self.near_duplicates.append((line, min(similar)))
-            if self.indexed < NEAR_DUP_INDEX_MAX:
-                self.lsh.insert(line, m, check_duplication=False)
-                self.indexed += 1
-            elif self.index_full_at is None:
-                self.index_full_at = line
-        if self.held_out is not None:
-            hit = self.held_out.match(contents, roles, m)
-            if hit is not None:
-                self.leak_count += 1
-                if len(self.leaks) < MAX_LINES_LISTED:
-                    self.leaks.append((line, hit))
+        leak = self.held_out.exact(contents, roles) if self.held_out is not None else None
+        self._pending.append((line, first_words(joined), leak))
+        if len(self._pending) >= BATCH:
+            self._flush()
         return out if out is not None else contents
+
+    def _flush(self) -> None:
+        """Near-duplicates and leaks of the conversations observed since the last flush, in order
+        (their MinHash signatures in one batch: :func:`shared.datasets.neardup.signatures`)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        signatures = neardup.signatures([words for _, words, _ in pending])
+        for (line, _, leak), signature in zip(pending, signatures, strict=True):
+            if signature is not None:
+                indexing = self.indexed < NEAR_DUP_INDEX_MAX
+                similar = self.lsh.query_insert(line, signature, insert=indexing)
+                if similar is not None:
+                    self.near_duplicate_count += 1
+                    if len(self.near_duplicates) < MAX_LINES_LISTED:
+                        self.near_duplicates.append((line, similar))
+                if indexing:
+                    self.indexed += 1
+                elif self.index_full_at is None:
+                    self.index_full_at = line
+            if self.held_out is not None:
+                hit = leak if leak is not None else self.held_out.near(signature)
+                if hit is not None:
+                    self.leak_count += 1
+                    if len(self.leaks) < MAX_LINES_LISTED:
+                        self.leaks.append((line, hit))
 
     # ------------------------------------------------------------------ the report
 
     def counts(self) -> dict[str, int]:
         """Counts by kind (for the ledger, ``status`` and the dashboard)."""
+        self._flush()
         pii = sum(self.findings[k].count for k in PII_KINDS if k in self.findings)
         secrets = sum(self.findings[k].count for k in SECRET_KINDS if k in self.findings)
         special = self.findings["special_token"].count if "special_token" in self.findings else 0
@@ -297,6 +297,7 @@ class QualityScan:
 
     def problems(self) -> list[str]:
         """One sentence per kind of finding, with counts and lines (never values)."""
+        self._flush()
         out = []
         for kind, found in sorted(self.findings.items()):
             lines = ", ".join(map(str, found.lines[:10])) + (" ..." if len(found.lines) > 10 or found.count > len(found.lines) else "")
@@ -310,7 +311,7 @@ class QualityScan:
         return out
 
     def report(self) -> dict[str, Any]:
-        counts = self.counts()
+        counts = self.counts()  # flushes
         return {
             "policy": self.policy,
             "collection": self.collection,
@@ -319,8 +320,8 @@ class QualityScan:
                          for kind, f in sorted(self.findings.items())},
             "special_tokens": {"checked": list(self.special_tokens), "source": self.special_tokens_source,
                                "found": dict(sorted(self.special_by_token.items()))},
-            "near_duplicates": {"threshold": self.threshold, "method": f"MinHash LSH (datasketch), {NUM_PERM} permutations, "
-                                f"word 3-grams of the first {NEAR_DUP_WORDS} words",
+            "near_duplicates": {"threshold": self.threshold, "method": f"MinHash LSH (datasketch's scheme, bands {self.lsh.b} x {self.lsh.r}), "
+                                f"{neardup.NUM_PERM} permutations, word 3-grams of the first {NEAR_DUP_WORDS} words",
                                 "count": self.near_duplicate_count,
                                 "pairs": [{"line": a, "like_line": b} for a, b in self.near_duplicates],
                                 "indexed": self.indexed,

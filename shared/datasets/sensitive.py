@@ -16,25 +16,28 @@ _PHONE = re.compile(r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){
                     r"|\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4})(?![ .-]?\d)(?!\w)")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IBAN = re.compile(r"(?<![A-Z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Z0-9])")
-_SECRETS: dict[str, re.Pattern[str]] = {
-    "aws_access_key": re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"),
-    "github_token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})"),
-    "slack_token": re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
-    "google_api_key": re.compile(r"\bAIza[0-9A-Za-z_-]{35}"),
-    "openai_key": re.compile(r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}"),
-    "azure_storage_key": re.compile(r"AccountKey=[A-Za-z0-9+/]{40,}={0,2}"),
-    "azure_sas_signature": re.compile(r"[?&]sig=[A-Za-z0-9%+/]{20,}={0,2}"),
-    "jwt": re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+# kind -> (literals, pattern): every match of the pattern contains one of the literals, so the
+# pattern runs only on text holding one (a substring search in C); prose holds almost none.
+_SECRETS: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] = {
+    "aws_access_key": (("AKIA", "ASIA"), re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")),
+    "github_token": (("_",), re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})")),
+    "slack_token": (("xox",), re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}")),
+    "google_api_key": (("AIza",), re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
+    "openai_key": (("sk-",), re.compile(r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}")),
+    "azure_storage_key": (("AccountKey=",), re.compile(r"AccountKey=[A-Za-z0-9+/]{40,}={0,2}")),
+    "azure_sas_signature": (("sig=",), re.compile(r"[?&]sig=[A-Za-z0-9%+/]{20,}={0,2}")),
+    "jwt": (("eyJ",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
     # the whole block where its END line follows (so redaction removes the key, not only the header)
-    "private_key": re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
-                              r"(?:[A-Za-z0-9+/=\s:,-]{0,16384}?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?"),
+    "private_key": (("-----BEGIN",), re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+                                                r"(?:[A-Za-z0-9+/=\s:,-]{0,16384}?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?")),
 }
 PII_KINDS = ("email", "phone", "card_number", "iban")
 SECRET_KINDS = tuple(_SECRETS)
-# Every key and token above is one whitespace-free run of 16 or more characters (prose has few
-# such words): the secret patterns run only on those, and on text with a private key header.
-SECRET_MIN_WORD = 16
-_KEY_HEADER = "-----BEGIN"
+# (sentinel byte, literal) for the whole-conversation check: a literal is searched for only where
+# its sentinel, one of its own bytes and rare in prose, is (a memchr, several times cheaper).
+_SECRET_SCAN = tuple((sentinel, literal.encode()) for sentinel, literal in (
+    (b"K", "AKIA"), (b"S", "ASIA"), (b"_", "_"), (b"x", "xox"), (b"z", "AIza"), (b"-", "sk-"),
+    (b"=", "AccountKey="), (b"=", "sig="), (b"J", "eyJ"), (b"-", "-----BEGIN")))
 _DIGITS = b"0123456789"
 MIN_DIGITS = 7  # the shortest phone number; card numbers and IBANs have more
 
@@ -71,20 +74,31 @@ def iban_ok(text: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
-def _digit_count(text: str) -> int:
-    data = text.encode("utf-8", "surrogatepass")
+def _digit_count(data: bytes) -> int:
     return len(data) - len(data.translate(None, _DIGITS))
 
 
-def find_sensitive(text: str, words: list[str] | None = None) -> list[tuple[str, int, int]]:
-    """``(kind, start, end)`` of each personal datum or secret in ``text`` (validated where a checksum exists).
+def may_hold_sensitive(data: bytes) -> bool:
+    """Whether UTF-8 ``data`` can hold anything :func:`find_sensitive` finds: an ``@`` (e-mail), at
+    least ``MIN_DIGITS`` digits (phone, card, IBAN), or a secret's literal. A few scans in C."""
+    if b"@" in data or _digit_count(data) >= MIN_DIGITS:
+        return True
+    present: dict[bytes, bool] = {}
+    for sentinel, literal in _SECRET_SCAN:
+        has = present.get(sentinel)
+        if has is None:
+            has = present[sentinel] = sentinel in data
+        if has and literal in data:
+            return True
+    return False
 
-    ``words`` (``text.split()``, when the caller has it) decides cheaply whether secrets can be there.
-    """
+
+def find_sensitive(text: str) -> list[tuple[str, int, int]]:
+    """``(kind, start, end)`` of each personal datum or secret in ``text`` (validated where a checksum exists)."""
     found: list[tuple[str, int, int]] = []
     if "@" in text:
         found.extend(("email", m.start(), m.end()) for m in _EMAIL.finditer(text))
-    if _digit_count(text) >= MIN_DIGITS:
+    if _digit_count(text.encode("utf-8", "surrogatepass")) >= MIN_DIGITS:
         for m in _CARD.finditer(text):
             digits = re.sub(r"[ -]", "", m.group())
             if 13 <= len(digits) <= 19 and luhn_ok(digits) and len(set(digits)) > 1:
@@ -96,10 +110,8 @@ def find_sensitive(text: str, words: list[str] | None = None) -> list[tuple[str,
         for m in _PHONE.finditer(text):
             if not any(s < m.end() and m.start() < e for s, e in taken):
                 found.append(("phone", m.start(), m.end()))
-    if words is None:
-        words = text.split()
-    if (words and max(map(len, words)) >= SECRET_MIN_WORD) or _KEY_HEADER in text:
-        for kind, pattern in _SECRETS.items():
+    for kind, (literals, pattern) in _SECRETS.items():
+        if any(lit in text for lit in literals):
             found.extend((kind, m.start(), m.end()) for m in pattern.finditer(text))
     return found
 
