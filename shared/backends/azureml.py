@@ -10,7 +10,8 @@ notebook                                here
                                         the registry discovery service)
 ``models.get(name, label="latest")``    :meth:`AzureMLBackend.foundation_model` (+ tags parsed safely,
                                         lifecycle dates: :meth:`check_foundation_model`)
-compute checks, ``list_sizes()``        :meth:`AzureMLBackend.finetune_compute` (+ retired sizes)
+compute checks, ``list_sizes()``        :meth:`AzureMLBackend.finetune_compute` (+ retired sizes; GPUs
+                                        from a size table: the identity may not list sizes)
 the datastore of the data               :meth:`AzureMLBackend.check_datastore`
 fine-tune parameters, display name      :mod:`shared.backends.azureml_params`
 ``@pipeline`` + ``jobs.create_or_update``  :meth:`AzureMLBackend.submit_finetune` (``jobs.stream``
@@ -69,7 +70,7 @@ from shared.backends.azureml_compute import (
     check_cluster_state,
     check_finetune_size,
     check_size_current,
-    gpus_per_node,
+    known_gpus_per_node,
 )
 from shared.backends.azureml_model import FoundationModel, registered_model_version
 from shared.backends.azureml_params import ComponentInterface, ParameterError, finetune_parameters, pipeline_display_name
@@ -314,7 +315,6 @@ class AzureMLBackend:
         self._today = today or (lambda: datetime.now(UTC).date())
         self._lock = threading.Lock()
         self._ws_entity: Any = None
-        self._skus: _Cached | None = None
         self._datastore_checked = False
         self._jobs: dict[str, _Cached] = {}
         self._deployment_models: dict[tuple[str, str], str] = {}  # (endpoint, deployment) -> model ref
@@ -501,17 +501,8 @@ class AzureMLBackend:
             setting = "FINETUNE_INSTANCE_TYPE"
         check_size_current(size, self._today(), what, setting)
         check_finetune_size(size, foundation.finetune_compute_allow_list, what)
-        return FinetuneCompute(compute=target, size=size, gpus_per_node=gpus_per_node(size, self._vm_sizes(), what))
-
-    def _vm_sizes(self) -> list[Any]:
-        """The region's VM sizes (read once per worker and hour: they change with Azure's offer, not per job)."""
-        cached = self._skus
-        if cached is not None and time.monotonic() - cached.at < _REGISTRY_CACHE_S:
-            return cached.value
-        with azure_errors("listing the workspace's VM sizes"):
-            skus = list(self.workspace.compute.list_sizes(location=self.location()))
-        self._skus = _Cached(skus, time.monotonic())
-        return skus
+        # Not compute.list_sizes(): a subscription-scope read the app's roles do not allow (azureml_compute).
+        return FinetuneCompute(compute=target, size=size, gpus_per_node=known_gpus_per_node(size, what))
 
     # ------------------------------------------------------------------ fine-tune
     def prepare_finetune(self, request: FineTuneRequest) -> Any:

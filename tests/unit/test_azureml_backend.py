@@ -150,7 +150,7 @@ def test_submit_on_a_named_cluster_uses_its_gpus(azure, interface_spec):
     inputs = node_of(body)["inputs"]
     assert wire_problems(inputs, interface_spec) == []
     assert {inputs[f"compute_{s}"]["value"] for s in ("model_import", "preprocess", "finetune", "model_evaluation")} == {"gpu-cluster"}
-    assert inputs["number_of_gpu_to_use_finetuning"]["value"] == "2"  # from compute.list_sizes()
+    assert inputs["number_of_gpu_to_use_finetuning"]["value"] == "2"  # from the size table (no compute.list_sizes())
     assert "instance_type_finetune" not in inputs
     assert "-bs2-" in body["properties"]["displayName"]
 

@@ -24,6 +24,7 @@ from shared.backends.azureml_params import INTERFACE_PATH
 from shared.backends.base import COMPLETED, FAILED, BackendError, ModelRef
 from shared.settings import SPECS
 from tests.azureml_fakes import (
+    WS,
     FOUNDATION_SPEC,
     PHI3_TAG_SPEC,
     MODEL_NAME,
@@ -373,6 +374,7 @@ def test_run_history_host_comes_from_the_workspace_read_once(azure, tracking_uri
     before = len(azure.requests)
     info = backend.get_job(job)
     calls = [r.url.split("?")[0].rsplit("/", 1)[-1] for r in azure.requests[before:]]
-    expected = [job, "discovery", "children"] if not tracking_uri else [job, "children"]
+    # The submission no longer reads the workspace for its region (no VM size list): the first run history read does.
+    expected = [job, WS, "discovery", "children"] if not tracking_uri else [job, WS, "children"]
     assert calls == expected and len(info.steps) == len(PIPELINE_STEPS)
     assert all(r.url.startswith("https://eastus.api.azureml.ms/") for r in azure.calls(pattern=r"/children$"))
