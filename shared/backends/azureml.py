@@ -72,6 +72,7 @@ from shared.backends.azureml_compute import (
     check_size_current,
     known_gpus_per_node,
 )
+from shared.backends.azureml_health import serving_deployment
 from shared.backends.azureml_model import FoundationModel, registered_model_version
 from shared.backends.azureml_params import ComponentInterface, ParameterError, finetune_parameters, pipeline_display_name
 from shared.backends.base import (
@@ -820,8 +821,9 @@ class AzureMLBackend:
         (or, with ``redo_failed``, unless the one there is not Failed or Canceled)."""
         from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
 
-        serving = [str(k) for k, v in (endpoint.traffic or {}).items() if int(v) == 100]
-        name = serving[0] if serving else DEPLOYMENT_NAME  # a promoted candidate serves under its own name
+        # A promoted candidate (or a version rolled back to inside the endpoint) serves under its
+        # own name: that is the deployment checked, and re-submitted when it failed (a heal).
+        name = serving_deployment(endpoint, DEPLOYMENT_NAME)
         existing = self._read_deployment(endpoint.name, name)
         existing_state = _text(getattr(existing, "provisioning_state", None)).lower() if existing is not None else ""
         if existing is not None and not (redo_failed and existing_state in {"failed", "canceled"}):
@@ -831,7 +833,7 @@ class AzureMLBackend:
             raise BackendError(f"endpoint {endpoint.name} has no model tag: cannot tell which model to deploy")
         s = self.settings
         deployment = ManagedOnlineDeployment(
-            name=DEPLOYMENT_NAME,
+            name=name,
             endpoint_name=endpoint.name,
             model=self._model_arm_id(model_ref),
             instance_type=s.inference_instance_type,
@@ -840,9 +842,9 @@ class AzureMLBackend:
             request_settings=OnlineRequestSettings(request_timeout_ms=REQUEST_TIMEOUT_MS),
             tags={MANAGED_BY_TAG: MANAGED_BY_VALUE, "model": model_ref},
         )
-        with azure_errors(f"creating deployment {DEPLOYMENT_NAME} of endpoint {endpoint.name}"):
+        with azure_errors(f"creating deployment {name} of endpoint {endpoint.name}"):
             rest.start_deployment_put(self.workspace, deployment, str(endpoint.location or "") or self.location())
-        log.info("started deployment %s of %s on endpoint %s", DEPLOYMENT_NAME, model_ref, endpoint.name)
+        log.info("started deployment %s of %s on endpoint %s", name, model_ref, endpoint.name)
         return None
 
     def get_endpoint(self, endpoint_name: str) -> EndpointInfo | None:

@@ -58,8 +58,21 @@ def _log_tail(workspace: Any, endpoint_name: str, deployment: str) -> str:
     return f"; last log line: {lines[-1][:200]}" if lines else ""
 
 
+def serving_deployment(endpoint: Any, default: str) -> str:
+    """The deployment that serves ``endpoint``: the one taking the largest share of its traffic (a
+    promoted candidate, or a version rolled back to inside the endpoint, serves under its own
+    name), ``default`` when none takes any (or on a tie that includes it)."""
+    traffic = {str(k): int(v) for k, v in (getattr(endpoint, "traffic", None) or {}).items() if int(v) > 0}
+    if not traffic:
+        return default
+    top = max(traffic.values())
+    leaders = sorted(name for name, share in traffic.items() if share == top)
+    return default if default in leaders else leaders[0]
+
+
 def endpoint_health(workspace: Any, endpoint_name: str, deployment: str) -> EndpointHealth:
-    """Health of ``endpoint_name`` from its endpoint and deployment resources (see the module doc)."""
+    """Health of ``endpoint_name`` from its endpoint and its serving deployment (see the module doc;
+    ``deployment`` when no deployment takes traffic yet)."""
     try:
         endpoint = workspace.online_endpoints.get(endpoint_name)
     except Exception as exc:  # noqa: BLE001
@@ -73,6 +86,7 @@ def endpoint_health(workspace: Any, endpoint_name: str, deployment: str) -> Endp
         return EndpointHealth(HEALTH_UNHEALTHY, f"endpoint {endpoint_name} provisioning state is {ep_state}")
     if ep_state in _STARTING:
         return EndpointHealth(HEALTH_STARTING, f"endpoint {endpoint_name} is {ep_state}")
+    deployment = serving_deployment(endpoint, deployment)
     try:
         dep = workspace.online_deployments.get(deployment, endpoint_name)
     except Exception as exc:  # noqa: BLE001

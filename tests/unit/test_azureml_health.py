@@ -98,3 +98,19 @@ def test_a_heal_attempt_resubmits_a_failed_deployment_but_reading_the_endpoint_n
     assert len(puts()) == before
     b.begin_deploy(ModelRef("phi-ft", "1", "job"), ep, {MANAGED_BY_TAG: MANAGED_BY_VALUE})  # a heal attempt
     assert len(puts()) == before + 1
+
+
+@pytest.mark.parametrize(("traffic", "serving"), [
+    (None, DEPLOYMENT_NAME),  # nothing routed yet: the first deployment
+    ({"demo": 100}, "demo"),
+    ({"version-3": 100}, "version-3"),  # a promoted candidate, or a version rolled back to in the endpoint
+    ({"demo": 0, "version-3": 100}, "version-3"),
+    ({"version-2": 90, "version-3": 10}, "version-2"),  # a canary: the champion serves
+    ({"demo": 50, "version-3": 50}, "demo"),
+])
+def test_the_serving_deployment_is_the_one_with_the_traffic(traffic, serving):
+    from types import SimpleNamespace
+
+    from shared.backends.azureml_health import serving_deployment
+
+    assert serving_deployment(SimpleNamespace(traffic=traffic), DEPLOYMENT_NAME) == serving
