@@ -33,7 +33,7 @@ from shared.backends.base import JOB_FINAL_STATES, LOCAL_INSTANCE_TYPE
 from shared.janitor.run import hourly_price
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
 from shared.observability import charts
-from shared.rollout.view import figures_text, metrics_text, rollout_items
+from shared.rollout.view import canary_text, figures_text, metrics_text, rollout_items
 from shared.settings import Settings, get_settings
 from shared.training.submission import finetune_instance
 
@@ -599,7 +599,7 @@ def _rollouts_html(rollouts: list[dict[str, Any]]) -> str:
             f'{escape(str(r.get("collection") or ""))} in {escape(str(r.get("endpoint") or ""))}</span></td>'
             f'<td>{_state(r["state"])}</td><td>{escape(str(r.get("champion_version") or "-"))}</td>'
             f'<td>{escape(metrics_text(ev.get("candidate")))}</td><td>{escape(metrics_text(ev.get("champion")))}</td>'
-            f'<td>{escape(str(canary.get("percent")) + "%" if canary else "-")}</td>'
+            f'<td>{escape(canary_text(r))}</td>'
             f'<td>{escape(figures_text(figures, "candidate"))}</td><td>{escape(figures_text(figures, "champion"))}</td>'
             f'<td>{escape(str(r.get("reason") or r.get("evaluation_note") or "-"))}</td></tr>')
     return ('<section class="model rollouts" id="rollouts"><h2>Rollouts: candidate beside the champion</h2><table>'

@@ -45,7 +45,7 @@ from typing import Any
 from shared.janitor.policy import EndpointFacts, IdlePolicy, decide
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger, Record, iso, parse_iso, utcnow
 from shared.observability import trigger_health
-from shared.rollout.view import figures_text, metrics_text, rollout_items
+from shared.rollout.view import canary_text, figures_text, metrics_text, rollout_items
 from shared.settings import Settings, SettingsError, get_settings
 from shared.training.submission import collections_status
 
@@ -385,7 +385,7 @@ def render_status(status: dict[str, Any]) -> str:
             [r["id"], r["state"], r["champion_version"],
              (metrics_text((r["evaluation"] or {}).get("candidate")) + " | " + metrics_text((r["evaluation"] or {}).get("champion")))
              if r["evaluation"] else r.get("evaluation_note"),
-             (f"{(r['canary'] or {}).get('percent')}%: " + figures_text((r["canary"] or {}).get("figures"), "candidate") + " | "
+             (f"{canary_text(r)}: " + figures_text((r["canary"] or {}).get("figures"), "candidate") + " | "
               + figures_text((r["canary"] or {}).get("figures"), "champion")) if r["canary"] else None,
              r["reason"]] for r in status["rollouts"]]))
     evaluation = _render_evaluation(status)

@@ -34,6 +34,18 @@ def rollout_items(ledger: Ledger) -> list[dict[str, Any]]:
     return items
 
 
+def canary_text(item: dict[str, Any]) -> str:
+    """``10% until 12:04:05Z`` while the canary runs, ``10%, 12:00:05Z-12:03:41Z`` once decided, ``-`` without one."""
+    canary = item.get("canary") or {}
+    if not canary:
+        return "-"
+    def hms(value: Any) -> str:
+        return str(value or "")[11:19] + "Z" if value else "?"
+    if item.get("state") == R.ROLLOUT_CANARY:
+        return f"{canary.get('percent')}% until {hms(canary.get('until'))}"
+    return f"{canary.get('percent')}%, {hms(canary.get('started_at'))}-{hms(item.get('decided_at'))}"
+
+
 def figures_text(figures: dict[str, Any] | None, role: str) -> str:
     f = (figures or {}).get(role) or {}
     if not f:

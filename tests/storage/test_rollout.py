@@ -226,8 +226,11 @@ def test_status_and_dashboard_show_champion_against_candidate_the_canary_and_the
     assert item["canary"]["percent"] == 10 and item["canary"]["figures"]["candidate"]["errors"] == 4
     text = render_status(status)
     assert "Rollouts" in text and "rolled back: error rate 66.7%" in text and "6 req, 4 err (67%)" in text
+    window = f"10%, {item['canary']['started_at'][11:19]}Z-{item['decided_at'][11:19]}Z"  # the canary's share and window
+    assert window in text
     html = render_dashboard(collect_dashboard(ctx.settings, ctx.ledger, ws), link=link_builder(None))
     assert f'id="rollout-{V2.ref}"' in html and "rolled back: error rate 66.7%" in html and "rouge_l 0.410" in html
+    assert window in html
 
 
 def test_cli_rollback_moves_traffic_between_the_deployments_of_the_one_endpoint(world) -> None:  # noqa: ANN001
