@@ -125,6 +125,8 @@ class Demo:
             # One upload: submit its collection's job at once instead of waiting for more uploads.
             "COALESCE_SECONDS": "0",
         }
+        if base_model == "tiny-random":  # it answers noise: no evaluation floor is met (docs/rollout.md)
+            self.env["EVAL_FLOORS"] = "{}"
         self.settings: Settings = load_settings(environ={**self.env})
         self.procs: list[int] = []
         self.host_pid: int | None = None

@@ -66,6 +66,10 @@ def storage_settings(azurite: Azurite, tmp_path: Path) -> Iterator[Settings]:
         LEDGER_TABLE=f"ledger{suffix}",
         LOCAL_WORKSPACE_DIR=str(tmp_path / "workspace"),
         LOCAL_BASE_MODEL="tiny-random",
+        # The tiny random model answers noise: it meets no evaluation floor, and a collection's first
+        # version must (ROLLOUT_CANDIDATES). The floors are the rollout tests' business (tests/storage/
+        # test_rollout.py, the SmolLM2 rollout tier); elsewhere a first version is judged on the rules only.
+        EVAL_FLOORS="{}",
     )
     ensure_storage(s)
     use_settings(s)

@@ -56,6 +56,7 @@ def stack(tmp_path_factory):
         AzureWebJobsStorage=storage.connection_string, CHAT_DATA_CONTAINER=f"chat-{suffix}",
         PREPARED_CONTAINER=f"prepared-{suffix}", LEDGER_TABLE=f"ledger{suffix}",
         LOCAL_WORKSPACE_DIR=str(root / "workspace"), LOCAL_BASE_MODEL="tiny-random",
+        EVAL_FLOORS="{}",  # the tiny random model meets no floor (tests/conftest.py storage_settings)
         FINETUNE_PARAMS='{"max_steps": 2}', RECONCILE_SCHEDULE="*/2 * * * * *", JANITOR_SCHEDULE="0 0 0 1 1 *",
         ENDPOINT_HEAL_BACKOFF_S="2", SCORING_RETRY_AFTER_S="10", ACTIVITY_FLUSH_S="1",
         EVENTGRID_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/runtime/webhooks/eventgrid",  # events not needed

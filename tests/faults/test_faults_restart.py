@@ -105,6 +105,7 @@ def test_host_killed_mid_preparation_and_make_down_make_up_come_back(tmp_path):
         "LOCAL_WORKSPACE_DIR": str(clone / ".local" / "workspace"),
         "LOCAL_MODEL_CACHE": make_settings().local_model_cache,  # the tiny model is built once per machine
         "LOCAL_BASE_MODEL": "tiny-random",
+        "EVAL_FLOORS": "{}",  # the tiny random model meets no floor (tests/conftest.py storage_settings)
         "TRAINING_MODE": "upload",  # one upload, one job: the killed delivery's own submission is what heals
         "FINETUNE_PARAMS": '{"max_steps": 2}',
         "RECONCILE_SCHEDULE": "0 0 0 1 1 *",  # only the commands heal here
