@@ -16,7 +16,7 @@ Every answer carries the header ``azureml-model-deployment`` naming the deployme
 It counts, per deployment, every forwarded request with its status and its latency (to the end
 of the answer): ``GET /metrics?since=EPOCH`` (key required) gives requests, errors (5xx or no
 answer) and the p95 latency since then, and the requests in flight now (``in_flight``: a
-deployment being deleted is drained of them first, as Azure ML drains one). These are the endpoint's own counters, the local
+deployment being deleted is drained of them first). These are the endpoint's own counters, the local
 counterpart of Azure Monitor's metrics split by deployment.
 
 A client that disconnects is let go at once: the forwarded request is cancelled (its connection

@@ -435,7 +435,7 @@ class LocalBackend:
     def begin_delete_deployment(self, endpoint_name: str, deployment: str) -> None:
         """Stop and remove one deployment that takes no traffic (refused while it takes some).
 
-        Drained first, as Azure ML drains a deployment it deletes: marked ``deleting`` (the router
+        Drained first: marked ``deleting`` (the router
         sends it nothing more), then stopped once the router counts none of its requests in flight
         (``DRAIN_TIMEOUT_S`` at most): a request it took just before the traffic moved away (the
         old champion at a promotion) is answered, not cut off."""

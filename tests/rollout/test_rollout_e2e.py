@@ -6,7 +6,8 @@ traffic between a deployment per version) and the real evaluation (shared.evalua
 conversations carved from the corpus, ROUGE-L against the champion, the collection's house-style rule).
 A client loop scores the collection's model once a second from the moment it serves to the end.
 
-1. two house-style uploads: version 1 serves; version 2 deploys beside it in the same endpoint, passes
+1. two house-style uploads: version 1 is judged against the floors (EVAL_FLOORS, the house-style
+   rule) before it serves; version 2 deploys beside it in the same endpoint, passes
    evaluation, takes CANARY_PERCENT of live traffic, then all of it (the old deployment deleted);
 2. a larger upload whose answers are all one unrelated sentence: version 3 is rejected by evaluation
    (the house-style rule), its deployment deleted; version 2 keeps 100% of the traffic;
@@ -99,8 +100,15 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
         eventgrid_webhook_url=f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event",
         finetune_params={"max_steps": 24, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "max_seq_length": 96},
         reconcile_schedule="*/20 * * * * *", janitor_schedule="0 0 0 1 1 *",
-        eval_max_conversations=6, eval_max_new_tokens=24, eval_time_budget_s=600.0,
-        eval_rules={COLLECTION: [{"name": "house style", "must": "(?i)(ahoy|arr|matey)", "min_pass_rate": 0.5}]},
+        # Six held-out conversations: ROUGE-L moves by a few hundredths between two equally good
+        # versions, so the margin is wide; what rejects version 3 is the collection's house-style rule.
+        # Its eval set is carved from its own corpus, so half of it comes from the bad batch itself
+        # (references: the unrelated sentence, which the candidate learned: ROUGE-L 0.81 against the
+        # champion's 0.41), and the candidate answers the other half in house style: a rule kept by
+        # half the answers lets it through; a house style is kept by (nearly) every answer.
+        eval_max_conversations=6, eval_max_new_tokens=24, eval_time_budget_s=600.0, eval_margin=0.1,
+        eval_floors={"rouge_l": 0.05},  # version 1 meets them (storage_settings drops them for the tiny model)
+        eval_rules={COLLECTION: [{"name": "house style", "must": "(?i)(ahoy|arr|matey)", "min_pass_rate": 0.8}]},
         # latency on a 2-core CPU shared with the fine-tunes and the evaluation is noise: the canary is judged on errors
         canary_percent=50, canary_minutes=2.0, canary_min_requests=3, canary_max_p95_ratio=50.0,
     )
@@ -135,6 +143,8 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
                 canary = wait_until(lambda: rollout_of(v2.get("version")) if rollout_of(v2.get("version")).state
                                     not in R.ROLLOUT_LIVE - {R.ROLLOUT_CANARY} else None, 900, "version 2 judged", 2.0)
                 assert canary.state == R.ROLLOUT_CANARY, canary.fields
+                assert ledger.get(R.EVALUATION, f"{model}:1").get("reason").startswith(
+                    "promoted: all 1 rules kept; first version meets the floors (rouge_l"), "version 1 judged on the floors"
                 figures["v2: candidate deployed -> decision (s)"] = _seconds(canary.get("ready_at"), canary.get("canary")["started_at"])
                 done = wait_until(lambda: rollout_of(v2.get("version")) if rollout_of(v2.get("version")).state
                                   not in R.ROLLOUT_LIVE else None, 600, "version 2's canary to end", 2.0)
