@@ -42,7 +42,8 @@ from devhost.blob_names import name_problem
 from devhost.invocation import Invoker
 from shared.observability import trigger_health
 from shared.settings import Settings
-from shared.storage import WEBJOBS_HOSTS_CONTAINER, blob_service, credential
+from shared.storage import WEBJOBS_HOSTS_CONTAINER, blob_service
+from shared.storage import queue_service as storage_queue_service
 
 log = logging.getLogger(__name__)
 
@@ -486,14 +487,9 @@ def _storage_refusal(exc: AzureError) -> str:
 
 
 def queue_service(settings: Settings) -> Any:
-    """Queue client of the host storage (azure-storage-queue is only needed by the local host)."""
-    from azure.storage.queue import QueueServiceClient
-
-    if settings.storage_connection:
-        return QueueServiceClient.from_connection_string(settings.storage_connection)
-    return QueueServiceClient(
-        f"https://{settings.storage_account_name}.queue.core.windows.net", credential=credential(settings.azure_client_id)
-    )
+    """Queue client of the host storage: shared.storage's, so the endpoint and identity follow the
+    same ``AzureWebJobsStorage__*`` rule as the blob and table clients."""
+    return storage_queue_service(settings)
 
 
 def read_poison_messages(settings: Settings, max_messages: int = 32) -> list[dict[str, Any]]:

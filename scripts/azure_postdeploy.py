@@ -377,6 +377,16 @@ def run(
     return ensure_subscriptions(eventgrid, target, specs, ready)
 
 
+def azd_credential() -> Any:
+    """The ``azd`` user's credential first: the hook runs for ``azd up``, whose account may not be the
+    az CLI's (``DefaultAzureCredential`` tries the az CLI before azd). The rest of the default chain
+    (environment, managed identity, az CLI ...) follows, without azd a second time."""
+    from azure.identity import AzureDeveloperCliCredential, ChainedTokenCredential, DefaultAzureCredential
+
+    return ChainedTokenCredential(AzureDeveloperCliCredential(),
+                                  DefaultAzureCredential(exclude_developer_cli_credential=True))
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--attempts", type=int, default=DEFAULT_ATTEMPTS, help="readiness checks before giving up")
@@ -385,9 +395,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logging.basicConfig(level=logging.INFO, format="postdeploy: %(message)s")
     try:
         target = DeployTarget.from_env(os.environ if environ is None else environ)
-        from azure.identity import DefaultAzureCredential  # azd's login is in its chain
-
-        outcome = run(target, DefaultAzureCredential(), attempts=args.attempts, delay_s=args.delay_s)
+        outcome = run(target, azd_credential(), attempts=args.attempts, delay_s=args.delay_s)
     except PostDeployError as exc:
         print(f"postdeploy: error: {exc}", file=sys.stderr)
         return 1

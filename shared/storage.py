@@ -60,7 +60,12 @@ def storage_credential(settings: Settings):  # noqa: ANN201
 
 
 def service_url(settings: Settings, service: str) -> str:
-    """``https://...`` endpoint of ``service`` (blob, queue or table) for identity-based connections."""
+    """``https://...`` endpoint of ``service`` (blob, queue or table) for identity-based connections.
+
+    The one rule of every storage client here (and of the local host's blob poller): the service's
+    own ``AzureWebJobsStorage__<service>ServiceUri`` when set, else the account name's public
+    endpoint; the credential is always :func:`storage_credential` (``__credential`` / ``__clientId``).
+    """
     uri = {"blob": settings.storage_blob_service_uri, "queue": settings.storage_queue_service_uri,
            "table": settings.storage_table_service_uri}[service]
     if uri:
@@ -101,19 +106,19 @@ def _table_service(connection: str, url: str, kind: str, client_id: str) -> Tabl
 
 
 @functools.lru_cache(maxsize=8)
-def _queue_service(connection: str, account: str, client_id: str) -> QueueServiceClient:
+def _queue_service(connection: str, url: str, kind: str, client_id: str) -> QueueServiceClient:
     from azure.storage.queue import QueueServiceClient
 
     # One quick retry: an enqueue that fails costs only time (reconcile settles what it missed).
     policies = {"retry_total": 1, "retry_backoff_factor": 0.2}
     if connection:
         return QueueServiceClient.from_connection_string(connection, **policies)
-    return QueueServiceClient(f"https://{account}.queue.core.windows.net", credential=credential(client_id), **policies)
+    return QueueServiceClient(url, credential=_credential_for(kind, client_id), **policies)
 
 
 def queue_service(settings: Settings | None = None) -> QueueServiceClient:
     s = settings or get_settings()
-    return _queue_service(s.storage_connection, s.storage_account_name, s.azure_client_id)
+    return _queue_service(s.storage_connection, "" if s.storage_connection else service_url(s, "queue"), *_identity(s))
 
 
 def queue_client(name: str, settings: Settings | None = None) -> QueueClient:
@@ -170,20 +175,21 @@ def ensure_storage(settings: Settings | None = None) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _bounded_table_service(connection: str, account: str, client_id: str, connect_s: float, read_s: float) -> TableServiceClient:
+def _bounded_table_service(connection: str, url: str, kind: str, client_id: str, connect_s: float, read_s: float) -> TableServiceClient:
     from azure.data.tables import TableServiceClient
 
     bounds = {"retry_total": 0, "connection_timeout": connect_s, "read_timeout": read_s}
     if connection:
         return TableServiceClient.from_connection_string(connection, **bounds)
-    return TableServiceClient(f"https://{account}.table.core.windows.net", credential=credential(client_id), **bounds)
+    return TableServiceClient(url, credential=_credential_for(kind, client_id), **bounds)
 
 
 def bounded_table_service(settings: Settings | None = None, *, connect_s: float = 0.5, read_s: float = 2.0) -> TableServiceClient:
     """A table client for paths that must answer fast when storage is down (scoring): no retries,
     short connect and read timeouts (the default client retries for ~5 s before failing)."""
     s = settings or get_settings()
-    return _bounded_table_service(s.storage_connection, s.storage_account_name, s.azure_client_id, connect_s, read_s)
+    url = "" if s.storage_connection else service_url(s, "table")
+    return _bounded_table_service(s.storage_connection, url, *_identity(s), connect_s, read_s)
 
 
 def upload_file(container: ContainerClient, name: str, path: Path) -> None:

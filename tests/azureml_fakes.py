@@ -326,7 +326,8 @@ class FakeAzureML:
                 "outputs": {"trained_model": {"mode": "ReadWriteMount", "jobOutputType": "mlflow_model"}},
                 "services": {"Studio": {"endpoint": f"https://ml.azure.com/runs/{name}?wsid={WS_ID}", "jobServiceType": "Studio"}},
             },
-            "systemData": _system_data(),
+            # Jobs a test adds are created a second apart, as real submissions are (versions are epoch seconds).
+            "systemData": _system_data(datetime.now(UTC) - timedelta(seconds=3600 - len(self.jobs))),
         }
         return self.jobs[name]
 

@@ -73,7 +73,7 @@ from shared.backends.azureml_compute import (
     known_gpus_per_node,
 )
 from shared.backends.azureml_health import serving_deployment
-from shared.backends.azureml_model import FoundationModel, registered_model_version
+from shared.backends.azureml_model import VERSION_PROBES, FoundationModel, registered_model_version
 from shared.backends.azureml_params import ComponentInterface, ParameterError, finetune_parameters, pipeline_display_name
 from shared.backends.base import (
     CANCELED,
@@ -666,20 +666,23 @@ class AzureMLBackend:
         job = self._final_job(job_name)
         job_tags = dict(job.tags or {})
         created = getattr(getattr(job, "creation_context", None), "created_at", None)
-        version = registered_model_version(job_name, _parse_time(created))
+        first = int(registered_model_version(job_name, _parse_time(created)))
         base_model = job_tags.get("base_model", self.settings.foundation_model_name)
-        ref = ModelRef(name=model_name, version=version, job_name=job_name, base_model=base_model)
-        try:
-            with azure_errors(f"reading model {model_name}:{version}"):
-                existing = ws.models.get(model_name, version=version)
-        except NotFoundError:
-            existing = None
-        if existing is not None:
+        owners: list[str] = []
+        for version in (str(first + i) for i in range(VERSION_PROBES)):
+            ref = ModelRef(name=model_name, version=version, job_name=job_name, base_model=base_model)
+            try:
+                with azure_errors(f"reading model {model_name}:{version}"):
+                    existing = ws.models.get(model_name, version=version)
+            except NotFoundError:
+                break
             owner = (existing.tags or {}).get("job_name")
-            if owner and owner != job_name:
-                raise BackendError(f"model {model_name}:{version} already belongs to job {owner}, not {job_name}")
-            log.info("model %s already registered for job %s", ref.ref, job_name)
-            return ref
+            if not owner or owner == job_name:
+                log.info("model %s already registered for job %s", ref.ref, job_name)
+                return ref
+            owners.append(f"{version} ({owner})")  # another job created in the same second: the next one
+        else:
+            raise BackendError(f"model {model_name}: versions {', '.join(owners)} already belong to other jobs, not {job_name}")
         model = Model(
             path=f"azureml://jobs/{job_name}/outputs/{TRAINED_MODEL_OUTPUT}",
             type=AssetTypes.MLFLOW_MODEL,

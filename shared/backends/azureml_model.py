@@ -231,15 +231,26 @@ class FoundationModel:
             )
 
 
+# Model versions are positive integers (Azure ML); the app keeps them within a signed 32-bit
+# integer, which the cookbook's epoch-seconds version also is (until 2038), so nothing that parses
+# a version as an int32 can overflow.
+MAX_MODEL_VERSION = 2**31 - 1
+VERSION_PROBES = 10  # later seconds tried when another job's model holds this job's version
+
+
 def registered_model_version(job_name: str, job_created_at: datetime | None) -> str:
     """The fine-tuned model's version for ``job_name``: the same job always gives the same version.
 
-    Like the notebook's ``timestamp`` version, it is the job's creation time (epoch milliseconds):
-    numeric, valid for Azure ML, increasing with each new job (the app compares versions to find
-    the newest model), and fixed for a job, so a repeated completion event registers nothing new.
-    Without a creation time (never seen for a real job) a number derived from the name is used.
+    As the cookbook's ``timestamp`` version, it is the job's creation time in epoch seconds:
+    numeric, a safe positive integer (:data:`MAX_MODEL_VERSION`), increasing with each new job (the
+    app compares versions to find the newest model), and fixed for a job, so a repeated completion
+    event registers nothing new (two jobs created in the same second: ``register_model`` takes the
+    next free second). Without a creation time (never seen for a real job) a number derived from
+    the name is used.
     """
     if job_created_at is not None:
-        return str(int(job_created_at.timestamp() * 1000))
+        seconds = int(job_created_at.timestamp())
+        if 0 < seconds <= MAX_MODEL_VERSION - VERSION_PROBES:
+            return str(seconds)
     digest = hashlib.sha256(job_name.encode()).hexdigest()
     return str(int(digest[:12], 16) % 900_000_000 + 100_000_000)

@@ -27,7 +27,7 @@ def endpoint(name: str, *, state: str = EP_SUCCEEDED, tagged: bool = True, metri
              created_minutes_ago: float = 600, now: datetime | None = None, model: str | None = None) -> EndpointInfo:
     return EndpointInfo(
         name=name, state=state, tags=dict(TAGS) if tagged else {}, model=model or f"chat-ft:{name}", deployment="demo",
-        traffic={"demo": 100}, instance_type="Standard_NC6s_v3", instance_count=1, created_at=ago(created_minutes_ago, now),
+        traffic={"demo": 100}, instance_type="Standard_NC24ads_A100_v4", instance_count=1, created_at=ago(created_minutes_ago, now),
         last_activity=ago(metric_minutes_ago, now) if metric_minutes_ago is not None else None,
     )
 
@@ -35,7 +35,7 @@ def endpoint(name: str, *, state: str = EP_SUCCEEDED, tagged: bool = True, metri
 def record(ledger: Ledger, name: str, *, state: str = EP_SUCCEEDED, last_activity_minutes_ago: float | None = None,
            active_since_minutes_ago: float | None = 500, now: datetime | None = None, model_version: str | None = None) -> None:
     version = model_version or name
-    fields = {"model": f"chat-ft:{version}", "model_name": "chat-ft", "model_version": version, "instance_type": "Standard_NC6s_v3"}
+    fields = {"model": f"chat-ft:{version}", "model_name": "chat-ft", "model_version": version, "instance_type": "Standard_NC24ads_A100_v4"}
     if active_since_minutes_ago is not None:
         fields["active_since"] = iso(ago(active_since_minutes_ago, now))
     if last_activity_minutes_ago is not None:

@@ -189,3 +189,13 @@ def test_a_rejected_subscription_names_itself_and_how_to_retry(arm: FakeArm) -> 
     outcome = run()
     assert outcome.created == [f"{WORKSPACE_TOPIC}/job-run-completed", f"{WORKSPACE_TOPIC}/job-run-failed"]
     assert outcome.unchanged == [f"{STORAGE_TOPIC}/chat-data-blob-created"]
+
+
+def test_the_azd_login_is_tried_first() -> None:
+    # DefaultAzureCredential alone tries the az CLI before azd: the hook could act as another account.
+    from azure.identity import AzureDeveloperCliCredential, DefaultAzureCredential
+
+    chain = postdeploy.azd_credential().credentials
+    assert isinstance(chain[0], AzureDeveloperCliCredential)
+    assert isinstance(chain[1], DefaultAzureCredential)
+    assert not any(isinstance(c, AzureDeveloperCliCredential) for c in chain[1].credentials), "azd twice in the chain"

@@ -58,9 +58,9 @@ def test_deletes_only_idle_managed_endpoints_and_records_why(storage_settings, l
     rec = ledger.get(ENDPOINT, "idle")
     assert rec.state == EP_DELETING  # the fake, like Azure, takes a while to delete
     assert "idle" in rec.get("delete_reason") and rec.get("delete_requested_at") == iso(now)
-    # Estimate: idle for 180 minutes so far (the later of ledger 180 and metric 200) -> 3 h at $3.06.
+    # Estimate: idle for 180 minutes so far (the later of ledger 180 and metric 200) -> 3 h at $3.67 (NC24ads_A100_v4).
     assert rec.get("hours_saved") == pytest.approx(3.0, abs=0.01)
-    assert rec.get("cost_saved") == pytest.approx(9.18, abs=0.05)
+    assert rec.get("cost_saved") == pytest.approx(11.01, abs=0.05)
     # The model stays registered and stays the active one, so scoring can bring it back.
     assert ledger.get(MODEL, "chat-ft:idle").state == "deployed"
     assert ledger.get(ROUTE, "chat-ft").get("endpoint") == "idle"
@@ -68,7 +68,7 @@ def test_deletes_only_idle_managed_endpoints_and_records_why(storage_settings, l
 
     last = ledger.get(JANITOR, "last")
     assert last.state == "done" and last.get("deleted") == ["idle"] and last.get("ran_at") == iso(now)
-    assert last.get("cost_saved") == pytest.approx(9.18, abs=0.05)
+    assert last.get("cost_saved") == pytest.approx(11.01, abs=0.05)
 
     # Next run, after the backend finished: the record is finalized, nothing is deleted twice.
     backend.finish_deletions()

@@ -64,7 +64,7 @@ def test_json_contract(storage_settings, ledger, populated):
     assert live["janitor_verdict"]["action"] == "keep"
     assert idle["state"] == "deleted" and idle["backend_state"] is None
     assert idle["last_activity"] == iso(now - timedelta(minutes=400)) and idle["idle_minutes"] is None
-    assert "idle" in idle["delete_reason"] and idle["cost_saved"] == pytest.approx(400 / 60 * 3.06, abs=0.05)
+    assert "idle" in idle["delete_reason"] and idle["cost_saved"] == pytest.approx(400 / 60 * 3.67, abs=0.05)
 
     last = status["janitor"]["last"]
     assert last["state"] == "done" and last["deleted"] == ["ep-idle"] and last["ran_at"] == iso(now)

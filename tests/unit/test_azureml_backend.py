@@ -283,8 +283,8 @@ def test_register_model_from_the_pipeline_output_once(azure):
     azure.set_job_status(job, "Completed")
     ref = backend.register_model(job, MODEL_NAME)
 
-    created_ms = int(datetime.fromisoformat(azure.jobs[job]["systemData"]["createdAt"].replace("Z", "+00:00")).timestamp() * 1000)
-    assert ref == ModelRef(MODEL_NAME, str(created_ms), job, FOUNDATION_NAME)
+    created_s = int(datetime.fromisoformat(azure.jobs[job]["systemData"]["createdAt"].replace("Z", "+00:00")).timestamp())
+    assert ref == ModelRef(MODEL_NAME, str(created_s), job, FOUNDATION_NAME)  # epoch seconds, as the cookbook's version
     puts = azure.calls("PUT", r"/models/")
     assert len(puts) == 1
     assert puts[0].path == f"{WS_ID}/models/{MODEL_NAME}/versions/{ref.version}"
@@ -296,6 +296,17 @@ def test_register_model_from_the_pipeline_output_once(azure):
     again = backend.register_model(job, MODEL_NAME)  # a repeated completion event
     assert again == ref
     assert len(azure.calls("PUT", r"/models/")) == 1
+
+
+def test_two_jobs_created_in_the_same_second_get_consecutive_versions(azure):
+    backend = make_backend(azure_settings())
+    first, second = azure.add_job("job_same_1"), azure.add_job("job_same_2")
+    second["systemData"] = dict(first["systemData"])  # same creation time
+    a = backend.register_model("job_same_1", MODEL_NAME)
+    b = backend.register_model("job_same_2", MODEL_NAME)
+    assert int(b.version) == int(a.version) + 1
+    assert backend.register_model("job_same_2", MODEL_NAME) == b  # a repeated event finds its own version
+    assert len(azure.calls("PUT", r"/models/")) == 2
 
 
 def test_register_model_conflict_is_an_error(azure):

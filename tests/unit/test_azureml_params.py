@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from shared.backends.azureml_compute import check_cluster_state, check_finetune_size, gpus_per_node, planned_gpus_per_node
-from shared.backends.azureml_model import FoundationModel, literal_tag, registered_model_version
+from shared.backends.azureml_model import MAX_MODEL_VERSION, FoundationModel, literal_tag, registered_model_version
 from shared.backends.azureml_params import (
     INTERFACE_PATH,
     NOTEBOOK_PARAMETERS,
@@ -174,7 +174,9 @@ def test_gpus_per_node_from_the_size_list():
 
 def test_registered_version_is_fixed_per_job_and_increases():
     first = registered_model_version("job_a", datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC))
-    assert first == "1714564800123" == registered_model_version("job_a", datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC))
+    # Epoch seconds (the cookbook's timestamp version), not milliseconds: 10 digits, a safe 32-bit integer.
+    assert first == "1714564800" == registered_model_version("job_a", datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC))
+    assert 0 < int(first) <= MAX_MODEL_VERSION == 2**31 - 1
     later = registered_model_version("job_b", datetime(2024, 5, 2, tzinfo=UTC))
     assert int(later) > int(first)
     fallback = registered_model_version("job_c", None)

@@ -122,3 +122,28 @@ def test_detection_uses_the_platform_variables_only():
     assert running_in_azure({"WEBSITE_INSTANCE_ID": "x"}) == "WEBSITE_INSTANCE_ID"
     assert running_in_azure({"WEBSITE_SITE_NAME": "func"}) == "WEBSITE_SITE_NAME"
     assert running_in_azure({"CONTAINER_NAME": "devcontainer"}) is None  # set by Docker and dev containers too
+
+
+def test_one_rule_for_blob_queue_and_table_clients(monkeypatch):
+    """Every storage client, the local host's poison-queue reader included, takes its service's own
+    ``__<service>ServiceUri`` and the ``__credential`` / ``__clientId`` identity, as the blob
+    extension does (issue 25.5: the queue client built its URL from the account name with the
+    default credential). A sovereign-cloud account shows it: no ``core.windows.net`` may appear."""
+    from azure.identity import ManagedIdentityCredential
+
+    from devhost.blob_poller import queue_service as poller_queue_service
+    from shared.storage import bounded_table_service, queue_service
+
+    suffix = "core.chinacloudapi.cn"
+    env = {**AZURE_ENV, **{f"AzureWebJobsStorage__{s}ServiceUri": f"https://{ACCOUNT}.{s}.{suffix}" for s in ("blob", "queue", "table")}}
+    settings = load_settings(environ=env)
+    bound = _extension_client(monkeypatch, env)
+    clients = {"blob": blob_service(settings), "queue": queue_service(settings), "table": table_service(settings),
+               "bounded table": bounded_table_service(settings), "poller queue": poller_queue_service(settings)}
+    assert bound.url == f"https://{ACCOUNT}.blob.{suffix}/"
+    for name, client in clients.items():
+        service = name.split()[-1]
+        assert client.url.startswith(f"https://{ACCOUNT}.{service}.{suffix}"), (name, client.url)
+        credential = getattr(client, "credential", None) or client._credential
+        assert isinstance(credential, ManagedIdentityCredential), (name, type(credential))
+        assert _client_id(credential) == CLIENT_ID, name

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from shared.backends.azureml_compute import RETIRED_SIZES
 from shared.settings import SPECS, Settings, SettingsError, app_setting, load_settings, local_settings_values
 from tests.support import make_settings
 
@@ -18,7 +19,9 @@ def test_defaults_load() -> None:
     assert s.chat_data_container == "chat-data"
     assert s.test_fraction == 0.1 and s.min_valid_examples == 10
     assert s.model_name == "smollm2-135m-instruct-chat-ft"
-    assert s.instance_hourly_prices["Standard_NC6s_v3"] == pytest.approx(3.06)
+    assert s.instance_hourly_prices["Standard_NC24ads_A100_v4"] == pytest.approx(3.67)
+    assert not any(size.lower() in RETIRED_SIZES for size in s.instance_hourly_prices), "a retired size is priced"
+    assert not any(size.lower() in RETIRED_SIZES for size in s.training_tokens_per_second)
 
 
 def test_frozen() -> None:
