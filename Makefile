@@ -16,6 +16,10 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.local/hf
 export TOKENIZERS_PARALLELISM := false
+# torch's OpenMP threads sleep while they wait instead of spinning: on 2 shared cores a spinning
+# thread holds the core its partner needs (SmolLM2 greedy decoding measured 57-67 s per 20 tokens
+# with spinning threads, 6.6-8.6 s with them passive, under a load of 6-9; docs/local-stack.md).
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install checkov demo test test-fast test-integration test-faults test-slow test-rollout test-browser browser test-all up down status upload mlflow lint bench lock clean
 

@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-model", default=os.environ.get("LOCAL_BASE_MODEL", "smollm2"), choices=["smollm2", "tiny-random"])
     p.add_argument("--max-steps", type=int, default=int(os.environ.get("DEMO_MAX_STEPS", "30")))
     args = p.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the Makefile sets it (see there); before torch loads
     for k, v in offline_env().items():
         os.environ.setdefault(k, v)
     LOG_DIR.mkdir(parents=True, exist_ok=True)

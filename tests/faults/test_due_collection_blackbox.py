@@ -47,7 +47,8 @@ def test_an_upload_is_answered_by_its_collection_model_with_reconcile_parked(tmp
         AzureWebJobsStorage=storage.connection_string, CHAT_DATA_CONTAINER=f"chat-{suffix}",
         PREPARED_CONTAINER=f"prepared-{suffix}", LEDGER_TABLE=f"ledger{suffix}",
         LOCAL_WORKSPACE_DIR=str(tmp_path / "workspace"), LOCAL_BASE_MODEL="tiny-random",
-        LOCAL_HOST_PORT=str(port), FUNCTION_KEY=KEY)
+        LOCAL_HOST_PORT=str(port), FUNCTION_KEY=KEY,
+        EVAL_FLOORS="{}")  # the tiny random model meets no floor (tests/conftest.py storage_settings)
     assert settings.training_mode == "corpus" and settings.coalesce_s == 60 and settings.collection_submissions
     monkeypatch.setenv("AzureWebJobs.reconcile.Disabled", "true")
     use_settings(settings)
