@@ -108,18 +108,23 @@ def special_tokens_for(settings: Settings) -> tuple[tuple[str, ...], str]:
 # --------------------------------------------------------------------------- near-duplicates
 
 
+MAX_WORD_BYTES = 64  # how much of a word (UTF-8 bytes) counts for its MinHash (prefixes keep memory flat on padded rows)
+
+
 def first_words(text: str, n: int = NEAR_DUP_WORDS) -> list[bytes]:
     """The first ``n`` words of ``text``, lower-cased, UTF-8 (what a conversation's MinHash is of).
 
-    Splits a prefix long enough for ``n`` words (grown while it is not), never the whole text."""
-    size = n * 8
+    Splits a prefix long enough for ``n`` words (grown while it is not, up to ``n`` words of
+    ``MAX_WORD_BYTES``), never the whole text; a longer word counts by its first ``MAX_WORD_BYTES`` bytes
+    (one 8 MiB "word" of padding is held as 64 bytes, not 8 MiB per pending row)."""
+    size, cap = n * 8, n * (MAX_WORD_BYTES + 1)
     while True:
         prefix = text[:size]
         words = prefix.split()
-        if len(words) > n or len(prefix) == len(text):
+        if len(words) > n or len(prefix) == len(text) or size >= cap:
             break
-        size *= 4
-    return " ".join(words[:n]).lower().encode("utf-8", "surrogatepass").split()
+        size = min(size * 4, cap)
+    return [w[:MAX_WORD_BYTES] for w in " ".join(words[:n]).lower().encode("utf-8", "surrogatepass").split()]
 
 
 def conversation_minhash(contents: Iterable[str]) -> Any | None:

@@ -88,3 +88,13 @@ def test_thresholds_datasketch_refuses_still_index(threshold: float) -> None:
     signature = neardup.signatures([[b"a", b"b", b"c", b"d"]])[0]
     assert index.query_insert(0, signature) is None and index.query_insert(1, signature) == 0
     assert np.asarray(signature).dtype == np.uint32
+
+
+def test_a_padded_word_is_held_by_its_prefix_only() -> None:
+    """The review's gzip bomb pads each row with one 8 MiB "word": a pending row must not hold it
+    (nine pending rows took the preparation past 200 MB)."""
+    from shared.datasets.quality import MAX_WORD_BYTES, first_words
+
+    assert first_words("00000001 " + "a" * (8 << 20) + " tail") == [b"00000001", b"a" * MAX_WORD_BYTES]
+    assert first_words("Short words " + "b" * 100 + " then more") == [b"short", b"words", b"b" * MAX_WORD_BYTES,
+                                                                        b"then", b"more"]
