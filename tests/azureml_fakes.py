@@ -109,6 +109,7 @@ def spec_identity(spec_path: Path) -> tuple[str, str, bool]:
 
 
 PHI3_TAGS, PHI3_PROPERTIES = registry_tags(PHI3_TAG_SPEC)
+USAGES_EXAMPLE = json.loads((SPEC_EXAMPLES.parent / "stable" / "2024-10-01" / "examples" / "Usage" / "list.json").read_text(encoding="utf-8"))
 
 # VM sizes of the workspace's region (``compute.list_sizes()``): today's GPU sizes of the model's
 # allow lists; the NCv3 family retired on 2025-09-30 and no region lists it any more.
@@ -232,6 +233,8 @@ class FakeAzureML:
         self.step_metrics: dict[str, dict[str, list[tuple[int, float]]]] = {}  # step run id -> metric -> points
         self.computes: dict[str, dict[str, Any]] = {}
         self.vm_sizes = list(VM_SIZES)
+        self.extra_usages: list[dict[str, Any]] = []  # usage entries a test adds to the published list
+        self.usages_status = 200
         self.jobs: dict[str, dict[str, Any]] = {}
         self.models: dict[tuple[str, str], dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
@@ -256,6 +259,7 @@ class FakeAzureML:
             ("POST", re.compile(r"^/metric/v2\.0" + re.escape(WS_ID) + r"/runs/(?P<run>[^/]+)/list$", re.I), self._metric_list),
             ("POST", re.compile(r"^/metric/v2\.0" + re.escape(WS_ID) + r"/runs/(?P<run>[^/]+)/full$", re.I), self._metric_full),
             ("GET", re.compile(rf"^/subscriptions/{SUB}/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)/vmSizes$", re.I), self._vm_size_list),
+            ("GET", re.compile(rf"^/subscriptions/{SUB}/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)/usages$", re.I), self._usages),
             ("PUT", re.compile(re.escape(WS_ID) + r"/jobs/(?P<name>[^/]+)$", re.I), self._put_job),
             ("GET", re.compile(re.escape(WS_ID) + r"/jobs/(?P<name>[^/]+)$", re.I), self._get_job),
             ("GET", re.compile(re.escape(WS_ID) + r"/models/(?P<name>[^/]+)/versions$", re.I), self._list_models),
@@ -544,6 +548,14 @@ class FakeAzureML:
                      "value": [{"metricId": uuid.uuid4().hex, "createdUtc": "2026-11-30T10:00:00Z", "step": step, "data": {name: value}}
                                for step, value in points],
                      "continuationToken": None, "nextLink": None}
+
+    def _usages(self, rec: Recorded, loc: str) -> tuple[int, Any]:
+        """The published Usage/list example (an excerpt, tests/fixtures/rest-api-specs), plus what a test adds."""
+        if self.usages_status != 200:
+            return self.usages_status, {"error": {"code": "AuthorizationFailed", "message": "no locations/usages/read"}}
+        body = copy.deepcopy(USAGES_EXAMPLE["responses"]["200"]["body"])
+        body["value"].extend(copy.deepcopy(self.extra_usages))
+        return 200, body
 
     def _vm_size_list(self, rec: Recorded, loc: str) -> tuple[int, Any]:
         return 200, {"value": [{"osVhdSizeMB": 1047552, "maxResourceVolumeMB": 65536, "lowPriorityCapable": True,

@@ -29,6 +29,7 @@ from shared.backends.azureml_compute import (
 )
 from shared.backends.azureml_model import FoundationModel
 from shared.backends.azureml_params import ComponentInterface, ParameterError, finetune_parameters, pipeline_display_name
+from shared.backends.azureml_quota import quota_lines, quota_needs, read_usages
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError, TransientBackendError
 from shared.settings import Settings
 
@@ -42,12 +43,13 @@ class Plan:
     inputs: dict[str, Any]
     lifecycle: dict[str, date] = dataclasses.field(default_factory=dict)  # the model's lifecycle tags
     refusals: tuple[str, ...] = ()  # why a submission would be refused today (the plan is still printed)
+    quota: tuple[str, ...] = ()  # the vCPU quota the sizes need (and the region's usage, where readable)
 
 
 def lifecycle_lines(foundation: FoundationModel | None, today: date, online: bool) -> tuple[list[str], list[str]]:
     """The plan's header lines on the model's lifecycle, and the refusals a submission would meet today."""
     if foundation is None or not online:
-        return ["# lifecycle: unknown (registry not reachable; its tags hold the dates)"], []
+        return ["# lifecycle: unknown (registry not reachable; its spec holds the dates)"], []
     archived = " (archived in the registry)" if foundation.archived else ""
     if not foundation.lifecycle:
         return [f"# lifecycle of {foundation.label}{archived}: no deprecation or retirement date published"], []
@@ -157,16 +159,34 @@ def plan_pipeline_job(
         except BackendError as exc:
             refusals.append(str(exc))
             lifecycle.append(f"# REFUSED today ({day.isoformat()}): {exc}")
+    quota = _quota(settings, online, compute, params, checked=source.startswith("registry") and workspace_configured)
     header = [
         "# Pipeline job the fine-tuning autopilot would submit (azure-ai-ml v2 YAML, not submitted).",
         f"# component: {source}",
         f"# foundation model: {foundation.id}",
         *lifecycle,
         f"# compute: {compute.compute} ({compute.size}, {compute.gpus_per_node} GPU(s) per node)",
+        *quota,
         *(f"# note: {n}" for n in notes),
     ]
     return Plan(yaml="\n".join(header) + "\n" + document, component_source=source, inputs=inputs,
-                lifecycle=dict(foundation.lifecycle), refusals=tuple(refusals))
+                lifecycle=dict(foundation.lifecycle), refusals=tuple(refusals), quota=tuple(quota))
+
+
+def _quota(settings: Settings, online: AzureMLBackend, compute: FinetuneCompute, params: dict[str, Any], *, checked: bool) -> list[str]:
+    """The vCPU quota the configured sizes need, checked against the region's usages when the user may read them."""
+    needs = quota_needs(compute.size, int(params.get("num_nodes_finetune", 1) or 1),
+                        settings.inference_instance_type, settings.inference_instance_count)
+    if not needs:
+        return ["# quota: sizes unknown to the app's size table; see docs/deploying.md"]
+    usages, note = None, "workspace not configured or registry not reachable (offline plan)"
+    if checked:
+        try:
+            subscription = settings.azure_subscription_id or online.workspace.subscription_id
+            usages, note = read_usages(online.credential, subscription, online.location())
+        except BackendError as exc:
+            note = f"workspace region unknown ({_first_line(str(exc))})"
+    return quota_lines(needs, usages, note)
 
 
 def _with_component_reference(document: str, reference: str) -> str:
