@@ -127,6 +127,7 @@ module roleAssignments 'modules/role-assignments.bicep' = {
     webjobsHostsContainer: webjobsHostsContainer
     webjobsSecretsContainer: webjobsSecretsContainer
     workspaceName: workspace.outputs.name
+    workspaceStorageName: workspace.outputs.storageName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     appPrincipalId: identity.outputs.principalId
     workspacePrincipalId: workspace.outputs.principalId

@@ -181,7 +181,7 @@ def roles_table() -> list[str]:
     rows = ["| Role | Principal | Scope |", "|---|---|---|"]
     for ra in role_assignments():
         role = by_id.get(ra.role_id or "", f"unknown role {ra.role_id}")
-        scope = SCOPE_NAMES.get(ra.scope_type, ra.scope_type)
+        scope = "ML workspace's storage account" if ra.scope == "workspaceStorage" else SCOPE_NAMES.get(ra.scope_type, ra.scope_type)
         if ra.scope_type == CONTAINER_TYPE:  # name the container: main.bicep's value of the module parameter
             param = body_of(parse(ROLE_ASSIGNMENTS)["resources"][ra.scope])["name"]
             name = resolve(module_params("roleAssignments")[param], main_doc())

@@ -75,3 +75,4 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-06-01' = {
 output name string = workspace.name
 output id string = workspace.id
 output principalId string = workspace.identity.principalId
+output storageName string = workspaceStorage.name

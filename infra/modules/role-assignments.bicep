@@ -13,6 +13,8 @@ param webjobsHostsContainer string
 @description('The Functions host\'s container of keys.')
 param webjobsSecretsContainer string
 param workspaceName string
+@description('The workspace\'s own storage account (shared keys off: reached by identity).')
+param workspaceStorageName string
 param applicationInsightsName string
 @description('Principal id of the app\'s user-assigned identity.')
 param appPrincipalId string
@@ -26,6 +28,7 @@ var azureMLDataScientist = 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
 var monitoringReader = '43d0d8ad-25c7-4714-9337-8ba259a9fe05'
 var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
+var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -59,6 +62,10 @@ resource webjobsHosts 'Microsoft.Storage/storageAccounts/blobServices/containers
 resource webjobsSecrets 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
   parent: blobService
   name: webjobsSecretsContainer
+}
+
+resource workspaceStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: workspaceStorageName
 }
 
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' existing = {
@@ -185,6 +192,18 @@ resource appMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01
   scope: applicationInsights
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// App identity: the pipeline jobs it submits write their outputs (the trained model) to the
+// workspace's default datastore with the submitter's identity now that its account has shared keys off.
+resource appWorkspaceStorageContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(workspaceStorage.id, appPrincipalId, storageBlobDataContributor)
+  scope: workspaceStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }

@@ -176,6 +176,9 @@ EXPECTED_ROLES = {
     ("Monitoring Reader", "appPrincipalId", "Microsoft.MachineLearningServices/workspaces", "workspace"),
     ("Storage Blob Data Reader", "workspacePrincipalId", CONTAINER, "prepared"),
     ("Monitoring Metrics Publisher", "appPrincipalId", "Microsoft.Insights/components", "applicationInsights"),
+    # the jobs the app submits write their outputs to the workspace's default datastore by identity (its
+    # container is named after the workspace id, unknown before deployment: the account is the scope)
+    ("Storage Blob Data Contributor", "appPrincipalId", "Microsoft.Storage/storageAccounts", "workspaceStorage"),
 }
 
 
@@ -441,7 +444,9 @@ def test_role_scopes_and_principals_are_the_right_resources() -> None:
     assert scopes == {"storage": "storageAccountName", "blobService": "default", "chatData": "chatDataContainer",
                       "prepared": "preparedContainer", "deployment": "deploymentContainer",
                       "webjobsHosts": "webjobsHostsContainer", "webjobsSecrets": "webjobsSecretsContainer",
-                      "workspace": "workspaceName", "applicationInsights": "applicationInsightsName"}
+                      "workspace": "workspaceName", "applicationInsights": "applicationInsightsName",
+                      "workspaceStorage": "workspaceStorageName"}
+    assert tpl.render(params["workspaceStorageName"]) == "workspace.outputs.storageName"
     for param in ("chatDataContainer", "preparedContainer", "deploymentContainer", "webjobsHostsContainer", "webjobsSecretsContainer"):
         assert tpl.render(params[param]) == param, f"{param} must be main.bicep's own variable"
     created = {tpl.resolve(c, tpl.main_doc()) for c in tpl.module_params("storage")["containers"]}

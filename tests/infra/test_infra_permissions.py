@@ -89,5 +89,6 @@ def test_the_fixture_ids_are_the_template_s():
         if name in ids:
             assert ids[name] == role["id"], name
     used = {name for name in ids if any(ra.role_id == ids[name] for ra in tpl.role_assignments())}
-    missing = used - set(perm.roles()) - {"Storage Table Data Contributor"}  # no storage request is recorded (docs say so)
+    # No storage request is recorded by the fakes (docs/deploying.md says so): these two are not read.
+    missing = used - set(perm.roles()) - {"Storage Table Data Contributor", "Storage Blob Data Contributor"}
     assert missing == set(), f"assigned roles without their published permissions: {missing}"
