@@ -110,6 +110,7 @@ module workspace 'modules/ml-workspace.bicep' = {
     name: 'mlw-${resourceToken}'
     storageName: 'stml${resourceToken}'
     keyVaultName: 'kv-${resourceToken}'
+    containerRegistryName: 'cr${resourceToken}'
     applicationInsightsId: monitoring.outputs.applicationInsightsId
     location: location
     tags: tags

@@ -1,8 +1,9 @@
 // The Azure Machine Learning workspace (public network access, system-assigned identity) with
-// its own Key Vault and storage account (artifacts, workspaceblobstore; shared keys off, reached by identity).
+// its own Key Vault, container registry and storage account (artifacts, workspaceblobstore; shared keys off, reached by identity).
 param name string
 param storageName string
 param keyVaultName string
+param containerRegistryName string
 param applicationInsightsId string
 param location string
 param tags object
@@ -47,6 +48,26 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
+// The image a no-code MLflow deployment is built into: Azure ML creates a registry lazily "until
+// deployment images are created" (azure-docs concept-workspace.md), in the resource group, with the
+// caller's rights; declared here instead. Admin user off: the workspace pulls by identity.
+resource containerRegistry 'Microsoft.ContainerRegistry/registries@2025-04-01' = {
+  name: containerRegistryName
+  location: location
+  tags: tags
+  // checkov:skip=CKV_AZURE_139: the workspace is public (no VNet, no private endpoints): its image builds and the managed endpoints pull over the public endpoint; admin user and anonymous pull are off
+  // checkov:skip=CKV_AZURE_163: vulnerability scanning is Microsoft Defender for Containers, billed per image; the only images are Azure ML's own MLflow serving builds
+  // checkov:skip=CKV_AZURE_166: quarantine needs the Premium SKU; Basic keeps the idle cost lowest for one environment image
+  sku: {
+    name: 'Basic'
+  }
+  properties: {
+    adminUserEnabled: false
+    anonymousPullEnabled: false
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
 // 2025-06-01: systemDatastoresAuthMode, so the workspace reaches its own storage (shared keys off) by identity.
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-06-01' = {
   name: name
@@ -65,6 +86,7 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-06-01' = {
     friendlyName: name
     storageAccount: workspaceStorage.id
     keyVault: keyVault.id
+    containerRegistry: containerRegistry.id
     applicationInsights: applicationInsightsId
     publicNetworkAccess: 'Enabled'
     systemDatastoresAuthMode: 'Identity'

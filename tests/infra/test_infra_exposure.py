@@ -82,3 +82,13 @@ def test_the_dashboard_is_on_the_admin_key_and_client_routes_on_function_keys():
     assert levels["dashboard"] == "ADMIN" and levels["dashboard/report"] == "ADMIN", levels
     for route in ("score", "v1/chat/completions", "v1/models"):
         assert levels[route] == "FUNCTION", (route, levels[route])
+
+
+def test_the_workspace_has_the_container_registry_a_no_code_mlflow_deployment_builds_into():
+    # azure-docs concept-workspace.md: the registry is "lazy-loaded until deployment images are created";
+    # a no-code MLflow deployment creates one (its environment image). Declared, admin user off.
+    workspace = _resource("workspace", "workspace")
+    assert tpl.render(workspace["properties"]["containerRegistry"]) == "containerRegistry.id"
+    registry = _resource("workspace", "containerRegistry")
+    assert registry["properties"]["adminUserEnabled"] is False and registry["properties"]["anonymousPullEnabled"] is False
+    assert tpl.resolve(tpl.module_params("workspace")["containerRegistryName"], tpl.main_doc()) is not None
