@@ -53,9 +53,6 @@ def make_settings(**env: str) -> Settings:
     return load_settings(environ=env)
 
 
-
-
-
 def upload_prepared_dataset(settings: Settings, dataset_id: str, seed: int, count: int = 24, train: int = 20) -> tuple[str, str]:
     """Put a small house-style train/test split in the prepared container; return the two blob names."""
     rows = pirate_conversations(count=count, seed=seed)

@@ -56,9 +56,17 @@ CHARS_PER_TOKEN = 4.0
 # --------------------------------------------------------------------------- special tokens
 
 # Published special tokens of the Azure ML foundation models this app fine-tunes (the
-# tokenizer's added tokens with "special": true; tests/fixtures/special_tokens/README.md names
-# the sources). The local base models' come from their own tokenizer.json.
+# tokenizer's added tokens with "special": true; docs/data-quality.md names the sources). The
+# local base models' come from their own tokenizer.json.
+
+# Phi-4 (the default FOUNDATION_MODEL_NAME): ids 100256-100351 of its cl100k-based vocabulary are
+# special; the named ones, and <|dummy_N|> for the rest (dummy_0-3 named among them, dummy_4-87
+# after <|im_sep|> with <|endofprompt|> at 100276). Source: pytorch/torchtune,
+# torchtune/models/phi4/_tokenizer.py (PHI4_SPECIAL_TOKENS), commit 02ef6586.
+_PHI4_SPECIAL_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|im_start|>",
+                        "<|im_end|>", "<|im_sep|>", "<|endofprompt|>", *(f"<|dummy_{i}|>" for i in range(88)))
 PUBLISHED_SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
+    "Phi-4": _PHI4_SPECIAL_TOKENS,
     "Phi-3-mini-4k-instruct": ("<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|placeholder1|>",
                                "<|placeholder2|>", "<|placeholder3|>", "<|placeholder4|>", "<|system|>", "<|end|>",
                                "<|placeholder5|>", "<|placeholder6|>", "<|user|>"),

@@ -136,3 +136,15 @@ def test_the_spend_guard_holds_a_job_whose_forecast_is_over_the_budget() -> None
     over = P.GuardFacts(budget_usd=10.0, next_forecast_usd=12.5)
     reason = P.guard_reason(over, now)
     assert reason is not None and "forecast cost $12.50" in reason and "FINETUNE_BUDGET_USD" in reason
+
+
+def test_the_default_azure_base_model_has_its_special_tokens_checked() -> None:
+    """Phi-4 is the default FOUNDATION_MODEL_NAME: its chat-template tokens are found in content
+    (without a list the gate said "not checked" and let them through)."""
+    from shared.datasets.quality import special_tokens_for
+
+    settings = make_settings().replace(ml_backend="azureml")
+    tokens, where = special_tokens_for(settings)
+    assert settings.foundation_model_name == "Phi-4" and "Phi-4" in where, where
+    assert {"<|im_start|>", "<|im_sep|>", "<|im_end|>", "<|endoftext|>", "<|dummy_87|>"} <= set(tokens)
+    assert len(set(tokens)) == 96  # ids 100256-100351
