@@ -24,13 +24,13 @@ from shared.backends.azureml_params import INTERFACE_PATH
 from shared.backends.base import COMPLETED, FAILED, BackendError, ModelRef
 from shared.settings import SPECS
 from tests.azureml_fakes import (
-    WS,
     FOUNDATION_SPEC,
-    PHI3_TAG_SPEC,
     MODEL_NAME,
     MODEL_WAS_CURRENT,
+    PHI3_TAG_SPEC,
     PHI3_TAGS,
     PIPELINE_STEPS,
+    WS,
     FakeAzureML,
     azure_settings,
     job_put,
