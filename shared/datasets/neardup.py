@@ -71,19 +71,22 @@ def bands(threshold: float, num_perm: int = NUM_PERM, fp_weight: float = 0.5, fn
     return opt
 
 
-def signatures(rows: Sequence[Sequence[bytes]], num_perm: int = NUM_PERM) -> list[np.ndarray | None]:
-    """The MinHash signature (``num_perm`` uint32) of each row's word 3-grams (``b"w1 w2 w3"``, xxh32,
-    as datasketch's ``MinHash(hashfunc=xxhash.xxh32_intdigest).update_batch``); None for a row of
-    fewer than 3 words. The hashing is one C-level pass over the batch, the rest one numpy pass."""
-    join = b" ".join
-    grams = [list(map(join, zip(row, row[1:], row[2:], strict=False))) for row in rows]
-    counts = np.fromiter(map(len, grams), dtype=np.int64, count=len(rows))
+def gram_hashes(words: Sequence[bytes]) -> list[int]:
+    """The xxh32 hash of each word 3-gram (``b"w1 w2 w3"``) of ``words``: what datasketch's
+    ``MinHash(hashfunc=xxhash.xxh32_intdigest).update_batch`` hashes. Small to keep, whatever the
+    words' size (a conversation waiting for its batch holds only these)."""
+    return list(map(xxhash.xxh32_intdigest, map(b" ".join, zip(words, words[1:], words[2:], strict=False))))
+
+
+def signatures_of(hashes: Sequence[Sequence[int]], num_perm: int = NUM_PERM) -> list[np.ndarray | None]:
+    """The MinHash signature (``num_perm`` uint32) of each row's 3-gram hashes (:func:`gram_hashes`);
+    None for a row without any. One numpy pass over all rows."""
+    counts = np.fromiter(map(len, hashes), dtype=np.int64, count=len(hashes))
     has = counts > 0
-    out: list[np.ndarray | None] = [None] * len(rows)
+    out: list[np.ndarray | None] = [None] * len(hashes)
     if not has.any():
         return out
-    total = int(counts.sum())
-    hashed = np.fromiter(map(xxhash.xxh32_intdigest, chain.from_iterable(grams)), dtype=np.uint32, count=total)
+    hashed = np.fromiter(chain.from_iterable(hashes), dtype=np.uint32, count=int(counts.sum()))
     a, b = permutations(num_perm)
     permuted = np.multiply.outer(a, _fmix32(hashed))  # (num_perm, 3-grams), wrapping mod 2**32 as intended
     permuted += b[:, None]
@@ -92,6 +95,11 @@ def signatures(rows: Sequence[Sequence[bytes]], num_perm: int = NUM_PERM) -> lis
     for index, signature in zip(np.flatnonzero(has), mins, strict=True):
         out[int(index)] = signature
     return out
+
+
+def signatures(rows: Sequence[Sequence[bytes]], num_perm: int = NUM_PERM) -> list[np.ndarray | None]:
+    """The MinHash signature of each row's words (word 3-grams; None for fewer than 3 words)."""
+    return signatures_of([gram_hashes(row) for row in rows], num_perm)
 
 
 class LshIndex:

@@ -23,7 +23,8 @@ changed) or ``reject`` (any finding rejects the upload, with the counts as the r
 Memory: the near-duplicate index holds one band key per band per conversation up to
 ``NEAR_DUP_INDEX_MAX`` conversations (then later ones are still checked against it, not added:
 the report says so), the rest is counters, at most ``MAX_LINES_LISTED`` line numbers per kind and
-the first words of at most ``BATCH`` conversations waiting for their signatures.
+the 3-gram hashes (at most ``NEAR_DUP_WORDS`` ints each, whatever the words' size) of at most
+``BATCH`` conversations waiting for their signatures.
 
 Speed (``bench/prepare.py``): the whole conversation is encoded once and checked with a few C
 scans (``@``, digit count, a sentinel byte before each secret's literal, the special tokens'
@@ -166,9 +167,9 @@ class HeldOutIndex:
             contents = [str(m.get("content", "")).strip() for m in messages]
             roles = [str(m.get("role", "")).strip().lower() for m in messages]
             self.digests.setdefault(conversation_digest(roles, contents), i)
-            words.append(first_words("\n".join(contents)))
+            words.append(neardup.gram_hashes(first_words("\n".join(contents))))
             self.size += 1
-        for i, signature in enumerate(neardup.signatures(words)):
+        for i, signature in enumerate(neardup.signatures_of(words)):
             if signature is not None:
                 self.lsh.insert(i, signature)
 
@@ -220,7 +221,7 @@ class QualityScan:
         self.special_by_token: dict[str, int] = {}
         self.threshold = settings.near_duplicate_threshold
         self.lsh = neardup.LshIndex(self.threshold)
-        self._pending: list[tuple[int, list[bytes], int | None]] = []  # (line, first words, exact leak)
+        self._pending: list[tuple[int, list[int], int | None]] = []  # (line, 3-gram hashes, exact leak)
         self.indexed = 0
         self.index_full_at: int | None = None
         self.near_duplicates: list[tuple[int, int]] = []  # (line, the earlier line it resembles), first MAX_LINES_LISTED
@@ -266,7 +267,7 @@ class QualityScan:
         if out is not None:
             self.redacted_lines += 1
         leak = self.held_out.exact(contents, roles) if self.held_out is not None else None
-        self._pending.append((line, first_words(joined), leak))
+        self._pending.append((line, neardup.gram_hashes(first_words(joined)), leak))
         if len(self._pending) >= BATCH:
             self._flush()
         return out if out is not None else contents
@@ -277,7 +278,7 @@ class QualityScan:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        signatures = neardup.signatures([words for _, words, _ in pending])
+        signatures = neardup.signatures_of([hashes for _, hashes, _ in pending])
         for (line, _, leak), signature in zip(pending, signatures, strict=True):
             if signature is not None:
                 indexing = self.indexed < NEAR_DUP_INDEX_MAX
