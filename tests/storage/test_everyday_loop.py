@@ -20,6 +20,7 @@ import pytest
 from devhost import stack
 from devhost.azurite import free_port
 from shared.settings import PROJECT_ROOT, SettingsError, load_settings, schedule_error
+from tests.support import wait_until
 
 # The make targets as a user runs them, minus the install step: its stamps count as up to date
 # (a test must not reinstall the environment it runs in).
@@ -213,16 +214,25 @@ def test_status_shows_step_loss_eta_of_a_running_job_and_dataset_splits(storage_
 
 
 @pytest.mark.storage
-def test_watch_redraws_until_interrupted(storage_settings) -> None:
+def test_watch_redraws_until_interrupted(storage_settings, tmp_path: Path) -> None:
     import signal
     import time
 
     env = _env(AzureWebJobsStorage=storage_settings.storage_connection, LEDGER_TABLE=storage_settings.ledger_table)
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "status", "--watch", "0.2"], cwd=PROJECT_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(8)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out_path, err_path = tmp_path / "watch.out", tmp_path / "watch.err"
+    # Files, not pipes: an unread pipe fills up and blocks the redraws (on a busy machine the
+    # fixed wait that used to precede the interrupt let it fill, and the child hung in a write).
+    with out_path.open("wb") as out_file, err_path.open("wb") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "status", "--watch", "0.2"], cwd=PROJECT_ROOT,
+                                env=env, stdout=out_file, stderr=err_file)
+        try:
+            wait_until(lambda: out_path.read_bytes().count(b"Datasets (") >= 2, 60, "two redraws of the status")
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+    out, err = out_path.read_bytes(), err_path.read_bytes()
     assert proc.returncode == 0, err.decode()
     assert out.count(b"\x1b[H\x1b[2J") >= 2 and out.count(b"Datasets (") >= 2  # redrawn, not printed once
     assert b"Traceback" not in err
