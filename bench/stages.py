@@ -193,9 +193,11 @@ def main() -> int:
         if submitted is not None:
             verdicts.append(f"upload -> submitted {submitted:.1f} s (target <= {coalesce + 5}: "
                             f"{'met' if submitted <= coalesce + 5 else 'missed'})")
-        if answered is not None:
+        if answered is not None and label.startswith("tiny-random"):
             verdicts.append(f"upload -> first answer {answered:.1f} s (target <= {coalesce + 60} on the tiny model: "
                             f"{'met' if answered <= coalesce + 60 else 'missed'})")
+        elif answered is not None:
+            verdicts.append(f"upload -> first answer {answered:.1f} s")
         print(f"{label}: " + "; ".join(verdicts or ["no answer within the timeout"]))
     for model in args.models.split(","):
         before, after = results.get(f"{model} before", {}), results.get(f"{model} after", {})
