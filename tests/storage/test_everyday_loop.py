@@ -223,8 +223,11 @@ def test_watch_redraws_until_interrupted(storage_settings, tmp_path: Path) -> No
     # Files, not pipes: an unread pipe fills up and blocks the redraws (on a busy machine the
     # fixed wait that used to precede the interrupt let it fill, and the child hung in a write).
     with out_path.open("wb") as out_file, err_path.open("wb") as err_file:
+        # Ctrl+C as a terminal user gives it: a test run started in the background (CI, `make test &`)
+        # inherits SIGINT ignored, and a Python started so keeps ignoring it.
         proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "status", "--watch", "0.2"], cwd=PROJECT_ROOT,
-                                env=env, stdout=out_file, stderr=err_file)
+                                env=env, stdout=out_file, stderr=err_file,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             wait_until(lambda: out_path.read_bytes().count(b"Datasets (") >= 2, 60, "two redraws of the status")
             time.sleep(0.5)
