@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -90,6 +93,49 @@ class PrivateAzurite:
         from devhost.azurite import start
 
         self.proc = start(self.az, self.location)
+
+
+@contextlib.contextmanager
+def tiny_trained_stack(root: Path, dataset_id: str, model_name: str, seed: int, **env: str) -> Iterator[SimpleNamespace]:
+    """The real local stack of one faults-tier module, before its host starts: a private Azurite,
+    settings of its own (``env`` on top of the common ones), the local backend and ledger in use,
+    and one tiny-model fine-tune of ``dataset_id`` for ``model_name`` completed. Yields
+    ``settings, storage, backend, ledger, job`` and ``exits`` (the ExitStack the module enters its
+    endpoints, host and clients in; everything is stopped in reverse order on exit)."""
+    from devhost.azurite import free_port
+    from shared.backends import use_backend
+    from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+    from shared.backends.local import LocalBackend
+    from shared.ledger import Ledger
+    from shared.scoring.scorer import reset_scorers
+    from shared.settings import use_settings
+    from shared.storage import ensure_storage
+
+    storage = PrivateAzurite(root / "azurite")
+    suffix = uuid.uuid4().hex[:8]
+    settings = make_settings(**{
+        "AzureWebJobsStorage": storage.connection_string, "CHAT_DATA_CONTAINER": f"chat-{suffix}",
+        "PREPARED_CONTAINER": f"prepared-{suffix}", "LEDGER_TABLE": f"ledger{suffix}",
+        "LOCAL_WORKSPACE_DIR": str(root / "workspace"), "LOCAL_BASE_MODEL": "tiny-random",
+        "FINETUNE_PARAMS": '{"max_steps": 2}', "JANITOR_SCHEDULE": "0 0 0 1 1 *", "ACTIVITY_FLUSH_S": "1",
+        "EVENTGRID_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/runtime/webhooks/eventgrid",  # events not needed
+        **env})
+    with contextlib.ExitStack() as exits:
+        exits.callback(storage.stop)
+        ensure_storage(settings)
+        use_settings(settings)
+        backend = LocalBackend(settings, event_retry_total_s=0)
+        use_backend(backend, settings)
+        exits.callback(lambda: (use_settings(None), use_backend(None)))
+        exits.callback(backend.shutdown)
+        exits.callback(reset_scorers)
+        ledger = Ledger.from_settings(settings)
+        train, test = upload_prepared_dataset(settings, dataset_id, seed=seed)
+        job = backend.submit_finetune(FineTuneRequest(dataset_id, train, test, model_name,
+                                                      tags={MANAGED_BY_TAG: MANAGED_BY_VALUE}))
+        wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, 300, "the tiny fine-tune", 2.0)
+        assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
+        yield SimpleNamespace(settings=settings, storage=storage, backend=backend, ledger=ledger, job=job, exits=exits)
 
 
 @dataclasses.dataclass

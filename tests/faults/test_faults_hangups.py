@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from urllib.parse import urlsplit
@@ -27,16 +26,10 @@ import orjson
 import psutil
 import pytest
 
-from devhost.azurite import free_port
 from localworkspace.workspace import read_pid_file
-from shared.backends import use_backend
-from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
 from shared.endpoints import lifecycle
-from shared.ledger import MODEL, ROUTE, Ledger
-from shared.scoring.scorer import reset_scorers
-from shared.settings import use_settings
-from shared.storage import ensure_storage
-from tests.support import PrivateAzurite, make_settings, upload_prepared_dataset, wait_until
+from shared.ledger import MODEL, ROUTE
+from tests.support import tiny_trained_stack, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]
 
@@ -55,34 +48,10 @@ IDLE_WINDOW_S = 1.0
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from devhost.host import run_host
-    from shared.backends.local import LocalBackend
 
-    root = tmp_path_factory.mktemp("faults-hangups")
-    storage = PrivateAzurite(root / "azurite")
-    suffix = uuid.uuid4().hex[:8]
-    settings = make_settings(
-        AzureWebJobsStorage=storage.connection_string, CHAT_DATA_CONTAINER=f"chat-{suffix}",
-        PREPARED_CONTAINER=f"prepared-{suffix}", LEDGER_TABLE=f"ledger{suffix}",
-        LOCAL_WORKSPACE_DIR=str(root / "workspace"), LOCAL_BASE_MODEL="tiny-random",
-        FINETUNE_PARAMS='{"max_steps": 2}', JANITOR_SCHEDULE="0 0 0 1 1 *", ACTIVITY_FLUSH_S="1",
-        SCORING_MAX_STREAMS="64",
-        EVENTGRID_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/runtime/webhooks/eventgrid",  # events not needed
-    )
-    ensure_storage(settings)
-    use_settings(settings)
-    backend = LocalBackend(settings, event_retry_total_s=0)
-    use_backend(backend, settings)
-    ledger = Ledger.from_settings(settings)
-    with contextlib.ExitStack() as stack_:
-        stack_.callback(storage.stop)
-        stack_.callback(lambda: (use_settings(None), use_backend(None)))
-        stack_.callback(backend.shutdown)
-        stack_.callback(reset_scorers)
-        train, test = upload_prepared_dataset(settings, "hangups", seed=11)
-        job = backend.submit_finetune(FineTuneRequest("hangups", train, test, MODEL_NAME,
-                                                      tags={MANAGED_BY_TAG: MANAGED_BY_VALUE}))
-        wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, 300, "the tiny fine-tune", 2.0)
-        assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
+    with tiny_trained_stack(tmp_path_factory.mktemp("faults-hangups"), "hangups", MODEL_NAME, seed=11,
+                            SCORING_MAX_STREAMS="64") as base:
+        settings, backend, ledger, job, stack_ = base.settings, base.backend, base.ledger, base.job, base.exits
         model = backend.register_model(job, MODEL_NAME)
         ledger.create(MODEL, model.ref, "registered", job_name=job, base_model=model.base_model)
         ep = lifecycle.deploy_model(model, reason="hangups", settings=settings, ledger=ledger, backend=backend).id

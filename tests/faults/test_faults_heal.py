@@ -15,27 +15,20 @@ as a user would, and waits for the stack to heal on its own, printing the time i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import time
-import uuid
 from types import SimpleNamespace
 
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from localworkspace.workspace import process_alive, read_json, read_pid_file
-from shared.backends import use_backend
-from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
 from shared.endpoints import lifecycle
 from shared.ledger import ENDPOINT, JOB, MODEL, ROUTE, Ledger, parse_iso
-from shared.scoring.scorer import reset_scorers
-from shared.settings import use_settings
-from shared.storage import ensure_storage
-from tests.support import PrivateAzurite, make_settings, upload_prepared_dataset, wait_until
+from tests.support import tiny_trained_stack, upload_prepared_dataset, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]
 
@@ -47,34 +40,13 @@ CHAT = "/api/v1/chat/completions"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from devhost.host import run_host
-    from shared.backends.local import LocalBackend
 
-    root = tmp_path_factory.mktemp("faults-heal")
-    storage = PrivateAzurite(root / "azurite")
-    suffix = uuid.uuid4().hex[:8]
-    settings = make_settings(
-        AzureWebJobsStorage=storage.connection_string, CHAT_DATA_CONTAINER=f"chat-{suffix}",
-        PREPARED_CONTAINER=f"prepared-{suffix}", LEDGER_TABLE=f"ledger{suffix}",
-        LOCAL_WORKSPACE_DIR=str(root / "workspace"), LOCAL_BASE_MODEL="tiny-random",
-        EVAL_FLOORS="{}",  # the tiny random model meets no floor (tests/conftest.py storage_settings)
-        FINETUNE_PARAMS='{"max_steps": 2}', RECONCILE_SCHEDULE="*/2 * * * * *", JANITOR_SCHEDULE="0 0 0 1 1 *",
-        ENDPOINT_HEAL_BACKOFF_S="2", SCORING_RETRY_AFTER_S="10", ACTIVITY_FLUSH_S="1",
-        EVENTGRID_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/runtime/webhooks/eventgrid",  # events not needed
-    )
-    ensure_storage(settings)
-    use_settings(settings)
-    backend = LocalBackend(settings, event_retry_total_s=0)
-    use_backend(backend, settings)
-    ledger = Ledger.from_settings(settings)
-    with contextlib.ExitStack() as stack_:
-        stack_.callback(storage.stop)
-        stack_.callback(lambda: (use_settings(None), use_backend(None)))
-        stack_.callback(backend.shutdown)
-        stack_.callback(reset_scorers)
-        train, test = upload_prepared_dataset(settings, "faults", seed=7)
-        job = backend.submit_finetune(FineTuneRequest("faults", train, test, MODELS[0], tags={MANAGED_BY_TAG: MANAGED_BY_VALUE}))
-        wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, 300, "the tiny fine-tune", 2.0)
-        assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
+    with tiny_trained_stack(
+            tmp_path_factory.mktemp("faults-heal"), "faults", MODELS[0], seed=7,
+            EVAL_FLOORS="{}",  # the tiny random model meets no floor (tests/conftest.py storage_settings)
+            RECONCILE_SCHEDULE="*/2 * * * * *", ENDPOINT_HEAL_BACKOFF_S="2", SCORING_RETRY_AFTER_S="10") as base:
+        settings, backend, ledger, job, storage, stack_ = (base.settings, base.backend, base.ledger, base.job,
+                                                           base.storage, base.exits)
 
         def deploy(name):
             model = backend.register_model(job, name)

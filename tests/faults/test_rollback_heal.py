@@ -10,26 +10,19 @@ health loop has redeployed version 1's endpoint, then 200 again, all within the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-import uuid
 from types import SimpleNamespace
 
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from localworkspace.workspace import process_alive, read_json, read_pid_file
-from shared.backends import use_backend
-from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest, ModelRef
+from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, ModelRef
 from shared.endpoints import lifecycle
-from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger
-from shared.scoring.scorer import reset_scorers
-from shared.settings import use_settings
-from shared.storage import ensure_storage
-from tests.support import PrivateAzurite, make_settings, upload_prepared_dataset, wait_until
+from shared.ledger import ENDPOINT, MODEL, ROUTE
+from tests.support import tiny_trained_stack, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]
 
@@ -41,33 +34,11 @@ CHAT = "/api/v1/chat/completions"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from devhost.host import run_host
-    from shared.backends.local import LocalBackend
 
-    root = tmp_path_factory.mktemp("faults-rollback")
-    storage = PrivateAzurite(root / "azurite")
-    suffix = uuid.uuid4().hex[:8]
-    settings = make_settings(
-        AzureWebJobsStorage=storage.connection_string, CHAT_DATA_CONTAINER=f"chat-{suffix}",
-        PREPARED_CONTAINER=f"prepared-{suffix}", LEDGER_TABLE=f"ledger{suffix}",
-        LOCAL_WORKSPACE_DIR=str(root / "workspace"), LOCAL_BASE_MODEL="tiny-random",
-        FINETUNE_PARAMS='{"max_steps": 2}', RECONCILE_SCHEDULE="*/2 * * * * *", JANITOR_SCHEDULE="0 0 0 1 1 *",
-        ENDPOINT_HEAL_BACKOFF_S="2", SCORING_RETRY_AFTER_S="10", ACTIVITY_FLUSH_S="1", ROLLOUT_CANDIDATES="false",
-        EVENTGRID_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/runtime/webhooks/eventgrid",  # events not needed
-    )
-    ensure_storage(settings)
-    use_settings(settings)
-    backend = LocalBackend(settings, event_retry_total_s=0)
-    use_backend(backend, settings)
-    ledger = Ledger.from_settings(settings)
-    with contextlib.ExitStack() as stack_:
-        stack_.callback(storage.stop)
-        stack_.callback(lambda: (use_settings(None), use_backend(None)))
-        stack_.callback(backend.shutdown)
-        stack_.callback(reset_scorers)
-        train, test = upload_prepared_dataset(settings, "faults-rb", seed=11)
-        job = backend.submit_finetune(FineTuneRequest("faults-rb", train, test, NAME, tags={MANAGED_BY_TAG: MANAGED_BY_VALUE}))
-        wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, 300, "the tiny fine-tune", 2.0)
-        assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
+    with tiny_trained_stack(tmp_path_factory.mktemp("faults-rollback"), "faults-rb", NAME, seed=11,
+                            RECONCILE_SCHEDULE="*/2 * * * * *", ENDPOINT_HEAL_BACKOFF_S="2", SCORING_RETRY_AFTER_S="10",
+                            ROLLOUT_CANDIDATES="false") as base:
+        settings, backend, ledger, job, stack_ = base.settings, base.backend, base.ledger, base.job, base.exits
         host = stack_.enter_context(run_host("function_app:app", settings=settings, port=0, poll_interval_s=1.0))
         client = stack_.enter_context(httpx.Client(base_url=host.base_url, timeout=60))
         yield SimpleNamespace(settings=settings, ledger=ledger, backend=backend, job=job, client=client)
