@@ -44,6 +44,7 @@ for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TO
                     ("OMP_WAIT_POLICY", "PASSIVE")):
     os.environ.setdefault(name, value)
 
+from bench.activation import _healthy_at  # noqa: E402 - the same health probe as the activation bench
 from devhost.azurite import Azurite, free_port, start, stop_process  # noqa: E402
 from scripts.make_sample_data import write  # noqa: E402
 from shared.backends import get_backend, use_backend  # noqa: E402
@@ -60,15 +61,6 @@ KEY = "bench-stages-key"
 def _ts(value: Any) -> float | None:
     parsed = parse_iso(value) if isinstance(value, str) else value
     return parsed.timestamp() if parsed is not None else None
-
-
-def _healthy(workspace: Path, endpoint: str) -> bool:
-    record = workspace / "endpoints" / endpoint / "record.json"
-    try:
-        port = json.loads(record.read_text())["port"]
-        return httpx.get(f"http://127.0.0.1:{port}/ping", timeout=0.5).status_code == 200
-    except (OSError, ValueError, KeyError, httpx.HTTPError):
-        return False
 
 
 def run_once(azurite: Azurite, workdir: Path, model: str, scheduled: bool, coalesce_s: int | None,
@@ -130,7 +122,7 @@ def run_once(azurite: Azurite, workdir: Path, model: str, scheduled: bool, coale
                         seen["registered"] = _ts(version.get("registered_at"))
                 if endpoint is None:
                     endpoint = next((e.id for e in ledger.list(ENDPOINT) if e.get("model_name") == model_name), None)
-                if endpoint is not None and "deployed" not in seen and _healthy(workspace, endpoint):
+                if endpoint is not None and "deployed" not in seen and _healthy_at(workspace, endpoint):
                     seen["deployed"] = time.time()
                 if endpoint is not None and "active" not in seen:
                     active = _ts(ledger.get(ENDPOINT, endpoint).get("active_since"))
