@@ -1,4 +1,4 @@
-"""Helpers of the evaluation tests: a backend that records submissions, the real blob trigger, corpus data."""
+"""Helpers of the evaluation tests: the real blob trigger, corpus data (their backend: the in-memory workspace)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,6 @@ from typing import Any
 from shared.settings import Settings
 from shared.storage import blob_service
 from tests.fakes.uploads import conv
-
-
-class RecordingBackend:
-    """Records the fine-tunes submitted (no job runs)."""
-
-    name = "recording"
-    workspace_id = "/subscriptions/x/resourceGroups/y/providers/Microsoft.MachineLearningServices/workspaces/recording"
-
-    def __init__(self) -> None:
-        self.requests: list[Any] = []
-
-    def submit_finetune(self, request: Any) -> str:
-        self.requests.append(request)
-        return f"ftjob-{len(self.requests):03d}"
 
 
 def prepare_trigger() -> Any:

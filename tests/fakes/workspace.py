@@ -6,7 +6,11 @@ a test says so. Stricter than the real backends where that exposes bugs in the f
 * ``register_model`` gives a NEW version on every call (as MLflow's log_model does), so a double
   registration by concurrent deliveries shows up as a second version;
 * ``list_endpoints`` lists every endpoint, ours or not: callers must check the managed-by tag;
-* every call is counted (``calls``), and ``fail_next[op]`` makes the next call of ``op`` raise.
+* every call is counted (``calls``; per job or endpoint in ``calls_on``), and ``fail_next[op]``
+  makes the next call of ``op`` raise.
+
+Jobs carry what a test gives them (run times, ``progress``) and their training curves
+(``curves``: a MetricsHistory, or the error an unreachable tracking raises).
 
 Deletion behaves like Azure (the endpoint stays "deleting" until ``finish_deletions``) or, with
 ``removes_at_once``, like the local workspace. Scoring targets point at ``target_url`` (a stub
@@ -43,6 +47,7 @@ from shared.backends.base import (
     EndpointInfo,
     FineTuneRequest,
     JobInfo,
+    MetricsHistory,
     ModelRef,
     NotFoundError,
     ScoringTarget,
@@ -70,6 +75,7 @@ class InMemoryWorkspace:
         self.versions: dict[str, list[str]] = {}  # model name -> versions, in order
         self.endpoints: dict[str, EndpointInfo] = {e.name: e for e in endpoints or []}
         self.calls: Counter[str] = Counter()
+        self.calls_on: Counter[tuple[str, str]] = Counter()  # (operation, job or endpoint name) -> calls
         self.fail_next: dict[str, Exception] = {}  # operation name -> error raised once
         # submissions
         self.requests: list[FineTuneRequest] = []
@@ -96,6 +102,8 @@ class InMemoryWorkspace:
         self.deployments: dict[tuple[str, str], DeploymentInfo] = {}
         self.metrics: dict[str, dict[str, DeploymentMetrics]] = {}
         self.traffic_calls: list[tuple[str, dict[str, int] | None]] = []
+        # training curves by job name: what ``job_metrics_history`` returns, or an error it raises
+        self.curves: dict[str, MetricsHistory | Exception] = {}
 
     # --- test controls
     def add_job(self, name: str, state: str = RUNNING, **kw: Any) -> None:
@@ -109,6 +117,10 @@ class InMemoryWorkspace:
     def add_endpoint(self, info: EndpointInfo) -> None:
         self.endpoints[info.name] = info
 
+    def add_ready_endpoint(self, name: str) -> None:
+        """An endpoint of ours that serves now (its one deployment ``default``)."""
+        self.add_endpoint(EndpointInfo(name=name, state=EP_SUCCEEDED, tags=dict(OUR_TAGS), deployment="default"))
+
     def finish_deployment(self, endpoint: str, ok: bool = True, error: str | None = None) -> None:
         ep = self.endpoints[endpoint]
         self.endpoints[endpoint] = dataclasses.replace(
@@ -120,9 +132,11 @@ class InMemoryWorkspace:
     def finish_deletions(self) -> None:
         self.endpoints = {n: e for n, e in self.endpoints.items() if e.state != EP_DELETING}
 
-    def _enter(self, op: str) -> None:
+    def _enter(self, op: str, subject: str | None = None) -> None:
         with self._lock:
             self.calls[op] += 1
+            if subject is not None:
+                self.calls_on[(op, subject)] += 1
             error = self.fail_next.pop(op, None)
         if error is not None:
             raise error
@@ -146,11 +160,22 @@ class InMemoryWorkspace:
         return name
 
     def get_job(self, job_name: str) -> JobInfo:
-        self._enter("get_job")
+        self._enter("get_job", job_name)
         try:
             return self.jobs[job_name]
         except KeyError:
             raise NotFoundError(f"job {job_name} not found") from None
+
+    def job_metrics_history(self, job_name: str) -> MetricsHistory:
+        self._enter("job_metrics_history", job_name)
+        curve = self.curves.get(job_name)
+        if isinstance(curve, Exception):
+            raise curve
+        if curve is not None:
+            return curve
+        if job_name not in self.jobs:
+            raise NotFoundError(f"job {job_name} not found")
+        return MetricsHistory(job_name)  # a job that logged nothing yet
 
     def register_model(self, job_name: str, model_name: str) -> ModelRef:
         self._enter("register_model")

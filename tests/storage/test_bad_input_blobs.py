@@ -17,6 +17,7 @@ from devhost.host import Host
 from shared.observability.status import collect_status, render_status
 from shared.settings import Settings
 from shared.storage import blob_service
+from tests.fakes.workspace import InMemoryWorkspace
 from tests.support import wait_until
 
 pytestmark = pytest.mark.storage
@@ -97,7 +98,7 @@ def test_a_control_character_in_one_name_does_not_stall_the_trigger(
     assert len(reasons) == len(set(reasons)) == 6, reasons
     # said in the log and in status
     assert any("cannot be listed" in r.getMessage() and repr(bad) in r.getMessage() for r in caplog.records)
-    triggers = collect_status(storage_settings, backend=_NoBackend())["triggers"]
+    triggers = collect_status(storage_settings, backend=InMemoryWorkspace())["triggers"]
     assert [t["state"] for t in triggers] == ["degraded"]
     assert set(triggers[0]["unlistable"]) == {bad, "d-\x0bsecond.jsonl"}
 
@@ -114,7 +115,7 @@ def test_a_stalled_trigger_is_said_loudly_in_the_log_and_in_status(
     stalled = ListingResult(blobs=[], hidden=[], stalled="the container cannot be listed (HttpResponseError 500)",
                             last_listed="a.jsonl")
     poller._report_health(watch, stalled)
-    status = collect_status(storage_settings, backend=_NoBackend())
+    status = collect_status(storage_settings, backend=InMemoryWorkspace())
     [trigger] = status["triggers"]
     assert trigger["state"] == "stalled" and trigger["container"] == storage_settings.chat_data_container
     assert "'a.jsonl'" in trigger["reason"] and "control character" in trigger["fix"]
@@ -122,12 +123,7 @@ def test_a_stalled_trigger_is_said_loudly_in_the_log_and_in_status(
     assert any("STALLED" in r.getMessage() and "Fix:" in r.getMessage() for r in caplog.records)
     # back to normal: status shows nothing
     poller._report_health(watch, ListingResult(blobs=[], hidden=[]))
-    assert collect_status(storage_settings, backend=_NoBackend())["triggers"] == []
-
-
-class _NoBackend:
-    def list_endpoints(self) -> list[Any]:
-        return []
+    assert collect_status(storage_settings, backend=InMemoryWorkspace())["triggers"] == []
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
-"""Corpus mode on real storage (Azurite): uploads through the real blob trigger, a recording
-backend, the ledger's claims. The time of a submission decision is passed in, so windows and
-budgets are tested without sleeping."""
+"""Corpus mode on real storage (Azurite): uploads through the real blob trigger, the in-memory
+workspace as the backend, the ledger's claims. The time of a submission decision is passed in, so
+windows and budgets are tested without sleeping."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shared.backends import use_backend
-from shared.backends.base import FineTuneRequest
+from shared.backends.base import COMPLETED, FineTuneRequest
 from shared.datasets.collections import model_name_for
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.ledger import records as R
@@ -19,8 +19,8 @@ from shared.observability.status import collect_status, render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
 from shared.training.submission import advance_collection, submit_due_collections
-from tests.fakes.jobs import JobsBackend
 from tests.fakes.uploads import conv, upload
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
@@ -47,16 +47,16 @@ def corpus_settings(storage_settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def backend(corpus_settings: Settings) -> JobsBackend:
-    b = JobsBackend()
-    use_backend(b, corpus_settings)  # type: ignore[arg-type]
+def backend(corpus_settings: Settings) -> InMemoryWorkspace:
+    b = InMemoryWorkspace()
+    use_backend(b, corpus_settings)
     return b
 
 
-def switch(s: Settings, backend: JobsBackend) -> Settings:
+def switch(s: Settings, backend: InMemoryWorkspace) -> Settings:
     """Make ``s`` the process settings with the recording backend (backends are cached per settings object)."""
     use_settings(s)
-    use_backend(backend, s)  # type: ignore[arg-type]
+    use_backend(backend, s)
     return s
 
 
@@ -156,7 +156,7 @@ def test_budget_exhausted_holds_with_its_reason_and_submits_when_raised(corpus_s
     trigger(upload(s, "bot/a.jsonl", data(0, 30)))
     assert len(backend.requests) == 1
     now = utcnow()
-    backend.times["ftjob-001"] = (now - timedelta(seconds=20), now - timedelta(seconds=10))  # ran 10 s = $10
+    backend.set_job("ftjob-001", COMPLETED, started_at=now - timedelta(seconds=20), ended_at=now - timedelta(seconds=10))  # ran 10 s = $10
     end_job(ledger, "ftjob-001")
     trigger(upload(s, "bot/b.jsonl", data(30, 60)))
     assert len(backend.requests) == 1
@@ -223,7 +223,7 @@ def test_concurrent_deliveries_submit_once(corpus_settings, backend, trigger) ->
     def worker() -> None:
         use_settings(s)
         try:
-            outcomes.append(advance_collection("bot", s, ledger=Ledger.from_settings(s), backend=backend, now=due))  # type: ignore[arg-type]
+            outcomes.append(advance_collection("bot", s, ledger=Ledger.from_settings(s), backend=backend, now=due))
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -306,11 +306,11 @@ def test_the_reconcile_timer_submits_a_due_collection(corpus_settings, backend, 
     ledger = Ledger.from_settings(s)
     trigger(upload(s, "one/a.jsonl", data(0, 30)))
     trigger(upload(s, "two/a.jsonl", data(0, 30)))  # held: one job at a time
-    summary = reconcile(s, ledger, backend)  # type: ignore[arg-type]
+    summary = reconcile(s, ledger, backend)
     assert summary["collections_held"] == 1 and summary["collections_submitted"] == 0
     assert {"collections_submitted", "collections_held"} <= set(SUMMARY_KEYS)
     end_job(ledger, "ftjob-001")
-    summary = reconcile(s, ledger, backend)  # type: ignore[arg-type]
+    summary = reconcile(s, ledger, backend)
     assert summary["collections_submitted"] == 1 and len(backend.requests) == 2
 
 
@@ -320,15 +320,13 @@ def test_a_failed_submission_releases_the_claim_and_the_retry_submits(corpus_set
     s = corpus_settings.replace(coalesce_s=0)
     switch(s, backend)
     ledger = Ledger.from_settings(s)
-    real_submit = backend.submit_finetune
-    backend.submit_finetune = lambda request: (_ for _ in ()).throw(BackendError("workspace unavailable (503)"))  # type: ignore[method-assign]
+    backend.fail_submissions = 1
     client = upload(s, "bot/a.jsonl", data(0, 30))
     with pytest.raises(BackendError):  # an infrastructure error: the host retries the blob
         trigger(client)
     record = ledger.get(R.COLLECTION, "bot")
     assert not record.get("submit_claim") and "workspace unavailable" in record.get("error")
     assert ledger.list(DATASET)[0].state == "accepted"
-    backend.submit_finetune = real_submit  # type: ignore[method-assign]
     trigger(client)  # the host's retry
     assert len(backend.requests) == 1 and ledger.list(DATASET)[0].state == "submitted"
     assert ledger.get(R.COLLECTION, "bot").get("error") is None

@@ -19,7 +19,7 @@ import pytest
 from devhost.app_index import functions_of
 from functions import dashboard as dashboard_functions
 from shared.backends import use_backend
-from shared.backends.base import COMPLETED, JobInfo, MetricsHistory, NotFoundError
+from shared.backends.base import COMPLETED, MetricsHistory
 from shared.ledger import DATASET, ENDPOINT, JOB, MODEL, ROUTE, Ledger, iso, utcnow
 from shared.observability import dashboard
 from shared.observability.status import collect_status
@@ -32,40 +32,13 @@ from tests.support import call_http
 pytestmark = pytest.mark.storage
 
 
-class CurveBackend(InMemoryWorkspace):
-    """Job times and curves for the jobs it was told about; counts the calls."""
-
-    name = "local"
-
-    def __init__(self, delay_s: float = 0.0):
-        super().__init__()
-        self.delay_s = delay_s
-        self.jobs: dict[str, JobInfo] = {}
-        self.curves: dict[str, MetricsHistory] = {}
-
-    def add(self, name: str, losses: list[float], base: float = 3.3, test: float = 0.4, state: str = COMPLETED) -> None:
-        now = utcnow()
-        self.jobs[name] = JobInfo(name, state, started_at=now - timedelta(minutes=10), ended_at=now - timedelta(minutes=2))
-        self.curves[name] = MetricsHistory(name, series={"train_loss": [(i + 1, v) for i, v in enumerate(losses)]},
-                                           final={"base_test_loss": base, "test_loss": test})
-
-    def _count(self, what: str) -> None:
-        self.calls[what] += 1
-        if self.delay_s:
-            time.sleep(self.delay_s)
-
-    def get_job(self, job_name: str) -> JobInfo:
-        self._count(f"get_job:{job_name}")
-        if job_name not in self.jobs:
-            raise NotFoundError(job_name)
-        return self.jobs[job_name]
-
-    def job_metrics_history(self, job_name: str) -> MetricsHistory:
-        self._count(f"curve:{job_name}")
-        return self.curves[job_name]
-
-    def list_endpoints(self) -> list:
-        return []
+def add_trained_job(ws: InMemoryWorkspace, name: str, losses: list[float], base: float = 3.3, test: float = 0.4,
+                    state: str = COMPLETED) -> None:
+    """A job the workspace ran (its run times) and the training curve its tracking reports."""
+    now = utcnow()
+    ws.add_job(name, state, started_at=now - timedelta(minutes=10), ended_at=now - timedelta(minutes=2))
+    ws.curves[name] = MetricsHistory(name, series={"train_loss": [(i + 1, v) for i, v in enumerate(losses)]},
+                                     final={"base_test_loss": base, "test_loss": test})
 
 
 @pytest.fixture(autouse=True)
@@ -76,9 +49,9 @@ def fresh_cache():
 
 
 @pytest.fixture
-def backend(storage_settings: Settings) -> CurveBackend:
-    b = CurveBackend()
-    use_backend(b, storage_settings)  # type: ignore[arg-type]
+def backend(storage_settings: Settings) -> InMemoryWorkspace:
+    b = InMemoryWorkspace()
+    use_backend(b, storage_settings)
     return b
 
 
@@ -88,7 +61,7 @@ def trigger():
     return {f.get_function_name(): f.get_user_function() for f in functions_of(app)}
 
 
-def seed_chain(ledger: Ledger, backend: CurveBackend, i: int, *, deleted: bool = False, requests: dict[str, int] | None = None,
+def seed_chain(ledger: Ledger, backend: InMemoryWorkspace, i: int, *, deleted: bool = False, requests: dict[str, int] | None = None,
                model_name: str = "pirate-chat") -> str:
     """Dataset -> job -> model -> endpoint records as intake, job_events and lifecycle write them."""
     now = utcnow()
@@ -105,18 +78,18 @@ def seed_chain(ledger: Ledger, backend: CurveBackend, i: int, *, deleted: bool =
     if deleted:
         fields.update(deleted_at=iso(now - timedelta(minutes=30)), delete_reason="idle for 90 min", hours_saved=1.5, cost_saved=4.59)
     ledger.create(ENDPOINT, ep, "deleted" if deleted else "succeeded", **fields)
-    backend.add(job, [3.0, 2.0, 1.2, 0.6])
+    add_trained_job(backend, job, [3.0, 2.0, 1.2, 0.6])
     return ep
 
 
-def test_empty_workspace_says_so(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_empty_workspace_says_so(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     page = dashboard.dashboard_page(settings=storage_settings)
     assert page.status == 200
     assert 'id="empty"' in page.body and "Nothing here yet" in page.body
     assert '<meta http-equiv="refresh"' in page.body
 
 
-def test_storage_down_is_a_clear_page_not_a_stack_trace(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_storage_down_is_a_clear_page_not_a_stack_trace(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     from devhost.azurite import free_port
 
     port = free_port()  # nothing listens there
@@ -131,7 +104,7 @@ def test_storage_down_is_a_clear_page_not_a_stack_trace(storage_settings: Settin
     assert '<meta http-equiv="refresh"' in page.body  # it retries by itself
 
 
-def test_page_shows_the_chain_rejected_lines_curve_and_savings(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_page_shows_the_chain_rejected_lines_curve_and_savings(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     from functions import prepare_chat_data
 
     s = storage_settings
@@ -172,7 +145,7 @@ def test_page_shows_the_chain_rejected_lines_curve_and_savings(storage_settings:
     assert missing.status == 404
 
 
-def test_untrusted_text_is_escaped(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_untrusted_text_is_escaped(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     ledger = Ledger.from_settings(storage_settings)
     ledger.create(DATASET, "ds-x", "rejected", blob_name="<script>alert(1)</script>.jsonl", error="<img src=x onerror=alert(1)>")
     html = dashboard.dashboard_page(settings=storage_settings, ledger=ledger, backend=backend).body
@@ -199,7 +172,7 @@ class CountingTable:
         return counted
 
 
-def test_ledger_is_read_in_a_bounded_number_of_queries(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_ledger_is_read_in_a_bounded_number_of_queries(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     ledger = Ledger.from_settings(storage_settings)
     counted = []
     for n in (2, 12):
@@ -213,8 +186,8 @@ def test_ledger_is_read_in_a_bounded_number_of_queries(storage_settings: Setting
 
 
 def test_slow_lookups_stay_within_the_budget_and_fill_in_from_the_cache(storage_settings: Settings) -> None:
-    backend = CurveBackend(delay_s=0.03)
-    use_backend(backend, storage_settings)  # type: ignore[arg-type]
+    backend = InMemoryWorkspace(call_delay_s=0.03)
+    use_backend(backend, storage_settings)
     ledger = Ledger.from_settings(storage_settings)
     for i in range(8):
         seed_chain(ledger, backend, i)
@@ -229,10 +202,10 @@ def test_slow_lookups_stay_within_the_budget_and_fill_in_from_the_cache(storage_
     assert not view["pending_lookups"]
     assert all(c["job"]["curve"]["series"]["train_loss"][0] == [1, 3.0] for g in view["groups"] for c in g["chains"])
     # completed jobs never change: each was read from the backend once
-    assert all(n == 1 for n in backend.calls.values()), backend.calls
+    assert len(backend.calls_on) == 16 and all(n == 1 for n in backend.calls_on.values()), backend.calls_on
 
 
-def test_janitor_eta_follows_the_idle_policy(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_janitor_eta_follows_the_idle_policy(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     s = storage_settings.replace(idle_endpoint_minutes=60.0, idle_grace_minutes=15.0)
     ledger = Ledger.from_settings(s)
     seed_chain(ledger, backend, 3)  # last activity 1 h ago: the janitor may delete it now
@@ -247,7 +220,7 @@ def test_janitor_eta_follows_the_idle_policy(storage_settings: Settings, backend
     assert kept["groups"][0]["chains"][0]["models"][0]["endpoints"][0]["janitor"]["at"] is None
 
 
-def test_scoring_counts_requests_per_hour_and_the_dashboard_shows_idle_periods(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_scoring_counts_requests_per_hour_and_the_dashboard_shows_idle_periods(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     ledger = Ledger.from_settings(storage_settings)
     ep = seed_chain(ledger, backend, 5)
     clock = [0.0]
@@ -269,7 +242,7 @@ def test_scoring_counts_requests_per_hour_and_the_dashboard_shows_idle_periods(s
     assert len(row["idle"]) == 1 and row["idle"][0][2] >= 4.0
 
 
-def test_status_json_carries_the_training_curves(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_status_json_carries_the_training_curves(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     ledger = Ledger.from_settings(storage_settings)
     seed_chain(ledger, backend, 7)
     status = collect_status(storage_settings, ledger, backend)
@@ -290,7 +263,7 @@ def test_refresh_parameter_is_clamped() -> None:
     assert dashboard_functions._refresh(req("refresh=x")) == dashboard.DEFAULT_REFRESH_S
 
 
-def test_collections_and_endpoint_health_are_shown_when_records_carry_them(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_collections_and_endpoint_health_are_shown_when_records_carry_them(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     ledger = Ledger.from_settings(storage_settings)
     ep = seed_chain(ledger, backend, 8, model_name="support-bot")
     ledger.annotate(DATASET, "ds-0008", collection="support")
@@ -303,7 +276,7 @@ def test_collections_and_endpoint_health_are_shown_when_records_carry_them(stora
     assert "degraded (2 heal attempts)" in html
 
 
-def test_flushing_the_counts_at_shutdown_is_no_new_activity(storage_settings: Settings, backend: CurveBackend) -> None:
+def test_flushing_the_counts_at_shutdown_is_no_new_activity(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
     ledger = Ledger.from_settings(storage_settings)
     ep = seed_chain(ledger, backend, 9)
     recorder = ActivityRecorder(lambda: ledger, flush_s=30, clock=lambda: 0.0)

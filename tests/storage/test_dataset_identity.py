@@ -22,8 +22,9 @@ from shared.ledger import records as R
 from shared.observability.status import collect_status, render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
-from tests.fakes.evaluation import RecordingBackend, prepare_trigger
+from tests.fakes.evaluation import prepare_trigger
 from tests.fakes.uploads import conv, upload
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
@@ -39,11 +40,11 @@ def trigger():  # noqa: ANN201
     return prepare_trigger()
 
 
-def corpus(s: Settings) -> tuple[Settings, RecordingBackend]:
-    backend = RecordingBackend()
+def corpus(s: Settings) -> tuple[Settings, InMemoryWorkspace]:
+    backend = InMemoryWorkspace()
     s = s.replace(training_mode="corpus", coalesce_s=0, max_running_jobs=0)
     use_settings(s)
-    use_backend(backend, s)  # type: ignore[arg-type]
+    use_backend(backend, s)
     return s, backend
 
 

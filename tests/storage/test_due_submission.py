@@ -1,6 +1,6 @@
 """A due collection submits itself: its submission is a queue message visible at its due time.
 
-Real Azurite (queue, ledger, blobs) and the real blob trigger; a recording backend. The
+Real Azurite (queue, ledger, blobs) and the real blob trigger; the in-memory workspace as the backend. The
 queue-triggered function runs in the local host in tests/faults/test_due_collection_blackbox.py (the
 black-box run, no reconcile) and in bench/stages.py.
 """
@@ -23,8 +23,8 @@ from shared.storage import queue_client
 from shared.training import due
 from shared.training.delivery import submit_when_due
 from shared.training.submission import submit_due_collections
-from tests.fakes.jobs import JobsBackend
 from tests.fakes.uploads import conv, upload
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
@@ -55,8 +55,8 @@ def world(storage_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(due, "SUBMISSION_QUEUE", name)
     s = storage_settings.replace(training_mode="corpus", coalesce_s=WINDOW_S, max_running_jobs=0)
     use_settings(s)
-    backend = JobsBackend()
-    use_backend(backend, s)  # type: ignore[arg-type]
+    backend = InMemoryWorkspace()
+    use_backend(backend, s)
     return s, Ledger.from_settings(s), backend, queue_client(name, s)
 
 
@@ -124,7 +124,7 @@ def test_an_early_message_is_sent_again_for_the_rest_of_the_window(world: Any, t
     s, ledger, backend, queue = world
     s = s.replace(coalesce_s=3600)
     use_settings(s)
-    use_backend(backend, s)  # type: ignore[arg-type]
+    use_backend(backend, s)
     trigger(upload(s, "bot/a.jsonl", data(0, 30)))
     due_at = parse_iso(ledger.get(COLLECTION, "bot").get("due_at"))
     early = due.DueSubmission("bot", due_at, s.ledger_table).encode()
@@ -139,7 +139,7 @@ def test_switched_off_nothing_is_scheduled_and_reconcile_submits(world: Any, tri
     s, ledger, backend, queue = world
     off = s.replace(collection_submissions=False)
     use_settings(off)
-    use_backend(backend, off)  # type: ignore[arg-type]
+    use_backend(backend, off)
     trigger(upload(off, "bot/a.jsonl", data(0, 30)))
     assert ledger.get(COLLECTION, "bot").state == "pending"
     queue.create_queue()

@@ -15,8 +15,9 @@ from shared.ledger import DATASET, Ledger, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, use_settings
 from shared.training.submission import retire_dataset, submit_due_collections
-from tests.fakes.evaluation import RecordingBackend, data, prepare_trigger, prepared_lines
+from tests.fakes.evaluation import data, prepare_trigger, prepared_lines
 from tests.fakes.uploads import conv, upload
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
@@ -33,10 +34,10 @@ def settings(storage_settings: Settings) -> Settings:
 
 
 def test_carved_and_golden_eval_conversations_are_never_trained_on(settings: Settings, trigger) -> None:
-    backend = RecordingBackend()
+    backend = InMemoryWorkspace()
     s = settings
     use_settings(s)
-    use_backend(backend, s)  # type: ignore[arg-type]
+    use_backend(backend, s)
     ledger = Ledger.from_settings(s)
     golden = b"".join(conv(i) for i in range(1000, 1012))
     trigger(upload(s, "support-bot/eval/golden.jsonl", golden))

@@ -19,7 +19,8 @@ from shared.ledger import records as R
 from shared.observability.status import collect_status, render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
-from tests.fakes.evaluation import RecordingBackend, data, prepare_trigger
+from tests.fakes.evaluation import data, prepare_trigger
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
@@ -37,8 +38,8 @@ def world(storage_settings: Settings) -> tuple[Settings, Ledger, str]:
                                  eval_max_conversations=12, eval_parallelism=2,
                                  eval_rules={COLLECTION: [{"must": "arr!", "name": "pirate"}]})
     use_settings(s)
-    backend = RecordingBackend()
-    use_backend(backend, s)  # type: ignore[arg-type]
+    backend = InMemoryWorkspace()
+    use_backend(backend, s)
     prepare_trigger()(_upload(s, f"{COLLECTION}/day1.jsonl", data(0, 120)))
     (request,) = backend.requests
     ledger = Ledger.from_settings(s)
@@ -148,7 +149,7 @@ def test_a_candidate_that_breaks_a_rule_is_rejected_and_an_operator_can_overrule
     assert view["last_decision"]["state"] == R.EVAL_PROMOTED and view["last_decision"]["decided_by"] == "operator"
     assert view["last_decision"]["candidate"]["items"] == 12
 
-    status = collect_status(s, ledger, RecordingBackend())
+    status = collect_status(s, ledger, InMemoryWorkspace())
     (item,) = status["collections"]
     assert item["evaluation"] == view
     text = render_status(status)

@@ -1,7 +1,7 @@
 """Activation in seconds: a deployment or deletion in flight is followed up through a storage queue.
 
-Real Azurite (queue + ledger); the backend is a small fake whose endpoints become ready when the
-test says so. The queue-triggered function itself runs in the local host in test_e2e_local.py and
+Real Azurite (queue + ledger); the backend is the in-memory workspace, whose endpoints become
+ready (or gone) when the test says so. The queue-triggered function itself runs in the local host in test_e2e_local.py and
 the activation benchmark (bench/activation.py).
 """
 
@@ -16,36 +16,17 @@ import pytest
 
 from functions import followup as followup_function
 from shared.backends import use_backend
-from shared.backends.base import EP_DELETED, EP_PROVISIONING, EP_SUCCEEDED, EndpointInfo, ModelRef
+from shared.backends.base import EP_DELETED, EP_SUCCEEDED, ModelRef
 from shared.endpoints import eta, followup, lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, iso, utcnow
 from shared.settings import Settings, use_settings
 from shared.storage import queue_client
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
 MODEL_NAME = "chat-ft"
-
-
-class FakeBackend:
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.states: dict[str, str] = {}
-
-    def begin_deploy(self, model: ModelRef, endpoint: str, tags: dict[str, str]) -> None:
-        self.states[endpoint] = EP_PROVISIONING
-
-    def get_endpoint(self, name: str) -> EndpointInfo | None:
-        state = self.states.get(name)
-        return EndpointInfo(name=name, state=state, deployment="default") if state and state != EP_DELETED else None
-
-    def set_traffic(self, name: str) -> None:
-        pass
-
-    def begin_delete_endpoint(self, name: str) -> None:
-        self.states[name] = EP_DELETED
 
 
 @pytest.fixture
@@ -53,7 +34,7 @@ def world(storage_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
     # This test's own queue, so messages of other tests sharing the Azurite never mix in.
     queue_name = f"followups-{storage_settings.ledger_table.lower()}"
     monkeypatch.setattr(followup, "FOLLOWUP_QUEUE", queue_name)
-    backend = FakeBackend()
+    backend = InMemoryWorkspace()
     use_backend(backend, storage_settings)
     ledger = Ledger.from_settings(storage_settings)
     ledger.create(MODEL, f"{MODEL_NAME}:1", "registered", job_name="job-1", base_model="base")
@@ -94,7 +75,7 @@ def test_a_follow_up_activates_a_finished_deployment_or_checks_again_later(world
     later = _visible(queue, 10)
     assert [orjson.loads(m.content) for m in later] == [{"endpoint": ep, "check": 2}]
     # ready: the next check makes it the active endpoint at once (no reconcile involved)
-    backend.states[ep] = EP_SUCCEEDED
+    backend.finish_deployment(ep)
     assert followup.follow_up(followup.FollowUp(ep, 2).encode(), storage_settings) == "settled"
     assert ledger.get(ENDPOINT, ep).state == EP_SUCCEEDED
     assert ledger.get(ROUTE, MODEL_NAME).get("endpoint") == ep
@@ -106,12 +87,12 @@ def test_a_follow_up_activates_a_finished_deployment_or_checks_again_later(world
 def test_deletions_are_followed_up_too(world: Any, storage_settings: Settings) -> None:
     ledger, backend, queue = world
     ep = endpoint_name(MODEL_NAME, "1")
-    backend.states[ep] = EP_SUCCEEDED
+    backend.add_ready_endpoint(ep)
     ledger.create(ENDPOINT, ep, EP_SUCCEEDED, model_name=MODEL_NAME, model_version="1")
     use_settings(storage_settings)
     lifecycle.claim_deletion(ledger, ledger.get(ENDPOINT, ep), reason="idle", at=utcnow())
     assert [orjson.loads(m.content)["endpoint"] for m in _visible(queue, 10)] == [ep]
-    backend.states[ep] = EP_DELETED
+    backend.finish_deletion(ep)
     assert followup.follow_up(followup.FollowUp(ep, 1).encode(), storage_settings) == "settled"
     assert ledger.get(ENDPOINT, ep).state == EP_DELETED
 

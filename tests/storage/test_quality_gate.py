@@ -16,9 +16,10 @@ from shared.observability import dashboard
 from shared.observability.status import collect_status, render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
-from tests.fakes.evaluation import RecordingBackend, prepare_trigger
+from tests.fakes.evaluation import prepare_trigger
 from tests.fakes.planted import EMAIL, planted
 from tests.fakes.uploads import upload
+from tests.fakes.workspace import InMemoryWorkspace
 
 pytestmark = pytest.mark.storage
 
@@ -27,11 +28,11 @@ def body(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-def corpus(s: Settings, **changes) -> tuple[Settings, RecordingBackend]:
-    backend = RecordingBackend()
+def corpus(s: Settings, **changes) -> tuple[Settings, InMemoryWorkspace]:
+    backend = InMemoryWorkspace()
     s = s.replace(training_mode="corpus", coalesce_s=0, max_running_jobs=0, **changes)
     use_settings(s)
-    use_backend(backend, s)  # type: ignore[arg-type]
+    use_backend(backend, s)
     return s, backend
 
 

@@ -1,7 +1,7 @@
 """`python -m shared.cli rollback MODEL [VERSION]`: an earlier version active again, recorded in the ledger.
 
-Real ledger in Azurite; the backend is a small fake that says which endpoints are live and records
-deployments, so both paths run: the old endpoint still serves (the route switches at once) and it
+Real ledger in Azurite; the backend is the in-memory workspace, told which endpoints are live, so
+both paths run: the old endpoint still serves (the route switches at once) and it
 is gone (redeployed; the route switches when it is ready, through the same activation reconcile uses).
 """
 
@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from shared.backends import use_backend
-from shared.backends.base import EP_SUCCEEDED, EndpointInfo, ModelRef
 from shared.cli.commands import main as cli
 from shared.context import context
 from shared.endpoints import lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import ENDPOINT, ROUTE, Ledger
 from shared.settings import Settings
+from tests.fakes.workspace import InMemoryWorkspace
 from tests.stub_endpoint import seed_model
 
 pytestmark = pytest.mark.storage
@@ -27,27 +27,9 @@ pytestmark = pytest.mark.storage
 MODEL = "chat-ft"
 
 
-class FakeBackend:
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.live: set[str] = set()
-        self.deploys: list[tuple[str, str]] = []
-        self.traffic: list[str] = []
-
-    def get_endpoint(self, name: str) -> EndpointInfo | None:
-        return EndpointInfo(name=name, state=EP_SUCCEEDED, deployment="default") if name in self.live else None
-
-    def begin_deploy(self, model: ModelRef, endpoint: str, tags: dict[str, str]) -> None:
-        self.deploys.append((model.ref, endpoint))
-
-    def set_traffic(self, name: str) -> None:
-        self.traffic.append(name)
-
-
 @pytest.fixture
-def world(storage_settings: Settings) -> tuple[Ledger, FakeBackend]:
-    backend = FakeBackend()
+def world(storage_settings: Settings) -> tuple[Ledger, InMemoryWorkspace]:
+    backend = InMemoryWorkspace()
     use_backend(backend, storage_settings)
     ledger = Ledger.from_settings(storage_settings)
     return ledger, backend
@@ -57,7 +39,8 @@ def test_rollback_to_a_live_endpoint_switches_the_route_at_once(world: Any, caps
     ledger, backend = world
     ep1 = seed_model(ledger, MODEL, "1", active=False)
     ep2 = seed_model(ledger, MODEL, "2")
-    backend.live |= {ep1, ep2}
+    backend.add_ready_endpoint(ep1)
+    backend.add_ready_endpoint(ep2)
     assert cli(["rollback", MODEL]) == 0
     assert "version 1 is active again (was 2)" in capsys.readouterr().out
     route = ledger.get(ROUTE, MODEL)
@@ -72,7 +55,7 @@ def test_rollback_to_a_live_endpoint_switches_the_route_at_once(world: Any, caps
     # ... a newer fine-tune does
     ep3 = endpoint_name(MODEL, "3")
     seed_model(ledger, MODEL, "3", endpoint_state="provisioning", active=False)
-    backend.live.add(ep3)
+    backend.add_ready_endpoint(ep3)
     lifecycle.settle_provisioning(ledger.get(ENDPOINT, ep3), context(ledger=ledger, backend=backend), Counter())
     route = ledger.get(ROUTE, MODEL)
     assert (route.get("endpoint"), route.get("model_version"), route.get("rolled_back_from")) == (ep3, "3", None)
@@ -83,15 +66,15 @@ def test_rollback_to_a_deleted_endpoint_redeploys_it_and_switches_when_ready(wor
     ledger, backend = world
     ep1 = seed_model(ledger, MODEL, "1", endpoint_state="deleted", active=False)
     ep2 = seed_model(ledger, MODEL, "2")
-    backend.live.add(ep2)
+    backend.add_ready_endpoint(ep2)
     assert cli(["rollback", MODEL, "1"]) == 0
     assert "redeploying version 1" in capsys.readouterr().out
-    assert backend.deploys == [(f"{MODEL}:1", ep1)]
+    assert [(model.ref, ep) for model, ep, _ in backend.deploys] == [(f"{MODEL}:1", ep1)]
     route = ledger.get(ROUTE, MODEL)
     assert route.get("endpoint") == ep2 and route.get("rollback_to") == "1"  # version 2 serves meanwhile
     assert ledger.get(ENDPOINT, ep1).state == "provisioning"
 
-    backend.live.add(ep1)  # the redeployment finished; reconcile (or the follow-up check) settles it
+    backend.finish_deployment(ep1)  # the redeployment finished; reconcile (or the follow-up check) settles it
     lifecycle.settle_provisioning(ledger.get(ENDPOINT, ep1), context(ledger=ledger, backend=backend), Counter())
     route = ledger.get(ROUTE, MODEL)
     assert (route.get("endpoint"), route.get("model_version"), route.get("rollback_to")) == (ep1, "1", None)

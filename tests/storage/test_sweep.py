@@ -18,27 +18,15 @@ from shared.endpoints import health
 from shared.ledger import iso, utcnow
 from shared.storage import blob_service
 from tests.fakes.events import completed_event, submit_job
-from tests.fakes.workspace import InMemoryWorkspace, install_workspace
+from tests.fakes.workspace import install_workspace
 
 pytestmark = pytest.mark.storage
-
-
-class SubmittingWorkspace(InMemoryWorkspace):
-    def submit_finetune(self, request):
-        name = f"job-{request.dataset_id[-6:]}"
-        self.add_job(name, RUNNING)
-        return name
 
 
 @pytest.fixture
 def env(storage_settings):
     settings = storage_settings.replace(endpoint_heal_backoff_s=30, training_mode="upload")  # one upload, one job
-    s, ledger, _ = install_workspace(settings)
-    ws = SubmittingWorkspace(s.workspace_resource_id, base_model=s.base_model_name)
-    from shared.backends import use_backend
-
-    use_backend(ws, s)
-    return s, ledger, ws
+    return install_workspace(settings)
 
 
 def run(env, at):

@@ -23,14 +23,14 @@ from devhost.app_index import functions_of
 from functions import job_events, prepare_chat_data, scoring
 from functions import reconcile as reconcile_function
 from shared.backends import use_backend
-from shared.backends.base import COMPLETED, FineTuneRequest, JobInfo, ScoringTarget
+from shared.backends.base import COMPLETED
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import DATASET, ROUTE, Ledger
 from shared.observability import telemetry
 from shared.scoring.scorer import reset_scorers
 from tests.fakes.events import grid_event, load_sample, ours, timer
 from tests.fakes.uploads import GOOD, upload
-from tests.fakes.workspace import OUR_TAGS, InMemoryWorkspace
+from tests.fakes.workspace import InMemoryWorkspace
 from tests.stub_endpoint import StubEndpoint, running
 from tests.support import ROOT, call_http
 
@@ -48,22 +48,6 @@ def exporter():
         provider.shutdown()
 
 
-class Workspace(InMemoryWorkspace):
-    """The in-memory workspace, also taking submissions and scoring through a real stub server."""
-
-    def __init__(self, workspace_id: str, base_model: str, stub_url: str, stub: StubEndpoint):
-        super().__init__(workspace_id, base_model=base_model)
-        self.stub_url, self.stub = stub_url, stub
-
-    def submit_finetune(self, request: FineTuneRequest) -> str:
-        name = f"ftjob-{len(self.jobs) + 1}"
-        self.jobs[name] = JobInfo(name, "running", tags={**request.tags, **OUR_TAGS})
-        return name
-
-    def get_scoring_target(self, endpoint_name: str, refresh: bool = False) -> ScoringTarget:
-        return ScoringTarget(url=f"{self.stub_url}/score", key=self.stub.key, timeout_s=5)
-
-
 def user_function(module, name: str):
     app = func.FunctionApp()
     app.register_functions(module.bp)
@@ -79,7 +63,7 @@ def test_one_upload_is_one_operation_from_blob_to_first_answer(storage_settings,
     use_settings(s)
     stub = StubEndpoint()
     with running(stub.app()) as server:
-        ws = Workspace(s.workspace_resource_id, s.base_model_name, server.url, stub)
+        ws = InMemoryWorkspace(s.workspace_resource_id, base_model=s.base_model_name, target_url=server.url, key=stub)
         use_backend(ws, s)
         ledger = Ledger.from_settings(s)
         try:

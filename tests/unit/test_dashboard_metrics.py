@@ -8,6 +8,7 @@ routes (shapes from MLflow's REST API reference: ``runs/get``, ``runs/search``,
 
 from __future__ import annotations
 
+import base64
 import json
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ import pytest
 from shared.backends import azureml_metrics
 from shared.backends.base import NotFoundError
 from shared.backends.local import LocalBackend
+from tests.azureml_fakes import FakeCredential
 
 
 def test_local_backend_reads_the_curve_of_a_running_and_a_finished_job(unit_settings) -> None:
@@ -87,13 +89,12 @@ class FakeMlflowServer:
         return httpx.Response(400, json={"error_code": "ENDPOINT_NOT_FOUND"})
 
 
-class FakeCredential:
-    def __init__(self) -> None:
-        self.scopes: list[str] = []
-
-    def get_token(self, *scopes: str):
-        self.scopes += scopes
-        return SimpleNamespace(token="t0ken", expires_on=2**31)
+def _audience(authorization: str) -> str:
+    """The audience of an Authorization header's bearer token (FakeCredential's are unsigned JWTs)."""
+    scheme, token = authorization.split(" ", 1)
+    assert scheme == "Bearer"
+    claims = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["aud"]
 
 
 def test_azure_ml_curves_come_from_the_pipeline_steps_mlflow_runs() -> None:
@@ -105,7 +106,8 @@ def test_azure_ml_curves_come_from_the_pipeline_steps_mlflow_runs() -> None:
     assert history.series["eval_loss"] == [(30, 0.7)]
     assert history.final["test_loss"] == 0.7 and history.final["train_loss"] == 1.1
     assert set(credential.scopes) == {"https://management.azure.com/.default"}
-    assert all(r.headers["authorization"] == "Bearer t0ken" and str(r.url).startswith(BASE + "/api/2.0/mlflow/") for r in server.requests)
+    assert all(_audience(r.headers["authorization"]) == "https://management.azure.com"
+               and str(r.url).startswith(BASE + "/api/2.0/mlflow/") for r in server.requests)
     searches = [json.loads(r.content) for r in server.requests if r.url.path.endswith("runs/search")]
     assert searches[0] == {"experiment_ids": ["exp-1"], "filter": "tags.mlflow.parentRunId = 'pipeline-job'", "max_results": 50}
     with pytest.raises(NotFoundError):
