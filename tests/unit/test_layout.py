@@ -3,6 +3,7 @@
 * No tracked file reads or names a path outside the clone (a user's fresh clone has no
   reference folder beside it and no development machine's paths).
 * ``shared/`` holds capability packages; the only flat modules are the cross-cutting ones.
+* No import cycles, no over-long modules in ``shared/``; no test module imports another one.
 """
 
 from __future__ import annotations
@@ -194,3 +195,36 @@ def test_the_cycle_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     graph = import_graph(project_modules(tmp_path))
     assert graph["shared.b"] == {"shared.a"} and graph["shared.c"] == set() and graph["shared.d"] == {"shared.c"}
     assert cycles(graph) == [frozenset({"shared.a", "shared.b"})]
+
+
+# --- a test module imports helpers (tests/support.py, tests/fakes/), never another test module ----
+
+
+def imports_of_test_modules(root: Path = ROOT) -> list[str]:
+    """``importer -> imported`` for each module under tests/ that imports a test module (``test_*.py``)
+    or a conftest, wherever the import stands (module level or in a function)."""
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (root / "tests").rglob("*.py")}
+    graph = import_graph(modules)
+    return sorted(f"{importer} -> {imported}" for importer, targets in graph.items() for imported in targets
+                  if imported.rpartition(".")[2].startswith("test_") or imported.endswith(".conftest"))
+
+
+def test_no_test_module_imports_another() -> None:
+    found = imports_of_test_modules()
+    assert found == [], f"test modules imported by other modules (move what they share to tests/support.py or tests/fakes/): {found}"
+
+
+def test_the_test_import_check_sees_every_form_of_import(tmp_path: Path) -> None:
+    (tmp_path / "tests" / "unit").mkdir(parents=True)
+    for name in ("__init__.py", "support.py", "unit/__init__.py"):
+        (tmp_path / "tests" / name).write_text("")
+    (tmp_path / "tests" / "unit" / "test_a.py").write_text("from tests.support import x\n\n\ndef helper():\n    pass\n")
+    (tmp_path / "tests" / "unit" / "test_b.py").write_text("def test_b():\n    from tests.unit.test_a import helper\n")
+    (tmp_path / "tests" / "unit" / "test_c.py").write_text("from . import test_a\n")
+    (tmp_path / "tests" / "unit" / "test_d.py").write_text("import tests.unit.test_a\n")
+    (tmp_path / "tests" / "unit" / "conftest.py").write_text("")
+    (tmp_path / "tests" / "unit" / "test_e.py").write_text("from .conftest import fixture\n")
+    assert imports_of_test_modules(tmp_path) == [
+        "tests.unit.test_b -> tests.unit.test_a", "tests.unit.test_c -> tests.unit.test_a", "tests.unit.test_d -> tests.unit.test_a",
+        "tests.unit.test_e -> tests.unit.conftest"]

@@ -4,7 +4,7 @@ select whole tiers by those markers.
 * every test module is in a tier folder (``tests/<tier>/test_*.py``), none flat in ``tests/``;
 * every tier folder has a conftest that applies ``TIER_MARKERS[tier]`` (and nothing else does);
 * a module never carries a tier marker of another tier (a misplaced test would run in the wrong target);
-* no test module imports another test module (shared helpers live in tests/support.py and tests/fakes/);
+* (no test module imports another test module: tests/unit/test_layout.py, with the import graph);
 * the tiers each Makefile target selects are the documented ones (``make test``: unit, storage, infra, e2e; the longer integration scenarios in ``make test-integration``).
 """
 
@@ -81,21 +81,6 @@ def test_no_module_carries_another_tiers_marker() -> None:
                     and node.attr in TIER_NAMES and node.attr not in own:
                 wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: pytest.mark.{node.attr} (its folder is {path.parent.name})")
     assert wrong == [], "tests marked for another tier than their folder's (move them):\n" + "\n".join(wrong)
-
-
-def test_no_test_module_imports_another() -> None:
-    offenders = []
-    for path in all_test_modules():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if isinstance(node, ast.ImportFrom) and node.module in {"tests"} | {f"tests.{t}" for t in TIER_MARKERS}:
-                names = [f"{node.module}.{a.name}" for a in node.names]
-            for name in names:
-                if re.search(r"(^|\.)(test_\w+|conftest)$", name):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {name}")
-    assert offenders == [], "test modules importing test modules (move the shared part to tests/support.py or tests/fakes/):\n" \
-        + "\n".join(offenders)
 
 
 def test_each_make_target_selects_its_tiers() -> None:
