@@ -4,7 +4,7 @@
   in the README and docs/ resolves, and every repo path they name in backticks exists.
 * docs/configuration.md's settings table is what ``scripts.settings_table`` generates from
   ``shared.settings.SPECS``; docs/deploying.md's tables are checked in tests/infra/test_infra_readme.py.
-* The README names every function the app registers (read from functions/*.py), shows the two
+* The README names every function the app registers (function_app.py's app, indexed), shows the two
   commands as commands, lists every user-facing make target, and its layout table links every
   top-level folder and every package of shared/.
 * No page hard-codes a test count (it goes stale with the next test).
@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
@@ -76,20 +75,16 @@ def missing_paths(page: Path, root: Path = ROOT) -> list[str]:
 
 
 def registered_functions() -> set[str]:
-    """Every function the trigger modules register: its ``function_name(...)``, else the Python name."""
-    names = set()
-    for module in (ROOT / "functions").glob("*.py"):
-        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
-            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                continue
-            decorators = [d for d in node.decorator_list if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
-                          and isinstance(d.func.value, ast.Name) and d.func.value.id == "bp"]
-            if not decorators:
-                continue
-            named = [d.args[0].value for d in decorators if d.func.attr == "function_name" and d.args
-                     and isinstance(d.args[0], ast.Constant)]
-            names.add(named[0] if named else node.name)
-    return names
+    """Every function the app registers: function_app.py's app, indexed the way the host indexes it."""
+    import function_app
+    from devhost.app_index import functions_of
+
+    return {f.get_function_name() for f in functions_of(function_app.app)}
+
+
+def unnamed_functions(text: str, names: set[str]) -> list[str]:
+    """The names ``text`` does not write as code (in backticks)."""
+    return sorted(n for n in names if f"`{n}`" not in text)
 
 
 def user_targets(makefile: str) -> set[str]:
@@ -137,9 +132,7 @@ def test_the_two_commands_are_shown_as_commands() -> None:
 
 
 def test_every_registered_function_is_named() -> None:
-    names = registered_functions()
-    assert {"prepare_chat_data", "on_job_event", "reconcile", "follow_up_endpoint", "score"} <= names, names
-    missing = sorted(n for n in names if not re.search(rf"`{n}`", README))
+    missing = unnamed_functions(README, registered_functions())
     assert missing == [], f"functions the app registers that the README does not name: {missing}"
 
 
@@ -173,7 +166,8 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     assert [b.rsplit(": ", 1)[1] for b in broken_links(page, tmp_path)] == ["missing.md (no such file)", "#nope (no such heading)"]
     assert user_targets(".PHONY: install demo test\n") == {"demo", "test"}
     assert missing_paths_in("`shared/nope.py` `shared/settings.py` `a/b.py`", tmp_path) == ["page.md:1: shared/nope.py"]
-    assert registered_functions() >= {"score", "chat_completions", "list_models", "dashboard"}
+    assert unnamed_functions("`score` `list_models` scoreboard `dashboard_report`", {"score", "list_models", "dashboard"}) \
+        == ["dashboard"]
 
 
 def missing_paths_in(text: str, tmp_path: Path) -> list[str]:
