@@ -77,6 +77,10 @@ STORAGE_ACCOUNT = "stautopilotapp"
 MODEL_WAS_CURRENT = datetime(2025, 5, 1, tzinfo=UTC).date()
 
 
+ENDPOINT_PUT_EXAMPLE = "2022-02-01-preview/examples/OnlineEndpoint/createOrUpdate.json"
+DEPLOYMENT_PUT_EXAMPLE = "2023-04-01-preview/examples/OnlineDeployment/ManagedOnlineDeployment/createOrUpdate.json"
+
+
 def example(path: str) -> dict[str, Any]:
     """A published azure-rest-api-specs example (``<api-version>/examples/...``)."""
     return json.loads((SPEC_EXAMPLES / path).read_text(encoding="utf-8"))
@@ -136,20 +140,24 @@ def _fill(template: Any, values: Any) -> Any:
     return copy.deepcopy(values)
 
 
-def unknown_keys(body: Any, template: Any, where: str = "") -> list[str]:
-    """Keys of ``body`` the published example request body does not have (``string`` maps are free-form)."""
+def unknown_keys(body: Any, template: Any, where: str = "", *, strict: bool = False) -> list[str]:
+    """Keys of ``body`` the published example request body does not have (``string`` maps are free-form).
+
+    Not ``strict``: a key the example lacks is let through when its value is empty (azure-ai-ml's
+    shared client serializes later api-versions' fields empty). ``strict``: every key must be in the
+    example, empty or not (the endpoint PUT, whose ``mirrorTraffic`` no published example carries).
+    """
     found: list[str] = []
     if isinstance(body, dict) and isinstance(template, dict):
         if set(template) <= {"string"}:  # {"string": ...} or {}: a free-form map (tags, traffic ...)
             return found
         for key, value in body.items():
             if key not in template:
-                if value in (None, {}, []):
-                    # azure-ai-ml's shared client serializes later api-versions' fields empty (mirrorTraffic: {}).
+                if value in (None, {}, []) and not strict:
                     continue
                 found.append(f"{where}{key}")
             elif value is not None:
-                found.extend(unknown_keys(value, template[key], f"{where}{key}."))
+                found.extend(unknown_keys(value, template[key], f"{where}{key}.", strict=strict))
     return found
 
 
@@ -611,16 +619,26 @@ class FakeAzureML:
         return 200, self.models[(name, version)]
 
     # ------------------------------------------------------------------ endpoints
-    def _check_body(self, rec: Recorded, template: dict[str, Any], what: str) -> tuple[int, Any] | None:
-        problems = unknown_keys(rec.body, template)
+    def _check_api_version(self, rec: Recorded, published: dict[str, Any], what: str) -> tuple[int, Any] | None:
+        """The request's api-version is the published example's (ARM answers another one by its own rules)."""
+        sent = (rec.query.get("api-version") or [""])[0]
+        wanted = published["parameters"]["api-version"]
+        if sent == wanted:
+            return None
+        self.violations.append(f"{rec.method} {rec.path}: api-version {sent}, the example's is {wanted}")
+        return 400, {"error": {"code": "BadRequest", "message": f"{what}: api-version {sent} is not the example's {wanted}"}}
+
+    def _check_body(self, rec: Recorded, template: dict[str, Any], what: str, *, strict: bool = False) -> tuple[int, Any] | None:
+        problems = unknown_keys(rec.body, template, strict=strict)
         if not problems:
             return None
         self.violations.append(f"{rec.method} {rec.path}: {', '.join(problems)}")
         return 400, {"error": {"code": "BadRequest", "message": f"{what}: unknown properties {', '.join(problems)}"}}
 
     def _put_endpoint(self, rec: Recorded, name: str) -> tuple[int, Any, dict[str, str]] | tuple[int, Any]:
-        published = example("2022-02-01-preview/examples/OnlineEndpoint/createOrUpdate.json")
-        bad = self._check_body(rec, published["parameters"]["body"], "online endpoint")
+        published = example(ENDPOINT_PUT_EXAMPLE)
+        bad = (self._check_api_version(rec, published, "online endpoint")
+               or self._check_body(rec, published["parameters"]["body"], "online endpoint", strict=True))
         if bad:
             return bad
         previous = self.endpoints.get(name)
@@ -643,6 +661,9 @@ class FakeAzureML:
         return 201, body, self._async_headers()
 
     def _get_endpoint(self, rec: Recorded, name: str) -> tuple[int, Any]:
+        bad = self._check_api_version(rec, example("2022-02-01-preview/examples/OnlineEndpoint/get.json"), "online endpoint")
+        if bad:
+            return bad
         if name not in self.endpoints:
             return self._not_found(f"endpoint {name}")
         return 200, self.endpoints[name]
@@ -650,7 +671,10 @@ class FakeAzureML:
     def _list_endpoints(self, rec: Recorded) -> tuple[int, Any]:
         return 200, {"value": list(self.endpoints.values())}
 
-    def _delete_endpoint(self, rec: Recorded, name: str) -> tuple[int, Any, dict[str, str]]:
+    def _delete_endpoint(self, rec: Recorded, name: str) -> tuple[int, Any, dict[str, str]] | tuple[int, Any]:
+        bad = self._check_api_version(rec, example("2022-02-01-preview/examples/OnlineEndpoint/delete.json"), "online endpoint")
+        if bad:
+            return bad
         if name not in self.endpoints:
             return 204, None, {}
         self.endpoints[name]["properties"]["provisioningState"] = "Deleting"
@@ -671,8 +695,9 @@ class FakeAzureML:
         return 200, {"accessToken": f"aml-token-{name}", "expiryTimeUtc": now + 3600, "refreshAfterTimeUtc": now + 1800, "tokenType": "Bearer"}
 
     def _put_deployment(self, rec: Recorded, ep: str, name: str) -> tuple[int, Any, dict[str, str]] | tuple[int, Any]:
-        published = example("2023-04-01-preview/examples/OnlineDeployment/ManagedOnlineDeployment/createOrUpdate.json")
-        bad = self._check_body(rec, published["parameters"]["body"], "online deployment")
+        published = example(DEPLOYMENT_PUT_EXAMPLE)
+        bad = (self._check_api_version(rec, published, "online deployment")
+               or self._check_body(rec, published["parameters"]["body"], "online deployment"))
         if bad:
             return bad
         if ep not in self.endpoints:
@@ -694,12 +719,21 @@ class FakeAzureML:
         return 201, body, self._async_headers()
 
     def _get_deployment(self, rec: Recorded, ep: str, name: str) -> tuple[int, Any]:
+        # The deployment operations' api-version (the index holds no GET example of it; the PUT's is the same client's).
+        bad = self._check_api_version(rec, example(DEPLOYMENT_PUT_EXAMPLE), "online deployment")
+        if bad:
+            return bad
         if (ep, name) not in self.deployments:
             return self._not_found(f"deployment {name} of endpoint {ep}")
         return 200, self.deployments[(ep, name)]
 
-    def _delete_deployment(self, rec: Recorded, ep: str, name: str) -> tuple[int, Any, dict[str, str]]:
+    def _delete_deployment(self, rec: Recorded, ep: str, name: str) -> tuple[int, Any, dict[str, str]] | tuple[int, Any]:
         example("2022-02-01-preview/examples/OnlineDeployment/delete.json")  # no body; 200, 202 or 204
+        # Sent by the deployment operations' client (2023-04-01-preview), whose DELETE has no copied example
+        # (tests/fixtures/rest-api-specs/SOURCES.md): the api-version is that client's, as for its PUT.
+        bad = self._check_api_version(rec, example(DEPLOYMENT_PUT_EXAMPLE), "online deployment")
+        if bad:
+            return bad
         if (ep, name) not in self.deployments:
             return 204, None, {}
         self.deployments[(ep, name)]["properties"]["provisioningState"] = "Deleting"

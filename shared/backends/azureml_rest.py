@@ -40,11 +40,28 @@ def get_endpoint(ws: Any, name: str) -> Any:
     return OnlineEndpoint._from_rest_object(rest)
 
 
-def start_endpoint_put(ws: Any, endpoint: Any, location: str) -> None:
-    """PUT the endpoint (create, or update e.g. its traffic); the 201's operation is not polled."""
+def endpoint_put_body(endpoint: Any, location: str) -> Any:
+    """The endpoint PUT's body in the published example's shape (2022-02-01-preview OnlineEndpoint/createOrUpdate).
+
+    The SDK's shared client (models of a later api-version) always adds ``properties.mirrorTraffic``,
+    empty when nothing is mirrored; no published OnlineEndpoint example carries that key (docs/azureml-backend.md),
+    so the empty one is left out and a non-empty one is refused.
+    """
     if endpoint.traffic:
         endpoint.traffic = {k: v for k, v in endpoint.traffic.items() if v}
     body = endpoint._to_rest_online_endpoint(location=location)
+    if body.properties.get("mirrorTraffic"):
+        from shared.backends.base import BackendError
+
+        raise BackendError(f"endpoint {endpoint.name} mirrors traffic ({dict(body.properties['mirrorTraffic'])}): "
+                           "no published example of the api-version sent carries mirrorTraffic")
+    body.properties.pop("mirrorTraffic", None)
+    return body
+
+
+def start_endpoint_put(ws: Any, endpoint: Any, location: str) -> None:
+    """PUT the endpoint (create, or update e.g. its traffic); the 201's operation is not polled."""
+    body = endpoint_put_body(endpoint, location)
     _endpoint_ops(ws).begin_create_or_update(endpoint_name=endpoint.name, body=body, polling=False, **_scope(ws))
 
 

@@ -111,8 +111,9 @@ def set_traffic_split(backend: Any, endpoint_name: str, traffic: dict[str, int],
     from shared.backends import azureml_rest as rest
 
     if mirror:
-        # The api-version azure-ai-ml sends endpoint PUTs with (2022-02-01-preview) has no mirrorTraffic
-        # in its published examples: not sent until it is verified (the local workspace mirrors).
+        # azure-ai-ml 1.35 sends endpoint PUTs with 2022-02-01-preview; no published OnlineEndpoint example
+        # (of that api-version or any other the specs repository holds) carries mirrorTraffic, so a mirror
+        # cannot be sent in a published shape (docs/azureml-backend.md); the local workspace mirrors.
         raise BackendError("mirrored traffic is not supported on the Azure ML backend of this app")
     endpoint = backend._recent_endpoint(endpoint_name)
     if endpoint is None:
