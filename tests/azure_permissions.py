@@ -176,7 +176,7 @@ def app_requests() -> tuple[list[Any], dict[str, str]]:
     """Every Azure ML / Monitor request of a full cycle on the fakes, and the fake's scope ids."""
     import responses
 
-    from shared.backends.azureml_params import INTERFACE_PATH
+    from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
     from shared.backends.base import ModelRef
     from tests.azureml_fakes import WS_ID, FakeAzureML, azure_settings, make_backend, request_for
 

@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 import responses
 import yaml
 
-from shared.backends.azureml import AzureMLBackend
+from shared.backends.azureml.backend import AzureMLBackend
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
 from tests.support import make_settings
 

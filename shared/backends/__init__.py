@@ -19,7 +19,7 @@ def get_backend(settings: Settings | None = None) -> MLBackend:
         backend = _backends.get(key)
         if backend is None:
             if s.ml_backend == "azureml":
-                from shared.backends.azureml import AzureMLBackend
+                from shared.backends.azureml.backend import AzureMLBackend
 
                 backend = AzureMLBackend(s)
             else:

@@ -14,22 +14,23 @@ import sys
 from datetime import date
 from typing import Any
 
-from shared.backends.azureml import (
-    PIPELINE_COMPONENT,
-    AzureMLBackend,
-    build_pipeline_job,
-    pipeline_inputs,
-)
-from shared.backends.azureml_compute import (
+from shared.backends.azureml.backend import AzureMLBackend
+from shared.backends.azureml.compute_sizes import (
     SERVERLESS,
     FinetuneCompute,
     check_finetune_size,
     check_size_current,
     planned_gpus_per_node,
 )
-from shared.backends.azureml_model import FoundationModel
-from shared.backends.azureml_params import ComponentInterface, ParameterError, finetune_parameters, pipeline_display_name
-from shared.backends.azureml_quota import quota_lines, quota_needs, read_usages
+from shared.backends.azureml.finetune_parameters import (
+    ComponentInterface,
+    ParameterError,
+    finetune_parameters,
+    pipeline_display_name,
+)
+from shared.backends.azureml.foundation_model import FoundationModel
+from shared.backends.azureml.pipeline import PIPELINE_COMPONENT, build_pipeline_job, pipeline_inputs
+from shared.backends.azureml.quota import quota_lines, quota_needs, read_usages
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError, TransientBackendError
 from shared.settings import Settings
 
@@ -97,7 +98,7 @@ def plan_pipeline_job(
         notes.append(f"registry not reachable ({type(exc).__name__}); using the repo's interface copy")
         component = None
     if component is None:
-        from shared.backends.azureml_params import INTERFACE_PATH
+        from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 
         component = load_component(source=str(INTERFACE_PATH))
         source = f"repo interface copy {INTERFACE_PATH.name} ({component.name} {component.version})"

@@ -14,8 +14,8 @@ import responses
 
 from shared import ledger as L
 from shared.backends import use_backend
-from shared.backends.azureml import AzureMLBackend
-from shared.backends.azureml_params import INTERFACE_PATH
+from shared.backends.azureml.backend import AzureMLBackend
+from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE
 from shared.deployment.events import parse_job_event
 from shared.deployment.job_events import handle_job_event

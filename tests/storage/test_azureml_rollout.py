@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from shared import ledger as L
-from shared.backends import azureml_rest as rest
+from shared.backends.azureml import single_requests as rest
 from shared.backends.base import BackendError
 from shared.context import Context
 from shared.ledger import records as R

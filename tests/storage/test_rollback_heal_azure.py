@@ -16,8 +16,8 @@ import responses
 
 from shared import ledger as L
 from shared.backends import use_backend
-from shared.backends.azureml import AzureMLBackend
-from shared.backends.azureml_params import INTERFACE_PATH
+from shared.backends.azureml.backend import AzureMLBackend
+from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import ModelRef
 from shared.cli.commands import main as cli
 from shared.deployment.reconcile import reconcile

@@ -15,8 +15,9 @@ import pytest
 import responses
 import yaml
 
-from shared.backends.azureml import DEPLOYMENT_NAME, AzureMLBackend
-from shared.backends.azureml_params import INTERFACE_PATH
+from shared.backends.azureml.backend import AzureMLBackend
+from shared.backends.azureml.deployment_spec import DEPLOYMENT_NAME
+from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import (
     COMPLETED,
     EP_FAILED,

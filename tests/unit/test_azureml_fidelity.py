@@ -17,10 +17,10 @@ import pytest
 import responses
 import yaml
 
-from shared.backends.azureml import AzureMLBackend
-from shared.backends.azureml_compute import RETIRED_SIZES
-from shared.backends.azureml_model import FoundationModel
-from shared.backends.azureml_params import INTERFACE_PATH
+from shared.backends.azureml.backend import AzureMLBackend
+from shared.backends.azureml.compute_sizes import RETIRED_SIZES
+from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
+from shared.backends.azureml.foundation_model import FoundationModel
 from shared.backends.base import COMPLETED, FAILED, BackendError, ModelRef
 from shared.settings import SPECS
 from tests.azureml_fakes import (
@@ -166,7 +166,7 @@ def test_the_default_sizes_are_in_the_published_allow_lists_and_exist_today(defa
 def test_registry_defaults_the_component_lacks_are_dropped_with_a_warning(phi3, caplog):
     azure = phi3
     # The published tag holds learning_rate_min / learning_rate_max: before the fix every submission raised.
-    with caplog.at_level(logging.WARNING, logger="shared.backends.azureml_params"):
+    with caplog.at_level(logging.WARNING, logger="shared.backends.azureml.finetune_parameters"):
         make_backend(phi3_settings()).submit_finetune(request_for())
     inputs = node_of(job_put(azure)[1])["inputs"]
     assert "learning_rate_min" not in inputs and "learning_rate_max" not in inputs

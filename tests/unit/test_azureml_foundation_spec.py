@@ -16,8 +16,8 @@ import pytest
 import responses
 import yaml
 
-from shared.backends.azureml_model import FoundationModel
-from shared.backends.azureml_params import INTERFACE_PATH, ComponentInterface, ParameterError, finetune_parameters
+from shared.backends.azureml.finetune_parameters import INTERFACE_PATH, ComponentInterface, ParameterError, finetune_parameters
+from shared.backends.azureml.foundation_model import FoundationModel
 from shared.backends.base import BackendError
 from shared.settings import SPECS
 from tests import infra_template as tpl

@@ -1,4 +1,4 @@
-"""Azure endpoint health (shared.backends.azureml_health) through the real azure-ai-ml SDK against the
+"""Azure endpoint health (shared.backends.azureml.endpoint_health) through the real azure-ai-ml SDK against the
 fake Azure ML over intercepted HTTP (tests/azureml_fakes.py): provisioning states -> health."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import responses
 
-from shared.backends.azureml import DEPLOYMENT_NAME, AzureMLBackend
-from shared.backends.azureml_params import INTERFACE_PATH
+from shared.backends.azureml.backend import AzureMLBackend
+from shared.backends.azureml.deployment_spec import DEPLOYMENT_NAME
+from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import (
     HEALTH_HEALTHY,
     HEALTH_MISSING,
@@ -111,6 +112,6 @@ def test_a_heal_attempt_resubmits_a_failed_deployment_but_reading_the_endpoint_n
 def test_the_serving_deployment_is_the_one_with_the_traffic(traffic, serving):
     from types import SimpleNamespace
 
-    from shared.backends.azureml_health import serving_deployment
+    from shared.backends.azureml.endpoint_health import serving_deployment
 
     assert serving_deployment(SimpleNamespace(traffic=traffic), DEPLOYMENT_NAME) == serving

@@ -7,9 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from shared.backends.azureml_compute import check_cluster_state, check_finetune_size, gpus_per_node, planned_gpus_per_node
-from shared.backends.azureml_model import MAX_MODEL_VERSION, FoundationModel, literal_tag, registered_model_version
-from shared.backends.azureml_params import (
+from shared.backends.azureml.compute_sizes import check_cluster_state, check_finetune_size, gpus_per_node, planned_gpus_per_node
+from shared.backends.azureml.finetune_parameters import (
     INTERFACE_PATH,
     NOTEBOOK_PARAMETERS,
     ComponentInterface,
@@ -17,6 +16,7 @@ from shared.backends.azureml_params import (
     finetune_parameters,
     pipeline_display_name,
 )
+from shared.backends.azureml.foundation_model import MAX_MODEL_VERSION, FoundationModel, literal_tag, registered_model_version
 from shared.backends.base import BackendError
 
 

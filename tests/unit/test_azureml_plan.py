@@ -12,8 +12,8 @@ import pytest
 import responses
 import yaml
 
-from shared.backends.azureml import AzureMLBackend
-from shared.backends.azureml_params import ComponentInterface
+from shared.backends.azureml.backend import AzureMLBackend
+from shared.backends.azureml.finetune_parameters import ComponentInterface
 from shared.cli.plan import plan_pipeline_job
 from shared.settings import PROJECT_ROOT
 from tests.azureml_fakes import PHI3_CURRENT_SPEC, RG, SUB, WS, FakeAzureML, FakeCredential

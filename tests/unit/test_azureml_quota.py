@@ -14,10 +14,10 @@ import pytest
 import responses
 import yaml
 
-from shared.backends.azureml import AzureMLBackend
-from shared.backends.azureml_compute import RETIRED_SIZES, SIZES, known_gpus_per_node
-from shared.backends.azureml_params import INTERFACE_PATH, ComponentInterface
-from shared.backends.azureml_quota import QuotaNeed, quota_lines, quota_needs
+from shared.backends.azureml.backend import AzureMLBackend
+from shared.backends.azureml.compute_sizes import RETIRED_SIZES, SIZES, known_gpus_per_node
+from shared.backends.azureml.finetune_parameters import INTERFACE_PATH, ComponentInterface
+from shared.backends.azureml.quota import QuotaNeed, quota_lines, quota_needs
 from shared.backends.base import BackendError
 from shared.cli.plan import plan_pipeline_job
 from tests.azureml_fakes import FOUNDATION_SPEC, PHI3_CURRENT_SPEC, RG, SUB, USAGES_EXAMPLE, WS, FakeAzureML, FakeCredential
@@ -73,7 +73,7 @@ def test_every_published_compute_of_the_registry_chat_models_is_in_the_size_tabl
     for path in (FOUNDATION_SPEC, PHI3_CURRENT_SPEC):
         computes = yaml.safe_load(path.read_text(encoding="utf-8"))["system_metadata"]["supportedComputes"]
         for size in computes["finetuneComputes"] + computes["inferenceComputes"]:
-            assert size.lower() in SIZES, f"{size} ({path.name}) is not in azureml_compute.SIZES"
+            assert size.lower() in SIZES, f"{size} ({path.name}) is not in compute_sizes.SIZES"
             assert known_gpus_per_node(size, "t") >= 1
     with pytest.raises(BackendError, match="does not know how many GPUs VM size Standard_XYZ"):
         known_gpus_per_node("Standard_XYZ", "serverless instance type Standard_XYZ")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import responses
 
-from shared.backends.azureml_params import INTERFACE_PATH
+from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.datasets.corpus import corpus_id_for, corpus_prefix
 from shared.training.submission import corpus_request
 from tests.azureml_fakes import FakeAzureML, azure_settings, make_backend

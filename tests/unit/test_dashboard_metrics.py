@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from shared.backends import azureml_metrics
+from shared.backends.azureml import training_curves
 from shared.backends.base import NotFoundError
 from shared.backends.local import LocalBackend
 from tests.azureml_fakes import FakeCredential
@@ -99,9 +99,9 @@ def _audience(authorization: str) -> str:
 
 def test_azure_ml_curves_come_from_the_pipeline_steps_mlflow_runs() -> None:
     server, credential = FakeMlflowServer(), FakeCredential()
-    rest = azureml_metrics.MlflowRest(azureml_metrics.rest_base("azureml://" + BASE.removeprefix("https://")), credential,
+    rest = training_curves.MlflowRest(training_curves.rest_base("azureml://" + BASE.removeprefix("https://")), credential,
                                       httpx.Client(transport=httpx.MockTransport(server)))
-    history = azureml_metrics.history_from(rest, "pipeline-job")
+    history = training_curves.history_from(rest, "pipeline-job")
     assert history.series["train_loss"] == [(10, 2.0), (20, 1.0), (30, 0.5)]  # the trainer's per-step "loss"
     assert history.series["eval_loss"] == [(30, 0.7)]
     assert history.final["test_loss"] == 0.7 and history.final["train_loss"] == 1.1
@@ -111,13 +111,13 @@ def test_azure_ml_curves_come_from_the_pipeline_steps_mlflow_runs() -> None:
     searches = [json.loads(r.content) for r in server.requests if r.url.path.endswith("runs/search")]
     assert searches[0] == {"experiment_ids": ["exp-1"], "filter": "tags.mlflow.parentRunId = 'pipeline-job'", "max_results": 50}
     with pytest.raises(NotFoundError):
-        azureml_metrics.history_from(rest, "no-such-job")
+        training_curves.history_from(rest, "no-such-job")
 
 
 def test_tracking_uri_must_be_azureml_or_https() -> None:
-    assert azureml_metrics.rest_base("azureml://x.api.azureml.ms/mlflow/v1.0/a/") == "https://x.api.azureml.ms/mlflow/v1.0/a"
+    assert training_curves.rest_base("azureml://x.api.azureml.ms/mlflow/v1.0/a/") == "https://x.api.azureml.ms/mlflow/v1.0/a"
     with pytest.raises(ValueError):
-        azureml_metrics.rest_base("sqlite:///mlflow.db")
+        training_curves.rest_base("sqlite:///mlflow.db")
 
 
 def test_the_backend_finds_its_tracking_server_once() -> None:
@@ -128,7 +128,7 @@ def test_the_backend_finds_its_tracking_server_once() -> None:
         lookups.append(name)
         return SimpleNamespace(mlflow_tracking_uri="azureml://" + BASE.removeprefix("https://"))
 
-    class Backend:  # what azureml_metrics reads of AzureMLBackend
+    class Backend:  # what training_curves reads of AzureMLBackend
         settings = SimpleNamespace(azure_ml_workspace="ws")
         workspace = SimpleNamespace(workspace_name="ws", workspaces=SimpleNamespace(get=get))
 
@@ -136,6 +136,6 @@ def test_the_backend_finds_its_tracking_server_once() -> None:
     backend.credential = credential
     client = httpx.Client(transport=httpx.MockTransport(server))
     for _ in range(2):
-        history = azureml_metrics.job_metrics_history(backend, "pipeline-job", client=client)
+        history = training_curves.job_metrics_history(backend, "pipeline-job", client=client)
         assert history.series["train_loss"][-1] == (30, 0.5)
     assert lookups == ["ws"]  # the workspace's tracking URI is read once per backend

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from shared.backends.azureml_compute import RETIRED_SIZES
+from shared.backends.azureml.compute_sizes import RETIRED_SIZES
 from shared.settings import SPECS, Settings, SettingsError, app_setting, load_settings, local_settings_values
 from tests.support import make_settings
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shared.backends import azureml, local
+from shared.backends import local
+from shared.backends.azureml import sdk_values
 from shared.ledger.store import iso, parse_iso
 
 
@@ -19,5 +20,5 @@ def test_z_offset_and_naive_times_read_the_same() -> None:
 
 def test_the_backends_read_times_with_it() -> None:
     assert local.parse_iso is parse_iso  # the local workspace writes +00:00, old records may be naive
-    assert azureml._parse_time("2026-01-02T03:04:05") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert azureml._parse_time("not a time") is None
+    assert sdk_values.parse_time("2026-01-02T03:04:05") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert sdk_values.parse_time("not a time") is None

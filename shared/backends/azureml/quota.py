@@ -8,7 +8,7 @@ how-to-manage-quotas: the reserve is counted against the quota), so one instance
 needs ceil(24 x 1.2) = 29.
 
 :func:`quota_needs` states what the configured sizes need per family (vCPUs and GPUs from
-:data:`shared.backends.azureml_compute.SIZES`). :func:`read_usages` reads
+:data:`shared.backends.azureml.compute_sizes.SIZES`). :func:`read_usages` reads
 ``GET /subscriptions/{sub}/providers/Microsoft.MachineLearningServices/locations/{loc}/usages``
 (response shape: the azure-rest-api-specs ``Usage/list.json`` example), a subscription-scope read:
 ``plan`` runs it with the user's own sign-in; the app's identity never calls it (its roles are on
@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from shared.backends.azureml_compute import size_facts
+from shared.backends.azureml.compute_sizes import size_facts
 
 ENDPOINT_RESERVE = 0.20
 USAGES_API_VERSION = "2024-10-01"

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-INTERFACE_PATH = Path(__file__).resolve().parent / "assets" / "chat_completion_pipeline.interface.yaml"
+INTERFACE_PATH = Path(__file__).resolve().parent.parent / "assets" / "chat_completion_pipeline.interface.yaml"
 
 # The notebook's training and optimization parameters, typed as the component declares them.
 NOTEBOOK_TRAINING_PARAMETERS: dict[str, Any] = {

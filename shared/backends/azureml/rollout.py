@@ -6,7 +6,7 @@ candidate into the existing endpoint (no traffic: an endpoint's ``traffic`` name
 deployments that take some), an endpoint PUT whose ``traffic`` splits live requests
 (``{"blue": 90, "green": 10}``), one that gives the candidate 100, then a DELETE of the old
 deployment. Every call is one request through azure-ai-ml's generated operations with
-``polling=False`` (:mod:`shared.backends.azureml_rest`): nothing polls in a thread afterwards;
+``polling=False`` (:mod:`shared.backends.azureml.single_requests`): nothing polls in a thread afterwards;
 ``get_deployment`` is how progress is read.
 
 Live figures per deployment come from Azure Monitor's metrics of the endpoint resource
@@ -25,6 +25,9 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.backends.azureml import single_requests as rest
+from shared.backends.azureml.deployment_spec import managed_deployment
+from shared.backends.azureml.errors import azure_errors
 from shared.backends.base import (
     EP_DELETING,
     EP_FAILED,
@@ -84,32 +87,14 @@ def deployment_info(rest_deployment: Any, traffic: int = 0) -> DeploymentInfo:
 
 def begin_deploy_deployment(backend: Any, model: ModelRef, endpoint_name: str, deployment_name: str) -> None:
     """PUT ``model`` as deployment ``deployment_name`` of an existing endpoint (no traffic)."""
-    from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
-
-    from shared.backends import azureml as A
-    from shared.backends import azureml_rest as rest
-
-    s = backend.settings
-    deployment = ManagedOnlineDeployment(
-        name=deployment_name,
-        endpoint_name=endpoint_name,
-        model=backend._model_arm_id(model.ref),
-        instance_type=s.inference_instance_type,
-        instance_count=s.inference_instance_count,
-        liveness_probe=ProbeSettings(initial_delay=A.PROBE_INITIAL_DELAY_S),
-        request_settings=OnlineRequestSettings(request_timeout_ms=A.REQUEST_TIMEOUT_MS),
-        tags={A.MANAGED_BY_TAG: A.MANAGED_BY_VALUE, "model": model.ref},
-    )
-    with A.azure_errors(f"creating deployment {deployment_name} of endpoint {endpoint_name}"):
+    deployment = managed_deployment(backend.settings, deployment_name, endpoint_name, backend._model_arm_id(model.ref), model.ref)
+    with azure_errors(f"creating deployment {deployment_name} of endpoint {endpoint_name}"):
         rest.start_deployment_put(backend.workspace, deployment, backend.location())
     log.info("started deployment %s of %s beside the serving one in endpoint %s", deployment_name, model.ref, endpoint_name)
 
 
 def set_traffic_split(backend: Any, endpoint_name: str, traffic: dict[str, int], mirror: dict[str, int] | None) -> None:
     """One endpoint PUT with ``traffic`` (the endpoint read moments ago, else one GET first)."""
-    from shared.backends import azureml as A
-    from shared.backends import azureml_rest as rest
-
     if mirror:
         # azure-ai-ml 1.35 sends endpoint PUTs with 2022-02-01-preview; no published OnlineEndpoint example
         # (of that api-version or any other the specs repository holds) carries mirrorTraffic, so a mirror
@@ -130,7 +115,7 @@ def set_traffic_split(backend: Any, endpoint_name: str, traffic: dict[str, int],
         model = backend._deployment_models.get((endpoint_name, full[0]))
         if model:
             endpoint.tags = {**(endpoint.tags or {}), "model": model, "model_version": model.rpartition(":")[2]}
-    with A.azure_errors(f"routing traffic of endpoint {endpoint_name}: {wanted}"):
+    with azure_errors(f"routing traffic of endpoint {endpoint_name}: {wanted}"):
         rest.start_endpoint_put(backend.workspace, endpoint, str(endpoint.location or "") or backend.location())
     backend._forget_endpoint(endpoint_name)  # the read above no longer says what the endpoint routes
     log.info("endpoint %s traffic: %s", endpoint_name, wanted)
@@ -184,3 +169,32 @@ def deployment_metrics(backend: Any, endpoint_name: str, since: datetime) -> dic
                     p95[name] = max(values)  # the worst minute's p95: a conservative window figure
     return {name: DeploymentMetrics(requests=int(round(c[0])), errors=int(round(c[1])), p95_ms=p95.get(name))
             for name, c in counts.items()}
+
+
+class SideBySideDeployments:
+    """The rollout part of :class:`~shared.backends.azureml.backend.AzureMLBackend`: a candidate's deployment
+    beside the serving one, read, deleted, and its live figures."""
+
+    def begin_deploy_deployment(self, model: ModelRef, endpoint_name: str, deployment: str) -> None:
+        begin_deploy_deployment(self, model, endpoint_name, deployment)
+        self._deployment_models[(endpoint_name, deployment)] = model.ref
+
+    def get_deployment(self, endpoint_name: str, deployment: str) -> Any:
+        try:
+            with azure_errors(f"reading deployment {deployment} of endpoint {endpoint_name}"):
+                found = get_deployment_rest(self.workspace, endpoint_name, deployment)
+        except NotFoundError:
+            return None
+        info = deployment_info(found)
+        if info.model:
+            self._deployment_models[(endpoint_name, deployment)] = info.model
+        return info
+
+    def begin_delete_deployment(self, endpoint_name: str, deployment: str) -> None:
+        with azure_errors(f"deleting deployment {deployment} of endpoint {endpoint_name}"):
+            start_deployment_delete(self.workspace, endpoint_name, deployment)
+        self._deployment_models.pop((endpoint_name, deployment), None)
+        log.info("started deleting deployment %s of endpoint %s", deployment, endpoint_name)
+
+    def deployment_metrics(self, endpoint_name: str, since: datetime) -> Any:
+        return deployment_metrics(self, endpoint_name, since)
