@@ -1,4 +1,5 @@
-"""docs/configuration.md's settings table, generated from ``shared.settings.SPECS``.
+"""docs/configuration.md's settings table, generated from the settings declaration (``shared.settings.SPECS``,
+read off the fields of ``Settings``).
 
 ``python -m scripts.settings_table`` rewrites the table in place; tests/unit/test_docs.py fails when
 the page's table is not what this prints.

@@ -9,7 +9,17 @@ import os
 import pytest
 
 from shared.backends.azureml.compute_sizes import RETIRED_SIZES
-from shared.settings import SPECS, Settings, SettingsError, app_setting, load_settings, local_settings_values
+from shared.settings import (
+    PARSERS,
+    SPECS,
+    Settings,
+    SettingsError,
+    app_setting,
+    load_settings,
+    local_settings_values,
+    setting,
+    specs_of,
+)
 from tests.support import make_settings
 
 
@@ -31,7 +41,21 @@ def test_frozen() -> None:
 
 
 def test_every_field_has_a_spec() -> None:
-    assert set(SPECS) == {f.name for f in dataclasses.fields(Settings)}
+    assert list(SPECS) == [f.name for f in dataclasses.fields(Settings)]
+    assert {spec.type for spec in SPECS.values()} >= {"str", "int", "float", "bool", "dict[str, Any]", "float | None"}
+    assert SPECS["quality_gate"].parse is PARSERS["bool"] and SPECS["scoring_max_streams"].parse is not PARSERS["int"]
+
+
+def test_a_setting_whose_type_has_no_parser_is_refused_when_declared() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Declared:
+        when: list[str] = setting("WHEN", "", "a list")
+        port: int = setting("PORT", "1", "a port")
+
+    with pytest.raises(TypeError, match="no parser for type 'list\\[str\\]'"):
+        specs_of(Declared)
+    specs = specs_of(dataclasses.make_dataclass("Named", [("when", "list[str]", setting("WHEN", "", "a list", parse=str.split))]))
+    assert specs["when"].parse is str.split and specs["when"].env == "WHEN"
 
 
 @pytest.mark.parametrize(
