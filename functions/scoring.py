@@ -31,7 +31,8 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.observability import telemetry
 from shared.scoring import scorer as scoring
-from shared.scoring.contract import SSE_MEDIA_TYPE, ScoringError, internal_error_body, read_request_body
+from shared.scoring.answers import SSE_MEDIA_TYPE
+from shared.scoring.contract import ScoringError, internal_error_body, read_request_body
 from shared.scoring.hangup import Abort, RelayResponse, call_unless_gone
 from shared.settings import get_settings
 

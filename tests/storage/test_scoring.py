@@ -27,7 +27,8 @@ from shared.backends.base import ModelRef
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, parse_iso
 from shared.scoring.activity import record_last_activity
-from shared.scoring.scorer import BUSY_RETRIES, Scorer, reset_scorers, use_scorer
+from shared.scoring.scorer import Scorer, reset_scorers, use_scorer
+from shared.scoring.upstream import BUSY_RETRIES, stream_timeout
 from shared.settings import Settings, use_settings
 from tests.stub_endpoint import (
     RunningServer,
@@ -931,7 +932,7 @@ def test_an_upstream_that_stops_sending_ends_the_stream_with_an_error_event(worl
     error = orjson.loads(events[-2])["error"]
     assert error["code"] == "upstream_stream_idle", events
     route = world.scorer._routes[MODEL_NAME]
-    assert world.scorer._stream_timeout(route).read_timeout == 1.0  # the setting, not the endpoint's 5 s timeout
+    assert stream_timeout(route, world.scorer.settings.scoring_stream_idle_s).read_timeout == 1.0  # the setting, not the endpoint's 5 s timeout
     assert wait_until(lambda: world.scorer.streams.open(held_stream.endpoint) == 0, 5, "the slot to be given back", 0.05)
 
 

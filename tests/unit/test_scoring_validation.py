@@ -13,16 +13,11 @@ import orjson
 import pytest
 
 from functions import scoring as scoring_functions
-from shared.scoring.contract import (
-    ChatRequest,
-    chat_completion_response,
-    endpoint_request_body,
-    parse_chat_completion_request,
-    parse_endpoint_reply,
-    parse_score_request,
-    score_response,
-)
-from shared.scoring.scorer import _retry_after_seconds, reset_scorers, version_key
+from shared.endpoints.versions import version_key
+from shared.scoring.answers import chat_completion_response, endpoint_request_body, parse_endpoint_reply, score_response
+from shared.scoring.contract import ChatRequest, parse_chat_completion_request, parse_score_request
+from shared.scoring.scorer import reset_scorers
+from shared.scoring.upstream import retry_after_seconds
 from shared.settings import Settings, use_settings
 from tests.support import call_http, make_settings
 
@@ -235,7 +230,7 @@ def test_response_shapes() -> None:
 
 
 def test_retry_after_and_version_ordering() -> None:
-    assert _retry_after_seconds("3") == 3.0
-    assert _retry_after_seconds(None) is None and _retry_after_seconds("soon") is None
-    assert _retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: now
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: now
     assert sorted(["10", "9", "2"], key=version_key) == ["2", "9", "10"]
