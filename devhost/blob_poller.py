@@ -40,7 +40,7 @@ from devhost.app_index import IndexedFunction, resolve_expressions, resolve_sett
 from devhost.blob_listing import ListingResult, list_container
 from devhost.blob_names import name_problem
 from devhost.invocation import Invoker
-from shared.observability import trigger_health
+from shared.observability import stalled_triggers
 from shared.settings import Settings
 from shared.storage import WEBJOBS_HOSTS_CONTAINER, blob_service
 from shared.storage import queue_service as storage_queue_service
@@ -237,7 +237,7 @@ class BlobTriggerPoller:
         """Say what blocks a trigger: in the log (ERROR, repeated while it lasts) and in the health record."""
         fn, container = watch.function.name, watch.path.container
         if listing.stalled:
-            state = trigger_health.STALLED
+            state = stalled_triggers.STALLED
             reason = (
                 f"listing container {container} fails after blob {listing.last_listed!r}: {listing.stalled}; "
                 "no blob sorted after it is triggered"
@@ -247,30 +247,30 @@ class BlobTriggerPoller:
                 "(by its exact name), or stop Azurite and remove its data folder; `make upload` refuses such names"
             )
         elif listing.hidden:
-            state = trigger_health.DEGRADED
+            state = stalled_triggers.DEGRADED
             reason = (
                 f"{len(listing.hidden)} blob name(s) in {container} cannot be listed by the storage emulator "
                 f"({', '.join(repr(n) for n in listing.hidden[:5])}); they are found by bisecting the listing on every poll"
             )
             fix = "rename or delete those blobs; `make upload` refuses such names"
         else:
-            state, reason, fix = trigger_health.OK, "", ""
+            state, reason, fix = stalled_triggers.OK, "", ""
         previous = self._health.get(container)
         now = time.monotonic()
         changed = previous is None or previous[0] != (state, reason)
-        if not changed and (state != trigger_health.STALLED or now - previous[1] < STALL_REPORT_EVERY_S):
+        if not changed and (state != stalled_triggers.STALLED or now - previous[1] < STALL_REPORT_EVERY_S):
             return
-        if state == trigger_health.STALLED:
+        if state == stalled_triggers.STALLED:
             log.error("blob trigger %s STALLED: %s. Fix: %s", fn, reason, fix)
-        elif state == trigger_health.DEGRADED:
+        elif state == stalled_triggers.DEGRADED:
             log.warning("blob trigger %s: %s. Fix: %s", fn, reason, fix)
         elif previous is not None:
             log.info("blob trigger %s: container %s lists normally again", fn, container)
-        since = previous[2] if previous is not None and not changed else trigger_health.iso(trigger_health.utcnow())
+        since = previous[2] if previous is not None and not changed else stalled_triggers.iso(stalled_triggers.utcnow())
         self._health[container] = ((state, reason), now, since)
-        if previous is None and state == trigger_health.OK:
+        if previous is None and state == stalled_triggers.OK:
             return  # nothing was ever wrong: no record to write
-        trigger_health.write(
+        stalled_triggers.write(
             self._settings,
             self._host_id,
             {"function": fn, "container": container, "state": state, "reason": reason, "fix": fix,

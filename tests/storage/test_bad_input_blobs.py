@@ -14,7 +14,8 @@ import pytest
 from devhost.blob_listing import ListingResult
 from devhost.blob_poller import read_poison_messages
 from devhost.host import Host
-from shared.observability.status import collect_status, render_status
+from shared.observability.status import collect_status
+from shared.observability.status_text import render_status
 from shared.settings import Settings
 from shared.storage import blob_service
 from tests.fakes.workspace import InMemoryWorkspace

@@ -55,7 +55,8 @@ def test_a_deployment_past_the_cap_is_not_started_and_says_why(env) -> None:
     assert len(ws.deploys) == 1 and ledger.get(L.ENDPOINT, endpoint_name("bot-c", "1")) is None
     record = ledger.get(L.MODEL, model.ref)
     assert record.state == "registered" and first in record.get("deploy_refused_reason")
-    from shared.observability.status import collect_status, render_status
+    from shared.observability.status import collect_status
+    from shared.observability.status_text import render_status
 
     shown = render_status(collect_status(settings, ledger, ws))
     assert "would pass MAX_LIVE_ENDPOINTS=2" in shown  # status says why it is not deployed

@@ -15,7 +15,8 @@ from shared.backends.base import COMPLETED, FineTuneRequest
 from shared.datasets.collections import model_name_for
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.ledger import records as R
-from shared.observability.status import collect_status, render_status
+from shared.observability.status import collect_status
+from shared.observability.status_text import render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
 from shared.training.submission import advance_collection, submit_due_collections

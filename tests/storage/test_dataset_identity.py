@@ -19,7 +19,8 @@ from shared.backends import use_backend
 from shared.datasets.intake import dataset_id_for, legacy_dataset_id_for
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.ledger import records as R
-from shared.observability.status import collect_status, render_status
+from shared.observability.status import collect_status
+from shared.observability.status_text import render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
 from tests.fakes.evaluation import prepare_trigger

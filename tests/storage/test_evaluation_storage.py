@@ -16,7 +16,8 @@ from shared.evaluation import decision_for, evaluation_view, judge_candidate
 from shared.evaluation.answers import AnswerStore
 from shared.ledger import Ledger, iso, utcnow
 from shared.ledger import records as R
-from shared.observability.status import collect_status, render_status
+from shared.observability.status import collect_status
+from shared.observability.status_text import render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
 from tests.fakes.evaluation import data, prepare_trigger

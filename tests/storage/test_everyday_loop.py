@@ -188,7 +188,8 @@ def test_status_shows_step_loss_eta_of_a_running_job_and_dataset_splits(storage_
     from shared.backends import use_backend
     from shared.backends.local import LocalBackend
     from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
-    from shared.observability.status import collect_status, render_status
+    from shared.observability.status import collect_status
+    from shared.observability.status_text import render_status
 
     ledger = Ledger.from_settings(storage_settings)
     ledger.create(DATASET, "ds-1", "submitted", counts={"valid": 120, "train": 108, "test": 12, "invalid": 3},

@@ -17,7 +17,8 @@ from shared.deployment.reconcile import reconcile
 from shared.endpoints import health
 from shared.janitor.run import delete_idle_endpoints
 from shared.ledger import parse_iso, utcnow
-from shared.observability.status import collect_status, render_status
+from shared.observability.status import collect_status
+from shared.observability.status_text import render_status
 from tests.fakes.events import completed_event, submit_job
 from tests.fakes.workspace import install_workspace
 

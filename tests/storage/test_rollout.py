@@ -211,7 +211,8 @@ def test_without_a_serving_endpoint_the_first_version_gets_its_own(world) -> Non
 
 def test_status_and_dashboard_show_champion_against_candidate_the_canary_and_the_decision(world) -> None:  # noqa: ANN001
     from shared.observability.dashboard import collect_dashboard, link_builder, render_dashboard
-    from shared.observability.status import collect_status, render_status
+    from shared.observability.status import collect_status
+    from shared.observability.status_text import render_status
 
     ctx, ws = world
     start(ctx)

@@ -12,7 +12,8 @@ from shared.backends.base import EP_SUCCEEDED, BackendError
 from shared.cli import commands as cli
 from shared.janitor import run as janitor
 from shared.ledger import DATASET, JOB, ROUTE, Ledger, iso, utcnow
-from shared.observability.status import collect_status, format_table, render_status
+from shared.observability.status import collect_status
+from shared.observability.status_text import format_table, render_status
 from shared.settings import use_settings
 from tests.fakes.endpoints import FakeEndpointsBackend, endpoint, record
 from tests.support import make_settings

@@ -1,4 +1,4 @@
-"""What blocks a local blob trigger, recorded by the local host for ``status`` to show.
+"""Stalled and degraded local blob triggers: what blocks them, recorded by the local host for ``status`` to show.
 
 The local host (devhost.blob_poller) writes one JSON blob per watched container in the host
 storage's ``azure-webjobs-hosts`` container, at ``devhost-health/<host id>/<container>.json``:
