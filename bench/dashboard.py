@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from devhost.host import run_host
     from shared.backends import use_backend
     from shared.ledger import DATASET, ENDPOINT, JOB, MODEL, ROUTE, Ledger
-    from shared.observability import dashboard
+    from shared.observability import dashboard, lookup_cache
     from shared.settings import load_settings, use_settings
     from shared.storage import ensure_storage
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             counting = CountingTable(ledger._table)
             dashboard.collect_dashboard(settings, Ledger(counting), backend, budget_s=60.0)  # also warms the cache
             queries = counting.calls
-            dashboard.CACHE.clear()
+            lookup_cache.CACHE.clear()
 
             baseline = timed(ledger_only, args.rounds)
             with run_host("function_app:app", settings=settings, port=0, poll_interval_s=3600) as host, \

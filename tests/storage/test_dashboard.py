@@ -21,7 +21,7 @@ from functions import dashboard as dashboard_functions
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, MetricsHistory
 from shared.ledger import DATASET, ENDPOINT, JOB, MODEL, ROUTE, Ledger, iso, utcnow
-from shared.observability import dashboard
+from shared.observability import dashboard, lookup_cache
 from shared.observability.status import collect_status
 from shared.scoring.activity import ActivityRecorder
 from shared.settings import Settings
@@ -43,9 +43,9 @@ def add_trained_job(ws: InMemoryWorkspace, name: str, losses: list[float], base:
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    dashboard.CACHE.clear()
+    lookup_cache.CACHE.clear()
     yield
-    dashboard.CACHE.clear()
+    lookup_cache.CACHE.clear()
 
 
 @pytest.fixture
