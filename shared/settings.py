@@ -180,7 +180,9 @@ class Settings:
     canary_requests: int = setting("CANARY_REQUESTS", "0", "End the canary earlier, once the candidate has served this many live requests (0: time only).")
     canary_min_requests: int = setting("CANARY_MIN_REQUESTS", "5", "Requests the candidate must have served before its error rate and latency are compared (fewer: no verdict yet, unless its deployment failed).")
     canary_max_error_rate_increase: float = setting("CANARY_MAX_ERROR_RATE_INCREASE", "0.05", "Regression: the candidate's error rate (5xx or no answer) exceeds the champion's by more than this.")
-    canary_max_p95_ratio: float = setting("CANARY_MAX_P95_RATIO", "2.0", "Regression: the candidate's p95 latency exceeds the champion's times this.")
+    canary_max_p95_ratio: float = setting("CANARY_MAX_P95_RATIO", "2.0", "Regression: the candidate's p95 latency exceeds the champion's times this (and by `CANARY_MIN_P95_INCREASE_MS`, each with `CANARY_LATENCY_MIN_REQUESTS` requests).")
+    canary_min_p95_increase_ms: float = setting("CANARY_MIN_P95_INCREASE_MS", "500", "Latency regression also needs the candidate's p95 above the champion's by at least this many milliseconds: a ratio alone fires on noise when answers are fast (0: the ratio alone).")
+    canary_latency_min_requests: int = setting("CANARY_LATENCY_MIN_REQUESTS", "20", "p95 latencies are compared only once each deployment served this many requests (a p95 of a handful of requests is their slowest one); errors are judged from `CANARY_MIN_REQUESTS`.")
     submit_claim_lease_s: int = setting("SUBMIT_CLAIM_LEASE_SECONDS", "300", "A delivery's claim on submitting a dataset is honoured this long; after it, a crashed delivery's submission is finished by the next delivery or `reconcile`.")
     # --- scoring
     scoring_max_request_bytes: int = setting("SCORING_MAX_REQUEST_BYTES", "262144", "Largest scoring request body accepted.")

@@ -200,6 +200,8 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"CANARY_PERCENT={s.canary_percent} must be between 1 and 50")
     if s.canary_minutes <= 0 or s.canary_requests < 0 or s.canary_min_requests < 1:
         raise SettingsError("CANARY_MINUTES must be > 0, CANARY_REQUESTS >= 0 and CANARY_MIN_REQUESTS >= 1")
+    if s.canary_min_p95_increase_ms < 0 or s.canary_latency_min_requests < 1:
+        raise SettingsError("CANARY_MIN_P95_INCREASE_MS must be >= 0 and CANARY_LATENCY_MIN_REQUESTS >= 1")
     if s.local_base_model not in {"smollm2", "tiny-random"}:
         raise SettingsError(f"LOCAL_BASE_MODEL={s.local_base_model!r} is not one of: smollm2, tiny-random")
     if s.ml_backend == "azureml" and not s.azure_ml_config:

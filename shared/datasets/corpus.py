@@ -44,7 +44,7 @@ from shared.datasets.chat_data import (
     normalise_conversation,
     split_threshold,
 )
-from shared.datasets.evalset import EVAL_FILE, EvalCarver
+from shared.datasets.evalset import EVAL_FILE, EvalCarver, HeldOut, read_held_out, stream_order, write_held_out
 
 if TYPE_CHECKING:
     from shared.ledger import Record
@@ -84,6 +84,8 @@ class CorpusBuild:
     test: int = 0
     eval: int = 0  # held out for evaluation (never trained on), shared.datasets.evalset
     eval_candidates: int = 0  # conversations in the eval bucket (the capped set + those sent to train)
+    eval_kept: int = 0  # of ``eval``: held out by an earlier corpus of the collection (the rest are new picks)
+    held_out: HeldOut | None = None  # the collection's held-out record after this corpus (shared.datasets.evalset)
     eval_path: Path | None = None
     duplicates: int = 0  # lines dropped because an earlier file (or line) had the conversation
     bytes_read: int = 0
@@ -92,17 +94,19 @@ class CorpusBuild:
 
     def counts(self) -> dict[str, Any]:
         return {"rows": self.rows, "train": self.train, "test": self.test, "eval": self.eval,
-                "eval_candidates": self.eval_candidates, "duplicates": self.duplicates,
+                "eval_candidates": self.eval_candidates, "eval_kept": self.eval_kept, "duplicates": self.duplicates,
                 "bytes_read": self.bytes_read, "moved_to_test": self.moved_to_test, "per_dataset": self.per_dataset}
 
 
 def build_corpus(sources: Iterable[tuple[str, str, BinaryIO]], out_dir: Path, test_fraction: float, *,
-                 eval_fraction: float = 0.0, eval_max: int = 0) -> CorpusBuild:
+                 eval_fraction: float = 0.0, eval_max: int = 0, held_out: HeldOut | None = None) -> CorpusBuild:
     """Stream ``(dataset_id, file label, binary stream)`` sources into ``out_dir``/{train,test}.jsonl
-    (and ``eval.jsonl``: the held-out set of :mod:`shared.datasets.evalset`, when ``eval_max`` > 0).
+    (and ``eval.jsonl``: the held-out set of :mod:`shared.datasets.evalset`, when ``eval_max`` > 0,
+    given the collection's record ``held_out`` so far).
 
-    Sources are read in the order given (callers pass datasets sorted by id, each dataset's
-    train then test file), so the output is the same bytes for the same set of datasets.
+    Sources are read in the order given (callers pass datasets in
+    :func:`shared.datasets.evalset.stream_order`, each dataset's train then test file), so the
+    output is the same bytes for the same set of datasets and record.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     build = CorpusBuild(out_dir / "train.jsonl", out_dir / "test.jsonl", eval_path=out_dir / EVAL_FILE if eval_max > 0 else None)
@@ -124,10 +128,13 @@ def build_corpus(sources: Iterable[tuple[str, str, BinaryIO]], out_dir: Path, te
             train_offset += len(raw)
             build.train += 1
 
-        carver = EvalCarver(eval_fraction, eval_max, to_train)
+        carver = EvalCarver(eval_fraction, eval_max, to_train, held_out)
+        streamed: list[str] = []
         offer_eval = carver.offer
         for dataset_id, label, stream in sources:
             counts = build.per_dataset.setdefault(dataset_id, {"rows": 0, "duplicates": 0})
+            if dataset_id not in streamed:
+                streamed.append(dataset_id)
             readline = stream.readline
             number = 0
             while raw := readline():
@@ -148,21 +155,25 @@ def build_corpus(sources: Iterable[tuple[str, str, BinaryIO]], out_dir: Path, te
                 counts["rows"] += 1
                 if raw[-1:] != b"\n":
                     raw += b"\n"
+                if offer_eval(digest, raw, dataset_id):
+                    continue  # held out (first: once held out, always), or sent to train by the carver
                 if digest < threshold:
                     write_test(raw)
                     build.test += 1
-                elif not offer_eval(digest, raw):
+                else:
                     to_train(digest, raw)
         if not build.test and lowest is not None and build.train >= 2:
             write_test(lowest[2])
             build.test, build.train, build.moved_to_test = 1, build.train - 1, True
     if build.moved_to_test and lowest is not None:
         _cut(build.train_path, lowest[1], len(lowest[2]))
-    held_out = carver.kept()
+    held = carver.kept()
     if build.eval_path is not None:
         with open(build.eval_path, "wb") as eval_file:
-            eval_file.writelines(held_out)
-    build.eval, build.eval_candidates = len(held_out), carver.candidates
+            eval_file.writelines(held)
+    build.eval, build.eval_candidates, build.eval_kept = len(held), carver.candidates, carver.kept_again
+    if eval_max > 0:
+        build.held_out = carver.record(streamed)
     build.rows = build.train + build.test + build.eval
     return build
 
@@ -220,7 +231,9 @@ def materialise_corpus(settings: Settings, collection: str, datasets: list[Recor
     if existing is not None:
         return existing
     container = blob_service(settings).get_container_client(settings.prepared_container)
-    ordered = sorted(datasets, key=lambda r: r.id)
+    held_before = read_held_out(settings, collection) if settings.eval_max_conversations > 0 else None
+    by_id = {r.id: r for r in datasets}
+    ordered = [by_id[i] for i in stream_order(list(by_id), held_before)]
 
     def sources() -> Iterator[tuple[str, str, BinaryIO]]:
         for record in ordered:
@@ -237,11 +250,11 @@ def materialise_corpus(settings: Settings, collection: str, datasets: list[Recor
     prefix = corpus_prefix(collection, corpus_id)
     with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
         build = build_corpus(sources(), Path(tmp), settings.test_fraction, eval_fraction=settings.eval_fraction,
-                             eval_max=settings.eval_max_conversations)
+                             eval_max=settings.eval_max_conversations, held_out=held_before)
         manifest = {
             "collection": collection,
             "corpus_id": corpus_id,
-            "dataset_ids": [r.id for r in ordered],
+            "dataset_ids": sorted(by_id),
             "train_blob": prefix + "train.jsonl",
             "test_blob": prefix + "test.jsonl",
             "test_fraction": settings.test_fraction,
@@ -254,6 +267,8 @@ def materialise_corpus(settings: Settings, collection: str, datasets: list[Recor
         upload_file(container, manifest["test_blob"], build.test_path)
         if build.eval_path is not None:
             upload_file(container, manifest["eval_blob"], build.eval_path)
+        if build.held_out is not None:  # before the manifest: a crash in between rebuilds the same corpus
+            write_held_out(settings, collection, build.held_out)
     container.upload_blob(prefix + MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2), overwrite=True,
                           content_settings=ContentSettings(content_type="application/json"))
     return manifest

@@ -7,6 +7,9 @@ A candidate is promoted only when
    by more than ``EVAL_MARGIN``;
    the first version of a collection (no champion): every floor of ``EVAL_FLOORS`` is met.
 
+A rejection names every reason that holds (each broken rule, and the metric when it is worse
+too), so a report says whether the rule or the metric or both rejected a candidate.
+
 An empty eval set (no carved and no golden conversations) cannot judge anything: the candidate is
 promoted and the reason says it went unjudged (the canary still guards it).
 """
@@ -34,26 +37,29 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: di
     if not candidate.get("items"):
         return Decision(True, "no evaluation conversations: nothing to judge on (promoted unjudged)")
     broken = [(name, r) for name, r in rules.items() if not r["passed"]]
-    if broken:
-        parts = [f"rule {name!r} kept by {r['kept']}/{r['total']} answers (needs {r['min_pass_rate']:.0%}; "
-                 f"e.g. {', '.join(x[:12] for x in r['failures'][:3])})" for name, r in broken]
-        return Decision(False, "rejected: " + "; ".join(parts))
+    problems = [f"rule {name!r} kept by {r['kept']}/{r['total']} answers (needs {r['min_pass_rate']:.0%}; "
+                f"e.g. {', '.join(x[:12] for x in r['failures'][:3])})" for name, r in broken]
     kept = f"all {len(rules)} rules kept; " if rules else ""
     if champion is None:
         missing = [m for m in floors if candidate.get(m) is None]
         if missing:
-            return Decision(False, f"rejected: first version, but metric(s) {missing} of EVAL_FLOORS were not measured")
+            return Decision(False, "rejected: " + "; ".join(
+                [*problems, f"first version, but metric(s) {missing} of EVAL_FLOORS were not measured"]))
         below = [f"{m} {_fmt(candidate[m])} < floor {_fmt(f)}" for m, f in floors.items() if candidate[m] < f]
         if below:
-            return Decision(False, "rejected: first version below the floors: " + ", ".join(below))
+            problems.append("first version below the floors: " + ", ".join(below))
+        if problems:
+            return Decision(False, "rejected: " + "; ".join(problems))
         met = ", ".join(f"{m} {_fmt(candidate[m])} >= {_fmt(f)}" for m, f in floors.items()) or "no floors set"
         return Decision(True, f"promoted: {kept}first version meets the floors ({met})")
     ours, theirs = candidate.get(primary), champion.get(primary)
     if ours is None or theirs is None:
-        return Decision(False, f"rejected: primary metric {primary!r} not measured for the "
-                               f"{'candidate' if ours is None else 'champion'}")
+        return Decision(False, "rejected: " + "; ".join([*problems, f"primary metric {primary!r} not measured for the "
+                                                                    f"{'candidate' if ours is None else 'champion'}"]))
     delta = ours - theirs
     figures = f"{primary} {_fmt(ours)} vs champion {_fmt(theirs)} ({delta:+.4f}, margin {margin:.4f})"
     if delta < -margin - 1e-9:  # (float noise: 0.38 - 0.40 is -0.020000000000000018)
-        return Decision(False, f"rejected: worse than the champion beyond the margin: {figures}")
+        problems.append(f"worse than the champion beyond the margin: {figures}")
+    if problems:  # every reason is named: a broken rule does not hide the metric (nor the other way round)
+        return Decision(False, "rejected: " + "; ".join(problems))
     return Decision(True, f"promoted: {kept}not worse than the champion beyond the margin: {figures}")

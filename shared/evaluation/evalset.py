@@ -3,6 +3,13 @@
 The carving itself happens while the corpus is built (:mod:`shared.datasets.evalset`); this module
 only reads what was written, so it is the one place that says which conversations a model of a
 collection is judged on and where each came from.
+
+A candidate is judged against the champion on the champion's eval set (:func:`judged_set`): the
+carved conversations of the champion's corpus that the candidate's corpus still holds out (all
+of them unless a dataset was retired: a conversation once held out stays held out), plus the
+golden files. Conversations the candidate's corpus added to the set (from its new data, while the
+set was below its cap) are left out until the next candidate: a new batch never votes for the
+model trained on it.
 """
 
 from __future__ import annotations
@@ -48,11 +55,14 @@ class EvalSet:
     items: tuple[EvalItem, ...]
     corpus_id: str | None
     golden_datasets: tuple[str, ...]
+    champion_corpus_id: str | None = None  # judged on the champion's set (:func:`judged_set`)
+    left_out: int = 0  # the candidate's held-out conversations not in the champion's set
 
     def counts(self) -> dict[str, Any]:
         carved = sum(1 for i in self.items if i.source == CARVED)
         return {"total": len(self.items), CARVED: carved, GOLDEN: len(self.items) - carved,
-                "corpus_id": self.corpus_id, "golden_datasets": list(self.golden_datasets)}
+                "corpus_id": self.corpus_id, "golden_datasets": list(self.golden_datasets),
+                "champion_corpus_id": self.champion_corpus_id, "left_out": self.left_out}
 
 
 def item_of(messages: list[dict[str, str]], source: str, origin: str) -> EvalItem | None:
@@ -119,6 +129,35 @@ def load_eval_set(settings: Settings, ledger: Ledger, collection: str, corpus_id
                     if item is not None:
                         items.setdefault(item.id, item)
     return EvalSet(collection, tuple(items.values()), corpus_id, tuple(d.id for d in golden))
+
+
+def judged_set(settings: Settings, ledger: Ledger, collection: str, corpus_id: str | None,
+               champion_corpus_id: str | None) -> EvalSet:
+    """What a candidate of ``corpus_id`` is judged on against a champion of ``champion_corpus_id``:
+    its carved conversations that the champion's corpus held out too, and the golden files. Its
+    own set when there is no champion corpus, the same corpus, or a champion corpus without carved
+    conversations (an eval set turned on since: nothing older to compare on)."""
+    own = load_eval_set(settings, ledger, collection, corpus_id)
+    if not champion_corpus_id or not corpus_id or champion_corpus_id == corpus_id:
+        return own
+    theirs = _carved_ids(settings, collection, champion_corpus_id)
+    if not theirs:
+        return own
+    items = tuple(i for i in own.items if i.source != CARVED or i.id in theirs)
+    return dataclasses.replace(own, items=items, champion_corpus_id=champion_corpus_id,
+                               left_out=len(own.items) - len(items))
+
+
+def _carved_ids(settings: Settings, collection: str, corpus_id: str) -> set[str]:
+    from shared.datasets.corpus import corpus_prefix
+    from shared.datasets.evalset import EVAL_FILE
+
+    ids = set()
+    for row in _lines(settings, corpus_prefix(collection, corpus_id) + EVAL_FILE):
+        item = item_of(row["messages"], CARVED, corpus_id)
+        if item is not None:
+            ids.add(item.id)
+    return ids
 
 
 def held_out_conversations(settings: Settings, collection: str, ledger: Ledger | None = None) -> list[list[dict[str, str]]]:

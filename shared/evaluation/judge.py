@@ -29,7 +29,7 @@ import orjson
 
 from shared.evaluation import decision as D
 from shared.evaluation.answers import Answerer, AnswerStore, collect_answers, evaluation_prefix
-from shared.evaluation.evalset import EvalSet, load_eval_set
+from shared.evaluation.evalset import EvalSet, judged_set
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 
@@ -198,8 +198,9 @@ def judge_candidate(ctx: Context, *, collection: str, candidate_version: str, an
     else:
         champion_version = None
     corpus_id = _candidate_corpus(ledger, model_id)
+    champion_corpus = _candidate_corpus(ledger, f"{model_name}:{champion_version}") if champion_version else None
     base = {"collection": collection, "model_name": model_name, "version": candidate_version,
-            "champion_version": champion_version, "corpus_id": corpus_id}
+            "champion_version": champion_version, "corpus_id": corpus_id, "champion_corpus_id": champion_corpus}
     claim = uuid.uuid4().hex
     claimed = _claim(ledger, model_id, claim, s, base)
     if claimed is None:
@@ -207,7 +208,7 @@ def judge_candidate(ctx: Context, *, collection: str, candidate_version: str, an
     if claimed.state != R.EVAL_EVALUATING:
         return verdict_of(claimed)
     try:
-        evalset = load_eval_set(s, ledger, collection, corpus_id)
+        evalset = judged_set(s, ledger, collection, corpus_id, champion_corpus)
         answerers = {CANDIDATE: answer_candidate}
         if answer_champion is not None:
             answerers[CHAMPION] = answer_champion
@@ -344,7 +345,8 @@ def cli_decide(args: Any) -> int:
 def eval_counts(ledger: Ledger, collection: str, *, jobs: list[Record] | None = None,
                 datasets: list[Record] | None = None) -> dict[str, Any]:
     """How many eval conversations the collection has and where from, read from the ledger only
-    (the latest corpus job's counts and the golden datasets' valid counts)."""
+    (the latest corpus job's counts, of them how many an earlier corpus held out too, and the
+    golden datasets' valid counts)."""
     from shared.training.submission import dataset_collection
 
     jobs = ledger.list(R.JOB) if jobs is None else jobs
@@ -352,10 +354,12 @@ def eval_counts(ledger: Ledger, collection: str, *, jobs: list[Record] | None = 
     mine = sorted((j for j in jobs if j.get("collection") == collection and j.get("corpus_id")),
                   key=lambda j: j.get("submitted_at") or "")
     latest = mine[-1] if mine else None
-    carved = int((latest.get("corpus_counts") or {}).get("eval") or 0) if latest is not None else 0
+    counts = (latest.get("corpus_counts") or {}) if latest is not None else {}
+    carved, kept = int(counts.get("eval") or 0), int(counts.get("eval_kept") or 0)
     golden = sorted((d for d in datasets if d.state == R.DATASET_EVAL and dataset_collection(d) == collection),
                     key=lambda d: d.id)
     return {"carved": carved, "carved_from": latest.get("corpus_id") if latest is not None else None,
+            "carved_kept": kept,  # of carved: held out by an earlier corpus too (shared.datasets.evalset)
             "golden": sum(int((d.get("counts") or {}).get("valid") or 0) for d in golden),
             "golden_datasets": [d.id for d in golden]}
 

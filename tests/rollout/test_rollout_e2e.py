@@ -3,14 +3,18 @@
 Real Azurite, the real local Functions host (blob trigger, Event Grid webhook, follow-up queue, HTTP),
 the real local workspace (LoRA fine-tunes of SmolLM2-135M-Instruct, one endpoint whose router splits
 traffic between a deployment per version) and the real evaluation (shared.evaluation: held-out
-conversations carved from the corpus, ROUGE-L against the champion, the collection's house-style rule).
-A client loop scores the collection's model once a second from the moment it serves to the end.
+conversations carved from the corpus and kept as it grows, ROUGE-L against the champion on the
+champion's eval set, the collection's house-style rule). The canary runs with the default rule
+(shared.rollout.canary: 10% of the traffic, errors after 5 requests, latency after 20 requests per
+deployment and only past x2 and +500 ms). A client loop scores the collection's model once a second
+from the moment it serves to the end.
 
 1. two house-style uploads: version 1 is judged against the floors (EVAL_FLOORS, the house-style
    rule) before it serves; version 2 deploys beside it in the same endpoint, passes
    evaluation, takes CANARY_PERCENT of live traffic, then all of it (the old deployment deleted);
-2. a larger upload whose answers are all one unrelated sentence: version 3 is rejected by evaluation
-   (the house-style rule), its deployment deleted; version 2 keeps 100% of the traffic;
+2. a larger upload whose answers are all one unrelated sentence: version 3 is rejected by evaluation,
+   by the primary metric against the champion (on the champion's eval set: the batch displaced
+   none of it) and by the house-style rule, its deployment deleted; version 2 keeps 100% of the traffic;
 3. the operator retires that batch; a new house-style upload gives version 4, which passes evaluation;
    its deployment is killed during its canary: it is rolled back by itself within the canary window.
 The client loop never gets a 5xx. The figures (times per phase) are printed for docs/rollout.md.
@@ -33,7 +37,7 @@ from devhost.azurite import free_port
 from scripts.make_sample_data import pirate_conversations
 from shared.backends import get_backend
 from shared.datasets.collections import model_name_for
-from shared.ledger import DATASET, ENDPOINT, ROUTE, Ledger
+from shared.ledger import DATASET, ENDPOINT, JOB, ROUTE, Ledger
 from shared.ledger import records as R
 from shared.settings import use_settings
 from shared.storage import blob_service
@@ -95,22 +99,28 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
     from devhost.host import run_host
 
     port = free_port()
+    # Every CANARY_ and EVAL_ threshold is the default except these, each for the reason given.
     settings = storage_settings.replace(
-        training_mode="corpus", rollout_candidates=True, coalesce_s=0, function_key=KEY, local_base_model="smollm2",
-        eventgrid_webhook_url=f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event",
+        training_mode="corpus", local_base_model="smollm2",  # the story itself: a collection, the real model
+        coalesce_s=0,  # each upload is its own corpus at once (no coalescing window to wait out)
+        function_key=KEY, eventgrid_webhook_url=f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=on_job_event",
+        # a few dozen LoRA steps, as the demo trains (the default recipe would take an hour per version here)
         finetune_params={"max_steps": 24, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "max_seq_length": 96},
+        # reconcile every 20 s instead of 5 min (the follow-up queue does the work; reconcile is the backstop),
+        # and no janitor run in the middle of the story
         reconcile_schedule="*/20 * * * * *", janitor_schedule="0 0 0 1 1 *",
-        # Six held-out conversations: ROUGE-L moves by a few hundredths between two equally good
-        # versions, so the margin is wide; what rejects version 3 is the collection's house-style rule.
-        # Its eval set is carved from its own corpus, so half of it comes from the bad batch itself
-        # (references: the unrelated sentence, which the candidate learned: ROUGE-L 0.81 against the
-        # champion's 0.41), and the candidate answers the other half in house style: a rule kept by
-        # half the answers lets it through; a house style is kept by (nearly) every answer.
-        eval_max_conversations=6, eval_max_new_tokens=24, eval_time_budget_s=600.0, eval_margin=0.1,
-        eval_floors={"rouge_l": 0.05},  # version 1 meets them (storage_settings drops them for the tiny model)
+        # The corpora here are a few dozen conversations: at the default EVAL_FRACTION (10%) the first
+        # would hold out 2. A quarter of the digest space and a cap of 12 let the first upload fill the
+        # set (so every later version is judged on the same 12, which no later batch displaces) and
+        # keep each evaluation to 24 SmolLM2 answers on the shared CPU.
+        eval_fraction=0.25, eval_max_conversations=12,
+        # ROUGE-L moves by a few hundredths between two equally good versions on 12 conversations:
+        # the default margin (0.02) would reject a healthy version 2 or 4 by chance.
+        eval_margin=0.1,
+        eval_floors={"rouge_l": 0.05},  # = the default (storage_settings drops the floors for the tiny model)
         eval_rules={COLLECTION: [{"name": "house style", "must": "(?i)(ahoy|arr|matey)", "min_pass_rate": 0.8}]},
-        # latency on a 2-core CPU shared with the fine-tunes and the evaluation is noise: the canary is judged on errors
-        canary_percent=50, canary_minutes=2.0, canary_min_requests=3, canary_max_p95_ratio=50.0,
+        # a 2-minute window instead of 10 (a duration, not a threshold: the rule is the default one)
+        canary_minutes=2.0,
     )
     use_settings(settings)
     ledger = Ledger.from_settings(settings)
@@ -165,7 +175,19 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
                                     not in R.ROLLOUT_LIVE else None, 900, "version 3 judged", 2.0)
                 assert judged.state == R.ROLLOUT_REJECTED, judged.fields
                 wait_until(lambda: rollout_of(v3.get("version")).get("cleanup_done"), 120, "version 3's deployment deleted", 1.0)
-                assert "house style" in judged.get("reason"), judged.get("reason")
+                # rejected by the rule and by the primary metric against the champion, on the champion's set
+                assert "rule 'house style' kept by" in judged.get("reason"), judged.get("reason")
+                assert "worse than the champion beyond the margin: rouge_l" in judged.get("reason"), judged.get("reason")
+                v2_job = ledger.get(JOB, ledger.get(R.MODEL, f"{model}:{v2.get('version')}").get("job_name"))
+                judged_on = ledger.get(R.EVALUATION, f"{model}:{v3.get('version')}").get("eval_counts")
+                assert judged_on["champion_corpus_id"] == v2_job.get("corpus_id"), judged_on
+                assert judged_on["carved"] == v2_job.get("corpus_counts")["eval"] > 0, (judged_on, v2_job.get("corpus_counts"))
+                v3_job = ledger.get(JOB, ledger.get(R.MODEL, f"{model}:{v3.get('version')}").get("job_name"))
+                assert v3_job.get("corpus_counts")["eval_kept"] == v2_job.get("corpus_counts")["eval"]  # none displaced
+                metrics = judged.get("verdict")["metrics"]
+                figures["v3: rouge_l candidate x1000"] = 1000 * metrics["candidate"]["rouge_l"]
+                figures["v3: rouge_l champion x1000"] = 1000 * metrics["champion"]["rouge_l"]
+                figures["eval set (carved, v2's corpus)"] = v2_job.get("corpus_counts")["eval"]
                 record = json.loads((Path(settings.local_workspace_dir) / "endpoints" / endpoint / "record.json").read_text())
                 assert record["traffic"] == {v2.get("deployment"): 100}, "the champion kept all of the traffic"
                 assert v3.get("deployment") not in record["deployments"]

@@ -56,7 +56,7 @@ def test_carved_and_golden_eval_conversations_are_never_trained_on(settings: Set
     evalset = load_eval_set(s, ledger, "support-bot")
     counts = evalset.counts()
     assert counts == {"total": 20, "carved": 8, "golden": 12, "corpus_id": request.corpus_id,
-                      "golden_datasets": [record.id]}
+                      "golden_datasets": [record.id], "champion_corpus_id": None, "left_out": 0}
     assert not {i.prompt[-1]["content"] for i in evalset.items} & trained
     assert all(int(i.id, 16) >= eval_threshold(0.2) for i in evalset.items if i.source == "carved")
     assert {i.reference for i in evalset.items if i.source == "golden"} == {f"{2 * i}, arr!" for i in range(1000, 1012)}

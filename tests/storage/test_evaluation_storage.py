@@ -146,7 +146,8 @@ def test_a_candidate_that_breaks_a_rule_is_rejected_and_an_operator_can_overrule
     assert main(["promote", "no-version"]) == 1
 
     view = evaluation_view(s, ledger)[COLLECTION]
-    assert view["eval_set"] == {"carved": 12, "carved_from": record.get("corpus_id"), "golden": 0, "golden_datasets": []}
+    assert view["eval_set"] == {"carved": 12, "carved_from": record.get("corpus_id"), "carved_kept": 0, "golden": 0,
+                                 "golden_datasets": []}
     assert view["last_decision"]["state"] == R.EVAL_PROMOTED and view["last_decision"]["decided_by"] == "operator"
     assert view["last_decision"]["candidate"]["items"] == 12
 
@@ -177,3 +178,49 @@ def test_the_time_budget_leaves_a_resumable_evaluation(world) -> None:
     second = judge_candidate(ctx_of(s.replace(eval_time_budget_s=100), ledger), collection=COLLECTION,
                              candidate_version="2", answer_candidate=answer, answer_champion=None, clock=lambda: now[0])
     assert second.decided and second.promote and len(calls) == 12
+
+
+UNRELATED = "Please remember that the parking permits are renewed at the front desk."
+
+
+def _bad_batch(first: int, last: int) -> bytes:
+    import json
+
+    return b"".join(json.dumps({"prompt": f"Tell me {i} and {i} together?", "messages": [
+        {"role": "user", "content": f"Tell me {i} and {i} together?"},
+        {"role": "assistant", "content": UNRELATED}]}).encode() + b"\n" for i in range(first, last))
+
+
+def test_a_bad_batch_never_votes_for_its_own_model(storage_settings: Settings) -> None:
+    """The held-out set is kept as the corpus grows (a record beside the corpora), and a candidate is judged
+    on the champion's set: a bad batch that lands in a set below its cap is left out of its own judgment."""
+    from shared.datasets.evalset import read_held_out
+
+    s = storage_settings.replace(training_mode="corpus", coalesce_s=0, max_running_jobs=0, eval_fraction=0.3,
+                                 eval_max_conversations=40, eval_parallelism=2, eval_margin=0.02)
+    use_settings(s)
+    backend = RecordingBackend()
+    use_backend(backend, s)  # type: ignore[arg-type]
+    ledger = Ledger.from_settings(s)
+    prepare_trigger()(_upload(s, f"{COLLECTION}/day1.jsonl", data(0, 40)))
+    ledger.transition(R.JOB, "ftjob-001", [R.JOB_SUBMITTED], R.JOB_COMPLETED, ended_at=iso(utcnow()))
+    prepare_trigger()(_upload(s, f"{COLLECTION}/batch-b.jsonl", _bad_batch(0, 160)))
+    first, second = backend.requests
+    name = model_name_for(s, COLLECTION)
+    ledger.create(R.MODEL, f"{name}:1", R.MODEL_REGISTERED, job_name="ftjob-001")
+    ledger.create(R.MODEL, f"{name}:2", R.MODEL_REGISTERED, job_name="ftjob-002")
+    c1, c2 = (ledger.get(R.JOB, j).get("corpus_counts") for j in ("ftjob-001", "ftjob-002"))
+    assert 0 < c1["eval"] < 40 and c2["eval_kept"] == c1["eval"] < c2["eval"] == 40  # kept, then filled from the batch
+    held = read_held_out(s, COLLECTION)
+    assert held is not None and len(held.digests) == 40 and len(held.datasets) == 2
+
+    def parrot(messages: list[dict]) -> str:  # the candidate learned the bad batch
+        return UNRELATED
+
+    verdict = judge_candidate(ctx_of(s, ledger), collection=COLLECTION, candidate_version="2", answer_candidate=parrot,
+                              answer_champion=pirate([]), champion_version="1")
+    assert not verdict.promote and "worse than the champion beyond the margin: rouge_l" in verdict.reason, verdict.reason
+    report = orjson.loads(blob_service(s).get_blob_client(s.prepared_container, verdict.report_blob).download_blob().readall())
+    assert report["eval_set"]["carved"] == c1["eval"] and report["eval_set"]["left_out"] == 40 - c1["eval"]
+    assert report["eval_set"]["champion_corpus_id"] == first.corpus_id and report["eval_set"]["corpus_id"] == second.corpus_id
+    assert UNRELATED not in {i["reference"] for i in report["items"]}

@@ -121,6 +121,17 @@ def test_a_broken_rule_rejects_whatever_the_metric() -> None:
     broken = {"pirate": {"passed": False, "kept": 2, "total": 3, "min_pass_rate": 1.0, "failures": ["abcdef0123456789"]}}
     verdict = decide({"items": 3, "rouge_l": 0.9}, {"items": 3, "rouge_l": 0.1}, broken, primary="rouge_l", margin=0.02, floors={})
     assert not verdict.promote and "rule 'pirate' kept by 2/3 answers (needs 100%; e.g. abcdef012345)" in verdict.reason
+    assert "worse than the champion" not in verdict.reason
+
+
+def test_a_rejection_names_the_broken_rule_and_the_worse_metric_both() -> None:
+    broken = {"pirate": {"passed": False, "kept": 1, "total": 3, "min_pass_rate": 0.8, "failures": ["abcdef0123456789"]}}
+    verdict = decide({"items": 3, "rouge_l": 0.1}, {"items": 3, "rouge_l": 0.4}, broken, primary="rouge_l", margin=0.02, floors={})
+    assert not verdict.promote
+    assert verdict.reason == ("rejected: rule 'pirate' kept by 1/3 answers (needs 80%; e.g. abcdef012345); worse than "
+                              "the champion beyond the margin: rouge_l 0.1000 vs champion 0.4000 (-0.3000, margin 0.0200)")
+    first = decide({"items": 3, "rouge_l": 0.01}, None, broken, primary="rouge_l", margin=0.02, floors={"rouge_l": 0.05})
+    assert "rule 'pirate'" in first.reason and "first version below the floors: rouge_l 0.0100 < floor 0.0500" in first.reason
 
 
 def test_the_first_version_meets_absolute_floors() -> None:
