@@ -14,7 +14,7 @@ from the moment it serves to the end.
    evaluation, takes CANARY_PERCENT of live traffic, then all of it (the old deployment deleted);
 2. a larger upload whose answers are all one unrelated sentence: version 3 is rejected by evaluation,
    by the primary metric against the champion (on the champion's eval set: the batch displaced
-   none of it) and by the house-style rule, its deployment deleted; version 2 keeps 100% of the traffic;
+   none of it), its deployment deleted; version 2 keeps 100% of the traffic;
 3. the operator retires that batch; a new house-style upload gives version 4, which passes evaluation;
    its deployment is killed during its canary: it is rolled back by itself within the canary window.
 The client loop never gets a 5xx. The figures (times per phase) are printed for docs/rollout.md.
@@ -175,9 +175,11 @@ def test_promoted_through_a_canary_rejected_by_evaluation_rolled_back_by_itself(
                                     not in R.ROLLOUT_LIVE else None, 900, "version 3 judged", 2.0)
                 assert judged.state == R.ROLLOUT_REJECTED, judged.fields
                 wait_until(lambda: rollout_of(v3.get("version")).get("cleanup_done"), 120, "version 3's deployment deleted", 1.0)
-                # rejected by the rule and by the primary metric against the champion, on the champion's set
-                assert "rule 'house style' kept by" in judged.get("reason"), judged.get("reason")
+                # rejected by the primary metric against the champion, on the champion's set (the reason
+                # names every rule it broke too: on the champion's house-style prompts the candidate
+                # mostly keeps the house style, so the rule alone may let it through)
                 assert "worse than the champion beyond the margin: rouge_l" in judged.get("reason"), judged.get("reason")
+                figures["v3: house-style rule broken too (1/0)"] = float("rule 'house style' kept by" in judged.get("reason"))
                 v2_job = ledger.get(JOB, ledger.get(R.MODEL, f"{model}:{v2.get('version')}").get("job_name"))
                 judged_on = ledger.get(R.EVALUATION, f"{model}:{v3.get('version')}").get("eval_counts")
                 assert judged_on["champion_corpus_id"] == v2_job.get("corpus_id"), judged_on
