@@ -199,8 +199,8 @@ def test_a_bad_batch_never_votes_for_its_own_model(storage_settings: Settings) -
     s = storage_settings.replace(training_mode="corpus", coalesce_s=0, max_running_jobs=0, eval_fraction=0.3,
                                  eval_max_conversations=40, eval_parallelism=2, eval_margin=0.02)
     use_settings(s)
-    backend = RecordingBackend()
-    use_backend(backend, s)  # type: ignore[arg-type]
+    backend = InMemoryWorkspace()
+    use_backend(backend, s)
     ledger = Ledger.from_settings(s)
     prepare_trigger()(_upload(s, f"{COLLECTION}/day1.jsonl", data(0, 40)))
     ledger.transition(R.JOB, "ftjob-001", [R.JOB_SUBMITTED], R.JOB_COMPLETED, ended_at=iso(utcnow()))
