@@ -41,8 +41,8 @@ import httpx
 from devhost.azurite import Azurite
 from localworkspace.polling import wait_until
 from localworkspace.ports import free_port
-from localworkspace.workspace import read_pid_file
-from scripts.make_sample_data import write
+from scripts.make_sample_data import write, write_parquet_bomb
+from scripts.project_clone import CloneStack, make_clone
 from shared.settings import PROJECT_ROOT, load_settings
 
 RESULTS: list[tuple[str, bool, str]] = []
@@ -52,39 +52,6 @@ def check(name: str, ok: bool, detail: str) -> bool:
     RESULTS.append((name, ok, detail))
     print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
     return ok
-
-
-def make_clone(dest: Path) -> Path:
-    """The project's files (tracked and new, not ignored) copied to ``dest``; node_modules linked."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True,
-                            text=True, check=True, timeout=60).stdout.splitlines()
-    for name in listed:
-        src = PROJECT_ROOT / name
-        if src.is_symlink() or not src.is_file():
-            continue
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
-    (dest / "node_modules").symlink_to((PROJECT_ROOT / "node_modules").resolve())
-    return dest
-
-
-def write_parquet_bomb(path: Path, rows: int = 256, row_mib: int = 3) -> Path:
-    """The review's 1.7 KB parquet: ``rows`` rows whose assistant turn is one ``row_mib`` MiB string,
-    dictionary-encoded (stored once) and zstd-compressed."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    questions = [str(i) for i in range(rows)]
-    indices = [k for i in range(rows) for k in (i, rows)]
-    content = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array([*questions, "a" * (row_mib << 20)]))
-    role = pa.array(["user", "assistant"] * rows)
-    messages = pa.ListArray.from_arrays(pa.array(range(0, 2 * rows + 1, 2), pa.int32()),
-                                        pa.StructArray.from_arrays([role, content], ["role", "content"]))
-    table = pa.table({"prompt": pa.array(["hi"] * rows), "prompt_id": pa.array(["p"] * rows), "messages": messages})
-    pq.write_table(table, path, compression="zstd", compression_level=22, use_dictionary=True,
-                   dictionary_pagesize_limit=(row_mib + 1) << 20)
-    return path
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -112,34 +79,7 @@ def prepare_peak_rss(path: Path, env: dict[str, str], cwd: Path) -> dict[str, An
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-class Stack:
-    def __init__(self, clone: Path, env: dict[str, str], port: int):
-        self.clone, self.env, self.port = clone, env, port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def run(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([sys.executable, "-m", "devhost.stack", *args], cwd=self.clone, env=self.env,
-                              capture_output=True, text=True, timeout=timeout_s)
-        if done.returncode != 0:
-            raise RuntimeError(f"stack {args}: {done.stdout}\n{done.stderr}")
-        return done
-
-    @property
-    def key(self) -> str:
-        return (self.clone / ".local" / "function_key").read_text(encoding="utf-8").strip()
-
-    def host_pid(self) -> int:
-        return int((read_pid_file(self.clone / ".local" / "run" / "host.pid") or {})["pid"])
-
-    def post(self, path: str, body: Any = None, **headers: str) -> httpx.Response:
-        return httpx.post(self.url + path, json=body if body is not None else {}, timeout=60,
-                          headers={"x-functions-key": self.key, **headers})
-
-    def reconcile(self) -> None:
-        self.post("/admin/functions/reconcile")
-
-
-def wait(what: str, predicate: Callable[[], Any], timeout_s: float, stack: Stack | None = None) -> Any:
+def wait(what: str, predicate: Callable[[], Any], timeout_s: float, stack: CloneStack | None = None) -> Any:
     def step() -> Any:
         if stack is not None:
             stack.reconcile()
@@ -176,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     env = {**{k: v for k, v in os.environ.items() if k != "FUNCTION_KEY"}, **values,
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    stack = Stack(clone, env, port)
+    stack = CloneStack(clone, env, port)
     settings = load_settings(environ=values)
     ledger = Ledger.from_settings(settings)
     print(f"clone {clone}; host {stack.url}; Azurite blob {az.blob_port}", flush=True)

@@ -142,6 +142,43 @@ def write(path: str | Path, count: int = 300, seed: int = 7, malformed: int = 3)
     return valid
 
 
+
+# --------------------------------------------------------------------------- hostile uploads (issue 26.1)
+
+
+def write_parquet_bomb(path: Path, rows: int = 256, row_mib: int = 3) -> Path:
+    """The review's 1.7 KB parquet: ``rows`` rows whose assistant turn is one ``row_mib`` MiB string,
+    dictionary-encoded (stored once) and zstd-compressed: ~1.6 KB on disk, ``rows`` x ``row_mib`` MiB decoded.
+    Built from a dictionary array, so writing it holds the big string once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    questions = [str(i) for i in range(rows)]  # distinct conversations: none is a duplicate
+    indices = [k for i in range(rows) for k in (i, rows)]
+    content = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array([*questions, "a" * (row_mib << 20)]))
+    role = pa.array(["user", "assistant"] * rows)
+    messages = pa.ListArray.from_arrays(pa.array(range(0, 2 * rows + 1, 2), pa.int32()),
+                                        pa.StructArray.from_arrays([role, content], ["role", "content"]))
+    table = pa.table({"prompt": pa.array(["hi"] * rows), "prompt_id": pa.array(["p"] * rows), "messages": messages})
+    pq.write_table(table, path, compression="zstd", compression_level=22, use_dictionary=True,
+                   dictionary_pagesize_limit=(row_mib + 1) << 20)
+    return path
+
+
+def write_gzip_bomb(path: Path, lines: int = 100, line_bytes: int = 8 << 20) -> Path:
+    """The review's 815 KiB gzip: ``lines`` valid conversations each padded to just under ``line_bytes``
+    (an assistant turn of one repeated letter), ~1000x compressed, written in streaming fashion."""
+    import gzip
+
+    head = b'{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"'
+    tail = b'"}]}\n'
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        for i in range(lines):
+            fill = line_bytes - len(head) - len(tail) - 16
+            f.write(head + f"{i:08d} ".encode() + b"a" * (fill - 9) + tail)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output .jsonl file")

@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from devhost.azurite import Azurite, free_port, start, stop_process
-from shared.backends import use_backend
-from shared.settings import Settings, use_settings
-from tests.support import FIXTURES, make_settings
+from devhost.azurite import Azurite, start, stop_process
+from shared.settings import Settings
+from tests.support import FIXTURES, free_port, make_settings, settings_in_use
 
 if TYPE_CHECKING:
     from shared.backends.local import LocalBackend
@@ -45,12 +44,8 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 def unit_settings(tmp_path: Path) -> Iterator[Settings]:
     """Settings for unit tests that need no storage."""
     s = make_settings(LOCAL_WORKSPACE_DIR=str(tmp_path / "workspace"), LOCAL_BASE_MODEL="tiny-random")
-    use_settings(s)
-    try:
+    with settings_in_use(s):
         yield s
-    finally:
-        use_settings(None)
-        use_backend(None)
 
 
 @pytest.fixture
@@ -72,12 +67,8 @@ def storage_settings(azurite: Azurite, tmp_path: Path) -> Iterator[Settings]:
         EVAL_FLOORS="{}",
     )
     ensure_storage(s)
-    use_settings(s)
-    try:
+    with settings_in_use(s):
         yield s
-    finally:
-        use_settings(None)
-        use_backend(None)
 
 
 @pytest.fixture(scope="session")

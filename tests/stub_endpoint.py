@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +29,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from localworkspace.polling import wait_until
 
 
 @dataclasses.dataclass
@@ -156,11 +157,9 @@ def start_in_thread(app: Any) -> RunningServer:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{port}")
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
+    wait_until(lambda: server.started or not thread.is_alive(), 10, "uvicorn to start", every_s=0.01)
+    if not server.started:
+        raise RuntimeError("uvicorn did not start")
     return RunningServer(f"http://127.0.0.1:{port}", port, server, thread)
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from localworkspace.polling import wait_until  # noqa: F401 - the tests import it from here
-from localworkspace.ports import port_open  # noqa: F401 - the tests import it from here
+from localworkspace.polling import WaitTimeout, wait_until
+from localworkspace.ports import free_port, port_open  # noqa: F401 - the tests import them from here
 from scripts.make_sample_data import pirate_conversations
 from shared.settings import Settings, load_settings
 from shared.storage import blob_service
@@ -56,6 +56,20 @@ def make_settings(**env: str) -> Settings:
     return load_settings(environ=env)
 
 
+@contextlib.contextmanager
+def settings_in_use(settings: Settings) -> Iterator[Settings]:
+    """``settings`` the process's settings inside the ``with`` block; after it, none and no backend."""
+    from shared.backends import use_backend
+    from shared.settings import use_settings
+
+    use_settings(settings)
+    try:
+        yield settings
+    finally:
+        use_settings(None)
+        use_backend(None)
+
+
 def upload_prepared_dataset(settings: Settings, dataset_id: str, seed: int, count: int = 24, train: int = 20) -> tuple[str, str]:
     """Put a small house-style train/test split in the prepared container; return the two blob names."""
     rows = pirate_conversations(count=count, seed=seed)
@@ -72,7 +86,7 @@ class PrivateAzurite:
     """An Azurite of one test module on free ports, which the test may stop and start again (same data)."""
 
     def __init__(self, location: Any):
-        from devhost.azurite import Azurite, free_port, start
+        from devhost.azurite import Azurite, start
 
         self.az = Azurite(blob_port=free_port(), queue_port=free_port(), table_port=free_port())
         self.location = location
@@ -102,7 +116,6 @@ def tiny_trained_stack(root: Path, dataset_id: str, model_name: str, seed: int, 
     and one tiny-model fine-tune of ``dataset_id`` for ``model_name`` completed. Yields
     ``settings, storage, backend, ledger, job`` and ``exits`` (the ExitStack the module enters its
     endpoints, host and clients in; everything is stopped in reverse order on exit)."""
-    from devhost.azurite import free_port
     from shared.backends import use_backend
     from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
     from shared.backends.local import LocalBackend
@@ -136,6 +149,28 @@ def tiny_trained_stack(root: Path, dataset_id: str, model_name: str, seed: int, 
         wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, 300, "the tiny fine-tune", 2.0)
         assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
         yield SimpleNamespace(settings=settings, storage=storage, backend=backend, ledger=ledger, job=job, exits=exits)
+
+
+def user_function(module: Any, name: str) -> Callable[..., Any]:
+    """The function ``name`` of a trigger module's blueprint, as indexed from a FunctionApp (what the host calls)."""
+    import azure.functions as func
+
+    from devhost.app_index import functions_of
+
+    app = func.FunctionApp()
+    app.register_functions(module.bp)
+    (fn,) = [f for f in functions_of(app) if f.get_function_name() == name]
+    return fn.get_user_function()
+
+
+def messages_within(queue: Any, timeout_s: float, visibility_timeout_s: int = 30) -> list[Any]:
+    """The messages that become visible on a storage ``queue`` within ``timeout_s`` ([] if none), received
+    (so hidden from other receivers for ``visibility_timeout_s``)."""
+    try:
+        return wait_until(lambda: list(queue.receive_messages(max_messages=32, visibility_timeout=visibility_timeout_s)),
+                          timeout_s, "a queue message", every_s=0.2)
+    except WaitTimeout:
+        return []
 
 
 @dataclasses.dataclass
@@ -192,39 +227,3 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-# --------------------------------------------------------------------------- hostile uploads (issue 26.1)
-
-
-def write_parquet_bomb(path: Path, rows: int = 256, row_mib: int = 3) -> Path:
-    """The review's 1.7 KB parquet: ``rows`` rows whose assistant turn is one ``row_mib`` MiB string,
-    dictionary-encoded (stored once) and zstd-compressed: ~1.6 KB on disk, ``rows`` x ``row_mib`` MiB decoded.
-    Built from a dictionary array, so writing it holds the big string once."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    questions = [str(i) for i in range(rows)]  # distinct conversations: none is a duplicate
-    indices = [k for i in range(rows) for k in (i, rows)]
-    content = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array([*questions, "a" * (row_mib << 20)]))
-    role = pa.array(["user", "assistant"] * rows)
-    messages = pa.ListArray.from_arrays(pa.array(range(0, 2 * rows + 1, 2), pa.int32()),
-                                        pa.StructArray.from_arrays([role, content], ["role", "content"]))
-    table = pa.table({"prompt": pa.array(["hi"] * rows), "prompt_id": pa.array(["p"] * rows), "messages": messages})
-    pq.write_table(table, path, compression="zstd", compression_level=22, use_dictionary=True,
-                   dictionary_pagesize_limit=(row_mib + 1) << 20)
-    return path
-
-
-def write_gzip_bomb(path: Path, lines: int = 100, line_bytes: int = 8 << 20) -> Path:
-    """The review's 815 KiB gzip: ``lines`` valid conversations each padded to just under ``line_bytes``
-    (an assistant turn of one repeated letter), ~1000x compressed, written in streaming fashion."""
-    import gzip
-
-    head = b'{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"'
-    tail = b'"}]}\n'
-    with gzip.open(path, "wb", compresslevel=9) as f:
-        for i in range(lines):
-            fill = line_bytes - len(head) - len(tail) - 16
-            f.write(head + f"{i:08d} ".encode() + b"a" * (fill - 9) + tail)
-    return path

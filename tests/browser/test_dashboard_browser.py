@@ -22,13 +22,12 @@ import azure.functions as func
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from scripts.make_sample_data import write
 from shared.ledger import ENDPOINT, JOB, ROUTE, Ledger
 from shared.settings import use_settings
 from shared.storage import blob_service
 from tests.fakes.uploads import MOSTLY_BAD
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, free_port, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.storage]
 

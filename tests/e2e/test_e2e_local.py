@@ -19,13 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from scripts.make_sample_data import MALFORMED_LINES, write
 from shared.backends import get_backend
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger
 from shared.settings import use_settings
 from shared.storage import blob_service
-from tests.support import port_open, wait_until
+from tests.support import free_port, port_open, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.storage]
 

@@ -7,19 +7,14 @@ from typing import Any
 from shared.settings import Settings
 from shared.storage import blob_service
 from tests.fakes.uploads import conv
+from tests.support import user_function
 
 
 def prepare_trigger() -> Any:
     """The decorated blob-trigger function, as indexed from a FunctionApp (what the host calls)."""
-    import azure.functions as func
-
-    from devhost.app_index import functions_of
     from functions import prepare_chat_data
 
-    app = func.FunctionApp()
-    app.register_functions(prepare_chat_data.bp)
-    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
-    return fn.get_user_function()
+    return user_function(prepare_chat_data, "prepare_chat_data")
 
 
 def data(first: int, last: int) -> bytes:

@@ -1,17 +1,20 @@
-"""The local workspace's helpers: a webhook that records its events, prepared data, waiting on jobs and endpoints."""
+"""The local workspace's helpers: a webhook that records its events, prepared data, quick fine-tune
+parameters, waiting on jobs and endpoints."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from devhost.azurite import free_port
 from shared.backends.local import LocalBackend
 from shared.settings import Settings
+from tests.support import WaitTimeout, free_port, wait_until
+
+# Small and quick: the tiny random model learns little, the tests check the mechanics.
+FAST_PARAMS = {"max_steps": 6, "per_device_train_batch_size": 4, "max_seq_length": 96}
 
 
 class EventSink:
@@ -54,13 +57,8 @@ class EventSink:
             self.server.server_close()
 
     def wait_for(self, run_id: str, timeout_s: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for e in self.events:
-                if e["data"]["runId"] == run_id:
-                    return e
-            time.sleep(0.2)
-        raise AssertionError(f"no event for {run_id} within {timeout_s} s")
+        return wait_until(lambda: next((e for e in self.events if e["data"]["runId"] == run_id), None), timeout_s,
+                          f"an event for {run_id}", every_s=0.2)
 
 
 def upload_dataset(s: Settings, dataset_id: str, train: list[str], test: list[str]) -> tuple[str, str]:
@@ -76,25 +74,21 @@ def upload_dataset(s: Settings, dataset_id: str, train: list[str], test: list[st
 
 
 def wait_job(backend: LocalBackend, job: str, timeout_s: float = 150):  # noqa: ANN201
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = backend.get_job(job)
-        if info.state in {"completed", "failed", "canceled"}:
-            return info
-        time.sleep(0.5)
-    log = Path(backend.get_job(job).log_path or "").read_text() if backend.get_job(job).log_path else ""
-    raise AssertionError(f"job {job} did not finish in {timeout_s} s; log:\n{log[-3000:]}")
+    try:
+        return wait_until(lambda: (info := backend.get_job(job)).state in {"completed", "failed", "canceled"} and info,
+                          timeout_s, f"job {job} to finish")
+    except WaitTimeout:
+        log = Path(backend.get_job(job).log_path or "").read_text() if backend.get_job(job).log_path else ""
+        raise AssertionError(f"job {job} did not finish in {timeout_s} s; log:\n{log[-3000:]}") from None
 
 
 def wait_endpoint(backend: LocalBackend, name: str, timeout_s: float = 120):  # noqa: ANN201
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def settled() -> Any:
         info = backend.get_endpoint(name)
         assert info is not None
-        if info.state != "provisioning":
-            return info
-        time.sleep(0.5)
-    raise AssertionError(f"endpoint {name} still provisioning after {timeout_s} s")
+        return info.state != "provisioning" and info
+
+    return wait_until(settled, timeout_s, f"endpoint {name} to stop provisioning")
 
 
 def jsonl(rows: list[dict[str, Any]]) -> list[str]:

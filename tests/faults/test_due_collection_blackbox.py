@@ -20,14 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from scripts.make_sample_data import write
 from shared.backends import get_backend, use_backend
 from shared.datasets.collections import model_name_for
 from shared.ledger import DATASET, JOB, Ledger, parse_iso
 from shared.settings import use_settings
 from shared.storage import blob_service, ensure_storage
-from tests.support import PrivateAzurite, make_settings, wait_until
+from tests.support import PrivateAzurite, free_port, make_settings, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,31 +27,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devhost.azurite import Azurite, free_port
-from localworkspace.workspace import read_pid_file
+from devhost.azurite import Azurite
 from scripts.make_sample_data import write
+from scripts.project_clone import CloneStack, make_clone
 from shared.ledger import DATASET, ENDPOINT, JOB, ROUTE, Ledger
-from shared.settings import PROJECT_ROOT
-from tests.support import make_settings, port_open, wait_until
+from tests.support import free_port, make_settings, port_open, wait_until
 
 pytestmark = [pytest.mark.faults]
 
 CHAT = "/api/v1/chat/completions"
-
-
-def make_clone(dest: Path) -> Path:
-    """The project's files (tracked and new, not ignored) copied to ``dest``; node_modules linked."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True,
-                            text=True, check=True, timeout=60).stdout.splitlines()
-    for name in listed:
-        src = PROJECT_ROOT / name
-        if src.is_symlink() or not src.is_file():
-            continue  # .venv / node_modules links of a worktree; deleted files
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
-    (dest / "node_modules").symlink_to((PROJECT_ROOT / "node_modules").resolve())
-    return dest
 
 
 def big_upload(path: Path, rows: int = 16000) -> Path:
@@ -65,33 +48,7 @@ def big_upload(path: Path, rows: int = 16000) -> Path:
     return path
 
 
-class Stack:
-    def __init__(self, clone: Path, env: dict[str, str], port: int):
-        self.clone, self.env, self.port = clone, env, port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def run(self, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
-        """``python -m devhost.stack ARGS`` in the clone: what ``make up`` / ``make down`` / ``make upload`` run."""
-        done = subprocess.run([sys.executable, "-m", "devhost.stack", *args], cwd=self.clone, env=self.env,
-                              capture_output=True, text=True, timeout=timeout_s)
-        assert done.returncode == 0, f"stack {args}: {done.stdout}\n{done.stderr}"
-        return done
-
-    def host_pid(self) -> int:
-        recorded = read_pid_file(self.clone / ".local" / "run" / "host.pid")
-        assert recorded is not None, "make up wrote no host.pid"
-        return int(recorded["pid"])
-
-    @property
-    def key(self) -> str:
-        """The function key `make up` generated (no FUNCTION_KEY is set here) and kept in .local/."""
-        return (self.clone / ".local" / "function_key").read_text(encoding="utf-8").strip()
-
-    def reconcile(self) -> None:
-        httpx.post(f"{self.url}/admin/functions/reconcile", timeout=10, headers={"x-functions-key": self.key})
-
-
-def chat(stack: Stack, model: str) -> httpx.Response:
+def chat(stack: CloneStack, model: str) -> httpx.Response:
     return httpx.post(stack.url + CHAT, json={"model": model, "messages": [{"role": "user", "content": "Ahoy?"}], "max_tokens": 4},
                       headers={"x-functions-key": stack.key}, timeout=60)
 
@@ -116,7 +73,7 @@ def test_host_killed_mid_preparation_and_make_down_make_up_come_back(tmp_path):
     }
     env = {**os.environ, **values, "LOCAL_HOST_PORT": str(port), "FUNCTION_KEY": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
-    stack = Stack(clone, env, port)
+    stack = CloneStack(clone, env, port)
     settings = make_settings(**values)
     ledger = Ledger.from_settings(settings)
     model = settings.model_name

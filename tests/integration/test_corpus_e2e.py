@@ -18,14 +18,13 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from shared.backends import get_backend
 from shared.datasets.collections import model_name_for
 from shared.ledger import DATASET, JOB, ROUTE, Ledger
 from shared.observability.status import cli_status
 from shared.settings import use_settings
 from shared.storage import blob_service
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 
 pytestmark = [
     pytest.mark.e2e,

@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from devhost.eventgrid import decode_event, parse_delivery
 from functions import job_events
 from shared import ledger as L
@@ -23,7 +22,7 @@ from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, Fi
 from shared.deployment import reconcile as reconciliation
 from shared.ledger import Ledger
 from shared.settings import use_settings
-from tests.support import upload_prepared_dataset, wait_until
+from tests.support import free_port, upload_prepared_dataset, wait_until
 
 pytestmark = [
     pytest.mark.e2e,

@@ -16,14 +16,13 @@ import time
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from localworkspace.workspace import process_alive, read_pid_file
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
 from shared.endpoints import lifecycle
 from shared.ledger import ENDPOINT, JANITOR, MODEL, ROUTE, Ledger
 from shared.settings import use_settings
-from tests.support import port_open, upload_prepared_dataset, wait_until
+from tests.support import free_port, port_open, upload_prepared_dataset, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.storage]
 

@@ -26,12 +26,8 @@ from shared.backends.base import (
 )
 from shared.backends.local import LocalBackend
 from shared.settings import Settings
-from tests.fakes.local import EventSink, jsonl, upload_dataset, wait_endpoint, wait_job
-from tests.support import port_open
-
-# Small and quick: the tiny random model learns little, this checks the mechanics.
-FAST_PARAMS = {"max_steps": 6, "per_device_train_batch_size": 4, "max_seq_length": 96}
-
+from tests.fakes.local import FAST_PARAMS, EventSink, jsonl, upload_dataset, wait_endpoint, wait_job
+from tests.support import port_open, wait_until
 
 # --- the whole lifecycle ---------------------------------------------------------------------
 
@@ -98,10 +94,8 @@ def test_job_event_register_deploy_score_delete(backend_with_sink: tuple[LocalBa
     # A second deployment beside the first, in the same endpoint, at 0% until traffic is split.
     backend.begin_deploy_deployment(model, "tiny-chat-ft-1", "version-2")
     backend.begin_deploy_deployment(model, "tiny-chat-ft-1", "version-2")  # idempotent
-    deadline = time.monotonic() + 120
-    while (dep := backend.get_deployment("tiny-chat-ft-1", "version-2")).state == "provisioning":
-        assert time.monotonic() < deadline, "second deployment never became ready"
-        time.sleep(0.5)
+    dep = wait_until(lambda: (d := backend.get_deployment("tiny-chat-ft-1", "version-2")).state != "provisioning" and d,
+                     120, "the second deployment to be ready")
     assert dep.state == EP_SUCCEEDED and dep.traffic == 0, dep
     pinned = backend.get_scoring_target("tiny-chat-ft-1", deployment="version-2")
     assert pinned.url == target.url and pinned.headers()["azureml-model-deployment"] == "version-2"

@@ -33,7 +33,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from scripts.make_sample_data import pirate_conversations
 from shared.backends import get_backend
 from shared.datasets.collections import model_name_for
@@ -41,7 +40,7 @@ from shared.ledger import DATASET, ENDPOINT, JOB, ROUTE, Ledger
 from shared.ledger import records as R
 from shared.settings import use_settings
 from shared.storage import blob_service
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(2700)  # four SmolLM2 fine-tunes and three evaluations on a shared 2-core CPU
 

@@ -10,13 +10,12 @@ from datetime import datetime
 
 import pytest
 
-from devhost.azurite import free_port
 from localworkspace import job_queue
 from localworkspace.workspace import Workspace
 from shared.backends.base import COMPLETED, FineTuneRequest
 from shared.backends.local import LocalBackend
 from shared.settings import Settings
-from tests.support import upload_prepared_dataset, wait_until
+from tests.support import free_port, upload_prepared_dataset, wait_until
 
 PARAMS = {"max_steps": 2, "per_device_train_batch_size": 4, "max_seq_length": 64}
 

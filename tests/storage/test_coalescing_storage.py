@@ -20,6 +20,7 @@ from shared.observability.status_text import render_status
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
 from shared.training.submission import advance_collection, submit_due_collections
+from tests.fakes.evaluation import prepare_trigger
 from tests.fakes.uploads import conv, upload
 from tests.fakes.workspace import InMemoryWorkspace
 
@@ -28,16 +29,7 @@ pytestmark = pytest.mark.storage
 
 @pytest.fixture
 def trigger() -> Any:
-    """The decorated blob-trigger function, as indexed from a FunctionApp (what the host calls)."""
-    import azure.functions as func
-
-    from devhost.app_index import functions_of
-    from functions import prepare_chat_data
-
-    app = func.FunctionApp()
-    app.register_functions(prepare_chat_data.bp)
-    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
-    return fn.get_user_function()
+    return prepare_trigger()
 
 
 @pytest.fixture

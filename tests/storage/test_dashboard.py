@@ -25,6 +25,7 @@ from shared.observability import dashboard, lookup_cache
 from shared.observability.status import collect_status
 from shared.scoring.activity import ActivityRecorder
 from shared.settings import Settings
+from tests.fakes.evaluation import prepare_trigger
 from tests.fakes.uploads import MOSTLY_BAD, upload
 from tests.fakes.workspace import InMemoryWorkspace
 from tests.support import call_http
@@ -90,7 +91,7 @@ def test_empty_workspace_says_so(storage_settings: Settings, backend: InMemoryWo
 
 
 def test_storage_down_is_a_clear_page_not_a_stack_trace(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
-    from devhost.azurite import free_port
+    from tests.support import free_port
 
     port = free_port()  # nothing listens there
     down = storage_settings.replace(storage_connection=(
@@ -105,13 +106,8 @@ def test_storage_down_is_a_clear_page_not_a_stack_trace(storage_settings: Settin
 
 
 def test_page_shows_the_chain_rejected_lines_curve_and_savings(storage_settings: Settings, backend: InMemoryWorkspace) -> None:
-    from functions import prepare_chat_data
-
     s = storage_settings
-    app = func.FunctionApp()
-    app.register_functions(prepare_chat_data.bp)
-    (prepare,) = [f.get_user_function() for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
-    prepare(upload(s, "team/bad.jsonl", MOSTLY_BAD))  # 10 good lines, 30 broken ones: rejected
+    prepare_trigger()(upload(s, "team/bad.jsonl", MOSTLY_BAD))  # 10 good lines, 30 broken ones: rejected
     ledger = Ledger.from_settings(s)
     ep = seed_chain(ledger, backend, 1, deleted=True, requests={iso(utcnow() - timedelta(hours=4))[:13]: 7})
 

@@ -23,10 +23,10 @@ from azure.storage.blob import BlobClient
 
 from devhost.blob_poller import POISON_QUEUE, read_poison_messages
 from devhost.host import Host, run_host
-from localworkspace.polling import wait_until as _wait_until
 from shared.settings import PROJECT_ROOT, Settings
 from shared.storage import WEBJOBS_HOSTS_CONTAINER, blob_service
 from tests import devhost_app
+from tests.support import wait_until as _wait_until
 
 pytestmark = pytest.mark.storage
 

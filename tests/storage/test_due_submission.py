@@ -23,8 +23,10 @@ from shared.storage import queue_client
 from shared.training import due
 from shared.training.delivery import submit_when_due
 from shared.training.submission import submit_due_collections
+from tests.fakes.evaluation import prepare_trigger
 from tests.fakes.uploads import conv, upload
 from tests.fakes.workspace import InMemoryWorkspace
+from tests.support import messages_within
 
 pytestmark = pytest.mark.storage
 
@@ -37,15 +39,7 @@ def data(first: int, last: int) -> bytes:
 
 @pytest.fixture
 def trigger() -> Any:
-    import azure.functions as func
-
-    from devhost.app_index import functions_of
-    from functions import prepare_chat_data
-
-    app = func.FunctionApp()
-    app.register_functions(prepare_chat_data.bp)
-    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
-    return fn.get_user_function()
+    return prepare_trigger()
 
 
 @pytest.fixture
@@ -60,17 +54,6 @@ def world(storage_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
     return s, Ledger.from_settings(s), backend, queue_client(name, s)
 
 
-def receive(queue: Any, timeout_s: float) -> list[Any]:
-    """Messages as they become visible within ``timeout_s`` (hidden 60 s once received)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        messages = list(queue.receive_messages(max_messages=32, visibility_timeout=60))
-        if messages:
-            return messages
-        time.sleep(0.2)
-    return []
-
-
 def test_a_pending_collection_schedules_one_submission_visible_at_its_due_time(world: Any, trigger: Any) -> None:
     s, ledger, backend, queue = world
     trigger(upload(s, "support-bot/day1.jsonl", data(0, 30)))
@@ -80,7 +63,7 @@ def test_a_pending_collection_schedules_one_submission_visible_at_its_due_time(w
     first = min(parse_iso(d.get("accepted_at")) for d in ledger.list(DATASET))
     assert record.state == "pending" and (due_at - first).total_seconds() == WINDOW_S  # fixed by the first upload
     assert list(queue.peek_messages()) == []  # not visible before the window closes
-    messages = receive(queue, WINDOW_S + 5)
+    messages = messages_within(queue, WINDOW_S + 5, visibility_timeout_s=60)
     assert time.time() >= due_at.timestamp() - 0.5
     assert [orjson.loads(m.content) for m in messages] == [
         {"collection": "support-bot", "due_at": iso(due_at), "ledger": s.ledger_table, "attempt": 1}]
@@ -93,13 +76,13 @@ def test_a_pending_collection_schedules_one_submission_visible_at_its_due_time(w
     # redelivered, then reconcile: nothing more is submitted
     assert submit_when_due(messages[0].content, s) == "nothing"
     assert submit_due_collections(s) == [] and len(backend.requests) == 1
-    assert receive(queue, 1.5) == []  # and nothing else was scheduled
+    assert messages_within(queue, 1.5, visibility_timeout_s=60) == []  # and nothing else was scheduled
 
 
 def test_concurrent_deliveries_submit_once(world: Any, trigger: Any) -> None:
     s, ledger, backend, queue = world
     trigger(upload(s, "bot/a.jsonl", data(0, 30)))
-    (message,) = receive(queue, WINDOW_S + 5)
+    (message,) = messages_within(queue, WINDOW_S + 5, visibility_timeout_s=60)
     outcomes: list[str] = []
     start = threading.Barrier(4)
 
@@ -129,7 +112,7 @@ def test_an_early_message_is_sent_again_for_the_rest_of_the_window(world: Any, t
     due_at = parse_iso(ledger.get(COLLECTION, "bot").get("due_at"))
     early = due.DueSubmission("bot", due_at, s.ledger_table).encode()
     assert submit_when_due(early, s) == "rescheduled" and backend.requests == []
-    assert receive(queue, 1.5) == []  # still invisible: an hour to go
+    assert messages_within(queue, 1.5, visibility_timeout_s=60) == []  # still invisible: an hour to go
     last = due.DueSubmission("bot", due_at, s.ledger_table, due.MAX_ATTEMPTS).encode()
     assert submit_when_due(last, s) == "pending"  # bounded: reconcile is the safety net
     assert submit_when_due(due.DueSubmission("bot", due_at, "another").encode(), s) == "other_ledger"
@@ -143,7 +126,7 @@ def test_switched_off_nothing_is_scheduled_and_reconcile_submits(world: Any, tri
     trigger(upload(off, "bot/a.jsonl", data(0, 30)))
     assert ledger.get(COLLECTION, "bot").state == "pending"
     queue.create_queue()
-    assert receive(queue, WINDOW_S + 1.5) == []
+    assert messages_within(queue, WINDOW_S + 1.5, visibility_timeout_s=60) == []
     assert submit_due_collections(off)[0].action == "submitted"
 
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from devhost import stack
-from devhost.azurite import free_port
 from shared.settings import PROJECT_ROOT, SettingsError, load_settings, schedule_error
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 
 # The make targets as a user runs them, minus the install step: its stamps count as up to date
 # (a test must not reinstall the environment it runs in).

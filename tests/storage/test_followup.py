@@ -23,6 +23,7 @@ from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, iso, utcnow
 from shared.settings import Settings, use_settings
 from shared.storage import queue_client
 from tests.fakes.workspace import InMemoryWorkspace
+from tests.support import messages_within
 
 pytestmark = pytest.mark.storage
 
@@ -41,23 +42,13 @@ def world(storage_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
     return ledger, backend, queue_client(queue_name, storage_settings)
 
 
-def _visible(queue: Any, timeout_s: float) -> list[Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        messages = list(queue.receive_messages(max_messages=32, visibility_timeout=30))
-        if messages:
-            return messages
-        time.sleep(0.2)
-    return []
-
-
 def test_starting_a_deployment_schedules_a_delayed_follow_up(world: Any, storage_settings: Settings) -> None:
     ledger, backend, queue = world
     started = time.monotonic()
     lifecycle.deploy_model(ModelRef(MODEL_NAME, "1", "job-1", "base"), reason="test", settings=storage_settings,
                            ledger=ledger, backend=backend)
     assert list(queue.peek_messages()) == []  # not visible before its delay
-    messages = _visible(queue, 10)
+    messages = messages_within(queue, 10)
     assert time.monotonic() - started >= followup.delay_before(1) - 0.5
     ep = endpoint_name(MODEL_NAME, "1")
     assert [orjson.loads(m.content) for m in messages] == [{"endpoint": ep, "check": 1}]
@@ -68,11 +59,11 @@ def test_a_follow_up_activates_a_finished_deployment_or_checks_again_later(world
     ep = endpoint_name(MODEL_NAME, "1")
     lifecycle.deploy_model(ModelRef(MODEL_NAME, "1", "job-1", "base"), reason="test", settings=storage_settings,
                            ledger=ledger, backend=backend)
-    _visible(queue, 10)  # take the first scheduled message out of the way
+    messages_within(queue, 10)  # take the first scheduled message out of the way
     # still deploying: checked again later, with a longer delay
     assert followup.follow_up(followup.FollowUp(ep, 1).encode(), storage_settings) == "rescheduled"
     assert ledger.get(ROUTE, MODEL_NAME) is None
-    later = _visible(queue, 10)
+    later = messages_within(queue, 10)
     assert [orjson.loads(m.content) for m in later] == [{"endpoint": ep, "check": 2}]
     # ready: the next check makes it the active endpoint at once (no reconcile involved)
     backend.finish_deployment(ep)
@@ -91,7 +82,7 @@ def test_deletions_are_followed_up_too(world: Any, storage_settings: Settings) -
     ledger.create(ENDPOINT, ep, EP_SUCCEEDED, model_name=MODEL_NAME, model_version="1")
     use_settings(storage_settings)
     lifecycle.claim_deletion(ledger, ledger.get(ENDPOINT, ep), reason="idle", at=utcnow())
-    assert [orjson.loads(m.content)["endpoint"] for m in _visible(queue, 10)] == [ep]
+    assert [orjson.loads(m.content)["endpoint"] for m in messages_within(queue, 10)] == [ep]
     backend.finish_deletion(ep)
     assert followup.follow_up(followup.FollowUp(ep, 1).encode(), storage_settings) == "settled"
     assert ledger.get(ENDPOINT, ep).state == EP_DELETED
@@ -103,7 +94,7 @@ def test_follow_ups_can_be_switched_off(world: Any, storage_settings: Settings) 
     off = storage_settings.replace(endpoint_followups=False)
     lifecycle.deploy_model(ModelRef(MODEL_NAME, "1", "job-1", "base"), reason="test", settings=off,
                            ledger=ledger, backend=backend)
-    assert _visible(queue, followup.delay_before(1) + 1.5) == []
+    assert messages_within(queue, followup.delay_before(1) + 1.5) == []
 
 
 def test_the_queue_function_is_a_queue_trigger_on_the_host_storage() -> None:

@@ -20,8 +20,8 @@ import pytest
 
 from devhost import access, stack
 from devhost.host import Host
-from localworkspace.ports import free_port
 from shared.settings import Settings, use_settings
+from tests.support import free_port
 
 pytestmark = pytest.mark.storage
 

@@ -8,12 +8,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from devhost.azurite import free_port
 from localworkspace.events import RUN_STATUS_CHANGED, backoff_delays, build_job_event, post_event
 from localworkspace.serve import ScoreRequestError, azure_response, chat_request_from_azure
 from localworkspace.workspace import Workspace, write_json, write_pid_file
@@ -30,11 +28,8 @@ from shared.backends.base import (
 )
 from shared.backends.local import LocalBackend
 from shared.settings import Settings
-from tests.fakes.local import EventSink, jsonl, upload_dataset, wait_job
-from tests.support import ROOT
-
-# Small and quick: the tiny random model learns little, this checks the mechanics.
-FAST_PARAMS = {"max_steps": 6, "per_device_train_batch_size": 4, "max_seq_length": 96}
+from tests.fakes.local import FAST_PARAMS, EventSink, jsonl, upload_dataset, wait_job
+from tests.support import ROOT, free_port, wait_until
 
 
 @pytest.mark.usefixtures("migrated_mlflow_store")
@@ -66,10 +61,7 @@ def test_canceled_job_is_recorded_and_announced(backend_with_sink: tuple[LocalBa
     train_blob, test_blob = upload_dataset(s, "ds-cancel", rows[:10], rows[10:])
     job = backend.submit_finetune(FineTuneRequest(dataset_id="ds-cancel", train_blob=train_blob, test_blob=test_blob,
                                                   model_name="tiny-chat-ft", params={"max_steps": 100000}))
-    deadline = time.monotonic() + 60
-    while backend.get_job(job).state != "running":
-        assert time.monotonic() < deadline, "job never started running"
-        time.sleep(0.2)
+    wait_until(lambda: backend.get_job(job).state == "running", 60, "the job to start running", every_s=0.2)
     backend.cancel_job(job)
     info = backend.get_job(job)
     assert info.state == "canceled" and info.ended_at is not None

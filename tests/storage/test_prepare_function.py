@@ -12,18 +12,17 @@ import re
 from collections.abc import Callable
 from datetime import timedelta
 
-import azure.functions as func
 import pytest
 from azure.storage.blob import BlobClient
 
 from devhost.app_index import functions_of
-from functions import prepare_chat_data
 from shared.backends import use_backend
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError
 from shared.datasets.intake import dataset_id_for, submit_pending_datasets
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.settings import Settings, use_settings
 from shared.storage import blob_service
+from tests.fakes.evaluation import prepare_trigger
 from tests.fakes.uploads import GOOD, MOSTLY_BAD, conv, upload
 from tests.fakes.workspace import InMemoryWorkspace
 
@@ -54,11 +53,7 @@ def backend(storage_settings: Settings) -> InMemoryWorkspace:
 
 @pytest.fixture
 def trigger() -> Callable[[BlobClient], None]:
-    """The decorated function itself, as indexed from a FunctionApp (what the host calls)."""
-    app = func.FunctionApp()
-    app.register_functions(prepare_chat_data.bp)
-    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "prepare_chat_data"]
-    return fn.get_user_function()
+    return prepare_trigger()
 
 
 def prepared_blob(s: Settings, name: str) -> bytes:

@@ -18,6 +18,7 @@ from shared.context import Context
 from shared.deployment.reconcile import reconcile
 from shared.endpoints import lifecycle
 from shared.endpoints.routing import placement
+from shared.evaluation.judge import Verdict
 from shared.ledger import Ledger
 from shared.ledger import records as R
 from shared.rollout import advance, advance_all, deployment_name_for
@@ -28,15 +29,6 @@ MODEL = "chat-ft-support"
 EP = "chat-ft-support-1-abc123"
 
 
-@dataclasses.dataclass(frozen=True)
-class StandInVerdict:
-    promote: bool
-    reason: str
-    metrics: dict
-    report_blob: str | None = None
-    decided: bool = True
-
-
 class StandInJudge:
     """judge_candidate's signature; records each call and calls both answerers once."""
 
@@ -44,12 +36,12 @@ class StandInJudge:
         self.promote, self.decided, self.calls = promote, decided, []
 
     def __call__(self, ctx: Context, *, collection: str, candidate_version: str, answer_candidate: Any,
-                 answer_champion: Any, champion_version: str | None = None) -> StandInVerdict:
+                 answer_champion: Any, champion_version: str | None = None) -> Verdict:
         self.calls.append({"collection": collection, "version": candidate_version, "champion": champion_version,
                            "answerers": (answer_candidate, answer_champion)})
-        return StandInVerdict(self.promote, "rouge_l 0.41 vs 0.40" if self.promote else "rouge_l 0.02 vs 0.40 (margin 0.02)",
-                              {"candidate": {"rouge_l": 0.41 if self.promote else 0.02}, "champion": {"rouge_l": 0.40}},
-                              decided=self.decided)
+        return Verdict(self.promote, "rouge_l 0.41 vs 0.40" if self.promote else "rouge_l 0.02 vs 0.40 (margin 0.02)",
+                       {"candidate": {"rouge_l": 0.41 if self.promote else 0.02}, "champion": {"rouge_l": 0.40}},
+                       report_blob=None, decided=self.decided)
 
 
 def seed_champion(ledger: Ledger, ws: Any) -> None:
@@ -78,6 +70,15 @@ DEP = deployment_name_for("2")
 def start(ctx: Context) -> None:
     started, endpoint = lifecycle.start_deployment(V2, ctx, reason="job job-2 completed")
     assert started and endpoint == EP
+
+
+def into_canary(ctx: Context, ws: Any, judge: StandInJudge) -> Any:
+    """Version 2 started, its candidate deployment ready and judged to promote: its canary window begins."""
+    start(ctx)
+    ws.finish_candidate(EP, DEP)
+    record = advance(ctx.ledger.get(R.ROLLOUT, V2.ref), ctx, judge=judge)
+    assert record.state == R.ROLLOUT_CANARY
+    return record
 
 
 def test_a_new_version_deploys_beside_the_champion_never_as_a_second_endpoint(world) -> None:  # noqa: ANN001
@@ -119,11 +120,8 @@ def test_rejected_by_evaluation_never_takes_traffic_and_its_deployment_is_delete
 
 def test_promoted_through_the_canary(world) -> None:  # noqa: ANN001
     ctx, ws = world
-    start(ctx)
-    ws.finish_candidate(EP, DEP)
     judge = StandInJudge(promote=True)
-    record = advance(ctx.ledger.get(R.ROLLOUT, V2.ref), ctx, judge=judge)
-    assert record.state == R.ROLLOUT_CANARY
+    record = into_canary(ctx, ws, judge)
     assert ws.endpoints[EP].traffic == {"default": 90, DEP: 10}
     ws.metrics[EP] = {"default": DeploymentMetrics(90, 0, 120.0), DEP: DeploymentMetrics(10, 0, 130.0)}
     record = advance(record, ctx, judge=judge)
@@ -153,11 +151,8 @@ def test_promoted_through_the_canary(world) -> None:  # noqa: ANN001
 
 def test_a_failing_candidate_is_rolled_back_by_itself_with_the_figures(world) -> None:  # noqa: ANN001
     ctx, ws = world
-    start(ctx)
-    ws.finish_candidate(EP, DEP)
     judge = StandInJudge(promote=True)
-    record = advance(ctx.ledger.get(R.ROLLOUT, V2.ref), ctx, judge=judge)
-    assert record.state == R.ROLLOUT_CANARY
+    record = into_canary(ctx, ws, judge)
     ws.metrics[EP] = {"default": DeploymentMetrics(50, 0, 100.0), DEP: DeploymentMetrics(6, 4, 80.0)}
     summary = reconcile(ctx.settings, ctx.ledger, ws)
     record = ctx.ledger.get(R.ROLLOUT, V2.ref)

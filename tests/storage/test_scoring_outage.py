@@ -20,7 +20,7 @@ from shared.scoring.scorer import Scorer
 from shared.settings import Settings
 from shared.storage import ensure_storage
 from tests.stub_endpoint import StubEndpoint, StubTargetBackend, running, seed_model
-from tests.support import FakeClock, PrivateAzurite, make_settings
+from tests.support import FakeClock, PrivateAzurite, make_settings, wait_until
 
 pytestmark = pytest.mark.storage
 
@@ -89,9 +89,7 @@ def test_known_routes_keep_serving_unknown_ones_get_a_fast_503_and_activity_is_k
             assert too_old.value.status == 503 and too_old.value.code == "storage_unavailable"
 
             storage.restart()
-            deadline = time.monotonic() + 20
-            while scorer.activity.unwritten and time.monotonic() < deadline:
-                time.sleep(0.2)
+            wait_until(lambda: not scorer.activity.unwritten, 20, "the activity seen during the outage to be written", every_s=0.2)
             assert scorer.activity.unwritten == {}
             written = parse_iso(Ledger.from_settings(settings).get(ENDPOINT, ep).get("last_activity"))
             assert written is not None and written > first  # the activity seen during the outage

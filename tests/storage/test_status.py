@@ -117,7 +117,7 @@ def test_cli_status_json_and_text(storage_settings, populated, capsys):
 
 
 def test_cli_status_without_storage_says_so(unit_settings, capsys):
-    from devhost.azurite import free_port
+    from tests.support import free_port
 
     port = free_port()  # nothing listens there
     use_settings(make_settings(AzureWebJobsStorage=(

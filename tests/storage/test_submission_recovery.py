@@ -16,11 +16,9 @@ import subprocess
 import sys
 import time
 
-import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 
-from devhost.app_index import functions_of
 from functions import reconcile as reconcile_module
 from shared.backends import use_backend
 from shared.datasets.intake import dataset_id_for
@@ -29,7 +27,7 @@ from shared.settings import use_settings
 from shared.storage import blob_service
 from tests.fakes.uploads import GOOD
 from tests.fakes.workspace import InMemoryWorkspace
-from tests.support import ROOT
+from tests.support import ROOT, user_function
 
 pytestmark = pytest.mark.storage
 
@@ -63,13 +61,6 @@ print("the delivery was not killed")
 """
 
 
-def _reconcile_function():
-    app = func.FunctionApp()
-    app.register_functions(reconcile_module.bp)
-    (fn,) = [f for f in functions_of(app) if f.get_function_name() == "reconcile"]
-    return fn.get_user_function()
-
-
 def test_a_delivery_killed_between_claim_and_submission_is_submitted_by_the_next_reconcile_once(storage_settings):
     lease_s = 2
     # Upload mode: the upload's own delivery claims and submits (corpus mode's collection claim is
@@ -95,7 +86,7 @@ def test_a_delivery_killed_between_claim_and_submission_is_submitted_by_the_next
     workspace = InMemoryWorkspace(s.workspace_resource_id)
     use_settings(s)
     use_backend(workspace, s)
-    run_reconcile = _reconcile_function()
+    run_reconcile = user_function(reconcile_module, "reconcile")
     run_reconcile(TimerRequest(past_due=False))  # the claim is still live: a delivery may be submitting
     assert workspace.requests == [] and ledger.get(DATASET, dataset_id).state == "accepted"
 

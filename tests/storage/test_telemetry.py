@@ -13,13 +13,11 @@ import os
 import subprocess
 import sys
 
-import azure.functions as func
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from devhost.app_index import functions_of
 from functions import job_events, prepare_chat_data, scoring
 from functions import reconcile as reconcile_function
 from shared.backends import use_backend
@@ -32,7 +30,7 @@ from tests.fakes.events import grid_event, load_sample, ours, timer
 from tests.fakes.uploads import GOOD, upload
 from tests.fakes.workspace import InMemoryWorkspace
 from tests.stub_endpoint import StubEndpoint, running
-from tests.support import ROOT, call_http
+from tests.support import ROOT, call_http, user_function
 
 
 @pytest.fixture
@@ -46,13 +44,6 @@ def exporter():
     finally:
         telemetry.use_tracer_provider(None)
         provider.shutdown()
-
-
-def user_function(module, name: str):
-    app = func.FunctionApp()
-    app.register_functions(module.bp)
-    (fn,) = [f for f in functions_of(app) if f.get_function_name() == name]
-    return fn.get_user_function()
 
 
 @pytest.mark.storage

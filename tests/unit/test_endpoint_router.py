@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devhost.azurite import free_port
 from localworkspace.router import Counters, choose_deployment, percentile, primary_deployment
 from localworkspace.workspace import write_json
+from tests.support import WaitTimeout, free_port, wait_until
 
 KEY = "router-test-key"
 CLIENT = httpx.Client()  # keep-alive to the router: the test measures the router, not connection setup
@@ -106,14 +106,9 @@ def endpoint(tmp_path: Path):  # noqa: ANN201
                              "--activity-file", str(tmp_path / "activity")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
+    try:
+        wait_until(lambda: answers_ping(url), 30, "the router to answer", every_s=0.1)
+    except WaitTimeout:
         proc.kill()
         pytest.fail(f"router did not come up: {proc.stderr.read().decode() if proc.stderr else ''}")
     try:
@@ -123,6 +118,13 @@ def endpoint(tmp_path: Path):  # noqa: ANN201
         proc.wait(10)
         blue.stop()
         green.stop()
+
+
+def answers_ping(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ping", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def score(url: str, pin: str | None = None, stream: bool = False) -> httpx.Response:
@@ -258,9 +260,7 @@ def test_a_deployment_being_deleted_answers_its_requests_in_flight_first(endpoin
     clients = [threading.Thread(target=lambda: answers.append(score(url, pin="green"))) for _ in range(2)]
     for c in clients:
         c.start()
-    deadline = time.monotonic() + 10
-    while in_flight(url, "green") < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: in_flight(url, "green") >= 2, 10, "both requests in flight", every_s=0.05)
     assert in_flight(url, "green") == 2, "the router counts the requests in flight"
     set_record(record, traffic={"blue": 100})  # the promotion's traffic move
     deleting = threading.Thread(target=backend.begin_delete_deployment, args=("ep", "green"))

@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from scripts.make_sample_data import write_gzip_bomb, write_parquet_bomb
 from shared.datasets import chat_data
 from shared.datasets.chat_data import prepare_file
-from tests.support import make_settings, write_gzip_bomb, write_parquet_bomb
+from tests.support import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 RSS_LIMIT_MB = 200
