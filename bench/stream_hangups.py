@@ -72,7 +72,7 @@ def measure(counts: list[int], wait_s: float, drain_s: float) -> dict[str, Any]:
     from devhost.host import run_host
     from localworkspace.workspace import read_pid_file
     from shared.backends import use_backend
-    from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+    from shared.backends.base import COMPLETED, JOB_FINAL_STATES, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
     from shared.backends.local import LocalBackend
     from shared.endpoints import lifecycle
     from shared.ledger import MODEL as MODEL_KIND
@@ -107,7 +107,7 @@ def measure(counts: list[int], wait_s: float, drain_s: float) -> dict[str, Any]:
         train, test = upload_prepared_dataset(settings, "hangups-bench", seed=11)
         job = backend.submit_finetune(FineTuneRequest("hangups-bench", train, test, MODEL,
                                                       tags={MANAGED_BY_TAG: MANAGED_BY_VALUE}))
-        wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, 600, "the fine-tune", 2.0)
+        wait_until(lambda: backend.get_job(job).state in JOB_FINAL_STATES, 600, "the fine-tune", 2.0)
         assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
         model = backend.register_model(job, MODEL)
         ledger.create(MODEL_KIND, model.ref, "registered", job_name=job, base_model=model.base_model)

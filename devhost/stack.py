@@ -25,7 +25,7 @@ from urllib.parse import quote
 from devhost.access import KEY_FILE, stack_function_key
 from devhost.azurite import RUN_DIR, Azurite, start, stop_process
 from localworkspace.ports import port_open
-from localworkspace.workspace import live_pid, write_pid_file
+from localworkspace.workspace import live_pid, process_alive, read_pid_file, stop_process_group, write_pid_file
 from shared.settings import PROJECT_ROOT, SettingsError, get_settings
 
 LOG_DIR = PROJECT_ROOT / ".local" / "logs"
@@ -45,8 +45,6 @@ def offline_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
-
-
 
 
 def host_port() -> int:
@@ -128,12 +126,21 @@ def start_host(port: int | None = None, env: dict[str, str] | None = None, timeo
     raise RuntimeError(f"the local host did not answer within {timeout_s:.0f}s; see {log_path}")
 
 
+def stop_recorded(pid_file: Path, what: str, timeout_s: float = 10.0) -> None:
+    """Stop the process ``pid_file`` names while that very process runs, then drop the file.
+
+    The file holds pid and create time (``write_pid_file``): a pid the OS has since given to
+    another process is never signalled, neither at the first SIGTERM nor while waiting for the
+    process to end or at the SIGKILL after ``timeout_s`` (``stop_process_group`` checks both each time)."""
+    recorded = read_pid_file(pid_file)
+    if recorded is not None and process_alive(recorded):
+        stop_process_group(recorded, timeout_s=timeout_s)
+        print(f"{what}: stopped (pid {recorded['pid']})")
+    pid_file.unlink(missing_ok=True)
+
+
 def stop_host() -> None:
-    pid = live_pid(HOST_PID)
-    if pid:
-        stop_process(pid, timeout_s=20)
-        print(f"Local host: stopped (pid {pid})")
-    HOST_PID.unlink(missing_ok=True)
+    stop_recorded(HOST_PID, "Local host", timeout_s=20)
 
 
 def stop_workspace() -> None:
@@ -147,11 +154,7 @@ def stop_workspace() -> None:
 
 
 def stop_azurite() -> None:
-    pid = live_pid(AZURITE_PID)
-    if pid:
-        stop_process(pid)
-        print(f"Azurite: stopped (pid {pid})")
-    AZURITE_PID.unlink(missing_ok=True)
+    stop_recorded(AZURITE_PID, "Azurite")
 
 
 def print_urls(port: int | None = None, key: str = "", key_source: str = "") -> None:

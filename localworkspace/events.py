@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from shared.clock import backoff_s
+
 log = logging.getLogger(__name__)
 
 RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"
@@ -66,11 +68,11 @@ def build_job_event(
 
 def backoff_delays(total_s: float, first_s: float = 1.0, cap_s: float = 30.0) -> list[float]:
     """Waits between attempts: doubling from ``first_s`` up to ``cap_s``, summing to ~``total_s``."""
-    delays, delay, spent = [], first_s, 0.0
-    while spent + delay <= total_s:
+    delays: list[float] = []
+    spent = 0.0
+    while spent + (delay := backoff_s(first_s, len(delays), cap_s)) <= total_s:
         delays.append(delay)
         spent += delay
-        delay = min(delay * 2, cap_s)
     return delays
 
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import time
-from datetime import datetime
 from typing import IO, Any
 
 from localworkspace.workspace import Workspace, process_alive, read_json, read_pid_file, write_json
+from shared.clock import parse_iso
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = frozenset({"completed", "failed", "canceled"})
 POLL_S = 0.5
 # A waiting job whose runner has not written its pid file this long after submission is gone.
 START_GRACE_S = 60.0
@@ -60,11 +59,11 @@ def _still_waiting(ws: Workspace, job_name: str, me: str) -> bool:
     proc = read_pid_file(ws.job_dir(job_name) / "runner.pid")
     if proc is not None:
         return process_alive(proc)
-    submitted = state.get("submitted_at")
     try:
-        age = time.time() - datetime.fromisoformat(submitted).timestamp() if submitted else float("inf")
+        submitted = parse_iso(state.get("submitted_at"))  # a naive time is UTC, never the machine's local time
     except ValueError:
-        age = float("inf")
+        submitted = None
+    age = time.time() - submitted.timestamp() if submitted else float("inf")
     return age < START_GRACE_S
 
 

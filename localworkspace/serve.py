@@ -267,10 +267,10 @@ async def _sse(pieces: Iterator[dict[str, Any]], stop: threading.Event) -> Async
 
 
 def record_activity(activity_file: Path) -> None:
-    from datetime import UTC, datetime
+    from shared.clock import now_iso
 
     tmp = activity_file.with_suffix(".tmp")
-    tmp.write_text(datetime.now(UTC).isoformat(), encoding="utf-8")
+    tmp.write_text(now_iso(), encoding="utf-8")
     os.replace(tmp, activity_file)
 
 

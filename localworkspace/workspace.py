@@ -31,6 +31,8 @@ from typing import Any
 
 import psutil
 
+from shared.clock import now_iso as now_iso  # the one time format (UTC, 'Z'), as the ledger writes it
+
 
 @contextlib.contextmanager
 def file_lock(folder: Path, name: str) -> Iterator[None]:
@@ -136,12 +138,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-
-
-def now_iso() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat()
 
 
 # --- processes ----------------------------------------------------------------------------

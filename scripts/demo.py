@@ -249,6 +249,7 @@ def run(demo: Demo) -> None:
     job_name = ds.get("job_name")
     say(f"job {job_name} (report: {demo.settings.prepared_container}/{report_blob})")
     from shared.backends import get_backend
+    from shared.backends.base import JOB_FINAL_STATES
 
     backend = get_backend(demo.settings)
     info = backend.get_job(job_name)
@@ -264,7 +265,7 @@ def run(demo: Demo) -> None:
                 say("  " + line.strip()[:150])
         seen["lines"] = len(lines)
 
-    final = wait_for("the fine-tuning job to end", lambda: (j := backend.get_job(job_name)).state in {"completed", "failed", "canceled"} and j,
+    final = wait_for("the fine-tuning job to end", lambda: (j := backend.get_job(job_name)).state in JOB_FINAL_STATES and j,
                      900, 2.0, show_progress)
     show_progress()
     say(f"job {job_name}: {final.state}  metrics: {json.dumps(final.metrics)}")

@@ -117,7 +117,7 @@ def tiny_trained_stack(root: Path, dataset_id: str, model_name: str, seed: int, 
     ``settings, storage, backend, ledger, job`` and ``exits`` (the ExitStack the module enters its
     endpoints, host and clients in; everything is stopped in reverse order on exit)."""
     from shared.backends import use_backend
-    from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+    from shared.backends.base import COMPLETED, JOB_FINAL_STATES, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
     from shared.backends.local import LocalBackend
     from shared.ledger import Ledger
     from shared.scoring.scorer import reset_scorers
@@ -146,7 +146,7 @@ def tiny_trained_stack(root: Path, dataset_id: str, model_name: str, seed: int, 
         train, test = upload_prepared_dataset(settings, dataset_id, seed=seed)
         job = backend.submit_finetune(FineTuneRequest(dataset_id, train, test, model_name,
                                                       tags={MANAGED_BY_TAG: MANAGED_BY_VALUE}))
-        wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, 300, "the tiny fine-tune", 2.0)
+        wait_until(lambda: backend.get_job(job).state in JOB_FINAL_STATES, 300, "the tiny fine-tune", 2.0)
         assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
         yield SimpleNamespace(settings=settings, storage=storage, backend=backend, ledger=ledger, job=job, exits=exits)
 

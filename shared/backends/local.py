@@ -46,7 +46,7 @@ from shared.backends.base import (
 )
 from shared.backends.local_endpoints import ENDPOINT_STARTUP_TIMEOUT_S, LocalEndpoints
 from shared.backends.local_processes import is_running, spawn
-from shared.ledger.store import parse_iso  # the one ISO reader: 'Z' or '+00:00', a naive time is UTC
+from shared.clock import parse_iso  # the one ISO reader: 'Z' or '+00:00', a naive time is UTC
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

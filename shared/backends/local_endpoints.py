@@ -42,7 +42,7 @@ from shared.backends.base import (
     check_traffic,
 )
 from shared.backends.local_processes import is_running, spawn
-from shared.ledger.store import parse_iso
+from shared.clock import parse_iso
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -262,7 +262,7 @@ class LocalEndpoints:
             elif dep["state"] == EP_PROVISIONING:
                 if self._healthy(dep["port"]):
                     dep_changes[name] = {"state": EP_SUCCEEDED, "ready_at": now_iso()}
-                elif now - datetime.fromisoformat(dep["deploy_started_at"]).timestamp() > self.endpoint_startup_timeout_s:
+                elif now - parse_iso(dep["deploy_started_at"]).timestamp() > self.endpoint_startup_timeout_s:
                     stop_process_group(read_pid_file(pid_file) or {})
                     dep_changes[name] = {"state": EP_FAILED, "error": f"deployment {name} not healthy after "
                                          f"{self.endpoint_startup_timeout_s:.0f} s; see {dep.get('log_path')}"}
@@ -277,7 +277,7 @@ class LocalEndpoints:
         elif record["state"] == EP_PROVISIONING:
             if primary_state == EP_SUCCEEDED and self._healthy(record["port"]):
                 changes = {"state": EP_SUCCEEDED, "ready_at": now_iso()}
-            elif now - datetime.fromisoformat(record["deploy_started_at"]).timestamp() > self.endpoint_startup_timeout_s:
+            elif now - parse_iso(record["deploy_started_at"]).timestamp() > self.endpoint_startup_timeout_s:
                 self._stop_endpoint_processes(ep_dir)
                 changes = {"state": EP_FAILED, "error": f"server not healthy after {self.endpoint_startup_timeout_s:.0f} s; "
                                                          f"see {ep_dir / 'server.log'}"}
@@ -313,7 +313,7 @@ class LocalEndpoints:
         ep_dir = self.ws.endpoint_dir(record["name"])
         activity = None
         try:
-            activity = datetime.fromisoformat((ep_dir / "activity").read_text(encoding="utf-8").strip())
+            activity = parse_iso((ep_dir / "activity").read_text(encoding="utf-8").strip())
         except (FileNotFoundError, ValueError):
             pass
         return EndpointInfo(

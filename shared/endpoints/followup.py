@@ -20,6 +20,7 @@ from collections import Counter
 import orjson
 
 from shared.backends.base import EP_DELETING, EP_PROVISIONING
+from shared.clock import backoff_s
 from shared.context import context
 from shared.endpoints import lifecycle
 from shared.ledger import ENDPOINT, utcnow
@@ -41,7 +42,7 @@ def delay_before(check: int) -> float:
     """Seconds before check number ``check`` (1-based): 2 (15 times), then 4, 8, 16, 30, 30, ..."""
     if check <= FAST_CHECKS:
         return FIRST_DELAY_S
-    return min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** (check - FAST_CHECKS))
+    return backoff_s(FIRST_DELAY_S, check - FAST_CHECKS, MAX_DELAY_S)
 
 
 @dataclasses.dataclass(frozen=True)

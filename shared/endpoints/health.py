@@ -51,6 +51,7 @@ from shared.backends.base import (
     MLBackend,
     NotFoundError,
 )
+from shared.clock import backoff_s
 from shared.context import Context
 from shared.endpoints import lifecycle
 from shared.endpoints.routing import endpoint_need
@@ -98,8 +99,7 @@ def probe(backend: MLBackend, name: str) -> EndpointHealth:
 
 def backoff(settings: Any, attempt: int) -> timedelta:
     """Wait before heal attempt ``attempt`` (2, 3, ...): the base, doubled each time, capped."""
-    base = timedelta(seconds=max(settings.endpoint_heal_backoff_s, 0))
-    return min(base * (2 ** max(attempt - 2, 0)), MAX_BACKOFF)
+    return timedelta(seconds=backoff_s(max(settings.endpoint_heal_backoff_s, 0), attempt - 2, MAX_BACKOFF.total_seconds()))
 
 
 def next_attempt_at(record: Record, settings: Any) -> datetime | None:

@@ -18,9 +18,10 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shared.clock import iso, utcnow  # the one time format (shared.ledger re-exports them)
+from shared.clock import parse_iso as parse_iso  # the one reader, re-exported
 from shared.ledger import records as R
 from shared.settings import Settings, get_settings
 
@@ -59,21 +60,6 @@ def retry_on_conflict(attempt: Callable[[], T], what: str, attempts: int = CONFL
         except ConflictError:
             continue
     raise ConflictError(f"{what}: too much contention")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(dt: datetime | None) -> str | None:
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z") if dt else None
-
-
-def parse_iso(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def check_key(value: str) -> str:

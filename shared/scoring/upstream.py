@@ -23,6 +23,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from shared.backends.base import ScoringTarget
+from shared.clock import backoff_s
 from shared.scoring.answers import Completion, StreamPiece, parse_endpoint_reply, parse_endpoint_stream_event
 from shared.scoring.contract import TIMEOUT, UNAVAILABLE, UPSTREAM_ERROR, ScoringError
 from shared.scoring.hangup import Abort, abortable
@@ -115,7 +116,7 @@ def busy_delay(attempt: int, retry_after: str | None) -> float | None:
     asked = retry_after_seconds(retry_after)
     if asked is not None:
         return asked if asked <= MAX_WAITED_RETRY_AFTER_S else None
-    return BACKOFF_BASE_S * (2**attempt) * random.uniform(0.5, 1.0)  # jitter spreads retrying workers
+    return backoff_s(BACKOFF_BASE_S, attempt) * random.uniform(0.5, 1.0)  # jitter spreads retrying workers
 
 
 def stream_timeout(route: Route, idle_s: float) -> urllib3.Timeout:

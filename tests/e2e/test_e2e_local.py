@@ -21,6 +21,7 @@ import pytest
 
 from scripts.make_sample_data import MALFORMED_LINES, write
 from shared.backends import get_backend
+from shared.backends.base import JOB_FINAL_STATES
 from shared.ledger import DATASET, ENDPOINT, JANITOR, JOB, MODEL, ROUTE, Ledger
 from shared.settings import use_settings
 from shared.storage import blob_service
@@ -73,7 +74,7 @@ def test_upload_to_scored_reply_to_idle_deletion_and_back(storage_settings, tmp_
             # 2. the fine-tune runs and ends; its RunCompleted event reaches on_job_event
             job_name = dataset.get("job_name")
             assert ledger.get(JOB, job_name).get("dataset_id") == dataset.id
-            wait_until(lambda: backend.get_job(job_name).state in {"completed", "failed", "canceled"}, 240, "the job to end", 1.0)
+            wait_until(lambda: backend.get_job(job_name).state in JOB_FINAL_STATES, 240, "the job to end", 1.0)
             job = backend.get_job(job_name)
             assert job.state == "completed", job.error
             assert job.metrics.get("test_loss") is not None and job.metrics.get("base_test_loss") is not None

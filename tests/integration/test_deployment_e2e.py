@@ -18,7 +18,7 @@ from devhost.eventgrid import decode_event, parse_delivery
 from functions import job_events
 from shared import ledger as L
 from shared.backends import use_backend
-from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+from shared.backends.base import COMPLETED, JOB_FINAL_STATES, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
 from shared.deployment import reconcile as reconciliation
 from shared.ledger import Ledger
 from shared.settings import use_settings
@@ -139,7 +139,7 @@ def test_local_workspace_job_is_registered_deployed_and_served(storage_settings,
                 backend="local",
             )
 
-            wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, JOB_TIMEOUT_S, "the job", every_s=2.0)
+            wait_until(lambda: backend.get_job(job).state in JOB_FINAL_STATES, JOB_TIMEOUT_S, "the job", every_s=2.0)
             info = backend.get_job(job)
             assert info.state == COMPLETED, f"{info.error}; see {info.log_path}"
 

@@ -18,7 +18,7 @@ import pytest
 
 from localworkspace.workspace import process_alive, read_pid_file
 from shared.backends import use_backend
-from shared.backends.base import COMPLETED, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+from shared.backends.base import COMPLETED, JOB_FINAL_STATES, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
 from shared.endpoints import lifecycle
 from shared.ledger import ENDPOINT, JANITOR, MODEL, ROUTE, Ledger
 from shared.settings import use_settings
@@ -88,7 +88,7 @@ def test_timer_deletes_the_endpoint_nobody_calls_and_keeps_the_called_one(storag
         train, test = upload_prepared_dataset(settings, "janitor-e2e", seed=5)
         job = backend.submit_finetune(FineTuneRequest("janitor-e2e", train, test, called_model,
                                                       tags={MANAGED_BY_TAG: MANAGED_BY_VALUE}))
-        wait_until(lambda: backend.get_job(job).state in {"completed", "failed", "canceled"}, JOB_TIMEOUT_S, "the job", 2.0)
+        wait_until(lambda: backend.get_job(job).state in JOB_FINAL_STATES, JOB_TIMEOUT_S, "the job", 2.0)
         assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
 
         endpoints = {}

@@ -12,7 +12,7 @@ import pytest
 
 from localworkspace import job_queue
 from localworkspace.workspace import Workspace
-from shared.backends.base import COMPLETED, FineTuneRequest
+from shared.backends.base import COMPLETED, JOB_FINAL_STATES, FineTuneRequest
 from shared.backends.local import LocalBackend
 from shared.settings import Settings
 from tests.support import free_port, upload_prepared_dataset, wait_until
@@ -50,7 +50,7 @@ def test_jobs_beyond_the_limit_wait_and_start_in_submission_order(one_at_a_time:
     while time.monotonic() < deadline:
         states = [backend.get_job(j).state for j in jobs]
         most_running = max(most_running, states.count("running"))
-        if all(st in {"completed", "failed", "canceled"} for st in states):
+        if all(st in JOB_FINAL_STATES for st in states):
             break
         time.sleep(0.3)
     records = [json.loads(ws.job_state_path(j).read_text()) for j in jobs]

@@ -151,3 +151,37 @@ def test_make_down_signals_only_the_process_it_started(tmp_path) -> None:  # noq
     pid_file.write_text("not a pid")
     assert live_pid(pid_file) is None
     assert live_pid(tmp_path / "missing.pid") is None
+
+
+def test_make_down_leaves_a_process_that_got_a_recorded_pid_alone(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """``make down`` (``devhost.stack down``: the host, the workspace's processes, Azurite): pid files
+    naming a pid that the OS has since given to another process (same pid, another create time)
+    signal nothing; a pid file naming that very process stops it."""
+    import subprocess
+    import sys
+
+    from devhost import stack
+    from localworkspace.workspace import Workspace, process_identity, write_json, write_pid_file
+    from shared.settings import use_settings
+    from tests.support import make_settings
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        reused = {"pid": other.pid, "create_time": process_identity(other.pid)["create_time"] - 100.0}
+        monkeypatch.setattr(stack, "HOST_PID", tmp_path / "run" / "host.pid")
+        monkeypatch.setattr(stack, "AZURITE_PID", tmp_path / "run" / "azurite.pid")
+        ws = Workspace(tmp_path / "ws")
+        for pid_file in (stack.HOST_PID, stack.AZURITE_PID, ws.job_dir("ftjob-1") / "runner.pid",
+                         ws.endpoints_dir / "ep" / "server.pid"):
+            write_json(pid_file, reused)
+        use_settings(make_settings(LOCAL_WORKSPACE_DIR=str(ws.root)))
+        assert stack.main(["down"]) == 0
+        assert other.poll() is None, "make down signalled a process it did not start"
+        assert not stack.HOST_PID.exists() and not stack.AZURITE_PID.exists()
+        write_pid_file(stack.HOST_PID, other.pid)  # the process itself: stopped
+        assert stack.main(["down"]) == 0
+        assert other.wait(timeout=30) is not None and not stack.HOST_PID.exists()
+    finally:
+        use_settings(None)
+        other.kill()
+        other.wait()
