@@ -45,7 +45,7 @@ import azure.functions as func
 import uvicorn
 from azure.core.exceptions import AzureError
 
-from devhost import eventgrid
+from devhost import eventgrid_delivery
 from devhost.app_index import (
     BLOB,
     EVENT_GRID,
@@ -302,8 +302,8 @@ class Host:
             if not isinstance(event, dict):
                 raise ValueError("input must be one event (Event Grid or CloudEvents schema)")
             try:
-                trigger_value = eventgrid.decode_event(eventgrid.parse_delivery(json.dumps(event).encode())[0])
-            except eventgrid.EventDeliveryError as exc:
+                trigger_value = eventgrid_delivery.decode_event(eventgrid_delivery.parse_delivery(json.dumps(event).encode())[0])
+            except eventgrid_delivery.EventDeliveryError as exc:
                 raise ValueError(str(exc)) from None
         elif fn.trigger_type == BLOB and self._poller is not None:
             self._poller.run_on_demand(fn, value)

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from devhost import access, eventgrid
+from devhost import access, eventgrid_delivery
 from devhost.app_index import EVENT_GRID, HTTP, IndexedFunction
 
 if TYPE_CHECKING:
@@ -198,11 +198,11 @@ def build_asgi_app(host: Host) -> access.AccessGuard:
         if event_type not in ("SubscriptionValidation", "Notification"):
             return _error(400, f"unsupported aeg-event-type {event_type!r}")
         try:
-            events = eventgrid.parse_delivery(await request.body())
+            events = eventgrid_delivery.parse_delivery(await request.body())
             if event_type == "SubscriptionValidation":
-                return JSONResponse({"validationResponse": eventgrid.validation_code(events)})
-            decoded = eventgrid.decode_events(events)
-        except eventgrid.EventDeliveryError as exc:
+                return JSONResponse({"validationResponse": eventgrid_delivery.validation_code(events)})
+            decoded = eventgrid_delivery.decode_events(events)
+        except eventgrid_delivery.EventDeliveryError as exc:
             return _error(400, str(exc))
         failed = await _deliver(host, fn, decoded)
         if failed:
@@ -221,8 +221,8 @@ def build_asgi_app(host: Host) -> access.AccessGuard:
             return _error(400, f"{name!r} is an HTTP function: call its /{host.route_prefix}/ route")
         raw = await request.body()
         try:
-            payload = eventgrid.loads(raw) if raw.strip() else {}
-        except eventgrid.EventDeliveryError as exc:
+            payload = eventgrid_delivery.loads(raw) if raw.strip() else {}
+        except eventgrid_delivery.EventDeliveryError as exc:
             return _error(400, str(exc))
         value = payload.get("input") if isinstance(payload, dict) else None
         try:

@@ -4,7 +4,7 @@
 downloads the prepared train/test blobs with the storage connection in the spec, fine-tunes
 (see trainer.py), and records every transition in ``state.json``: queued -> running ->
 completed | failed | canceled (SIGTERM), with timings, metrics and the MLflow model URI.
-When the job has ended it posts the job event (events.py) to the app's webhook, retrying with
+When the job has ended it posts the job event (event_publisher.py) to the app's webhook, retrying with
 back-off; an undeliverable event is logged, it never fails the job. SIGTERM is recorded as
 canceled at once (see watch_for_cancel). Its stdout/stderr is the
 job's log file (job.log), opened by whoever started it.
@@ -159,7 +159,7 @@ def run(job_dir: Path, spec: dict[str, Any]) -> int:
 
 def announce(spec: dict[str, Any], record: dict[str, Any], ws: Workspace, retry_total_s: float | None = None) -> None:
     """Post the job's Event Grid event and record the delivery outcome (never raises)."""
-    from localworkspace.events import build_job_event, post_event
+    from localworkspace.event_publisher import build_job_event, post_event
 
     url = spec.get("webhook_url")
     if not url:

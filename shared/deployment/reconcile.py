@@ -17,8 +17,8 @@ from shared.backends.base import CANCELED, COMPLETED, EP_DELETING, EP_PROVISIONI
 from shared.context import Context, context
 from shared.datasets.intake import submit_pending_datasets
 from shared.deployment import sweep
-from shared.deployment.job_events import Outcome, deploy_registered_model, drive_job, model_of
-from shared.endpoints import health, lifecycle
+from shared.deployment.job_outcome import Outcome, deploy_registered_model, drive_job, model_of
+from shared.endpoints import healing, lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger, Record, utcnow
 from shared.ledger import records as R
@@ -46,7 +46,7 @@ SUMMARY_KEYS = (
     "endpoints_deleting",
     "endpoints_deleted",
     *sweep.SUMMARY_KEYS,
-    *health.SUMMARY_KEYS,
+    *healing.SUMMARY_KEYS,
     *rollout.SUMMARY_KEYS,
     "errors",
 )
@@ -91,7 +91,7 @@ def reconcile(
 
     _guarded(summary, "rollouts", lambda: rollout.advance_all(ctx, summary))
     _guarded(summary, "stuck-state sweep", lambda: sweep.sweep_stuck(ctx, summary))
-    _guarded(summary, "endpoint health", lambda: health.heal_endpoints(ctx, summary, skip=just_read))
+    _guarded(summary, "endpoint health", lambda: healing.heal_endpoints(ctx, summary, skip=just_read))
 
     result = dict(summary)
     log.info("reconcile: %s", {k: v for k, v in result.items() if v})

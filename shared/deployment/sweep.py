@@ -13,7 +13,7 @@ job submitted       ``JOB_UNKNOWN_TIMEOUT`` the workspace does not know the job 
 job submitted       ``JOB_MAX_RUNTIME``     no final state that long -> ``failed`` (and cancelled
                                             where the backend can)
 endpoint            ``PROVISIONING_TIMEOUT`` the backend still deploying -> ``failed``; the health
-provisioning        (per backend)           loop (:mod:`shared.endpoints.health`) then redeploys it,
+provisioning        (per backend)           loop (:mod:`shared.endpoints.healing`) then redeploys it,
                                             bounded
 endpoint deleting   ``DELETING_TIMEOUT``    the backend still has it -> the error is recorded on
                                             the record (``stuck_reason``); the janitor and reconcile

@@ -35,7 +35,7 @@ from shared.backends.base import (
 from shared.context import Context, context
 from shared.endpoints import capacity
 from shared.endpoints.naming import endpoint_name
-from shared.endpoints.routing import lived_in
+from shared.endpoints.serving import lived_in
 from shared.endpoints.versions import is_newer, version_key
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
@@ -143,7 +143,7 @@ def deploy_model(
         "deploy_requested_at": _now_iso(),
         "error": None,
         # A new deployment: an earlier decision to stop healing (not needed, attempts spent) no
-        # longer holds; the health loop decides again from its route (routing.endpoint_need).
+        # longer holds; the health loop decides again from its route (serving.endpoint_need).
         "heal_stopped_at": None,
         "heal_stopped_reason": None,
     }

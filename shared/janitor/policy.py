@@ -10,7 +10,7 @@ The rules, in the order they are applied:
    a ledger record are both required.
 2. Never while a deployment or a deletion is in progress (backend or ledger state), and
    never an endpoint that failed or stopped serving while the health loop still heals it
-   (``shared.endpoints.health``). One whose healing stopped (attempts spent, or replaced by a
+   (``shared.endpoints.healing``). One whose healing stopped (attempts spent, or replaced by a
    newer version) is deleted once idle like any other: it may still hold billed instances,
    and its record keeps the reason.
 3. The model's active endpoint is kept when ``keep_latest`` is set.

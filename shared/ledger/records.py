@@ -20,10 +20,10 @@ kind           id                     owner
                                       waits for a job, when it is due, the submission claim)
 ``job``        backend job name       :mod:`shared.datasets.intake` (upload mode) or
                                       :mod:`shared.training.submission` (corpus mode) creates
-                                      it (submitted); :mod:`shared.deployment.job_events` ends it
-``model``      ``name:version``       :mod:`shared.deployment.job_events` (registration);
+                                      it (submitted); :mod:`shared.deployment.job_outcome` ends it
+``model``      ``name:version``       :mod:`shared.deployment.job_outcome` (registration);
                                       :mod:`shared.endpoints.lifecycle` (deploying/deployed)
-``endpoint``   endpoint name          :mod:`shared.endpoints.lifecycle`; :mod:`shared.endpoints.health`
+``endpoint``   endpoint name          :mod:`shared.endpoints.lifecycle`; :mod:`shared.endpoints.healing`
                                       (unhealthy -> failed, heal attempts; redeploys via lifecycle)
 ``active``     fine-tuned model name  :mod:`shared.endpoints.lifecycle` (which endpoint serves)
 ``janitor``    ``last``               :mod:`shared.janitor.run`
@@ -139,7 +139,7 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     ENDPOINT: {
         "": frozenset({ENDPOINT_PROVISIONING}),
         ENDPOINT_PROVISIONING: frozenset({ENDPOINT_SUCCEEDED, ENDPOINT_FAILED}),
-        # -> failed: the health loop found it not serving (shared.endpoints.health), and heals it
+        # -> failed: the health loop found it not serving (shared.endpoints.healing), and heals it
         ENDPOINT_SUCCEEDED: frozenset({ENDPOINT_DELETING, ENDPOINT_FAILED}),
         ENDPOINT_FAILED: frozenset({ENDPOINT_PROVISIONING, ENDPOINT_DELETING}),
         # back to succeeded: the janitor's delete call failed, the endpoint still serves

@@ -161,7 +161,7 @@ def _model_item(r: Record, active: dict[str, str]) -> dict[str, Any]:
 
 
 def _health_fields(record: Record | None, settings: Settings | None) -> dict[str, Any]:
-    from shared.endpoints import health
+    from shared.endpoints import healing
 
     fields = record.fields if record is not None else {}
     state = record.state if record is not None else ""
@@ -174,7 +174,7 @@ def _health_fields(record: Record | None, settings: Settings | None) -> dict[str
     elif state == "failed" or (state == "provisioning" and fields.get("unhealthy_since")):
         verdict = "healing"
         if state == "failed" and settings is not None and record is not None:
-            next_at = iso(health.next_attempt_at(record, settings))
+            next_at = iso(healing.next_attempt_at(record, settings))
     return {
         "health": verdict,
         "heal_attempts": fields.get("heal_attempts"),

@@ -2,7 +2,7 @@
 
 An endpoint being deployed answers 503 with an honest ``Retry-After`` (this app's recent
 deployment times); one that failed or stopped answering is healed by the health loop
-(:mod:`shared.endpoints.health`); a model with no live endpoint (the janitor deleted it as idle,
+(:mod:`shared.endpoints.healing`); a model with no live endpoint (the janitor deleted it as idle,
 it never got one) is redeployed if ``scoring_redeploy_on_demand``: Azure ML managed endpoints
 cannot scale to zero, so deleting and redeploying on demand is how this app scales from zero.
 Each request is made at most once per interval per worker (:meth:`ColdStart._claim_redeploy`).
@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.backends.base import EP_FAILED, EP_PROVISIONING, EP_SUCCEEDED, MLBackend, ModelRef
-from shared.endpoints import health
+from shared.endpoints import healing
 from shared.endpoints.capacity import CapacityError
-from shared.endpoints.routing import serving_endpoint
+from shared.endpoints.serving import serving_endpoint
 from shared.ledger import ENDPOINT, ROUTE, Ledger, Record
 from shared.scoring.contract import UNAVAILABLE, ScoringError
 from shared.scoring.upstream import Route
@@ -61,24 +61,24 @@ class ColdStart:
     def _unreachable(self, route: Route) -> ScoringError | None:
         """The endpoint did not answer twice: if its backend agrees it is down, start healing it
         and answer 503 + Retry-After; None (a plain 502) when the backend says it is fine."""
-        if not self._claim_redeploy(f"health:{route.endpoint}", health.PROBE_INTERVAL_S):
+        if not self._claim_redeploy(f"health:{route.endpoint}", healing.PROBE_INTERVAL_S):
             record = self.ledger.get(ENDPOINT, route.endpoint)
         else:
-            record = health.report_unreachable(self._context(), route.endpoint)
+            record = healing.report_unreachable(self._context(), route.endpoint)
         if record is None or record.state == EP_SUCCEEDED:
             return None
         self.forget_route(route.model_name)
         if record.state == EP_PROVISIONING:
             return ScoringError(503, f"the endpoint of model {route.model_name} stopped answering and is being redeployed; "
                                      "retry later", type=UNAVAILABLE, code="endpoint_healing",
-                                retry_after=health.retry_after_s(record, self.settings))
+                                retry_after=healing.retry_after_s(record, self.settings))
         return self._healing(route.model_name, record, record)
 
     def _healing(self, model_name: str, failed: Record, current: Record) -> ScoringError:
-        if current.state == EP_PROVISIONING or health.is_healing(current, self.settings):
+        if current.state == EP_PROVISIONING or healing.is_healing(current, self.settings):
             return ScoringError(503, f"the endpoint of model {model_name} is unhealthy and being redeployed; retry later",
                                 type=UNAVAILABLE, code="endpoint_healing",
-                                retry_after=health.retry_after_s(current, self.settings))
+                                retry_after=healing.retry_after_s(current, self.settings))
         if current.state == EP_FAILED and current.get("heal_stopped_at"):
             # No Retry-After: it will not come back by itself (a new model version, or a person, is needed).
             return ScoringError(503, f"the endpoint of model {model_name} failed and is not redeployed any more: "

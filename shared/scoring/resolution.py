@@ -24,8 +24,8 @@ from shared.backends.base import (
     ScoringTarget,
     TransientBackendError,
 )
-from shared.endpoints import health
-from shared.endpoints.routing import deployment_live, parse_model_selector, placement, selected_endpoint
+from shared.endpoints import healing
+from shared.endpoints.serving import deployment_live, parse_model_selector, placement, selected_endpoint
 from shared.endpoints.versions import version_key
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Record
 from shared.scoring.contract import UNAVAILABLE, UPSTREAM_ERROR, ScoringError
@@ -137,8 +137,8 @@ class RouteResolution:
             return self._make_route(ref, model_name, version, ep_name, target)
 
         if endpoint is not None and endpoint.state == EP_PROVISIONING and self._claim_redeploy(
-                f"settle:{ep_name}", health.SETTLE_INTERVAL_S):
-            endpoint = health.settle_if_ready(self._context(), endpoint)  # (re)deployed meanwhile: serve at once
+                f"settle:{ep_name}", healing.SETTLE_INTERVAL_S):
+            endpoint = healing.settle_if_ready(self._context(), endpoint)  # (re)deployed meanwhile: serve at once
         if endpoint is not None and endpoint.state == EP_SUCCEEDED:
             target = self._scoring_target(ref, model_name, version, ep_name)
             champion = endpoint.get("deployment") if endpoint.get("deployments") else None
@@ -153,7 +153,7 @@ class RouteResolution:
                 retry_after=retry_after,
             )
         if endpoint is not None and endpoint.state == EP_FAILED:
-            raise self._healing(model_name, endpoint, health.heal_if_due(self._context(), endpoint))
+            raise self._healing(model_name, endpoint, healing.heal_if_due(self._context(), endpoint))
         raise self._scale_from_zero(
             self._model_ref(model_name, version, endpoint), endpoint.state if endpoint is not None else "missing"
         )

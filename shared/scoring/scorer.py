@@ -23,7 +23,7 @@ from urllib3.exceptions import TimeoutError as UpstreamTimeout
 
 from shared.backends import get_backend
 from shared.backends.base import DEPLOYMENT_HEADER, EP_PROVISIONING, EP_SUCCEEDED, MANAGED_BY_VALUE, MLBackend
-from shared.endpoints.routing import serving_endpoint, split_model_ref
+from shared.endpoints.serving import serving_endpoint, split_model_ref
 from shared.endpoints.versions import version_key
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, parse_iso
 from shared.scoring import routes as stale_routes

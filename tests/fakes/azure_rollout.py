@@ -17,13 +17,13 @@ from shared.backends import use_backend
 from shared.backends.azureml.backend import AzureMLBackend
 from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE
-from shared.deployment.events import parse_job_event
-from shared.deployment.job_events import handle_job_event
+from shared.deployment.event_payloads import parse_job_event
+from shared.deployment.job_outcome import handle_job_event
 from shared.deployment.reconcile import reconcile
 from shared.ledger import Ledger
 from shared.settings import use_settings
 from tests.azureml_fakes import MODEL_WAS_CURRENT, RG, STORAGE_ACCOUNT, SUB, WS, FakeAzureML, FakeCredential
-from tests.fakes.events import load_sample, ours
+from tests.fakes.job_event_samples import load_sample, ours
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 `on_job_event` through a webhook, the model is registered in MLflow and served after reconcile.
 
 The webhook here is a minimal stand-in for the local host's Event Grid route: it decodes each
-delivery with the same helpers the host uses (devhost.eventgrid) and calls the decorated function.
+delivery with the same helpers the host uses (devhost.eventgrid_delivery) and calls the decorated function.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from devhost.eventgrid import decode_event, parse_delivery
-from functions import job_events
+from devhost.eventgrid_delivery import decode_event, parse_delivery
+from functions import on_job_event
 from shared import ledger as L
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, JOB_FINAL_STATES, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
@@ -50,7 +50,7 @@ class WebhookReceiver:
                 for envelope in parse_delivery(body):
                     start = time.perf_counter()
                     try:
-                        job_events.on_job_event(decode_event(envelope))
+                        on_job_event.on_job_event(decode_event(envelope))
                         error = None
                     except Exception as exc:  # the real host answers 500 and Event Grid retries
                         status, error = 500, repr(exc)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localworkspace.events import RUN_COMPLETED
+from localworkspace.event_publisher import RUN_COMPLETED
 from scripts.make_sample_data import pirate_conversations
 from shared.backends.base import (
     COMPLETED,

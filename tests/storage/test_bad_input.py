@@ -134,9 +134,9 @@ def test_admin_event_with_an_unreadable_time_is_a_400(client: httpx.Client, fixt
 
 def test_the_trigger_drops_an_event_whose_time_is_not_a_datetime(caplog: pytest.LogCaptureFixture) -> None:
     """The trigger's contract: an unreadable envelope is logged and dropped (2xx), never an exception."""
-    from functions.job_events import on_job_event
+    from functions.on_job_event import on_job_event
 
-    caplog.set_level("WARNING", logger="functions.job_events")
+    caplog.set_level("WARNING", logger="functions.on_job_event")
     event = func.EventGridEvent(id="e-1", data={"runId": "r-1"}, topic="t", subject="s", event_type="x",
                                 event_time="yesterday", data_version="1")  # type: ignore[arg-type]
     assert on_job_event(event) is None

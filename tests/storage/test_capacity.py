@@ -6,7 +6,7 @@ import pytest
 
 from shared import ledger as L
 from shared.backends.base import ModelRef
-from shared.deployment.job_events import deploy_registered_model
+from shared.deployment.job_outcome import deploy_registered_model
 from shared.deployment.reconcile import reconcile
 from shared.endpoints import capacity
 from shared.endpoints.lifecycle import deploy_model

@@ -64,7 +64,7 @@ def trigger():
 
 def seed_chain(ledger: Ledger, backend: InMemoryWorkspace, i: int, *, deleted: bool = False, requests: dict[str, int] | None = None,
                model_name: str = "pirate-chat") -> str:
-    """Dataset -> job -> model -> endpoint records as intake, job_events and lifecycle write them."""
+    """Dataset -> job -> model -> endpoint records as intake, job_outcome and lifecycle write them."""
     now = utcnow()
     ds, job, ref = f"ds-{i:04d}", f"ftjob-{i:04d}", f"{model_name}:{i + 1}"
     ep = f"ep-{i:04d}"

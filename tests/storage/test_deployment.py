@@ -20,14 +20,14 @@ from shared.backends.base import (
     ModelRef,
     TransientBackendError,
 )
-from shared.deployment.events import MalformedEventError, parse_job_event
-from shared.deployment.job_events import handle_job_event
+from shared.deployment.event_payloads import MalformedEventError, parse_job_event
+from shared.deployment.job_outcome import handle_job_event
 from shared.deployment.reconcile import reconcile
 from shared.endpoints import lifecycle
 from shared.endpoints.lifecycle import deploy_model
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
-from tests.fakes.events import completed_event, load_sample, ours, submit_job
+from tests.fakes.job_event_samples import completed_event, load_sample, ours, submit_job
 from tests.fakes.workspace import install_workspace
 
 pytestmark = pytest.mark.storage
@@ -248,9 +248,9 @@ def test_events_that_are_not_ours_do_nothing_and_say_why(env, fixtures_dir, capl
         try:
             event = parse_job_event(envelope)
         except MalformedEventError:
-            assert expected_log == "malformed", case  # the trigger logs and drops it (tests/test_job_events_function.py)
+            assert expected_log == "malformed", case  # the trigger logs and drops it (tests/storage/test_job_event_and_reconcile_functions.py)
             continue
-        with caplog.at_level(logging.INFO, logger="shared.deployment.job_events"):
+        with caplog.at_level(logging.INFO, logger="shared.deployment.job_outcome"):
             outcome = handle_job_event(event)
         assert outcome.action == "ignored", case
         assert expected_log in caplog.text, (case, caplog.text)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from localworkspace.events import RUN_STATUS_CHANGED, backoff_delays, build_job_event, post_event
+from localworkspace.event_publisher import RUN_STATUS_CHANGED, backoff_delays, build_job_event, post_event
 from localworkspace.serve import ScoreRequestError, azure_response, chat_request_from_azure
 from localworkspace.workspace import Workspace, write_json, write_pid_file
 from scripts.make_sample_data import pirate_conversations

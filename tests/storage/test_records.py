@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.endpoints.routing import serving_endpoint
+from shared.endpoints.serving import serving_endpoint
 from shared.endpoints.versions import is_newer, latest, version_key
 from shared.ledger import ConflictError, InvalidTransitionError, Ledger, retry_on_conflict
 from shared.ledger import records as R

@@ -17,7 +17,7 @@ from shared.backends.base import EP_SUCCEEDED, DeploymentMetrics, EndpointInfo, 
 from shared.context import Context
 from shared.deployment.reconcile import reconcile
 from shared.endpoints import lifecycle
-from shared.endpoints.routing import placement
+from shared.endpoints.serving import placement
 from shared.evaluation.judge import Verdict
 from shared.ledger import Ledger
 from shared.ledger import records as R

@@ -13,11 +13,11 @@ from shared import ledger as L
 from shared.backends.base import COMPLETED, RUNNING
 from shared.context import Context
 from shared.deployment import sweep
-from shared.deployment.job_events import handle_job_event
-from shared.endpoints import health
+from shared.deployment.job_outcome import handle_job_event
+from shared.endpoints import healing
 from shared.ledger import iso, utcnow
 from shared.storage import blob_service
-from tests.fakes.events import completed_event, submit_job
+from tests.fakes.job_event_samples import completed_event, submit_job
 from tests.fakes.workspace import install_workspace
 
 pytestmark = pytest.mark.storage
@@ -47,7 +47,7 @@ def test_an_endpoint_stuck_provisioning_is_failed_then_healed(env, fixtures_dir)
     record = ledger.get(L.ENDPOINT, ep)
     assert record.state == "failed" and "still provisioning after" in record.get("error")
     summary = Counter()
-    health.heal_endpoints(Context(settings, ledger, ws), summary, now=later + timedelta(seconds=31))
+    healing.heal_endpoints(Context(settings, ledger, ws), summary, now=later + timedelta(seconds=31))
     assert summary["endpoints_redeployed"] == 1 and ledger.get(L.ENDPOINT, ep).state == "provisioning"
 
 

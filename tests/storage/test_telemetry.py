@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from functions import job_events, prepare_chat_data, scoring
+from functions import on_job_event, prepare_chat_data, scoring
 from functions import reconcile as reconcile_function
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED
@@ -26,7 +26,7 @@ from shared.endpoints.naming import endpoint_name
 from shared.ledger import DATASET, ROUTE, Ledger
 from shared.observability import telemetry
 from shared.scoring.scorer import reset_scorers
-from tests.fakes.events import grid_event, load_sample, ours, timer
+from tests.fakes.job_event_samples import grid_event, load_sample, ours, timer
 from tests.fakes.uploads import GOOD, upload
 from tests.fakes.workspace import InMemoryWorkspace
 from tests.stub_endpoint import StubEndpoint, running
@@ -65,7 +65,7 @@ def test_one_upload_is_one_operation_from_blob_to_first_answer(storage_settings,
             assert dataset.state == "submitted" and dataset.get("traceparent")
             # 2. the job event: registered and deploying
             ws.set_job(job, COMPLETED)
-            job_events.on_job_event(grid_event(ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), s, job)))
+            on_job_event.on_job_event(grid_event(ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), s, job)))
             ep = endpoint_name(s.model_name, "1")
             # 3. the reconcile timer: deployment finished -> activated
             ws.finish_deployment(ep)

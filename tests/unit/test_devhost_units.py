@@ -11,7 +11,7 @@ import pytest
 
 from devhost.app_index import AppIndexError, index_app, resolve_expressions
 from devhost.blob_poller import BlobTriggerPath
-from devhost.eventgrid import EventDeliveryError, decode_event, parse_delivery, validation_code
+from devhost.eventgrid_delivery import EventDeliveryError, decode_event, parse_delivery, validation_code
 from devhost.host import HostConfig
 from devhost.http_routes import compile_route
 from devhost.timers import TimerSchedule, TimerScheduler

@@ -1,4 +1,4 @@
-"""shared.endpoints.routing.endpoint_need: the one rule for "does the model still need this
+"""shared.endpoints.serving.endpoint_need: the one rule for "does the model still need this
 endpoint" (issue 30), decided from the route, never from a ``replaced_by`` mark."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared.endpoints.naming import endpoint_name
-from shared.endpoints.routing import endpoint_need, lived_in
+from shared.endpoints.serving import endpoint_need, lived_in
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Record
 
 

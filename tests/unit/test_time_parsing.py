@@ -17,7 +17,7 @@ from shared import clock
 from shared.backends import local, local_endpoints
 from shared.backends.azureml import sdk_values
 from shared.endpoints.followup import delay_before
-from shared.endpoints.health import backoff
+from shared.endpoints.healing import backoff
 from shared.ledger.store import iso, parse_iso
 from tests.support import make_settings
 

@@ -14,7 +14,7 @@ from azure.functions.timer import TimerRequest
 
 from shared import ledger as L
 from shared.backends.base import RUNNING
-from shared.deployment.events import parse_job_event
+from shared.deployment.event_payloads import parse_job_event
 from shared.ledger import Ledger
 from shared.settings import Settings
 from tests.fakes.workspace import OUR_TAGS, InMemoryWorkspace

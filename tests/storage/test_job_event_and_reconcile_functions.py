@@ -12,14 +12,14 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from devhost.app_index import functions_of
-from functions import job_events
+from functions import on_job_event
 from functions import reconcile as reconcile_function
 from shared import ledger as L
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, FAILED, MANAGED_BY_TAG, RUNNING, TransientBackendError
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
-from tests.fakes.events import grid_event, load_sample, ours, submit_job, timer
+from tests.fakes.job_event_samples import grid_event, load_sample, ours, submit_job, timer
 from tests.fakes.workspace import InMemoryWorkspace
 
 HANDLER_BUDGET_S = 1.0  # the handler must answer fast; Event Grid gives 30 s in all
@@ -27,7 +27,7 @@ HANDLER_BUDGET_S = 1.0  # the handler must answer fast; Event Grid gives 30 s in
 
 def test_bindings_keep_their_stable_names_and_schedule():
     app = func.FunctionApp()
-    app.register_functions(job_events.bp)
+    app.register_functions(on_job_event.bp)
     app.register_functions(reconcile_function.bp)
     functions = {f.get_function_name(): json.loads(f.get_function_json()) for f in functions_of(app)}
     assert functions["on_job_event"]["bindings"] == [{"direction": "IN", "type": "eventGridTrigger", "name": "event"}]
@@ -60,7 +60,7 @@ def test_completed_event_deploys_and_reconcile_timer_activates(env, fixtures_dir
     event = grid_event(ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), settings, "job-1"))
     assert isinstance(event, func.EventGridEvent)
 
-    latencies = [call_timed(job_events.on_job_event, event) for _ in range(3)]  # first one + two repeats
+    latencies = [call_timed(on_job_event.on_job_event, event) for _ in range(3)]  # first one + two repeats
 
     ep = endpoint_name(settings.model_name, "1")
     assert ledger.get(L.JOB, "job-1").get("model") == f"{settings.model_name}:1"
@@ -86,7 +86,7 @@ def test_cloudevents_schema_failed_job_is_recorded(env, fixtures_dir):
     event = grid_event(envelope)
     assert isinstance(event, func.CloudEvent)
 
-    assert call_timed(job_events.on_job_event, event) < HANDLER_BUDGET_S
+    assert call_timed(on_job_event.on_job_event, event) < HANDLER_BUDGET_S
 
     job = ledger.get(L.JOB, "job-f")
     assert job.state == FAILED and job.get("error") == "Execution failed: CUDA out of memory"
@@ -102,7 +102,7 @@ def test_cloudevents_sample_spelled_as_published_is_not_trusted(env, fixtures_di
     submit_job(ledger, settings, ws, "job-cv", FAILED)
     event = grid_event(ours(load_sample(fixtures_dir, "run_status_changed.cloudevents.json"), settings, "job-cv"))
     with caplog.at_level(logging.INFO):
-        job_events.on_job_event(event)
+        on_job_event.on_job_event(event)
     assert "is not the trusted workspace" in caplog.text
     assert ledger.get(L.JOB, "job-cv").state == "submitted"
 
@@ -137,7 +137,7 @@ def test_events_not_ours_answer_normally_with_a_clear_log_line(env, fixtures_dir
     for case, envelope, expected in _ignored_cases(fixtures_dir, settings):
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            elapsed = call_timed(job_events.on_job_event, grid_event(envelope))  # returns: 2xx, no retry
+            elapsed = call_timed(on_job_event.on_job_event, grid_event(envelope))  # returns: 2xx, no retry
         assert expected in caplog.text, (case, caplog.text)
         assert elapsed < HANDLER_BUDGET_S, (case, elapsed)
     assert ledger.get(L.JOB, "job-x").state == "submitted"
@@ -152,8 +152,8 @@ def test_transient_backend_error_propagates_so_event_grid_retries(env, fixtures_
     event = grid_event(ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), settings, "job-t"))
     ws.fail_next["register_model"] = TransientBackendError("429 Too Many Requests")
     with pytest.raises(TransientBackendError):
-        job_events.on_job_event(event)
-    job_events.on_job_event(event)  # Event Grid's retry
+        on_job_event.on_job_event(event)
+    on_job_event.on_job_event(event)  # Event Grid's retry
     assert ws.versions[settings.model_name] == ["1"]
     assert ledger.get(L.ENDPOINT, endpoint_name(settings.model_name, "1")).state == "provisioning"
 

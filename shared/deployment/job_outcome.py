@@ -37,7 +37,7 @@ from shared.backends.base import (
     TransientBackendError,
 )
 from shared.context import Context, context
-from shared.deployment.events import JobEvent, is_trusted
+from shared.deployment.event_payloads import JobEvent, is_trusted
 from shared.endpoints.capacity import CapacityError
 from shared.endpoints.lifecycle import start_deployment
 from shared.ledger import Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
@@ -92,7 +92,7 @@ def handle_job_event(
     ledger: Ledger | None = None,
     backend: MLBackend | None = None,
 ) -> Outcome:
-    """Act on one Azure ML run event (parsed once by the trigger, :func:`shared.deployment.events.parse_job_event`).
+    """Act on one Azure ML run event (parsed once by the trigger, :func:`shared.deployment.event_payloads.parse_job_event`).
 
     Returns normally for anything that is not ours or cannot be read (logged), so Event Grid
     does not retry it; raises TransientBackendError (and storage errors) so it does retry.

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from shared.deployment.events import RUN_COMPLETED, MalformedEventError, is_trusted, parse_job_event
-from tests.fakes.events import load_sample
+from shared.deployment.event_payloads import RUN_COMPLETED, MalformedEventError, is_trusted, parse_job_event
+from tests.fakes.job_event_samples import load_sample
 
 SAMPLE_RUN = "AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5"
 SAMPLE_TOPIC = (

@@ -1,4 +1,4 @@
-"""The health loop (shared.endpoints.health) against real Azurite and an in-memory workspace:
+"""The health loop (shared.endpoints.healing) against real Azurite and an in-memory workspace:
 unhealthy endpoints are recorded, redeployed with bounded, backed-off attempts, then stopped."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import pytest
 from shared import ledger as L
 from shared.backends.base import COMPLETED, EP_FAILED, HEALTH_HEALTHY, HEALTH_UNHEALTHY, EndpointHealth
 from shared.context import Context
-from shared.deployment.job_events import handle_job_event
+from shared.deployment.job_outcome import handle_job_event
 from shared.deployment.reconcile import reconcile
-from shared.endpoints import health
+from shared.endpoints import healing
 from shared.janitor.run import delete_idle_endpoints
 from shared.ledger import parse_iso, utcnow
 from shared.observability.status import collect_status
 from shared.observability.status_text import render_status
-from tests.fakes.events import completed_event, submit_job
+from tests.fakes.job_event_samples import completed_event, submit_job
 from tests.fakes.workspace import install_workspace
 
 pytestmark = pytest.mark.storage
@@ -79,7 +79,7 @@ def test_heal_attempts_are_backed_off_bounded_then_stopped_with_the_reason(env, 
 
     def run(at):
         summary = Counter()
-        health.heal_endpoints(ctx, summary, now=at)
+        healing.heal_endpoints(ctx, summary, now=at)
         return summary
 
     assert run(t0)["endpoints_redeployed"] == 1  # found unhealthy: the first redeploy starts at once
@@ -118,7 +118,7 @@ def test_a_deployment_that_fails_on_its_own_waits_before_the_first_retry(env, fi
     assert reconcile()["endpoints_redeployed"] == 0 and ws.calls["begin_deploy"] == 1
     failed_at = parse_iso(ledger.get(L.ENDPOINT, ep).updated_at)
     summary = Counter()
-    health.heal_endpoints(Context(settings, ledger, ws), summary, now=failed_at + timedelta(seconds=31))
+    healing.heal_endpoints(Context(settings, ledger, ws), summary, now=failed_at + timedelta(seconds=31))
     assert summary["endpoints_redeployed"] == 1 and ws.calls["begin_deploy"] == 2
 
 
@@ -159,17 +159,17 @@ def test_inconclusive_evidence_must_persist_before_anything_is_redeployed(env, f
     t0 = utcnow()
     backend.report = EndpointHealth(HEALTH_UNHEALTHY, "GET /health timed out", definite=False)
     summary = Counter()
-    health.heal_endpoints(ctx, summary, now=t0)
+    healing.heal_endpoints(ctx, summary, now=t0)
     record = ledger.get(L.ENDPOINT, ep)
     assert record.state == "succeeded" and record.get("health_suspect_since") and summary["endpoints_redeployed"] == 0
     # it answers again: the suspicion is cleared, nothing redeployed
     backend.report = None
-    health.heal_endpoints(ctx, summary, now=t0 + timedelta(seconds=5))
+    healing.heal_endpoints(ctx, summary, now=t0 + timedelta(seconds=5))
     assert ledger.get(L.ENDPOINT, ep).get("health_suspect_since") is None
     # persisting past the confirmation time: recorded and redeployed
     backend.report = EndpointHealth(HEALTH_UNHEALTHY, "GET /health timed out", definite=False)
-    health.heal_endpoints(ctx, summary, now=t0 + timedelta(seconds=10))
-    health.heal_endpoints(ctx, summary, now=t0 + timedelta(seconds=10) + health.SUSPECT_CONFIRM + timedelta(seconds=1))
+    healing.heal_endpoints(ctx, summary, now=t0 + timedelta(seconds=10))
+    healing.heal_endpoints(ctx, summary, now=t0 + timedelta(seconds=10) + healing.SUSPECT_CONFIRM + timedelta(seconds=1))
     assert ledger.get(L.ENDPOINT, ep).state == "provisioning" and summary["endpoints_redeployed"] == 1
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.deployment.events import JobEvent, MalformedEventError, parse_job_event
-from shared.deployment.job_events import handle_job_event
+from shared.deployment.event_payloads import JobEvent, MalformedEventError, parse_job_event
+from shared.deployment.job_outcome import handle_job_event
 from shared.observability import telemetry
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ Policy, per endpoint record:
    or missing, on conclusive evidence (or inconclusive evidence seen again after
    ``SUSPECT_CONFIRM``), moves it ``succeeded`` -> ``failed`` with ``unhealthy_since`` and the
    reason: the ledger never keeps calling a dead endpoint live.
-2. A ``failed`` endpoint that its model still needs (:func:`shared.endpoints.routing.endpoint_need`:
+2. A ``failed`` endpoint that its model still needs (:func:`shared.endpoints.serving.endpoint_need`:
    the one its route serves, a rollback's target, a newer version on its way; a ``replaced_by``
    mark does not decide) is
    redeployed through :func:`shared.endpoints.lifecycle.deploy_model` (``failed`` ->
@@ -54,7 +54,7 @@ from shared.backends.base import (
 from shared.clock import backoff_s
 from shared.context import Context
 from shared.endpoints import lifecycle
-from shared.endpoints.routing import endpoint_need
+from shared.endpoints.serving import endpoint_need
 from shared.ledger import ConflictError, Record, iso, parse_iso, utcnow
 from shared.ledger import records as R
 
@@ -150,7 +150,7 @@ def is_healing(record: Record, settings: Any) -> bool:
 
 
 def _not_needed(record: Record, ctx: Context) -> str | None:
-    """None when the model still needs this endpoint (:func:`shared.endpoints.routing.endpoint_need`), else why not."""
+    """None when the model still needs this endpoint (:func:`shared.endpoints.serving.endpoint_need`), else why not."""
     model_name = record.get("model_name")
     need = endpoint_need(record, ctx.ledger.get(R.ROUTE, model_name) if model_name else None)
     return None if need.needed else need.reason
