@@ -1,10 +1,12 @@
-"""Queue trigger: follow an in-flight deployment or deletion until it settles (see shared.endpoints.followup)."""
+"""Queue trigger: follow an in-flight deployment or deletion until it settles (see shared.endpoints.followup
+and shared.reconcile.settle)."""
 
 import logging
 
 import azure.functions as func
 
-from shared.endpoints.followup import FOLLOWUP_QUEUE, follow_up
+from shared.endpoints.followup import FOLLOWUP_QUEUE
+from shared.reconcile.settle import follow_up
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import logging
 
 import azure.functions as func
 
-from shared.deployment import reconcile as reconciliation
 from shared.observability import telemetry
+from shared.reconcile import run as reconciliation
 
 log = logging.getLogger(__name__)
 

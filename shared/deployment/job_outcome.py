@@ -9,7 +9,7 @@ Event Grid delivers at least once, out of order, and gives a handler 30 s, so:
   ``update``), so repeated or concurrent deliveries register one model version and create one
   endpoint, and a retry after a crash or a transient error picks up where the last one stopped;
 * long-running operations are only started (:func:`shared.endpoints.lifecycle.deploy_model`);
-  :mod:`shared.deployment.reconcile` (a timer) reads their outcome later and also finishes
+  :mod:`shared.reconcile.run` (a timer) reads their outcome later and also finishes
   anything whose event never came.
 
 States and transitions: :mod:`shared.ledger.records` (job submitted -> completed | failed |

@@ -1,10 +1,10 @@
 """Follow-ups: check an in-flight deployment or deletion within seconds, not at the next reconcile.
 
 Starting a deployment (or claiming a deletion) enqueues a message on :data:`FOLLOWUP_QUEUE`
-with a short visibility delay; the queue-triggered function ``follow_up_endpoint`` settles the
-endpoint through :mod:`shared.endpoints.lifecycle` (the owner of endpoint and route records) and,
-while it is still in flight, enqueues the next check with a longer delay (backed off, capped),
-until the endpoint is active, failed or deleted, or :data:`MAX_CHECKS` checks were made.
+with a short visibility delay (:func:`schedule`); the queue-triggered function
+``follow_up_endpoint`` settles the endpoint (:func:`shared.reconcile.settle.follow_up`) and, while
+it is still in flight, enqueues the next check with a longer delay (backed off, capped), until the
+endpoint is active, failed or deleted, or :data:`MAX_CHECKS` checks were made.
 ``reconcile`` stays the safety net: a lost message only costs time, never state.
 
 The queue lives in the Function App's storage (connection ``AzureWebJobsStorage``, identity-based
@@ -15,15 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 
 import orjson
 
-from shared.backends.base import EP_DELETING, EP_PROVISIONING
 from shared.clock import backoff_s
-from shared.context import context
-from shared.endpoints import lifecycle
-from shared.ledger import ENDPOINT, utcnow
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,35 +73,3 @@ def schedule(endpoint: str, settings: Settings, check: int = 1) -> bool:
                     check, endpoint, type(exc).__name__)
         return False
     return True
-
-
-def follow_up(body: bytes, settings: Settings | None = None) -> str:
-    """Handle one follow-up message; returns what happened (for the log and tests):
-    ``settled`` (no longer in flight), ``rescheduled``, ``gave_up`` or ``gone``."""
-    ctx = context(settings)
-    message = FollowUp.decode(body)
-    record = ctx.ledger.get(ENDPOINT, message.endpoint)
-    if record is None:
-        return "gone"
-    summary: Counter[str] = Counter()
-    if record.state == EP_PROVISIONING:
-        lifecycle.settle_provisioning(record, ctx, summary)
-    elif record.state == EP_DELETING:
-        info = lifecycle.current_endpoint(ctx.backend, record.id)
-        lifecycle.settle_deletion(record, info, ctx.backend, ctx.ledger, utcnow())
-    # A candidate beside the endpoint's champion (shared.rollout): judged, canaried, decided here too.
-    from shared.rollout import advance_all  # the rollout schedules these follow-ups itself
-
-    rollouts = advance_all(ctx, summary, endpoint=message.endpoint)
-    after = ctx.ledger.get(ENDPOINT, message.endpoint)
-    if (after is None or after.state not in (EP_PROVISIONING, EP_DELETING)) and not rollouts:
-        log.info("follow-up %d: endpoint %s is %s", message.check, message.endpoint, after.state if after else "gone")
-        return "settled"
-    if message.check >= MAX_CHECKS:
-        log.warning("endpoint %s is still %s after %d follow-ups; reconcile keeps checking it",
-                    message.endpoint, after.state if after else "gone", message.check)
-        return "gave_up"
-    schedule(message.endpoint, ctx.settings, message.check + 1)
-    return "rescheduled"
-
-

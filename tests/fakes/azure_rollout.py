@@ -19,8 +19,8 @@ from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE
 from shared.deployment.event_payloads import parse_job_event
 from shared.deployment.job_outcome import handle_job_event
-from shared.deployment.reconcile import reconcile
 from shared.ledger import Ledger
+from shared.reconcile.run import reconcile
 from shared.settings import use_settings
 from tests.azureml_fakes import MODEL_WAS_CURRENT, RG, STORAGE_ACCOUNT, SUB, WS, FakeAzureML, FakeCredential
 from tests.fakes.job_event_samples import load_sample, ours

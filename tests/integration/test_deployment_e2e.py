@@ -19,8 +19,8 @@ from functions import on_job_event
 from shared import ledger as L
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, JOB_FINAL_STATES, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
-from shared.deployment import reconcile as reconciliation
 from shared.ledger import Ledger
+from shared.reconcile import run as reconciliation
 from shared.settings import use_settings
 from tests.support import free_port, upload_prepared_dataset, wait_until
 

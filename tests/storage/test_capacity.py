@@ -7,11 +7,11 @@ import pytest
 from shared import ledger as L
 from shared.backends.base import ModelRef
 from shared.deployment.job_outcome import deploy_registered_model
-from shared.deployment.reconcile import reconcile
 from shared.endpoints import capacity
 from shared.endpoints.lifecycle import deploy_model
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger, iso, utcnow
+from shared.reconcile.run import reconcile
 from tests.fakes.workspace import install_workspace
 
 pytestmark = pytest.mark.storage

@@ -292,7 +292,7 @@ def test_a_delivery_that_died_after_recording_its_job_is_finished_without_a_seco
 
 
 def test_the_reconcile_timer_submits_a_due_collection(corpus_settings, backend, trigger) -> None:
-    from shared.deployment.reconcile import SUMMARY_KEYS, reconcile
+    from shared.reconcile.run import SUMMARY_KEYS, reconcile
 
     s = corpus_settings.replace(coalesce_s=0, max_running_jobs=1)
     switch(s, backend)

@@ -22,11 +22,11 @@ from shared.backends.base import (
 )
 from shared.deployment.event_payloads import MalformedEventError, parse_job_event
 from shared.deployment.job_outcome import handle_job_event
-from shared.deployment.reconcile import reconcile
 from shared.endpoints import lifecycle
 from shared.endpoints.lifecycle import deploy_model
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
+from shared.reconcile.run import reconcile
 from tests.fakes.job_event_samples import completed_event, load_sample, ours, submit_job
 from tests.fakes.workspace import install_workspace
 

@@ -20,6 +20,7 @@ from shared.backends.base import EP_DELETED, EP_SUCCEEDED, ModelRef
 from shared.endpoints import eta, followup, lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, iso, utcnow
+from shared.reconcile.settle import follow_up
 from shared.settings import Settings, use_settings
 from shared.storage import queue_client
 from tests.fakes.workspace import InMemoryWorkspace
@@ -61,18 +62,18 @@ def test_a_follow_up_activates_a_finished_deployment_or_checks_again_later(world
                            ledger=ledger, backend=backend)
     messages_within(queue, 10)  # take the first scheduled message out of the way
     # still deploying: checked again later, with a longer delay
-    assert followup.follow_up(followup.FollowUp(ep, 1).encode(), storage_settings) == "rescheduled"
+    assert follow_up(followup.FollowUp(ep, 1).encode(), storage_settings) == "rescheduled"
     assert ledger.get(ROUTE, MODEL_NAME) is None
     later = messages_within(queue, 10)
     assert [orjson.loads(m.content) for m in later] == [{"endpoint": ep, "check": 2}]
     # ready: the next check makes it the active endpoint at once (no reconcile involved)
     backend.finish_deployment(ep)
-    assert followup.follow_up(followup.FollowUp(ep, 2).encode(), storage_settings) == "settled"
+    assert follow_up(followup.FollowUp(ep, 2).encode(), storage_settings) == "settled"
     assert ledger.get(ENDPOINT, ep).state == EP_SUCCEEDED
     assert ledger.get(ROUTE, MODEL_NAME).get("endpoint") == ep
-    assert followup.follow_up(followup.FollowUp(ep, 3).encode(), storage_settings) == "settled"  # repeats are harmless
-    assert followup.follow_up(followup.FollowUp("nope", 1).encode(), storage_settings) == "gone"
-    assert followup.follow_up(followup.FollowUp(ep, followup.MAX_CHECKS).encode(), storage_settings) == "settled"
+    assert follow_up(followup.FollowUp(ep, 3).encode(), storage_settings) == "settled"  # repeats are harmless
+    assert follow_up(followup.FollowUp("nope", 1).encode(), storage_settings) == "gone"
+    assert follow_up(followup.FollowUp(ep, followup.MAX_CHECKS).encode(), storage_settings) == "settled"
 
 
 def test_deletions_are_followed_up_too(world: Any, storage_settings: Settings) -> None:
@@ -84,7 +85,7 @@ def test_deletions_are_followed_up_too(world: Any, storage_settings: Settings) -
     lifecycle.claim_deletion(ledger, ledger.get(ENDPOINT, ep), reason="idle", at=utcnow())
     assert [orjson.loads(m.content)["endpoint"] for m in messages_within(queue, 10)] == [ep]
     backend.finish_deletion(ep)
-    assert followup.follow_up(followup.FollowUp(ep, 1).encode(), storage_settings) == "settled"
+    assert follow_up(followup.FollowUp(ep, 1).encode(), storage_settings) == "settled"
     assert ledger.get(ENDPOINT, ep).state == EP_DELETED
 
 

@@ -13,12 +13,12 @@ from shared import ledger as L
 from shared.backends.base import COMPLETED, EP_FAILED, HEALTH_HEALTHY, HEALTH_UNHEALTHY, EndpointHealth
 from shared.context import Context
 from shared.deployment.job_outcome import handle_job_event
-from shared.deployment.reconcile import reconcile
 from shared.endpoints import healing
 from shared.janitor.run import delete_idle_endpoints
 from shared.ledger import parse_iso, utcnow
 from shared.observability.status import collect_status
 from shared.observability.status_text import render_status
+from shared.reconcile.run import reconcile
 from tests.fakes.job_event_samples import completed_event, submit_job
 from tests.fakes.workspace import install_workspace
 

@@ -20,10 +20,10 @@ from shared.backends.azureml.backend import AzureMLBackend
 from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import ModelRef
 from shared.cli.commands import main as cli
-from shared.deployment.reconcile import reconcile
 from shared.endpoints import lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
+from shared.reconcile.run import reconcile
 from shared.settings import use_settings
 from tests.azureml_fakes import MODEL_WAS_CURRENT, RG, STORAGE_ACCOUNT, SUB, WS, FakeAzureML, FakeCredential
 

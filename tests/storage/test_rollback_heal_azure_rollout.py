@@ -18,8 +18,8 @@ import pytest
 from shared import ledger as L
 from shared.cli.commands import main as cli
 from shared.context import Context
-from shared.deployment.reconcile import reconcile
 from shared.ledger import records as R
+from shared.reconcile.run import reconcile
 from shared.rollout import advance, deployment_name_for
 from tests.fakes.azure_rollout import azure_rollout_flow, complete, judge, serving_champion
 

@@ -15,12 +15,12 @@ import pytest
 
 from shared.backends.base import EP_SUCCEEDED, DeploymentMetrics, EndpointInfo, ModelRef
 from shared.context import Context
-from shared.deployment.reconcile import reconcile
 from shared.endpoints import lifecycle
 from shared.endpoints.serving import placement
 from shared.evaluation.judge import Verdict
 from shared.ledger import Ledger
 from shared.ledger import records as R
+from shared.reconcile.run import reconcile
 from shared.rollout import advance, advance_all, deployment_name_for
 from shared.settings import Settings
 from tests.fakes.workspace import OUR_TAGS, install_workspace

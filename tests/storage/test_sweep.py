@@ -1,4 +1,4 @@
-"""The stuck-state sweep (shared.deployment.sweep) against real Azurite and an in-memory workspace:
+"""The stuck-state sweep (shared.reconcile.sweep) against real Azurite and an in-memory workspace:
 every in-between state ends in a recorded state after its timeout, with the reason."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from scripts.make_sample_data import write
 from shared import ledger as L
 from shared.backends.base import COMPLETED, RUNNING
 from shared.context import Context
-from shared.deployment import sweep
 from shared.deployment.job_outcome import handle_job_event
 from shared.endpoints import healing
 from shared.ledger import iso, utcnow
+from shared.reconcile import sweep
 from shared.storage import blob_service
 from tests.fakes.job_event_samples import completed_event, submit_job
 from tests.fakes.workspace import install_workspace

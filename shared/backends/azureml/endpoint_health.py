@@ -13,7 +13,7 @@ specification/machinelearningservices, ``OnlineEndpoint`` / ``OnlineDeployment``
 The REST API publishes no per-instance status. Instances whose container keeps crashing fail
 the deployment's liveness probe, and the service then reports the deployment ``Failed`` (or
 keeps it ``Updating``/``Scaling`` while it restarts them); the healing loop's per-state
-timeouts (:mod:`shared.deployment.sweep`) cover a deployment stuck in those. When a deployment
+timeouts (:mod:`shared.reconcile.sweep`) cover a deployment stuck in those. When a deployment
 is unhealthy the last lines of its inference-server log (``POST .../deployments/{name}/getLogs``,
 ``DeploymentLogsRequest{containerType, tail}`` -> ``{"content": ...}``; the SDK's
 ``online_deployments.get_logs``) are added to the reason, so ``status`` can say why.

@@ -16,12 +16,13 @@ from shared import rollout
 from shared.backends.base import CANCELED, COMPLETED, EP_DELETING, EP_PROVISIONING, EP_SUCCEEDED, FAILED, MLBackend
 from shared.context import Context, context
 from shared.datasets.intake import submit_pending_datasets
-from shared.deployment import sweep
 from shared.deployment.job_outcome import Outcome, deploy_registered_model, drive_job, model_of
 from shared.endpoints import healing, lifecycle
 from shared.endpoints.naming import endpoint_name
-from shared.ledger import Ledger, Record, utcnow
+from shared.ledger import Ledger, Record
 from shared.ledger import records as R
+from shared.reconcile import sweep
+from shared.reconcile.settle import settle_endpoint
 from shared.settings import Settings
 from shared.training.submission import submit_due_collections
 
@@ -143,19 +144,8 @@ def _reconcile_model(record: Record, ctx: Context, summary: Counter[str]) -> Non
 
 
 def _reconcile_endpoint(record: Record, ctx: Context, summary: Counter[str]) -> None:
-    if record.state == EP_PROVISIONING:
-        lifecycle.settle_provisioning(record, ctx, summary)
-    elif record.state == EP_SUCCEEDED:
+    if record.state == EP_SUCCEEDED:
         # Normally activated when it succeeded; this covers a run that stopped in between.
         lifecycle.activate(record, ctx, summary)
-    elif record.state == EP_DELETING:
-        # A finished deletion is recorded at once (so scale-from-zero can revive the endpoint);
-        # a lost delete call is started again (the janitor does the same, claimed by ETag).
-        info = lifecycle.current_endpoint(ctx.backend, record.id)
-        done = lifecycle.settle_deletion(record, info, ctx.backend, ctx.ledger, utcnow())
-        if done == "deleted":
-            summary["endpoints_deleted"] += 1
-        elif done == "restarted":
-            summary["endpoints_deleting"] += 1
-
-
+    else:
+        settle_endpoint(record, ctx, summary)
