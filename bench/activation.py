@@ -90,14 +90,14 @@ def run_mode(azurite: Azurite, workdir: Path, followups: bool, reconcile_schedul
             figures.update(upload_to_first_answer_s=first - t0, finished_to_active_s=active - healthy)
 
             # scale from zero: delete the endpoint as the janitor would, then one client retrying
-            from shared.endpoints import lifecycle
+            from shared.endpoints import deletion
             from shared.ledger import utcnow
 
             # (scoring records the endpoint's activity meanwhile: re-read on a conflict, as the janitor would)
-            retry_on_conflict(lambda: lifecycle.claim_deletion(ledger, ledger.get(ENDPOINT, endpoint), reason="bench",
+            retry_on_conflict(lambda: deletion.claim_deletion(ledger, ledger.get(ENDPOINT, endpoint), reason="bench",
                                                                at=utcnow()), "bench deletion")
             backend.begin_delete_endpoint(endpoint)
-            lifecycle.finish_deletion(ledger, endpoint, utcnow())
+            deletion.finish_deletion(ledger, endpoint, utcnow())
             cold = client.post("/api/v1/chat/completions", json=CHAT)
             t1 = time.monotonic()
             assert cold.status_code == 503, cold.text

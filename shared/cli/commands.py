@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return cli_plan(args)
         if args.command == "rollback":
-            from shared.endpoints.lifecycle import cli_rollback
+            from shared.endpoints.rollback import cli_rollback
 
             return cli_rollback(args)
         if args.command == "report":

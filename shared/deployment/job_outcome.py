@@ -39,9 +39,11 @@ from shared.backends.base import (
 from shared.context import Context, context
 from shared.deployment.event_payloads import JobEvent, is_trusted
 from shared.endpoints.capacity import CapacityError
-from shared.endpoints.lifecycle import start_deployment
+from shared.endpoints.lifecycle import deploy_model
+from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
+from shared.rollout import begin_candidate
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -265,6 +267,23 @@ def _register_once(record: Record, ctx: Context) -> ModelRef | None:
     return model
 
 
+def start_deployment(model: ModelRef, ctx: Context, *, reason: str) -> tuple[bool, str]:
+    """Start the deployment of a freshly registered model, exactly once: (started by this call, endpoint name)."""
+    ep_name = endpoint_name(model.name, model.version)
+    won = ctx.ledger.transition(R.MODEL, model.ref, {R.MODEL_REGISTERED}, R.MODEL_DEPLOYING, endpoint=ep_name)
+    if won is None:
+        return False, ep_name
+    candidate = deploy_beside_champion(model, ctx, reason=reason)
+    if candidate is not None:
+        return True, str(candidate.get("endpoint"))
+    deploy_model(model, reason=reason, settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
+    return True, ep_name
+
+
+def deploy_beside_champion(model: ModelRef, ctx: Context, *, reason: str) -> Record | None:
+    """A newer version of a model that an endpoint serves goes into that endpoint as a candidate
+    deployment (:mod:`shared.rollout`); None when there is no such endpoint (deploy it as its own)."""
+    return begin_candidate(model, ctx, reason=reason)
 
 
 def deploy_registered_model(model: ModelRef, ctx: Context, *, reason: str) -> Outcome:

@@ -1,21 +1,21 @@
-"""Online endpoints, the only owner of endpoint and route (``active/<model>``) records.
+"""The life of an endpoint record, from deploy to serving: the owner of endpoint and route
+(``active/<model>``) records, with :mod:`.deletion` (claim, delete, record deleted) and
+:mod:`.rollback` (an earlier version serves again).
 
 Deploy (create or revive an endpoint and start its deployment, never waiting), settle a
 provisioning endpoint (traffic, succeeded, the model deployed), activate it (the route of its
-model, unless a newer version already serves), retire the endpoint it replaced, start and finish
-deletions (for the janitor and for replaced endpoints alike). Every change is an ETag-conditional
+model, unless a newer version already serves), promote a candidate that took all of its endpoint
+(:mod:`shared.rollout`), retire the endpoint it replaced. Every change is an ETag-conditional
 transition of :mod:`shared.ledger.records`' state machine, so repeated or concurrent callers act
-once.
+once. Nothing here calls the rollout, which calls in (the endpoint side of the two never imports
+:mod:`shared.rollout`; a first version's gate is :mod:`shared.rollout.first`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import sys
 from collections import Counter
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from shared.backends.base import (
     EP_DELETED,
@@ -34,12 +34,13 @@ from shared.backends.base import (
 )
 from shared.context import Context, context
 from shared.endpoints import capacity
+from shared.endpoints.deletion import claim_deletion, finish_deletion
+from shared.endpoints.followup import schedule
 from shared.endpoints.naming import endpoint_name
-from shared.endpoints.serving import lived_in
-from shared.endpoints.versions import is_newer, version_key
+from shared.endpoints.versions import is_newer
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +51,6 @@ DEPLOY_RESTART_GRACE = timedelta(seconds=60)
 
 def _now_iso() -> str:
     return iso(utcnow()) or ""
-
-
-def start_deployment(model: ModelRef, ctx: Context, *, reason: str) -> tuple[bool, str]:
-    """Start the deployment of a freshly registered model, exactly once: (started by this call, endpoint name)."""
-    ep_name = endpoint_name(model.name, model.version)
-    won = ctx.ledger.transition(R.MODEL, model.ref, {R.MODEL_REGISTERED}, R.MODEL_DEPLOYING, endpoint=ep_name)
-    if won is None:
-        return False, ep_name
-    candidate = deploy_beside_champion(model, ctx, reason=reason)
-    if candidate is not None:
-        return True, str(candidate.get("endpoint"))
-    deploy_model(model, reason=reason, settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
-    return True, ep_name
-
-
-def deploy_beside_champion(model: ModelRef, ctx: Context, *, reason: str) -> Record | None:
-    """A newer version of a model that an endpoint serves goes into that endpoint as a candidate
-    deployment (:mod:`shared.rollout`); None when there is no such endpoint (deploy it as its own)."""
-    from shared.rollout import begin_candidate  # the rollout calls back into this module
-
-    return begin_candidate(model, ctx, reason=reason)
 
 
 def promote_deployment(ctx: Context, ep_name: str, model: ModelRef, deployment: str) -> None:
@@ -170,7 +150,7 @@ def deploy_model(
     if failed is not None:
         return failed
     log.info("deploying %s to endpoint %s (%s)", model.ref, ep_name, reason)
-    _follow(ep_name, ctx.settings)
+    schedule(ep_name, ctx.settings)  # checked within seconds while in flight (reconcile is the safety net)
     return record
 
 
@@ -192,13 +172,6 @@ def home_endpoint(model: ModelRef, ledger: Ledger) -> str:
         if endpoint is not None and endpoint.get("model") == model.ref:
             return str(home)
     return endpoint_name(model.name, model.version)
-
-
-def _follow(ep_name: str, settings: Settings) -> None:
-    """Have the endpoint checked within seconds while it is in flight (reconcile is the safety net)."""
-    from shared.endpoints.followup import schedule  # followup calls back into this module
-
-    schedule(ep_name, settings)
 
 
 def _deploy_tags(model: ModelRef) -> dict[str, str]:
@@ -349,14 +322,14 @@ def activate(record: Record, ctx: Context, summary: Counter[str]) -> None:
     changed, previous = retry_on_conflict(attempt, f"active/{model_name}")
     if not changed:
         return
-    _clear_replaced_mark(record.id, ctx)
+    clear_replaced_mark(record.id, ctx)
     summary["endpoints_activated"] += 1
     log.info("endpoint %s is now the active endpoint for %s (version %s)", record.id, model_name, version)
     if previous and previous != record.id:
         _retire_replaced(previous, record.id, ctx, summary)
 
 
-def _clear_replaced_mark(ep_name: str, ctx: Context) -> None:
+def clear_replaced_mark(ep_name: str, ctx: Context) -> None:
     """The route serves ``ep_name`` (again: a rollback, or a reactivation): a ``replaced_by`` mark
     left from when a newer version took over is stale; drop it so nobody reads it as current."""
     record = ctx.ledger.get(R.ENDPOINT, ep_name)
@@ -382,7 +355,7 @@ def _retire_replaced(previous: str, replacement: str, ctx: Context, summary: Cou
     if won is None:
         return
     log.info("endpoint %s was replaced by %s; deleting it", previous, replacement)
-    _follow(previous, ctx.settings)
+    schedule(previous, ctx.settings)
     try:
         ctx.backend.begin_delete_endpoint(previous)
     except NotFoundError:
@@ -390,187 +363,3 @@ def _retire_replaced(previous: str, replacement: str, ctx: Context, summary: Cou
             summary["endpoints_deleted"] += 1
         return
     summary["endpoints_deleting"] += 1
-
-
-# --------------------------------------------------------------------------- deletions
-
-# A "deleting" record the backend still shows as live after this long lost its delete call
-# (a crash or an error between the ledger claim and the backend call).
-LOST_DELETE_AFTER = timedelta(minutes=2)
-
-
-def claim_deletion(ledger: Ledger, record: Record, *, reason: str, at: datetime, **fields: Any) -> Record:
-    """``succeeded`` -> ``deleting``, conditional on ``record`` being unchanged since it was read
-    (raises ConflictError otherwise: a request recorded meanwhile wins)."""
-    claimed = ledger.update(record, EP_DELETING, delete_reason=reason, delete_requested_at=iso(at), error=None, **fields)
-    _follow(record.id, get_settings())
-    return claimed
-
-
-def undo_deletion_claim(ledger: Ledger, name: str, *, error: str, at: datetime) -> None:
-    """The delete call failed: back to ``succeeded`` so it keeps serving and the next run tries again."""
-    ledger.transition(R.ENDPOINT, name, [EP_DELETING], EP_SUCCEEDED, error=error, delete_failed_at=iso(at))
-
-
-def finish_deletion(ledger: Ledger, name: str, at: datetime) -> bool:
-    """``deleting`` -> ``deleted`` once the backend no longer has the endpoint; True when this call recorded it."""
-    return ledger.transition(R.ENDPOINT, name, [EP_DELETING], EP_DELETED, deleted_at=iso(at)) is not None
-
-
-def settle_deletion(record: Record, info: Any, backend: MLBackend, ledger: Ledger, now: datetime) -> str | None:
-    """Follow one ``deleting`` record, given the backend's current view of it (``info``, None when gone).
-
-    Returns ``"deleted"`` when this call recorded the deletion, ``"restarted"`` when the delete
-    call had been lost and was started again (claimed by ETag, so concurrent callers restart it
-    once), None when the deletion is still running or someone else acted. Raises BackendError
-    when the restart fails.
-    """
-    if info is None or info.state == EP_DELETED:
-        if finish_deletion(ledger, record.id, now):
-            log.info("endpoint %s is deleted (%s)", record.id, record.get("delete_reason"))
-            return "deleted"
-        return None
-    claimed_at = parse_iso(record.updated_at)
-    if info.state == EP_DELETING or claimed_at is None or now - claimed_at <= LOST_DELETE_AFTER:
-        return None
-    try:
-        ledger.update(record, delete_restarted_at=iso(now))
-    except ConflictError:
-        return None
-    log.warning("endpoint %s is deleting in the ledger but %s in the backend; deleting it again", record.id, info.state)
-    try:
-        backend.begin_delete_endpoint(record.id)
-    except NotFoundError:
-        finish_deletion(ledger, record.id, now)
-        return "deleted"
-    return "restarted"
-
-
-def current_endpoint(backend: MLBackend, name: str, listed: dict[str, Any] | None = None) -> Any:
-    """The backend's view of one endpoint (from ``listed`` when given), None when it does not exist."""
-    if listed and name in listed:
-        return listed[name]
-    try:
-        return backend.get_endpoint(name)
-    except NotFoundError:
-        return None
-
-
-# --------------------------------------------------------------------------- rollback
-
-
-class RollbackError(ValueError):
-    """The rollback cannot be done as asked (unknown model or version, nothing older); says why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Rollback:
-    model_name: str
-    from_version: str | None
-    to_version: str
-    endpoint: str
-    state: str  # "active": serving now; "redeploying": its endpoint is being redeployed, active when ready
-
-
-def rollback(
-    model_name: str,
-    version: str | None = None,
-    *,
-    settings: Settings | None = None,
-    ledger: Ledger | None = None,
-    backend: MLBackend | None = None,
-) -> Rollback:
-    """Make an earlier version of ``model_name`` the one its route serves (default: the newest
-    version older than the active one).
-
-    When that version's endpoint still serves, the route points at it at once; otherwise its
-    endpoint is redeployed and the route records ``rollback_to``: the current version keeps serving
-    until the old one is ready, then :func:`activate` switches. Either way the route keeps
-    ``rolled_back_from`` (no version up to it takes over automatically again; a newer fine-tune
-    does) and the rollback is appended to its ``rollbacks`` history.
-    """
-    ctx = context(settings, ledger, backend)
-    prefix = f"{model_name}:"
-    models = {r.id[len(prefix):]: r for r in ctx.ledger.list(R.MODEL) if r.id.startswith(prefix)}
-    route = ctx.ledger.get(R.ROUTE, model_name)
-    if not models:
-        raise RollbackError(f"no registered model named {model_name!r}")
-    current = str(route.get("model_version") or "") or None if route is not None else None
-    if version is None:
-        older = [v for v in models if current is None or is_newer(current, v)]
-        if not older:
-            raise RollbackError(f"model {model_name!r} has no version older than {current} to roll back to")
-        version = max(older, key=version_key)
-    if version not in models:
-        known = ", ".join(sorted(models, key=version_key))
-        raise RollbackError(f"model {model_name!r} has no version {version!r} (registered: {known})")
-    if version == current and route is not None and not route.get("rollback_to"):
-        raise RollbackError(f"version {version} of {model_name!r} is already the active one")
-    serving_ep = ctx.ledger.get(R.ENDPOINT, str(route.get("endpoint") or "")) if route is not None else None
-    if (serving_ep is not None and serving_ep.state == EP_SUCCEEDED
-            and str(serving_ep.get("model_version") or "") != version
-            and lived_in(serving_ep, models[version])):
-        # The version lived (or lives) as a deployment of the serving endpoint: traffic moves between
-        # that endpoint's deployments (shared.rollout), never to another endpoint.
-        from shared.rollout import roll_back_in_endpoint
-
-        state = roll_back_in_endpoint(model_ref_of(models[version]), serving_ep, ctx)
-        log.info("rolling %s back from version %s to %s inside endpoint %s (%s)", model_name, current, version,
-                 serving_ep.id, state)
-        return Rollback(model_name, current, version, serving_ep.id, state)
-    ep_name = endpoint_name(model_name, version)
-    endpoint = ctx.ledger.get(R.ENDPOINT, ep_name)
-    info = current_endpoint(ctx.backend, ep_name) if endpoint is not None and endpoint.state == EP_SUCCEEDED else None
-    live = info is not None and info.state == EP_SUCCEEDED
-    now = _now_iso()
-    entry = {"at": now, "from_version": current, "to_version": version, "endpoint": ep_name,
-             "redeployed": not live}
-
-    def hold(existing: Record | None) -> str | None:
-        held = [v for v in (current, existing.get("rolled_back_from") if existing else None) if v]
-        return max(held, key=version_key) if held else None
-
-    def attempt() -> None:
-        existing = ctx.ledger.get(R.ROUTE, model_name)
-        history = list((existing.get("rollbacks") if existing else None) or [])[-19:] + [entry]
-        if live:
-            fields = {"endpoint": ep_name, "model_version": version, "since": now, "rollback_to": None,
-                      "previous_endpoint": existing.get("endpoint") if existing else None}
-        else:
-            fields = {"rollback_to": version}
-        fields.update(rolled_back_from=hold(existing), rollbacks=history)
-        if existing is None:
-            fields.setdefault("endpoint", None)
-            if ctx.ledger.create(R.ROUTE, model_name, R.ROUTE_SET, **fields) is None:
-                raise ConflictError(f"route/{model_name} created concurrently")
-        else:
-            ctx.ledger.update(existing, R.ROUTE_SET, **fields)
-
-    retry_on_conflict(attempt, f"active/{model_name}")
-    if live:
-        _clear_replaced_mark(ep_name, ctx)
-        log.info("rolled %s back from version %s to %s (endpoint %s)", model_name, current, version, ep_name)
-        return Rollback(model_name, current, version, ep_name, "active")
-    model = model_ref_of(models[version])
-    deploy_model(model, reason="rollback", settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
-    log.info("rolling %s back from version %s to %s: redeploying it to %s", model_name, current, version, ep_name)
-    return Rollback(model_name, current, version, ep_name, "redeploying")
-
-
-def cli_rollback(args: Any) -> int:
-    """``python -m shared.cli rollback MODEL [VERSION]`` (or ``MODEL:VERSION``, as ``model`` names it in scoring)."""
-    model, version = args.model, args.version
-    if version is None and ":" in model:
-        model, _, version = model.rpartition(":")
-    try:
-        done = rollback(model, version or None)
-    except (RollbackError, capacity.CapacityError) as exc:
-        print(f"rollback: {exc}", file=sys.stderr)
-        return 2
-    if done.state == "active":
-        print(f"{done.model_name}: version {done.to_version} is active again (was {done.from_version}), "
-              f"served by endpoint {done.endpoint}")
-    else:
-        print(f"{done.model_name}: redeploying version {done.to_version} to endpoint {done.endpoint}; it becomes "
-              f"active when ready (version {done.from_version} serves until then)")
-    return 0

@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.backends.base import EP_DELETED, EP_DELETING, EP_SUCCEEDED, BackendError, EndpointInfo, MLBackend, NotFoundError
-from shared.endpoints import lifecycle
+from shared.endpoints import deletion
 from shared.janitor.policy import DELETE, KEEP, UNKNOWN, Decision, EndpointFacts, IdlePolicy, decide
 from shared.ledger import ENDPOINT, JANITOR, ROUTE, ConflictError, Ledger, Record, iso, parse_iso, utcnow
 from shared.settings import Settings, get_settings
@@ -202,7 +202,7 @@ def _delete_one(
         return EndpointOutcome(outcome=WOULD_DELETE, reason=decision.reason, hours_saved=hours, cost_saved=cost, **base)
     try:
         # Conditional on the record we decided on: a request recorded since then wins.
-        lifecycle.claim_deletion(ledger, record, reason=decision.reason, at=now, hours_saved=hours, cost_saved=cost)
+        deletion.claim_deletion(ledger, record, reason=decision.reason, at=now, hours_saved=hours, cost_saved=cost)
     except ConflictError:
         return EndpointOutcome(outcome=SKIPPED, reason="ledger record changed while deciding; next run re-evaluates", **base)
     try:
@@ -214,7 +214,7 @@ def _delete_one(
         error = f"delete failed: {type(exc).__name__}: {exc}"
         try:
             # Back to succeeded so the next run tries again and scoring keeps using it.
-            lifecycle.undo_deletion_claim(ledger, facts.name, error=error, at=now)
+            deletion.undo_deletion_claim(ledger, facts.name, error=error, at=now)
         except Exception:  # noqa: BLE001
             log.warning("could not record the failed deletion of %s", facts.name, exc_info=True)
         return EndpointOutcome(outcome=FAILED, reason=decision.reason, error=error, **base)
@@ -229,8 +229,8 @@ def _finish_deletions(ledger: Ledger, backend: MLBackend, listed: dict[str, Endp
     for record in ledger.list(ENDPOINT, states=[EP_DELETING]):
         try:
             # Endpoints deleted in this run are read again: a backend may remove them at once.
-            info = lifecycle.current_endpoint(backend, record.id, None if record.id in started_now else listed)
-            done = None if record.id in started_now and info is not None else lifecycle.settle_deletion(
+            info = deletion.current_endpoint(backend, record.id, None if record.id in started_now else listed)
+            done = None if record.id in started_now and info is not None else deletion.settle_deletion(
                 record, info, backend, ledger, now)
         except BackendError as exc:
             log.warning("could not settle the deletion of endpoint %s: %s", record.id, exc)

@@ -16,7 +16,7 @@ from shared import rollout
 from shared.backends.base import CANCELED, COMPLETED, EP_DELETING, EP_PROVISIONING, EP_SUCCEEDED, FAILED, MLBackend
 from shared.context import Context, context
 from shared.datasets.intake import submit_pending_datasets
-from shared.deployment.job_outcome import Outcome, deploy_registered_model, drive_job, model_of
+from shared.deployment.job_outcome import Outcome, deploy_beside_champion, deploy_registered_model, drive_job, model_of
 from shared.endpoints import healing, lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger, Record
@@ -134,7 +134,7 @@ def _reconcile_model(record: Record, ctx: Context, summary: Counter[str]) -> Non
         return  # a candidate beside its champion: shared.rollout follows it
     ep_name = record.get("endpoint") or endpoint_name(model.name, model.version)
     if ctx.ledger.get(R.ENDPOINT, ep_name) is None:  # claimed "deploying", then stopped before the endpoint record
-        if lifecycle.deploy_beside_champion(model, ctx, reason="reconcile: deployment never started") is not None:
+        if deploy_beside_champion(model, ctx, reason="reconcile: deployment never started") is not None:
             summary["models_deploying"] += 1
             return
         lifecycle.deploy_model(

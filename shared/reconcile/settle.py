@@ -4,7 +4,8 @@ fails; a deleting one is recorded deleted, or its lost delete call is started ag
 Written once, used twice: by :func:`shared.reconcile.run.reconcile` for every endpoint in flight,
 and by :func:`follow_up` (the queue-triggered ``follow_up_endpoint``) for one endpoint, within
 seconds of the deployment or deletion starting (:mod:`shared.endpoints.followup` schedules the
-messages). The endpoint records themselves are written by :mod:`shared.endpoints.lifecycle`, their only owner.
+messages). The endpoint records themselves are written by :mod:`shared.endpoints.lifecycle` and
+:mod:`shared.endpoints.deletion`, their only owners.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import Counter
 from shared import rollout
 from shared.backends.base import EP_DELETING, EP_PROVISIONING
 from shared.context import Context, context
-from shared.endpoints import lifecycle
+from shared.endpoints import deletion, lifecycle
 from shared.endpoints.followup import MAX_CHECKS, FollowUp, schedule
 from shared.ledger import ENDPOINT, Record, utcnow
 from shared.settings import Settings
@@ -34,8 +35,8 @@ def settle_endpoint(record: Record, ctx: Context, summary: Counter[str]) -> None
     if record.state == EP_PROVISIONING:
         lifecycle.settle_provisioning(record, ctx, summary)
     elif record.state == EP_DELETING:
-        info = lifecycle.current_endpoint(ctx.backend, record.id)
-        done = lifecycle.settle_deletion(record, info, ctx.backend, ctx.ledger, utcnow())
+        info = deletion.current_endpoint(ctx.backend, record.id)
+        done = deletion.settle_deletion(record, info, ctx.backend, ctx.ledger, utcnow())
         if done == "deleted":
             summary["endpoints_deleted"] += 1
         elif done == "restarted":

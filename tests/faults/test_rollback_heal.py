@@ -20,7 +20,7 @@ import pytest
 
 from localworkspace.workspace import process_alive, read_json, read_pid_file
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, ModelRef
-from shared.endpoints import lifecycle
+from shared.deployment.job_outcome import start_deployment
 from shared.ledger import ENDPOINT, MODEL, ROUTE
 from tests.support import tiny_trained_stack, wait_until
 
@@ -56,9 +56,9 @@ def register_version(stack, tag: str) -> ModelRef:
 
 
 def deploy_version(stack, tag: str) -> tuple[str, str]:
-    """(version, endpoint): deployed the way a registered model is (lifecycle.start_deployment)."""
+    """(version, endpoint): deployed the way a registered model is (shared.deployment.job_outcome.start_deployment)."""
     model = register_version(stack, tag)
-    started, ep = lifecycle.start_deployment(model, _ctx(stack), reason="faults")
+    started, ep = start_deployment(model, _ctx(stack), reason="faults")
     assert started
     return model.version, ep
 

@@ -22,7 +22,7 @@ from shared.backends.base import (
 )
 from shared.deployment.event_payloads import MalformedEventError, parse_job_event
 from shared.deployment.job_outcome import handle_job_event
-from shared.endpoints import lifecycle
+from shared.endpoints import deletion, lifecycle
 from shared.endpoints.lifecycle import deploy_model
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
@@ -534,7 +534,7 @@ def test_a_lost_deletion_is_restarted_once_whoever_notices_it(env, fixtures_dir,
     # The janitor claimed the deletion, then crashed before calling the backend.
     ledger.update(ledger.get(L.ENDPOINT, ep), "deleting", delete_reason="idle: test")
     assert reconcile()["endpoints_deleting"] == 0 and ws.calls["begin_delete_endpoint"] == 0  # too recent to call lost
-    monkeypatch.setattr(lifecycle, "LOST_DELETE_AFTER", timedelta(0))
+    monkeypatch.setattr(deletion, "LOST_DELETE_AFTER", timedelta(0))
     assert reconcile()["endpoints_deleting"] == 1
     delete_idle_endpoints(settings, ledger, ws)
     reconcile()

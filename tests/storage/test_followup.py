@@ -17,7 +17,7 @@ import pytest
 from functions import followup as followup_function
 from shared.backends import use_backend
 from shared.backends.base import EP_DELETED, EP_SUCCEEDED, ModelRef
-from shared.endpoints import eta, followup, lifecycle
+from shared.endpoints import deletion, eta, followup, lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, iso, utcnow
 from shared.reconcile.settle import follow_up
@@ -82,7 +82,7 @@ def test_deletions_are_followed_up_too(world: Any, storage_settings: Settings) -
     backend.add_ready_endpoint(ep)
     ledger.create(ENDPOINT, ep, EP_SUCCEEDED, model_name=MODEL_NAME, model_version="1")
     use_settings(storage_settings)
-    lifecycle.claim_deletion(ledger, ledger.get(ENDPOINT, ep), reason="idle", at=utcnow())
+    deletion.claim_deletion(ledger, ledger.get(ENDPOINT, ep), reason="idle", at=utcnow())
     assert [orjson.loads(m.content)["endpoint"] for m in messages_within(queue, 10)] == [ep]
     backend.finish_deletion(ep)
     assert follow_up(followup.FollowUp(ep, 1).encode(), storage_settings) == "settled"

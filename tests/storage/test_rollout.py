@@ -15,7 +15,9 @@ import pytest
 
 from shared.backends.base import EP_SUCCEEDED, DeploymentMetrics, EndpointInfo, ModelRef
 from shared.context import Context
+from shared.deployment.job_outcome import start_deployment
 from shared.endpoints import lifecycle
+from shared.endpoints.rollback import rollback
 from shared.endpoints.serving import placement
 from shared.evaluation.judge import Verdict
 from shared.ledger import Ledger
@@ -68,7 +70,7 @@ DEP = deployment_name_for("2")
 
 
 def start(ctx: Context) -> None:
-    started, endpoint = lifecycle.start_deployment(V2, ctx, reason="job job-2 completed")
+    started, endpoint = start_deployment(V2, ctx, reason="job job-2 completed")
     assert started and endpoint == EP
 
 
@@ -84,7 +86,7 @@ def into_canary(ctx: Context, ws: Any, judge: StandInJudge) -> Any:
 def test_a_new_version_deploys_beside_the_champion_never_as_a_second_endpoint(world) -> None:  # noqa: ANN001
     ctx, ws = world
     start(ctx)
-    lifecycle.start_deployment(V2, ctx, reason="redelivered")  # a second delivery acts once
+    start_deployment(V2, ctx, reason="redelivered")  # a second delivery acts once
     assert ws.calls["begin_deploy"] == 0, "no second endpoint"
     assert ws.calls["begin_deploy_deployment"] == 1 and (EP, DEP) in ws.deployments
     record = ctx.ledger.get(R.ROLLOUT, V2.ref)
@@ -200,7 +202,7 @@ def test_the_champion_endpoint_deleted_by_the_janitor_supersedes_the_candidate(w
 def test_without_a_serving_endpoint_the_first_version_gets_its_own(world) -> None:  # noqa: ANN001
     ctx, ws = world
     ctx.ledger.transition(R.ENDPOINT, EP, {EP_SUCCEEDED}, R.ENDPOINT_DELETING)
-    start_result = lifecycle.start_deployment(V2, ctx, reason="job job-2 completed")
+    start_result = start_deployment(V2, ctx, reason="job job-2 completed")
     assert start_result[0] and ws.calls["begin_deploy"] == 1 and ctx.ledger.get(R.ROLLOUT, V2.ref) is None
 
 
@@ -240,7 +242,7 @@ def test_cli_rollback_moves_traffic_between_the_deployments_of_the_one_endpoint(
     assert advance(ctx.ledger.update(record, canary=canary), ctx).state == R.ROLLOUT_PROMOTED
     assert ws.endpoints[EP].traffic == {DEP: 100}
 
-    done = lifecycle.rollback(MODEL, "1", settings=ctx.settings, ledger=ctx.ledger, backend=ws)
+    done = rollback(MODEL, "1", settings=ctx.settings, ledger=ctx.ledger, backend=ws)
     assert (done.state, done.endpoint) == ("redeploying", EP), "back inside the same endpoint, never another one"
     assert ws.calls["begin_deploy"] == 0 and ws.endpoints[EP].traffic == {DEP: 100}, "version 2 serves meanwhile"
     v1_dep = deployment_name_for("1")
@@ -286,7 +288,7 @@ def first(storage_settings: Settings, monkeypatch: pytest.MonkeyPatch):  # noqa:
     ctx = Context(settings, ledger, ws)
     judge = StandInJudge()
     monkeypatch.setattr(shared.evaluation, "judge_candidate", judge)
-    started, ep = lifecycle.start_deployment(V1, ctx, reason="job job-1 completed")
+    started, ep = start_deployment(V1, ctx, reason="job job-1 completed")
     assert started and ws.calls["begin_deploy"] == 1
     ws.finish_deployment(ep)
     return ctx, ws, judge, ep
