@@ -613,13 +613,14 @@ class _Preparation:
             return
         if unknown:
             self.warn_unknown(line, unknown)
-        digest = conversation_digest(roles, contents)
+        encoded = _dumps((roles, contents))
+        digest = xxhash.xxh3_128_intdigest(encoded)  # = conversation_digest(roles, contents)
         first = self.seen.setdefault(digest, line)
         if first != line:
             self.error(line, DUPLICATE, f"same conversation as line {first}")
             return
         if self.quality is not None:
-            scanned = self.quality.observe(line, roles, contents)
+            scanned = self.quality.observe(line, roles, contents, encoded)
             if scanned is not contents:  # redacted (DATA_POLICY=redact): the prepared copy changes
                 contents = scanned
                 messages = [{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)]
@@ -706,13 +707,14 @@ class _Preparation:
                     self.add(line, obj, raw)
                     continue
                 _, roles, contents = fast
-                digest = digest_of(dumps((roles, contents)))  # = conversation_digest(roles, contents)
+                encoded = dumps((roles, contents))
+                digest = digest_of(encoded)  # = conversation_digest(roles, contents)
                 first = remember(digest, line)
                 if first != line:
                     self.error(line, DUPLICATE, f"same conversation as line {first}")
                     continue
                 if observe is not None:
-                    scanned = observe(line, roles, contents)
+                    scanned = observe(line, roles, contents, encoded)  # the gate scans the digest's bytes
                     if scanned is not contents:  # redacted: rebuilt from the redacted contents
                         contents = scanned
                         raw = b"".join((b'{"prompt":', dumps(obj["prompt"]), b',"prompt_id":', dumps(obj["prompt_id"]),

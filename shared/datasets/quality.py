@@ -38,19 +38,24 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+import orjson
+import xxhash
 
 from shared.datasets import neardup
 from shared.datasets.digest import conversation_digest
-from shared.datasets.sensitive import PII_KINDS, SECRET_KINDS, find_sensitive, may_hold_sensitive, redact
+from shared.datasets.sensitive import PII_KINDS, SECRET_KINDS, find_sensitive, kept_bytes_table, may_hold_sensitive, redact
 from shared.settings import Settings
 
 POLICIES = ("report", "redact", "reject")
 MAX_LINES_LISTED = 50
-NEAR_DUP_WORDS = 96
+NEAR_DUP_WORDS = neardup.NEAR_DUP_WORDS
 BATCH = 256  # conversations whose MinHash signatures are computed together
 NEAR_DUP_INDEX_MAX = 30_000
+_dumps = orjson.dumps
+_digest = xxhash.xxh3_128_intdigest  # of the digest bytes: shared.datasets.digest.conversation_digest
 # Characters per token when no tokenizer is configured (English chat text; the report says so).
 CHARS_PER_TOKEN = 4.0
 
@@ -117,29 +122,10 @@ def special_tokens_for(settings: Settings) -> tuple[tuple[str, ...], str]:
 # --------------------------------------------------------------------------- near-duplicates
 
 
-MAX_WORD_BYTES = 64  # how much of a word (UTF-8 bytes) counts for its MinHash (prefixes keep memory flat on padded rows)
-
-
-def first_words(text: str, n: int = NEAR_DUP_WORDS) -> list[bytes]:
-    """The first ``n`` words of ``text``, lower-cased, UTF-8 (what a conversation's MinHash is of).
-
-    Splits a prefix long enough for ``n`` words (grown while it is not, up to ``n`` words of
-    ``MAX_WORD_BYTES``), never the whole text; a longer word counts by its first ``MAX_WORD_BYTES`` bytes
-    (one 8 MiB "word" of padding is held as 64 bytes, not 8 MiB per pending row)."""
-    size, cap = n * 8, n * (MAX_WORD_BYTES + 1)
-    while True:
-        prefix = text[:size]
-        words = prefix.split()
-        if len(words) > n or len(prefix) == len(text) or size >= cap:
-            break
-        size = min(size * 4, cap)
-    return [w[:MAX_WORD_BYTES] for w in " ".join(words[:n]).lower().encode("utf-8", "surrogatepass").split()]
-
-
-def conversation_minhash(contents: Iterable[str]) -> Any | None:
+def conversation_minhash(contents: Sequence[str]) -> Any | None:
     """MinHash signature (:mod:`shared.datasets.neardup`) of a conversation: word 3-grams of its first
     ``NEAR_DUP_WORDS`` words, lower-cased (bounded work per row). None when it has fewer than 3 words."""
-    return neardup.signatures([first_words("\n".join(contents))])[0]
+    return neardup.signatures([neardup.shingle_text(contents)])[0]
 
 
 def find_leaks(train: Iterable[list[dict[str, str]]], held_out: Iterable[list[dict[str, str]]], *,
@@ -162,16 +148,21 @@ class HeldOutIndex:
         self.digests: dict[int, int] = {}
         self.lsh = neardup.LshIndex(threshold)
         self.size = 0
-        words = []
+        texts: list[bytes] = []
         for i, messages in enumerate(held_out):
             contents = [str(m.get("content", "")).strip() for m in messages]
             roles = [str(m.get("role", "")).strip().lower() for m in messages]
             self.digests.setdefault(conversation_digest(roles, contents), i)
-            words.append(neardup.gram_hashes(first_words("\n".join(contents))))
+            texts.append(neardup.shingle_text(contents))
             self.size += 1
-        for i, signature in enumerate(neardup.signatures_of(words)):
-            if signature is not None:
-                self.lsh.insert(i, signature)
+            if len(texts) == BATCH:
+                self._index(texts, i + 1 - len(texts))
+                texts = []
+        self._index(texts, self.size - len(texts))
+
+    def _index(self, texts: list[bytes], first: int) -> None:
+        matrix, rows = neardup.signature_matrix(texts)
+        self.lsh.query_insert_many((rows + first).tolist(), matrix, len(rows))
 
     def exact(self, contents: list[str], roles: list[str]) -> int | None:
         return self.digests.get(conversation_digest(roles, contents))
@@ -216,12 +207,15 @@ class QualityScan:
         self.special_tokens_source = special_tokens_source
         self._special = (re.compile("|".join(map(re.escape, sorted(special_tokens, key=len, reverse=True))))
                          if special_tokens else None)
-        self._special_first = tuple(sorted({t[0].encode("utf-8") for t in special_tokens}))
+        # a special token's first byte, as UTF-8 and as JSON (observe scans the digest's JSON bytes)
+        self._special_first = tuple(sorted({t[0].encode("utf-8") for t in special_tokens}
+                                           | {_dumps(t)[1:2] for t in special_tokens}))
+        self._kept_table = kept_bytes_table(b"".join(self._special_first))
         self.findings: dict[str, _Finding] = {}
         self.special_by_token: dict[str, int] = {}
         self.threshold = settings.near_duplicate_threshold
         self.lsh = neardup.LshIndex(self.threshold)
-        self._pending: list[tuple[int, list[int], int | None]] = []  # (line, 3-gram hashes, exact leak)
+        self._pending: list[tuple[int, bytes, int | None]] = []  # (line, shingle text, exact leak)
         self.indexed = 0
         self.index_full_at: int | None = None
         self.near_duplicates: list[tuple[int, int]] = []  # (line, the earlier line it resembles), first MAX_LINES_LISTED
@@ -237,14 +231,16 @@ class QualityScan:
             found = self.findings[kind] = _Finding()
         return found
 
-    def observe(self, line: int, roles: list[str], contents: list[str]) -> list[str]:
+    def observe(self, line: int, roles: list[str], contents: list[str], encoded: bytes | None = None) -> list[str]:
+        """``encoded``: the conversation's digest bytes (``orjson.dumps((roles, contents))``) when the
+        caller has them (preparation does): the scans run on them, so nothing is encoded twice."""
         redacting = self.policy == "redact"
         out: list[str] | None = None
         special = self._special
-        joined = "\n".join(contents)
-        data = joined.encode("utf-8", "surrogatepass")
-        if may_hold_sensitive(data) or (special is not None and any(ch in data for ch in self._special_first)
-                                        and special.search(joined)):
+        data = encoded if encoded is not None else _dumps((roles, contents))
+        kept = data.translate(None, self._kept_table)
+        if kept and (may_hold_sensitive(data, kept) or (
+                special is not None and any(ch in kept for ch in self._special_first) and any(map(special.search, contents)))):
             indices: Iterable[int] = range(len(contents))
         else:
             indices = ()
@@ -266,33 +262,33 @@ class QualityScan:
                 out[i] = redact(text, spans)
         if out is not None:
             self.redacted_lines += 1
-        leak = self.held_out.exact(contents, roles) if self.held_out is not None else None
-        self._pending.append((line, neardup.gram_hashes(first_words(joined)), leak))
+        leak = self.held_out.digests.get(_digest(data)) if self.held_out is not None else None
+        self._pending.append((line, neardup.shingle_text(contents), leak))
         if len(self._pending) >= BATCH:
             self._flush()
         return out if out is not None else contents
 
     def _flush(self) -> None:
         """Near-duplicates and leaks of the conversations observed since the last flush, in order
-        (their MinHash signatures in one batch: :func:`shared.datasets.neardup.signatures`)."""
+        (their MinHash signatures in one batch: :func:`shared.datasets.neardup.signature_matrix`)."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        signatures = neardup.signatures_of([hashes for _, hashes, _ in pending])
-        for (line, _, leak), signature in zip(pending, signatures, strict=True):
-            if signature is not None:
-                indexing = self.indexed < NEAR_DUP_INDEX_MAX
-                similar = self.lsh.query_insert(line, signature, insert=indexing)
-                if similar is not None:
-                    self.near_duplicate_count += 1
-                    if len(self.near_duplicates) < MAX_LINES_LISTED:
-                        self.near_duplicates.append((line, similar))
-                if indexing:
-                    self.indexed += 1
-                elif self.index_full_at is None:
-                    self.index_full_at = line
-            if self.held_out is not None:
-                hit = leak if leak is not None else self.held_out.near(signature)
+        matrix, rows = neardup.signature_matrix([text for _, text, _ in pending])
+        lines = [pending[i][0] for i in rows.tolist()]
+        n_insert = max(0, min(len(lines), NEAR_DUP_INDEX_MAX - self.indexed))
+        if n_insert < len(lines) and self.index_full_at is None:
+            self.index_full_at = lines[n_insert]
+        self.indexed += n_insert
+        for line, similar in zip(lines, self.lsh.query_insert_many(lines, matrix, n_insert), strict=True):
+            if similar is not None:
+                self.near_duplicate_count += 1
+                if len(self.near_duplicates) < MAX_LINES_LISTED:
+                    self.near_duplicates.append((line, similar))
+        if self.held_out is not None:
+            near = dict(zip(lines, self.held_out.lsh.query_many(matrix), strict=True))
+            for line, _, leak in pending:
+                hit = leak if leak is not None else near.get(line)
                 if hit is not None:
                     self.leak_count += 1
                     if len(self.leaks) < MAX_LINES_LISTED:

@@ -33,11 +33,25 @@ _SECRETS: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] = {
 }
 PII_KINDS = ("email", "phone", "card_number", "iban")
 SECRET_KINDS = tuple(_SECRETS)
-# (sentinel byte, literal) for the whole-conversation check: a literal is searched for only where
-# its sentinel, one of its own bytes and rare in prose, is (a memchr, several times cheaper).
-_SECRET_SCAN = tuple((sentinel, literal.encode()) for sentinel, literal in (
-    (b"K", "AKIA"), (b"S", "ASIA"), (b"_", "_"), (b"x", "xox"), (b"z", "AIza"), (b"-", "sk-"),
-    (b"=", "AccountKey="), (b"=", "sig="), (b"J", "eyJ"), (b"-", "-----BEGIN")))
+# The whole-conversation check (may_hold_sensitive) keeps, in one bytes.translate pass, only the
+# bytes below; a literal made only of kept bytes is then searched for in what was kept (it is
+# there if it was in the text: nothing between its bytes is dropped), a few hundred bytes instead
+# of the whole text.
+_UPPER = bytes(range(ord("A"), ord("Z") + 1))
+_KEPT_LITERALS = (b"AKIA", b"ASIA", b"-----BEGIN")
+# Literals with lower-case letters are compared only around an anchor byte: one rare in prose
+# that every match of the secret's pattern holds at a fixed place relative to the literal.
+# anchor -> ((literal, where the literal starts relative to the anchor), ...).
+_ANCHORS: tuple[tuple[bytes, tuple[tuple[bytes, int], ...]], ...] = (
+    (b"_", ((b"_", 0),)),
+    # "xox[abprs]-": the hyphen 4 bytes after the literal's start (not its "x": prose is full of them)
+    (b"-", ((b"xox", -4), (b"sk-", -2))),
+    (b"z", ((b"AIza", -2),)),
+    (b"=", ((b"AccountKey=", -10), (b"sig=", -3))),
+    (b"J", ((b"eyJ", -2),)),
+)
+# Past this many occurrences of an anchor, its literals are searched for in the whole text instead.
+MAX_ANCHOR_VISITS = 8
 _DIGITS = b"0123456789"
 MIN_DIGITS = 7  # the shortest phone number; card numbers and IBANs have more
 
@@ -78,18 +92,50 @@ def _digit_count(data: bytes) -> int:
     return len(data) - len(data.translate(None, _DIGITS))
 
 
-def may_hold_sensitive(data: bytes) -> bool:
-    """Whether UTF-8 ``data`` can hold anything :func:`find_sensitive` finds: an ``@`` (e-mail), at
-    least ``MIN_DIGITS`` digits (phone, card, IBAN), or a secret's literal. A few scans in C."""
-    if b"@" in data or _digit_count(data) >= MIN_DIGITS:
+def kept_bytes_table(extra: bytes = b"") -> bytes:
+    """The ``delete`` argument of ``bytes.translate`` keeping only the bytes :func:`may_hold_sensitive`
+    looks at (``@``, digits, upper-case letters, ``-``, the anchors) and ``extra``: one pass in C
+    leaves a few bytes to scan."""
+    keep = set(b"@" + _DIGITS + _UPPER + b"".join(_KEPT_LITERALS) + b"".join(anchor for anchor, _ in _ANCHORS) + extra)
+    return bytes(c for c in range(256) if c not in keep)
+
+
+_KEPT = kept_bytes_table()
+
+
+def may_hold_sensitive(data: bytes, kept: bytes | None = None) -> bool:
+    """Whether UTF-8 ``data`` (text, or JSON of it) can hold anything :func:`find_sensitive` finds:
+    an ``@`` (e-mail), at least ``MIN_DIGITS`` digits (phone, card, IBAN), or a secret's literal.
+
+    ``kept`` is ``data.translate(None, kept_bytes_table(...))`` when the caller has it. One pass
+    in C over ``data``, then scans of the few bytes kept (upper-case-only literals are searched
+    for there), and a literal with lower-case letters compared only where its anchor byte is (a
+    memchr each; a substring search of the whole text past ``MAX_ANCHOR_VISITS``).
+    Never says no where a detector would find something: JSON escapes add only backslashes, letters
+    and digits, and no literal holds an escaped character."""
+    if kept is None:
+        kept = data.translate(None, _KEPT)
+    if not kept:
+        return False
+    if b"@" in kept or _digit_count(kept) >= MIN_DIGITS:
         return True
-    present: dict[bytes, bool] = {}
-    for sentinel, literal in _SECRET_SCAN:
-        has = present.get(sentinel)
-        if has is None:
-            has = present[sentinel] = sentinel in data
-        if has and literal in data:
+    for literal in _KEPT_LITERALS:
+        if literal in kept and literal in data:
             return True
+    for anchor, needles in _ANCHORS:
+        count = kept.count(anchor)
+        if not count:
+            continue
+        if count > MAX_ANCHOR_VISITS:
+            if any(literal in data for literal, _ in needles):
+                return True
+            continue
+        at = data.find(anchor)
+        while at >= 0:
+            for literal, offset in needles:
+                if at + offset >= 0 and data.startswith(literal, at + offset):
+                    return True
+            at = data.find(anchor, at + 1)
     return False
 
 
