@@ -9,8 +9,8 @@ Computed in preparation's own streaming pass (``shared.datasets.chat_data`` call
   JWTs) and private key blocks: counted by kind with the line numbers, never the values;
 - the **base model's special tokens** inside content (``<|im_start|>`` in SmolLM2's chat
   template, ``<|end|>`` in Phi-3's, ...): they break the chat template at training time;
-- **near-duplicate conversations** within the upload (MinHash LSH, datasketch's scheme computed
-  in batches by :mod:`shared.datasets.neardup`: word 3-grams of the conversation's first
+- **near-duplicate conversations** within the upload (MinHash LSH with datasketch's permutations
+  and banding, hashed in batches by :mod:`shared.datasets.neardup`: word 3-grams of the conversation's first
   ``NEAR_DUP_WORDS`` words), and **leakage**: conversations equal or near-equal to one of the
   collection's held-out evaluation set;
 - a **cost forecast**: :func:`cost_forecast` (tokens x epochs / throughput x instance price).
@@ -23,15 +23,17 @@ changed) or ``reject`` (any finding rejects the upload, with the counts as the r
 Memory: the near-duplicate index holds one band key per band per conversation up to
 ``NEAR_DUP_INDEX_MAX`` conversations (then later ones are still checked against it, not added:
 the report says so), the rest is counters, at most ``MAX_LINES_LISTED`` line numbers per kind and
-the 3-gram hashes (at most ``NEAR_DUP_WORDS`` ints each, whatever the words' size) of at most
-``BATCH`` conversations waiting for their signatures.
+the shingle prefix (at most ``neardup.PREFIX_BYTES_MAX`` bytes, whatever the conversation's size)
+of at most ``BATCH`` conversations waiting for their signatures.
 
-Speed (``bench/prepare.py``): the whole conversation is encoded once and checked with a few C
-scans (``@``, digit count, a sentinel byte before each secret's literal, the special tokens'
-first bytes); the detectors' regexes run only where one says a finding is possible; the MinHash
-words come from a prefix of the text, never a split of all of it; signatures are computed
-``BATCH`` conversations at a time (near-duplicates and leaks are recorded in order at each
-flush, and before any count or report is read).
+Speed (``bench/prepare.py``): the scans run on the digest's JSON bytes preparation already made
+(nothing is encoded twice): one ``bytes.translate`` keeps the bytes a detector can start from,
+then a few scans of those (``@``, the digit count, the all-capital literals, the special tokens'
+first bytes) and a comparison of each other literal around its anchor byte
+(:func:`shared.datasets.sensitive.may_hold_sensitive`); the detectors' regexes run only where
+that says a finding is possible; the MinHash words come from a prefix of the text; signatures
+are computed ``BATCH`` conversations at a time in numpy (near-duplicates and leaks are recorded
+in order at each flush, and before any count or report is read).
 """
 
 from __future__ import annotations
@@ -330,7 +332,7 @@ class QualityScan:
                          for kind, f in sorted(self.findings.items())},
             "special_tokens": {"checked": list(self.special_tokens), "source": self.special_tokens_source,
                                "found": dict(sorted(self.special_by_token.items()))},
-            "near_duplicates": {"threshold": self.threshold, "method": f"MinHash LSH (datasketch's scheme, bands {self.lsh.b} x {self.lsh.r}), "
+            "near_duplicates": {"threshold": self.threshold, "method": f"MinHash LSH (bands {self.lsh.b} x {self.lsh.r}), "
                                 f"{neardup.NUM_PERM} permutations, word 3-grams of the first {NEAR_DUP_WORDS} words",
                                 "count": self.near_duplicate_count,
                                 "pairs": [{"line": a, "like_line": b} for a, b in self.near_duplicates],
