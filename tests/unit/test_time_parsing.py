@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from localworkspace import job_queue
-from localworkspace.events import backoff_delays
+from localworkspace.event_publisher import backoff_delays
 from localworkspace.workspace import Workspace, now_iso, write_json
 from shared import clock
 from shared.backends import local, local_endpoints
