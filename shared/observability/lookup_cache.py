@@ -60,7 +60,7 @@ class Budget:
     """Time one page may spend on look-ups that are not cached yet."""
 
     seconds: float
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=lambda: time.monotonic())  # read when made (tests set the clock)
     skipped: int = 0
 
     def allows(self) -> bool:

@@ -11,6 +11,7 @@ import json
 import re
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import azure.functions as func
@@ -25,6 +26,7 @@ from shared.observability import dashboard, lookup_cache
 from shared.observability.status import collect_status
 from shared.scoring.activity import ActivityRecorder
 from shared.settings import Settings
+from tests.fakes import workspace as fake_workspace
 from tests.fakes.evaluation import prepare_trigger
 from tests.fakes.uploads import MOSTLY_BAD, upload
 from tests.fakes.workspace import InMemoryWorkspace
@@ -181,7 +183,13 @@ def test_ledger_is_read_in_a_bounded_number_of_queries(storage_settings: Setting
     assert counted[0] == counted[1] == 7, counted  # six kinds (rollouts too) listed once each, plus the janitor's record
 
 
-def test_slow_lookups_stay_within_the_budget_and_fill_in_from_the_cache(storage_settings: Settings) -> None:
+def test_slow_lookups_stay_within_the_budget_and_fill_in_from_the_cache(storage_settings: Settings,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each look-up takes 0.03 s of a clock the test owns, so neither the ledger reads nor the
+    # machine's load (which once spent a real 0.1 s budget before the first look-up) decide it.
+    clock = [0.0]
+    monkeypatch.setattr(lookup_cache, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(fake_workspace, "time", SimpleNamespace(sleep=lambda s: clock.__setitem__(0, clock[0] + s)))
     backend = InMemoryWorkspace(call_delay_s=0.03)
     use_backend(backend, storage_settings)
     ledger = Ledger.from_settings(storage_settings)
