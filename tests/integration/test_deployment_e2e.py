@@ -147,7 +147,9 @@ def test_local_workspace_job_is_registered_deployed_and_served(storage_settings,
                 delivery = wait_until(lambda: receiver.deliveries[0] if receiver.deliveries else None, 60, "the event", every_s=2.0)
                 assert delivery["aeg"] == "Notification" and delivery["error"] is None
                 assert delivery["event"]["eventType"] == "Microsoft.MachineLearningServices.RunCompleted"
-                assert delivery["seconds"] < 1.0, f"handler took {delivery['seconds']:.2f} s: {backend.timings}"
+                # Event Grid waits 30 s for a webhook's answer, then retries (AZURE_REFERENCE.md): the
+                # handler starts the deployment and returns. How fast it is, bench/ measures.
+                assert delivery["seconds"] < 30, f"handler took {delivery['seconds']:.2f} s: {backend.timings}"
                 print(f"on_job_event with the local workspace answered in {delivery['seconds'] * 1000:.0f} ms")
             else:
                 assert receiver.deliveries == []
