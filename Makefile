@@ -60,11 +60,17 @@ demo: install
 PYTEST = $(PY) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: that is a failure" >&2; exit 1; fi; exit $$rc
 
+# The default tier runs on TEST_WORKERS pytest-xdist workers (each its own session Azurite, ports and
+# temp dirs; TEST_WORKERS=0 runs it in this process) and prints its costliest tests. The heavier tiers
+# below stay serial: they hold timing-sensitive scenarios (fault injection, canaries) on 2 cores.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --durations=12
+
 test: install $(CHECKOV_STAMP)
-	$(call PYTEST,-m "not slow and not browser and not faults and not rollout and not integration")
+	$(call PYTEST,-m "not slow and not browser and not faults and not rollout and not integration" $(XDIST))
 
 test-fast: install $(CHECKOV_STAMP)
-	$(call PYTEST,-m "not slow and not e2e and not browser and not faults and not rollout")
+	$(call PYTEST,-m "not slow and not e2e and not browser and not faults and not rollout" $(XDIST))
 
 # Longer scenarios on the real local stack with the tiny model (corpus mode, janitor, deployments): a few minutes.
 test-integration: install
