@@ -6,7 +6,7 @@ Builds (once, cached under .local/bench/) ``--datasets`` prepared datasets of ab
 ``size-mb / datasets`` MB each: an ultrachat-shaped file (bench/prepare.py's generator) cut into
 consecutive slices, each slice also repeating the first ``--overlap`` share of the next one
 (cross-file duplicates, as re-exported conversations are), each prepared by
-``shared.datasets.chat_data.prepare_file`` into its train.jsonl / test.jsonl. Then, each in its
+``shared.datasets.preparation.prepare_file`` into its train.jsonl / test.jsonl. Then, each in its
 own subprocess so peak RSS is the run's own, over the same 2 x datasets files:
 
 - ``concatenate`` (baseline): copy every train file into one train output and every test file
@@ -54,7 +54,7 @@ def _maxrss_mb() -> float:
 
 def make_datasets(cache: Path, size_mb: float, count: int, overlap: float) -> list[tuple[str, Path, Path]]:
     """``count`` prepared datasets (id, train, test), built once."""
-    from shared.datasets.chat_data import prepare_file
+    from shared.datasets.preparation import prepare_file
     from shared.settings import load_settings
 
     label = f"{size_mb:g}mb_{count}x_{overlap:g}".replace(".", "_")

@@ -6,7 +6,7 @@ Generates (once, cached under .local/bench/) an ultrachat_200k-shaped JSONL file
 size (multi-turn conversations of about 7 KB), then measures, each in its own subprocess so
 peak RSS is the run's own:
 
-- ``prepare``: ``shared.datasets.chat_data.prepare_file`` (validate, normalise, de-duplicate, split, write)
+- ``prepare``: ``shared.datasets.preparation.prepare_file`` (validate, normalise, de-duplicate, split, write)
   with the data quality gate (issue 26: personal data, secrets, special tokens, MinHash LSH
   near-duplicates, cost forecast), as the app runs it
 - ``prepare, no gate``: the same without the gate (``quality_gate=False``), to show what the gate costs
@@ -114,7 +114,7 @@ def worker(kind: str, path: Path, out_dir: Path | None) -> dict:
     if kind == "baseline":
         import orjson  # noqa: F401
 
-        from shared.datasets import chat_data  # noqa: F401
+        from shared.datasets import preparation  # noqa: F401
 
         return {"elapsed_s": 0.0, "rows": 0}
     if kind == "raw":
@@ -129,7 +129,7 @@ def worker(kind: str, path: Path, out_dir: Path | None) -> dict:
                 rows += 1
         return {"elapsed_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, "rows": rows}
     if kind in ("prepare", "prepare-nogate"):
-        from shared.datasets.chat_data import prepare_file
+        from shared.datasets.preparation import prepare_file
         from shared.settings import load_settings
 
         settings = load_settings(environ={})

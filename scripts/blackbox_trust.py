@@ -62,11 +62,11 @@ def vm_hwm_mib(pid: int) -> float:
 
 
 def prepare_peak_rss(path: Path, env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """``shared.datasets.chat_data.prepare_file`` on ``path`` in a process of its own: its decision and
+    """``shared.datasets.preparation.prepare_file`` on ``path`` in a process of its own: its decision and
     the process's peak RSS (VmHWM: ``ru_maxrss`` would carry this script's own peak across exec)."""
     code = ("import json, sys, tempfile\n"
             "from pathlib import Path\n"
-            "from shared.datasets.chat_data import prepare_file\n"
+            "from shared.datasets.preparation import prepare_file\n"
             "from shared.settings import load_settings\n"
             "with tempfile.TemporaryDirectory() as out:\n"
             "    p = prepare_file(Path(sys.argv[1]), Path(out), load_settings())\n"

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "prepare":
-            from shared.datasets.chat_data import cli_prepare
+            from shared.cli.prepare import cli_prepare
 
             return cli_prepare(args)
         if args.command == "plan":

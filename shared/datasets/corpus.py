@@ -5,9 +5,9 @@ of a collection. The corpus is built from the datasets' prepared ``train.jsonl``
 ``test.jsonl`` (already validated and normalised), streamed one line at a time:
 
 * a conversation that appears in several files is kept once (the same digest as preparation,
-  :func:`shared.datasets.chat_data.conversation_digest`);
+  :func:`shared.datasets.digest.conversation_digest`);
 * every conversation is split again by the same rule as preparation
-  (:func:`shared.datasets.chat_data.split_threshold`): the split depends only on the digest, so a
+  (:func:`shared.datasets.preparation.split_threshold`): the split depends only on the digest, so a
   conversation lands in the same split whatever file it arrived in and whatever else is in the
   corpus. (The one exception: when the rule puts nothing in test, as for a corpus of a few
   conversations, the train conversation with the lowest digest is moved there, as
@@ -36,15 +36,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import orjson
 import xxhash
 
-from shared.datasets.chat_data import (
-    READ_BUFFER_BYTES,
-    WRITE_BUFFER_BYTES,
-    ChunkStream,
-    LineError,
-    normalise_conversation,
-    split_threshold,
-)
 from shared.datasets.evalset import EVAL_FILE, EvalCarver, HeldOut, read_held_out, stream_order, write_held_out
+from shared.datasets.preparation import WRITE_BUFFER_BYTES, split_threshold
+from shared.datasets.schema import LineError, normalise_conversation
+from shared.datasets.uploads import READ_BUFFER_BYTES, ChunkStream
 
 if TYPE_CHECKING:
     from shared.ledger import Record

@@ -48,7 +48,7 @@ GOLDEN_FOLDER = "eval"
 def eval_threshold(eval_fraction: float) -> int | None:
     """A conversation whose 128-bit digest is at or above this is an eval candidate (None: no carving).
 
-    The mirror of :func:`shared.datasets.chat_data.split_threshold` (which takes the bottom of the
+    The mirror of :func:`shared.datasets.preparation.split_threshold` (which takes the bottom of the
     digest space for test): the top ``eval_fraction`` of the space.
     """
     if eval_fraction <= 0:

@@ -3,7 +3,7 @@
 The flow for one blob (``prepare_uploaded_blob``), safe to run any number of times for the
 same upload (blob triggers deliver at least once; a host restart replays them):
 
-1. Stream the blob through ``shared.datasets.chat_data`` into local spool files, hashing the raw bytes.
+1. Stream the blob through ``shared.datasets.preparation`` into local spool files, hashing the raw bytes.
 2. The dataset id is the sanitised blob name, a hash of the exact blob name and the content hash
    (``dataset_id_for``): the same content at the same blob is the same dataset, changed content a
    new dataset version, and the same content in two blobs (two collections) two datasets. The
@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest, MLBackend
-from shared.datasets.chat_data import ChunkStream, PreparedData, detect_format, prepare_stream, strip_format_suffix
 from shared.datasets.collections import canonical_collection_of, folder_problem
 from shared.datasets.evalset import is_golden_blob
 from shared.datasets.outcome import DatasetOutcome
+from shared.datasets.preparation import PreparedData, prepare_stream
+from shared.datasets.uploads import ChunkStream, detect_format, strip_format_suffix
 from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.settings import Settings, get_settings

@@ -1,6 +1,6 @@
 """The data quality gate: what an upload holds besides valid conversations, before money is spent.
 
-Computed in preparation's own streaming pass (``shared.datasets.chat_data`` calls
+Computed in preparation's own streaming pass (``shared.datasets.preparation`` calls
 :meth:`QualityScan.observe` for every valid, distinct conversation), in bounded memory:
 
 - **personal data and secrets** in content: e-mail addresses, phone numbers, card numbers (Luhn

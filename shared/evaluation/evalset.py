@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shared.datasets.chat_data import conversation_digest
+from shared.datasets.digest import conversation_digest
 from shared.ledger import records as R
 
 if TYPE_CHECKING:

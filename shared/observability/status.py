@@ -365,7 +365,7 @@ def cli_report(args: Any) -> int:
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
         return 0
-    from shared.datasets.chat_data import report_summary
+    from shared.cli.prepare import report_summary
 
     print("\n".join(report_summary(f"{record.id} ({record.get('blob_name') or 'upload'})", report)))
     return 0

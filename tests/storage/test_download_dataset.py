@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from scripts import download_dataset
-from shared.datasets.chat_data import prepare_file
+from shared.datasets.preparation import prepare_file
 
 
 def _rows(n: int, split: str) -> list[dict]:

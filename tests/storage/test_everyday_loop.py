@@ -246,7 +246,7 @@ def test_report_prints_a_datasets_report_from_storage(storage_settings, capsys: 
     import json
 
     from shared.cli.commands import main as cli
-    from shared.datasets.chat_data import prepare_file
+    from shared.datasets.preparation import prepare_file
     from shared.ledger import DATASET, Ledger
     from shared.storage import blob_service
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.datasets.chat_data import prepare_file
 from shared.datasets.collections import DEFAULT_COLLECTION, collection_of, model_name_for
 from shared.datasets.corpus import CorpusError, build_corpus, corpus_id_for
+from shared.datasets.preparation import prepare_file
 from tests.support import make_settings
 
 
@@ -84,7 +84,8 @@ def test_the_same_sources_give_the_same_bytes(tmp_path: Path) -> None:
 
 def test_a_tiny_corpus_still_gets_a_test_conversation(tmp_path: Path) -> None:
     rows = [conversation(i) for i in range(200)]
-    from shared.datasets.chat_data import conversation_digest, split_threshold
+    from shared.datasets.digest import conversation_digest
+    from shared.datasets.preparation import split_threshold
 
     threshold = split_threshold(0.1)
 
@@ -139,7 +140,8 @@ def test_bad_model_name_override_fails_fast() -> None:
 
 
 def test_a_conversation_a_tiny_file_moved_to_test_goes_back_to_its_digest_split(tmp_path: Path) -> None:
-    from shared.datasets.chat_data import conversation_digest, split_threshold
+    from shared.datasets.digest import conversation_digest
+    from shared.datasets.preparation import split_threshold
 
     threshold = split_threshold(0.1)
 

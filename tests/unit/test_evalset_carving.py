@@ -6,9 +6,10 @@ import io
 import json
 from pathlib import Path
 
-from shared.datasets.chat_data import conversation_digest, split_threshold
 from shared.datasets.corpus import build_corpus, corpus_id_for
+from shared.datasets.digest import conversation_digest
 from shared.datasets.evalset import HeldOut, eval_threshold, is_golden_blob, stream_order
+from shared.datasets.preparation import split_threshold
 
 
 def conversation(i: int) -> dict:

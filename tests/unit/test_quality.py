@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.datasets.chat_data import prepare_file
+from shared.datasets.preparation import prepare_file
 from shared.datasets.quality import find_leaks
 from shared.datasets.sensitive import find_sensitive, iban_ok, luhn_ok
 from shared.training import policy as P

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scripts.make_sample_data import write_gzip_bomb, write_parquet_bomb
-from shared.datasets import chat_data
-from shared.datasets.chat_data import prepare_file
+from shared.datasets import schema
+from shared.datasets.preparation import prepare_file
 from tests.support import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ RSS_LIMIT_MB = 200
 _CHILD = """
 import json, re, sys
 from pathlib import Path
-from shared.datasets.chat_data import prepare_file
+from shared.datasets.preparation import prepare_file
 from shared.settings import load_settings
 prepared = prepare_file(Path(sys.argv[1]), Path(sys.argv[2]), load_settings(environ={}))
 # VmHWM: this process's own peak RSS (ru_maxrss would carry the forking parent's over exec)
@@ -56,7 +56,7 @@ def test_parquet_of_dictionary_encoded_rows_is_refused_before_decoding_in_flat_m
     assert bomb.stat().st_size < 2500
     report, maxrss_mb = prepare_in_child(bomb, tmp_path / "out")
     assert not report["decision"]["accepted"]
-    assert report["counts"]["invalid_by_kind"] == {chat_data.TOO_LARGE: 1}
+    assert report["counts"]["invalid_by_kind"] == {schema.TOO_LARGE: 1}
     assert report["counts"]["valid"] == 0  # refused before any row became Python objects
     reason = report["decision"]["reasons"][0]
     assert "MAX_EXPANSION_RATIO" in reason and "decompression bomb" in reason, reason
@@ -68,7 +68,7 @@ def test_gzip_bomb_is_refused_at_the_ratio_in_flat_memory(tmp_path: Path) -> Non
     assert bomb.stat().st_size < 900 * 1024
     report, maxrss_mb = prepare_in_child(bomb, tmp_path / "out")
     assert not report["decision"]["accepted"]
-    assert report["counts"]["invalid_by_kind"] == {chat_data.TOO_LARGE: 1}
+    assert report["counts"]["invalid_by_kind"] == {schema.TOO_LARGE: 1}
     reason = report["decision"]["reasons"][0]
     assert "MAX_EXPANSION_RATIO" in reason, reason
     # reading stopped near the limit: not 800 MiB of padded conversations
@@ -83,7 +83,7 @@ def test_plain_parquet_bomb_is_refused_from_its_footer(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist([conversation(i, big) for i in range(30)]), path, compression="zstd",
                    compression_level=22, use_dictionary=False)
     report = prepare_file(path, tmp_path / "o", make_settings()).report
-    assert report["counts"]["invalid_by_kind"] == {chat_data.TOO_LARGE: 1}
+    assert report["counts"]["invalid_by_kind"] == {schema.TOO_LARGE: 1}
     assert "parquet file expands" in report["errors"][0]["message"]
     assert report["errors"][0]["line"] == 1
 
@@ -94,7 +94,7 @@ def test_parquet_row_over_the_row_cap_is_reported_and_skipped(tmp_path: Path) ->
     rows[6] = conversation(6, "x" * 5000)
     pq.write_table(pa.Table.from_pylist(rows), path)
     report = prepare_file(path, tmp_path / "o", make_settings(MAX_ROW_BYTES="4096")).report
-    assert [(e["line"], e["kind"]) for e in report["errors"]] == [(7, chat_data.LINE_TOO_LONG)]
+    assert [(e["line"], e["kind"]) for e in report["errors"]] == [(7, schema.LINE_TOO_LONG)]
     assert "MAX_ROW_BYTES" in report["errors"][0]["message"]
     assert report["counts"]["valid"] == 19 and report["decision"]["accepted"]
 
@@ -103,7 +103,7 @@ def test_parquet_column_chunk_over_its_cap_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "chunk.parquet"
     pq.write_table(pa.Table.from_pylist([conversation(i, "y" * 300 + str(i)) for i in range(20)]), path)
     report = prepare_file(path, tmp_path / "o", make_settings(MAX_PARQUET_COLUMN_CHUNK_BYTES="2048")).report
-    assert report["counts"]["invalid_by_kind"] == {chat_data.TOO_LARGE: 1}
+    assert report["counts"]["invalid_by_kind"] == {schema.TOO_LARGE: 1}
     assert "MAX_PARQUET_COLUMN_CHUNK_BYTES" in report["errors"][0]["message"]
 
 
@@ -121,7 +121,7 @@ def test_decoded_total_is_capped_for_every_format(tmp_path: Path, fmt: str) -> N
     assert prepare_file(path, tmp_path / "ok", make_settings()).accepted
     report = prepare_file(path, tmp_path / "o", make_settings(MAX_DECODED_BYTES="16384")).report
     assert not report["decision"]["accepted"]
-    assert report["counts"]["invalid_by_kind"].get(chat_data.TOO_LARGE) == 1
+    assert report["counts"]["invalid_by_kind"].get(schema.TOO_LARGE) == 1
     assert any("MAX_DECODED_BYTES" in r for r in report["decision"]["reasons"])
 
 

@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 
 from shared.cli.commands import main as cli_main
-from shared.datasets import chat_data
-from shared.datasets.chat_data import ChunkStream, Distribution, prepare_file, prepare_stream
+from shared.datasets import preparation, schema
+from shared.datasets.digest import conversation_digest
+from shared.datasets.distribution import Distribution
+from shared.datasets.preparation import prepare_file, prepare_stream
+from shared.datasets.uploads import ChunkStream, detect_format
 from tests.support import make_settings
 
 
@@ -42,26 +45,26 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 # Each bad line with the error kind it must be reported as.
 BAD_LINES: list[tuple[bytes, str]] = [
-    (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n', chat_data.INVALID_UTF8),
-    (b'{"messages": [{"role": "user", "content": "x"}\n', chat_data.INVALID_JSON),
-    (b"[1, 2, 3]\n", chat_data.NOT_AN_OBJECT),
-    (line({"prompt": "hello"}), chat_data.MISSING_MESSAGES),
-    (line({"messages": "hello"}), chat_data.MESSAGES_NOT_A_LIST),
-    (line({"messages": []}), chat_data.EMPTY_MESSAGES),
-    (line({"messages": ["hello", {"role": "assistant", "content": "hi"}]}), chat_data.MESSAGE_NOT_AN_OBJECT),
-    (line({"messages": [{"content": "hello"}, {"role": "assistant", "content": "hi"}]}), chat_data.MISSING_ROLE),
-    (line({"messages": [{"role": "bot", "content": "hello"}, {"role": "assistant", "content": "hi"}]}), chat_data.UNKNOWN_ROLE),
-    (line({"messages": [{"role": ["user"], "content": "hello"}, {"role": "assistant", "content": "hi"}]}), chat_data.UNKNOWN_ROLE),
-    (line({"messages": [{"role": "user"}, {"role": "assistant", "content": "hi"}]}), chat_data.MISSING_CONTENT),
-    (line({"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "hi"}]}), chat_data.CONTENT_NOT_A_STRING),
-    (line({"messages": [{"role": "user", "content": "  \n "}, {"role": "assistant", "content": "hi"}]}), chat_data.EMPTY_CONTENT),
+    (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n', schema.INVALID_UTF8),
+    (b'{"messages": [{"role": "user", "content": "x"}\n', schema.INVALID_JSON),
+    (b"[1, 2, 3]\n", schema.NOT_AN_OBJECT),
+    (line({"prompt": "hello"}), schema.MISSING_MESSAGES),
+    (line({"messages": "hello"}), schema.MESSAGES_NOT_A_LIST),
+    (line({"messages": []}), schema.EMPTY_MESSAGES),
+    (line({"messages": ["hello", {"role": "assistant", "content": "hi"}]}), schema.MESSAGE_NOT_AN_OBJECT),
+    (line({"messages": [{"content": "hello"}, {"role": "assistant", "content": "hi"}]}), schema.MISSING_ROLE),
+    (line({"messages": [{"role": "bot", "content": "hello"}, {"role": "assistant", "content": "hi"}]}), schema.UNKNOWN_ROLE),
+    (line({"messages": [{"role": ["user"], "content": "hello"}, {"role": "assistant", "content": "hi"}]}), schema.UNKNOWN_ROLE),
+    (line({"messages": [{"role": "user"}, {"role": "assistant", "content": "hi"}]}), schema.MISSING_CONTENT),
+    (line({"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "hi"}]}), schema.CONTENT_NOT_A_STRING),
+    (line({"messages": [{"role": "user", "content": "  \n "}, {"role": "assistant", "content": "hi"}]}), schema.EMPTY_CONTENT),
     (line({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
-                        {"role": "assistant", "content": "c"}]}), chat_data.SYSTEM_NOT_FIRST),
-    (line({"messages": [{"role": "system", "content": "a"}, {"role": "assistant", "content": "c"}]}), chat_data.NO_USER_TURN),
-    (line({"messages": [{"role": "user", "content": "only a question"}]}), chat_data.NO_ASSISTANT_TURN),
-    (line({"prompt": 3, "messages": conv(900)["messages"]}), chat_data.INVALID_PROMPT),
-    (line({"prompt_id": 7, "messages": conv(901)["messages"]}), chat_data.INVALID_PROMPT_ID),
-    (line(conv(0)), chat_data.DUPLICATE),  # conv(0) is the first good line
+                        {"role": "assistant", "content": "c"}]}), schema.SYSTEM_NOT_FIRST),
+    (line({"messages": [{"role": "system", "content": "a"}, {"role": "assistant", "content": "c"}]}), schema.NO_USER_TURN),
+    (line({"messages": [{"role": "user", "content": "only a question"}]}), schema.NO_ASSISTANT_TURN),
+    (line({"prompt": 3, "messages": conv(900)["messages"]}), schema.INVALID_PROMPT),
+    (line({"prompt_id": 7, "messages": conv(901)["messages"]}), schema.INVALID_PROMPT_ID),
+    (line(conv(0)), schema.DUPLICATE),  # conv(0) is the first good line
 ]
 
 
@@ -86,10 +89,10 @@ def test_every_error_kind_is_reported_with_its_line_number(tmp_path: Path) -> No
     assert counts["duplicates"] == 1
     assert counts["invalid"] == len(BAD_LINES) - 1
     assert counts["valid"] == 1 + len(BAD_LINES) + 10
-    assert counts["invalid_by_kind"][chat_data.UNKNOWN_ROLE] == 2
+    assert counts["invalid_by_kind"][schema.UNKNOWN_ROLE] == 2
     assert counts["train"] + counts["test"] == counts["valid"]
-    assert set(chat_data.ERROR_KINDS) - {e["kind"] for e in report["errors"]} == {chat_data.LINE_TOO_LONG, chat_data.UNREADABLE_FILE,
-                                                                                    chat_data.TOO_LARGE}
+    assert set(schema.ERROR_KINDS) - {e["kind"] for e in report["errors"]} == {schema.LINE_TOO_LONG, schema.UNREADABLE_FILE,
+                                                                                    schema.TOO_LARGE}
     # the report on disk is the same report
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == json.loads(json.dumps(report))
 
@@ -108,7 +111,7 @@ def test_line_too_long_is_reported_without_holding_it(tmp_path: Path) -> None:
     long_line = line({"messages": [{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "y"}]})
     lines = [line(conv(i)) for i in range(3)] + [long_line] + [line(conv(i)) for i in range(3, 12)]
     report = prepare_file(write(tmp_path / "c.jsonl", lines), tmp_path / "o", make_settings(MAX_ROW_BYTES="1024")).report
-    assert [(e["line"], e["kind"]) for e in report["errors"]] == [(4, chat_data.LINE_TOO_LONG)]
+    assert [(e["line"], e["kind"]) for e in report["errors"]] == [(4, schema.LINE_TOO_LONG)]
     assert report["counts"]["valid"] == 12 and report["counts"]["lines"] == 13
 
 
@@ -118,7 +121,7 @@ def test_truncated_gzip_is_reported_not_raised(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     prepared = prepare_file(path, tmp_path / "o", make_settings())
     assert not prepared.accepted
-    assert prepared.report["errors"][-1]["kind"] == chat_data.UNREADABLE_FILE
+    assert prepared.report["errors"][-1]["kind"] == schema.UNREADABLE_FILE
     assert prepared.report["errors"][-1]["line"] == prepared.counts["lines"] + 1
     assert any("could not be read to the end" in r for r in prepared.report["decision"]["reasons"])
     assert prepared.content_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -235,7 +238,7 @@ def test_corrupt_parquet_is_reported(tmp_path: Path) -> None:
     path.write_bytes(b"PAR1 this is not parquet")
     prepared = prepare_file(path, tmp_path / "o", make_settings())
     assert not prepared.accepted
-    assert prepared.report["errors"][0]["kind"] == chat_data.UNREADABLE_FILE
+    assert prepared.report["errors"][0]["kind"] == schema.UNREADABLE_FILE
 
 
 def test_streams_in_chunks_and_hashes_the_raw_bytes(tmp_path: Path) -> None:
@@ -290,10 +293,10 @@ def test_cli_exit_codes_and_output(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_formats() -> None:
-    assert chat_data.detect_format("a/b/Chat.JSONL") == "jsonl"
-    assert chat_data.detect_format("x.jsonl.gz") == "jsonl.gz"
-    assert chat_data.detect_format("train-0000.parquet") == "parquet"
-    assert chat_data.detect_format("notes.txt") is None and chat_data.detect_format("x.json") is None
+    assert detect_format("a/b/Chat.JSONL") == "jsonl"
+    assert detect_format("x.jsonl.gz") == "jsonl.gz"
+    assert detect_format("train-0000.parquet") == "parquet"
+    assert detect_format("notes.txt") is None and detect_format("x.json") is None
 
 
 def test_cli_token_counts_with_a_tokenizer_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], unit_settings) -> None:
@@ -343,7 +346,7 @@ def test_statistics_are_exact_across_batches_and_paths(tmp_path: Path, monkeypat
 
 
 def test_tokens_are_sampled_then_lines_take_the_fast_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chat_data, "TOKEN_SAMPLE", 5)
+    monkeypatch.setattr(preparation, "TOKEN_SAMPLE", 5)
     counted: list[int] = []
 
     def counter(messages: list[dict[str, str]]) -> int:
@@ -361,6 +364,6 @@ def test_split_follows_the_conversation_digest(tmp_path: Path) -> None:
     rows = [conv(i) for i in range(400)]
     prepared = prepare_file(write(tmp_path / "c.jsonl", [line(r) for r in rows]), tmp_path / "o", make_settings(TEST_FRACTION="0.25"))
     expected_test = {r["prompt"] for r in rows
-                     if chat_data.conversation_digest([m["role"] for m in r["messages"]], [m["content"] for m in r["messages"]]) >> 64
+                     if conversation_digest([m["role"] for m in r["messages"]], [m["content"] for m in r["messages"]]) >> 64
                      < int(0.25 * (1 << 64))}
     assert {r["prompt"] for r in read_jsonl(prepared.test_path)} == expected_test
