@@ -21,7 +21,6 @@ from shared.settings import Settings
 
 # A line longer than MAX_ROW_BYTES (a setting, 8 MiB by default) is reported and skipped
 # without being held in memory; the same cap applies to a parquet row's decoded size.
-MAX_LINE_BYTES = 8 << 20  # the default of MAX_ROW_BYTES
 # The decoded/raw ratio (MAX_EXPANSION_RATIO) is enforced once this much is decoded, so a small,
 # very repetitive file (a test fixture, a file of one system prompt) is never refused for it.
 EXPANSION_FLOOR_BYTES = 64 << 20
