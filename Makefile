@@ -121,6 +121,7 @@ lint: install
 
 bench: install
 	$(PY) bench/prepare.py
+	$(PY) bench/prepare_floor.py
 	$(PY) bench/corpus.py
 	$(PY) bench/scoring.py
 	$(PY) bench/idle_cost.py
