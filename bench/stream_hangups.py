@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.context import context
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -111,7 +113,7 @@ def measure(counts: list[int], wait_s: float, drain_s: float) -> dict[str, Any]:
         assert backend.get_job(job).state == COMPLETED, backend.get_job(job).error
         model = backend.register_model(job, MODEL)
         ledger.create(MODEL_KIND, model.ref, "registered", job_name=job, base_model=model.base_model)
-        ep = lifecycle.deploy_model(model, reason="bench", settings=settings, ledger=ledger, backend=backend).id
+        ep = lifecycle.deploy_model(model, ctx=context(settings=settings, ledger=ledger, backend=backend), reason="bench").id
         host = stack.enter_context(run_host("function_app:app", settings=settings, port=0, poll_interval_s=1.0))
         client = stack.enter_context(httpx.Client(base_url=host.base_url, timeout=wait_s))
         wait_until(lambda: ledger.get(ROUTE, MODEL), 600, "the endpoint to serve")

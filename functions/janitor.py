@@ -4,6 +4,7 @@ import logging
 
 import azure.functions as func
 
+from shared.context import context
 from shared.janitor import run as janitor
 
 log = logging.getLogger(__name__)
@@ -17,5 +18,5 @@ def delete_idle_endpoints(timer: func.TimerRequest) -> None:
         # A missed run (host down, scale-in): running now is still right, the policy reads clocks, not ticks.
         log.warning("delete_idle_endpoints is past due; running now")
     # Exceptions propagate so the host records the run as failed; the next tick tries again.
-    report = janitor.delete_idle_endpoints()
+    report = janitor.delete_idle_endpoints(ctx=context())
     log.info("delete_idle_endpoints: %s", report.summary())

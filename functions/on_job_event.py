@@ -11,6 +11,7 @@ from typing import Any
 
 import azure.functions as func
 
+from shared.context import context
 from shared.deployment.event_payloads import JobEvent, MalformedEventError, parse_job_event
 from shared.deployment.job_outcome import handle_job_event
 from shared.observability import telemetry
@@ -72,7 +73,7 @@ def on_job_event(event: func.EventGridEvent) -> None:
         log.warning("on_job_event %s ignored: malformed payload (%s)", event.id, exc)
         return
     with telemetry.job_span("on_job_event", parsed.run_id, event_id=event.id) as span:
-        outcome = handle_job_event(parsed)
+        outcome = handle_job_event(parsed, ctx=context())
         span.outcome(outcome)
     log.info(
         "on_job_event %s: %s (%s) job=%s model=%s endpoint=%s",

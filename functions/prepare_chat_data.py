@@ -13,6 +13,7 @@ import logging
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob
 
+from shared.context import context
 from shared.datasets.intake import prepare_uploaded_blob
 from shared.observability import telemetry
 
@@ -26,7 +27,7 @@ bp = func.Blueprint()
                  source=func.BlobSource.EVENT_GRID)
 def prepare_chat_data(client: blob.BlobClient) -> None:
     with telemetry.upload_span(client.blob_name) as span:
-        outcome = prepare_uploaded_blob(client)
+        outcome = prepare_uploaded_blob(client, ctx=context())
         span.outcome(outcome)
     if outcome.status == "ignored":
         log.info("ignored blob %r: not .jsonl, .jsonl.gz or .parquet", outcome.blob_name)

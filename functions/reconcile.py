@@ -9,6 +9,7 @@ import logging
 
 import azure.functions as func
 
+from shared.context import context
 from shared.observability import telemetry
 from shared.reconcile import run as reconciliation
 
@@ -23,5 +24,5 @@ def reconcile(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.info("reconcile is running late (past due)")
     with telemetry.reconcile_span():
-        summary = reconciliation.reconcile()
+        summary = reconciliation.reconcile(ctx=context())
     log.info("reconcile summary: %s", summary)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest, MLBackend
+from shared.context import Context
 from shared.datasets.collections import canonical_collection_of, folder_problem
 from shared.datasets.evalset import is_golden_blob
 from shared.datasets.outcome import DatasetOutcome
@@ -48,7 +49,7 @@ from shared.datasets.preparation import PreparedData, prepare_stream
 from shared.datasets.uploads import ChunkStream, detect_format, strip_format_suffix
 from shared.ledger import DATASET, JOB, ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.storage import upload_file
 
 if TYPE_CHECKING:
@@ -108,12 +109,11 @@ def dataset_prefix(dataset_id: str) -> str:
     return f"datasets/{dataset_id}/"
 
 
-def prepare_uploaded_blob(blob: BlobClient, settings: Settings | None = None, *, ledger: Ledger | None = None,
-                          backend: MLBackend | None = None) -> DatasetOutcome:
+def prepare_uploaded_blob(blob: BlobClient, ctx: Context) -> DatasetOutcome:
     """Prepare the uploaded blob, record it, and submit a fine-tune when it is accepted (idempotent)."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    s = settings or get_settings()
+    s = ctx.settings
     name = blob.blob_name
     fmt = detect_format(name)
     if fmt is None:
@@ -127,20 +127,19 @@ def prepare_uploaded_blob(blob: BlobClient, settings: Settings | None = None, *,
         collection = None if problem else canonical_collection_of(name)
         # Leakage is checked against the collection's held-out evaluation set (issue 24), not for
         # a golden file (it is that set) or a refused folder.
-        held_out = None if problem or is_golden_blob(name) else held_out_for(s, collection or "default")
+        held_out = None if problem or is_golden_blob(name) else held_out_for(ctx, collection or "default")
         # chunks() streams the blob in pieces (pinned to the version it started on): never readall.
         prepared = prepare_stream(ChunkStream(downloader.chunks()), fmt, Path(tmp), s, source_name=name,  # type: ignore[arg-type]
                                   collection=collection, held_out=held_out)
         if problem:  # refused, with the full report of the data all the same
             data_reasons = [] if prepared.accepted else prepared.report["decision"]["reasons"]
             prepared.report["decision"] = {"accepted": False, "reasons": [problem, *data_reasons]}
-        ledger = ledger or Ledger.from_settings(s)
-        dataset_id = _dataset_id_of_blob(ledger, name, prepared.content_sha256)
-        return _record_prepared(s, ledger, backend, name, dataset_id, prepared)
+        dataset_id = _dataset_id_of_blob(ctx.ledger, name, prepared.content_sha256)
+        return _record_prepared(ctx, name, dataset_id, prepared)
 
 
-def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blob_name: str, dataset_id: str,
-                     prepared: PreparedData) -> DatasetOutcome:
+def _record_prepared(ctx: Context, blob_name: str, dataset_id: str, prepared: PreparedData) -> DatasetOutcome:
+    s, ledger = ctx.settings, ctx.ledger
     prefix = dataset_prefix(dataset_id)
     record = ledger.get(DATASET, dataset_id)
     if record is None:
@@ -182,13 +181,13 @@ def _record_prepared(s: Settings, ledger: Ledger, backend: MLBackend | None, blo
     if s.training_mode == "corpus":  # the collection's next corpus job (coalesced, guarded)
         from shared.training.submission import submit_for_dataset
 
-        outcome = submit_for_dataset(record, s, ledger=ledger, backend=backend)
+        outcome = submit_for_dataset(record, ctx)
     else:  # upload mode: this file alone, at once (as before collections)
-        outcome = submit_accepted_dataset(dataset_id, s, ledger=ledger, backend=backend)
+        outcome = submit_accepted_dataset(dataset_id, ctx)
     return dataclasses.replace(outcome, blob_name=blob_name, reasons=reasons, counts=prepared.counts)
 
 
-def held_out_for(settings: Settings, collection: str) -> list[list[dict[str, str]]] | None:
+def held_out_for(ctx: Context, collection: str) -> list[list[dict[str, str]]] | None:
     """The collection's held-out evaluation set (``shared.evaluation.held_out_conversations``, issue
     24) for the quality gate's leakage check; None when the evaluation package does not offer it."""
     import shared.evaluation as evaluation
@@ -196,7 +195,7 @@ def held_out_for(settings: Settings, collection: str) -> list[list[dict[str, str
     loader = getattr(evaluation, "held_out_conversations", None)
     if loader is None:
         return None
-    conversations = loader(settings, collection)
+    conversations = loader(ctx, collection)
     return list(conversations) if conversations is not None else None
 
 
@@ -226,11 +225,9 @@ def _upload_outputs(s: Settings, prefix: str, prepared: PreparedData, report: di
     return blobs
 
 
-def submit_accepted_dataset(dataset_id: str, settings: Settings | None = None, *, ledger: Ledger | None = None,
-                            backend: MLBackend | None = None) -> DatasetOutcome:
+def submit_accepted_dataset(dataset_id: str, ctx: Context) -> DatasetOutcome:
     """Submit the fine-tune for an accepted dataset, exactly once across deliveries and workers."""
-    s = settings or get_settings()
-    ledger = ledger or Ledger.from_settings(s)
+    s, ledger = ctx.settings, ctx.ledger
     claim = uuid.uuid4().hex
 
     def attempt() -> DatasetOutcome | Record:
@@ -249,7 +246,7 @@ def submit_accepted_dataset(dataset_id: str, settings: Settings | None = None, *
     claimed = retry_on_conflict(attempt, f"dataset/{dataset_id} submission claim")
     if isinstance(claimed, DatasetOutcome):
         return claimed
-    return _submit(s, ledger, backend, claimed, claim)
+    return _submit(s, ledger, ctx.backend, claimed, claim)
 
 
 def _claim_is_live(record: Record, s: Settings) -> bool:
@@ -260,12 +257,9 @@ def _claim_is_live(record: Record, s: Settings) -> bool:
     return bool(record.get("submit_claim")) and claimed_at is not None and utcnow() - claimed_at < lease
 
 
-def _submit(s: Settings, ledger: Ledger, backend: MLBackend | None, record: Record, claim: str) -> DatasetOutcome:
-    from shared.backends import get_backend
-
+def _submit(s: Settings, ledger: Ledger, backend: MLBackend, record: Record, claim: str) -> DatasetOutcome:
     dataset_id = record.id
     blob_name = record.get("blob_name", "")
-    backend = backend or get_backend(s)
     tags = {MANAGED_BY_TAG: MANAGED_BY_VALUE, DATASET_TAG: dataset_id, SOURCE_BLOB_TAG: blob_name[:256]}
     request = FineTuneRequest(dataset_id=dataset_id, train_blob=record.get("train_blob"), test_blob=record.get("test_blob"),
                               model_name=s.model_name, tags=tags, params=dict(s.finetune_params))
@@ -286,17 +280,15 @@ def _submit(s: Settings, ledger: Ledger, backend: MLBackend | None, record: Reco
     return DatasetOutcome("submitted", blob_name, dataset_id, job_name=job_name)
 
 
-def submit_pending_datasets(settings: Settings | None = None, *, ledger: Ledger | None = None,
-                            backend: MLBackend | None = None) -> list[DatasetOutcome]:
+def submit_pending_datasets(ctx: Context) -> list[DatasetOutcome]:
     """Upload mode: finish submissions a crashed delivery left behind (accepted, no live claim).
     For the reconcile timer. In corpus mode accepted datasets wait for their collection's job
     (:func:`shared.training.submission.submit_due_collections`): nothing is done here."""
-    s = settings or get_settings()
+    s, ledger = ctx.settings, ctx.ledger
     if s.training_mode != "upload":
         return []
-    ledger = ledger or Ledger.from_settings(s)
     outcomes = []
     for record in ledger.list(DATASET, [R.DATASET_ACCEPTED]):
         if not _claim_is_live(record, s):
-            outcomes.append(submit_accepted_dataset(record.id, s, ledger=ledger, backend=backend))
+            outcomes.append(submit_accepted_dataset(record.id, ctx))
     return outcomes

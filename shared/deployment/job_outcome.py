@@ -31,20 +31,19 @@ from shared.backends.base import (
     MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
     BackendError,
-    MLBackend,
     ModelRef,
     NotFoundError,
     TransientBackendError,
 )
-from shared.context import Context, context
+from shared.context import Context
 from shared.deployment.event_payloads import JobEvent, is_trusted
 from shared.endpoints.capacity import CapacityError
 from shared.endpoints.lifecycle import deploy_model
 from shared.endpoints.naming import endpoint_name
-from shared.ledger import Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
+from shared.ledger import Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.rollout import begin_candidate
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +89,14 @@ def _foreign_run_tags(tags: dict[str, Any] | None) -> bool:
 
 def handle_job_event(
     event: JobEvent,
-    settings: Settings | None = None,
-    ledger: Ledger | None = None,
-    backend: MLBackend | None = None,
+    ctx: Context,
 ) -> Outcome:
     """Act on one Azure ML run event (parsed once by the trigger, :func:`shared.deployment.event_payloads.parse_job_event`).
 
     Returns normally for anything that is not ours or cannot be read (logged), so Event Grid
     does not retry it; raises TransientBackendError (and storage errors) so it does retry.
     """
-    s = settings or get_settings()
+    s = ctx.settings
     if not is_trusted(event, s.workspace_resource_id):
         log.warning(
             "job event ignored: topic %r is not the trusted workspace %r (event id %s, run %s)",
@@ -120,7 +117,6 @@ def handle_job_event(
         log.info("job event ignored: run %s does not carry tag %s=%s", event.run_id, MANAGED_BY_TAG, MANAGED_BY_VALUE)
         return Outcome("ignored", "not managed by this app", event.run_id)
 
-    ctx = context(s, ledger, backend)
     try:
         record = ctx.ledger.get(R.JOB, event.run_id)
     except ValueError:  # a run id that cannot even be a ledger key is not one of our jobs
@@ -276,7 +272,7 @@ def start_deployment(model: ModelRef, ctx: Context, *, reason: str) -> tuple[boo
     candidate = deploy_beside_champion(model, ctx, reason=reason)
     if candidate is not None:
         return True, str(candidate.get("endpoint"))
-    deploy_model(model, reason=reason, settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
+    deploy_model(model, ctx=ctx, reason=reason)
     return True, ep_name
 
 

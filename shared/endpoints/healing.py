@@ -213,8 +213,8 @@ def _heal(record: Record, ctx: Context, now: datetime, summary: Counter[str]) ->
     summary["endpoints_redeployed"] += 1
     summary["endpoints_healing"] += 1
     # This endpoint, whatever the version's home elsewhere: the route (or a rollback) needs this one.
-    current = lifecycle.deploy_model(lifecycle.model_ref_of(claimed), reason=reason, settings=s, ledger=ctx.ledger,
-                                     backend=ctx.backend, endpoint=record.id)
+    current = lifecycle.deploy_model(lifecycle.model_ref_of(claimed), ctx=ctx, reason=reason,
+                                     endpoint=record.id)
     return current
 
 

@@ -27,12 +27,11 @@ from shared.backends.base import (
     MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
     BackendError,
-    MLBackend,
     ModelRef,
     NotFoundError,
     TransientBackendError,
 )
-from shared.context import Context, context
+from shared.context import Context
 from shared.endpoints import capacity
 from shared.endpoints.deletion import claim_deletion, finish_deletion
 from shared.endpoints.followup import schedule
@@ -40,7 +39,6 @@ from shared.endpoints.naming import endpoint_name
 from shared.endpoints.versions import is_newer
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
-from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +90,7 @@ def deploy_model(
     model: ModelRef,
     *,
     reason: str,
-    settings: Settings | None = None,
-    ledger: Ledger | None = None,
-    backend: MLBackend | None = None,
+    ctx: Context,
     endpoint: str | None = None,
 ) -> Record:
     """Create (or revive) ``model``'s endpoint and start its deployment; never waits.
@@ -107,7 +103,6 @@ def deploy_model(
     Raises :class:`shared.endpoints.capacity.CapacityError` (reason recorded on the model's record)
     instead of starting an endpoint that would pass ``MAX_LIVE_ENDPOINTS``.
     """
-    ctx = context(settings, ledger, backend)
     ep_name = endpoint or home_endpoint(model, ctx.ledger)
     existing = ctx.ledger.get(R.ENDPOINT, ep_name)
     if existing is None or existing.state in {EP_DELETED, EP_FAILED}:  # this call would start one more

@@ -10,17 +10,16 @@ import logging
 import sys
 from typing import Any
 
-from shared.backends.base import EP_SUCCEEDED, MLBackend
-from shared.context import context
+from shared.backends.base import EP_SUCCEEDED
+from shared.context import Context, context
 from shared.endpoints import capacity, deletion
 from shared.endpoints.lifecycle import clear_replaced_mark, deploy_model, model_ref_of
 from shared.endpoints.naming import endpoint_name
 from shared.endpoints.serving import lived_in
 from shared.endpoints.versions import is_newer, version_key
-from shared.ledger import ConflictError, Ledger, Record, iso, retry_on_conflict, utcnow
+from shared.ledger import ConflictError, Record, iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
 from shared.rollout import roll_back_in_endpoint
-from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,7 @@ def rollback(
     model_name: str,
     version: str | None = None,
     *,
-    settings: Settings | None = None,
-    ledger: Ledger | None = None,
-    backend: MLBackend | None = None,
+    ctx: Context,
 ) -> Rollback:
     """Make an earlier version of ``model_name`` the one its route serves (default: the newest
     version older than the active one).
@@ -55,7 +52,6 @@ def rollback(
     ``rolled_back_from`` (no version up to it takes over automatically again; a newer fine-tune
     does) and the rollback is appended to its ``rollbacks`` history.
     """
-    ctx = context(settings, ledger, backend)
     prefix = f"{model_name}:"
     models = {r.id[len(prefix):]: r for r in ctx.ledger.list(R.MODEL) if r.id.startswith(prefix)}
     route = ctx.ledger.get(R.ROUTE, model_name)
@@ -116,7 +112,7 @@ def rollback(
         log.info("rolled %s back from version %s to %s (endpoint %s)", model_name, current, version, ep_name)
         return Rollback(model_name, current, version, ep_name, "active")
     model = model_ref_of(models[version])
-    deploy_model(model, reason="rollback", settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
+    deploy_model(model, ctx=ctx, reason="rollback")
     log.info("rolling %s back from version %s to %s: redeploying it to %s", model_name, current, version, ep_name)
     return Rollback(model_name, current, version, ep_name, "redeploying")
 
@@ -127,7 +123,7 @@ def cli_rollback(args: Any) -> int:
     if version is None and ":" in model:
         model, _, version = model.rpartition(":")
     try:
-        done = rollback(model, version or None)
+        done = rollback(model, version or None, ctx=context())
     except (RollbackError, capacity.CapacityError) as exc:
         print(f"rollback: {exc}", file=sys.stderr)
         return 2

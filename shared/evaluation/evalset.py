@@ -24,6 +24,7 @@ from shared.datasets.digest import conversation_digest
 from shared.ledger import records as R
 
 if TYPE_CHECKING:
+    from shared.context import Context
     from shared.ledger import Ledger, Record
     from shared.settings import Settings
 
@@ -160,10 +161,7 @@ def _carved_ids(settings: Settings, collection: str, corpus_id: str) -> set[str]
     return ids
 
 
-def held_out_conversations(settings: Settings, collection: str, ledger: Ledger | None = None) -> list[list[dict[str, str]]]:
+def held_out_conversations(ctx: Context, collection: str) -> list[list[dict[str, str]]]:
     """The collection's eval conversations as ultrachat ``messages`` lists ([] when it has none yet):
     for leakage checks against training data (:mod:`shared.datasets.quality`)."""
-    from shared.ledger import Ledger
-
-    ledger = ledger or Ledger.from_settings(settings)
-    return [item.messages for item in load_eval_set(settings, ledger, collection).items]
+    return [item.messages for item in load_eval_set(ctx.settings, ctx.ledger, collection).items]

@@ -35,10 +35,11 @@ from datetime import datetime
 from typing import Any
 
 from shared.backends.base import EP_DELETED, EP_DELETING, EP_SUCCEEDED, BackendError, EndpointInfo, MLBackend, NotFoundError
+from shared.context import Context
 from shared.endpoints import deletion
 from shared.janitor.policy import DELETE, KEEP, UNKNOWN, Decision, EndpointFacts, IdlePolicy, decide
 from shared.ledger import ENDPOINT, JANITOR, ROUTE, ConflictError, Ledger, Record, iso, parse_iso, utcnow
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -244,17 +245,9 @@ def _finish_deletions(ledger: Ledger, backend: MLBackend, listed: dict[str, Endp
     return outcomes
 
 
-def delete_idle_endpoints(
-    settings: Settings | None = None, ledger: Ledger | None = None, backend: MLBackend | None = None, now: datetime | None = None
-) -> JanitorReport:
+def delete_idle_endpoints(ctx: Context, now: datetime | None = None) -> JanitorReport:
     """One janitor run (see the module doc). Raises BackendError when the backend cannot list endpoints."""
-    s = settings or get_settings()
-    if ledger is None:
-        ledger = Ledger.from_settings(s)
-    if backend is None:
-        from shared.backends import get_backend
-
-        backend = get_backend(s)
+    s, ledger, backend = ctx.settings, ctx.ledger, ctx.backend
     now = now or utcnow()
     report = JanitorReport(ran_at=now, dry_run=s.janitor_dry_run)
     policy = IdlePolicy.from_settings(s)

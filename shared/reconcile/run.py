@@ -13,17 +13,16 @@ from collections import Counter
 from typing import Any
 
 from shared import rollout
-from shared.backends.base import CANCELED, COMPLETED, EP_DELETING, EP_PROVISIONING, EP_SUCCEEDED, FAILED, MLBackend
-from shared.context import Context, context
+from shared.backends.base import CANCELED, COMPLETED, EP_DELETING, EP_PROVISIONING, EP_SUCCEEDED, FAILED
+from shared.context import Context
 from shared.datasets.intake import submit_pending_datasets
 from shared.deployment.job_outcome import Outcome, deploy_beside_champion, deploy_registered_model, drive_job, model_of
 from shared.endpoints import healing, lifecycle
 from shared.endpoints.naming import endpoint_name
-from shared.ledger import Ledger, Record
+from shared.ledger import Record
 from shared.ledger import records as R
 from shared.reconcile import sweep
 from shared.reconcile.settle import settle_endpoint
-from shared.settings import Settings
 from shared.training.submission import submit_due_collections
 
 log = logging.getLogger(__name__)
@@ -53,26 +52,21 @@ SUMMARY_KEYS = (
 )
 
 
-def reconcile(
-    settings: Settings | None = None,
-    ledger: Ledger | None = None,
-    backend: MLBackend | None = None,
-) -> dict[str, int]:
+def reconcile(ctx: Context) -> dict[str, int]:
     """Finish what events started or missed; safe at any time, repeatedly and concurrently.
 
     Returns counts per action (the keys of SUMMARY_KEYS). One record's error is logged and
     counted, never stops the run.
     """
-    ctx = context(settings, ledger, backend)
     summary: Counter[str] = Counter({k: 0 for k in SUMMARY_KEYS})
 
     # A delivery that crashed between claiming a dataset's submission and submitting it.
     def finish_submissions() -> None:
-        outcomes = submit_pending_datasets(ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
+        outcomes = submit_pending_datasets(ctx)
         summary["datasets_submitted"] += sum(1 for o in outcomes if o.status == "submitted")
 
     _guarded(summary, "pending submissions", finish_submissions)
-    _guarded(summary, "collections", lambda: _count_collections(summary, submit_due_collections(ctx.settings, ledger=ctx.ledger, backend=ctx.backend)))
+    _guarded(summary, "collections", lambda: _count_collections(summary, submit_due_collections(ctx)))
 
     for record in ctx.ledger.list(R.JOB, states={R.JOB_SUBMITTED, COMPLETED}):
         if record.state == COMPLETED and (model_of(record, ctx.settings) or record.get("gated") or record.get("register_error")):
@@ -137,9 +131,7 @@ def _reconcile_model(record: Record, ctx: Context, summary: Counter[str]) -> Non
         if deploy_beside_champion(model, ctx, reason="reconcile: deployment never started") is not None:
             summary["models_deploying"] += 1
             return
-        lifecycle.deploy_model(
-            model, reason="reconcile: deployment never started", settings=ctx.settings, ledger=ctx.ledger, backend=ctx.backend
-        )
+        lifecycle.deploy_model(model, ctx=ctx, reason="reconcile: deployment never started")
         summary["models_deploying"] += 1
 
 

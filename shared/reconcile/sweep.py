@@ -97,7 +97,7 @@ def _dataset(record: Record, ctx: Context, summary: Counter[str], now: datetime)
     blob = blob_service(ctx.settings).get_blob_client(ctx.settings.chat_data_container, blob_name)
     log.warning("dataset %s is still 'received' after %s (its delivery stopped); preparing %s again",
                 record.id, _minutes(age), blob_name)
-    outcome = prepare_uploaded_blob(blob, ctx.settings, ledger=ctx.ledger, backend=ctx.backend)
+    outcome = prepare_uploaded_blob(blob, ctx)
     if outcome.dataset_id == record.id:
         summary["stuck_datasets_retried"] += 1
         return

@@ -32,9 +32,10 @@ Redeploy = Callable[[ModelRef], Any]
 
 def _deploy_model_scale_from_zero(settings: Settings, ledger: Ledger, backend: MLBackend) -> Redeploy:
     def redeploy(model: ModelRef) -> Any:
+        from shared.context import Context
         from shared.endpoints.lifecycle import deploy_model  # the owner of endpoint records
 
-        return deploy_model(model, reason="scale-from-zero", settings=settings, ledger=ledger, backend=backend)
+        return deploy_model(model, ctx=Context(settings, ledger, backend), reason="scale-from-zero")
 
     return redeploy
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from shared.context import context
 from shared.ledger import Ledger, iso, utcnow
 from shared.settings import Settings, get_settings
 from shared.training import policy as P
@@ -33,7 +34,7 @@ def submit_when_due(body: bytes, settings: Settings | None = None) -> str:
         return "other_ledger"
     if s.training_mode != "corpus":
         return "off"
-    outcome = advance_collection(message.collection, s, ledger=Ledger.from_settings(s))
+    outcome = advance_collection(message.collection, context(settings=s, ledger=Ledger.from_settings(s)))
     if outcome.action == "submitted":
         log.info("collection %s: due at %s, submitted as job %s", message.collection, iso(message.due_at), outcome.job_name)
         return "submitted"

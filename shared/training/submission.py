@@ -35,12 +35,13 @@ from shared.backends.base import (
     FineTuneRequest,
     MLBackend,
 )
+from shared.context import Context, context
 from shared.datasets.collections import collection_of, model_name_for
 from shared.datasets.corpus import corpus_id_for, materialise_corpus
 from shared.datasets.outcome import DatasetOutcome
 from shared.ledger import ConflictError, Ledger, Record, iso, parse_iso, retry_on_conflict, utcnow
 from shared.ledger import records as R
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.training import due
 from shared.training import policy as P
 
@@ -173,15 +174,13 @@ def guard_facts(jobs: list[Record], settings: Settings, now: datetime, backend: 
 # --------------------------------------------------------------------------- acting
 
 
-def submit_for_dataset(record: Record, settings: Settings | None = None, *, ledger: Ledger | None = None,
-                       backend: MLBackend | None = None, now: datetime | None = None) -> DatasetOutcome:
+def submit_for_dataset(record: Record, ctx: Context, *, now: datetime | None = None) -> DatasetOutcome:
     """After a dataset is accepted (or redelivered): advance its collection; say what happened to it."""
-    s = settings or get_settings()
-    ledger = ledger or Ledger.from_settings(s)
+    ledger = ctx.ledger
     blob_name = record.get("blob_name", "")
     if record.state != R.DATASET_ACCEPTED:
         return DatasetOutcome(f"already_{record.state}", blob_name, record.id, job_name=record.get("job_name"))
-    outcome = advance_collection(dataset_collection(record), s, ledger=ledger, backend=backend, now=now)
+    outcome = advance_collection(dataset_collection(record), ctx, now=now)
     if outcome.action == "submitted" and record.id in outcome.dataset_ids:
         return DatasetOutcome("submitted", blob_name, record.id, job_name=outcome.job_name)
     fresh = ledger.get(R.DATASET, record.id)
@@ -191,19 +190,17 @@ def submit_for_dataset(record: Record, settings: Settings | None = None, *, ledg
     return DatasetOutcome(status, blob_name, record.id, reasons=(outcome.reason,))
 
 
-def advance_collection(name: str, settings: Settings | None = None, *, ledger: Ledger | None = None,
-                       backend: MLBackend | None = None, now: datetime | None = None, submit: bool = True) -> CollectionOutcome:
+def advance_collection(name: str, ctx: Context, *, now: datetime | None = None, submit: bool = True) -> CollectionOutcome:
     """Decide for one collection and act: record why it waits, or claim and submit its corpus
     (``submit=False``: only bring the collection record up to date)."""
-    s = settings or get_settings()
-    ledger = ledger or Ledger.from_settings(s)
+    s, ledger, backend = ctx.settings, ctx.ledger, ctx.backend
     clock = now or utcnow()
     datasets, jobs = ledger.list(R.DATASET), ledger.list(R.JOB)
     if _finish_moves(ledger, name, datasets, jobs):
         datasets = ledger.list(R.DATASET)
     record = ledger.get(R.COLLECTION, name)
     decision = P.decide(collection_facts(name, datasets, jobs, record),
-                        guard_facts(jobs, s, clock, _lazy(backend, s), ledger, forecast_usd(datasets, name)),
+                        guard_facts(jobs, s, clock, backend, ledger, forecast_usd(datasets, name)),
                         clock, coalesce_s=s.coalesce_s, lease_s=s.submit_claim_lease_s)
     if decision.action == P.SUBMIT and not submit:
         decision = P.Decision(P.WAIT, "due: submitted by the next delivery or reconcile run", decision.due_at)
@@ -219,7 +216,7 @@ def advance_collection(name: str, settings: Settings | None = None, *, ledger: L
         # The facts again, now that the claim is ours: a submission that finished meanwhile counts.
         datasets, jobs = ledger.list(R.DATASET), ledger.list(R.JOB)
         decision = P.decide(collection_facts(name, datasets, jobs, claimed, ignore_claim=claim),
-                            guard_facts(jobs, s, clock, _lazy(backend, s), ledger, forecast_usd(datasets, name)),
+                            guard_facts(jobs, s, clock, backend, ledger, forecast_usd(datasets, name)),
                             clock, coalesce_s=s.coalesce_s, lease_s=s.submit_claim_lease_s)
         if decision.action != P.SUBMIT:
             _release(ledger, name, claim)
@@ -231,14 +228,6 @@ def advance_collection(name: str, settings: Settings | None = None, *, ledger: L
         raise
     _settle(ledger, name, claim, outcome)
     return outcome
-
-
-def _lazy(backend: MLBackend | None, s: Settings) -> MLBackend | None:
-    if backend is not None or s.finetune_budget_usd is None:
-        return backend
-    from shared.backends import get_backend
-
-    return get_backend(s)
 
 
 def _claim(ledger: Ledger, name: str, claim: str, now: datetime, s: Settings) -> Record | None:
@@ -374,28 +363,24 @@ def pending_collections(ledger: Ledger) -> list[str]:
     return sorted(names)
 
 
-def submit_due_collections(settings: Settings | None = None, *, ledger: Ledger | None = None,
-                           backend: MLBackend | None = None, now: datetime | None = None) -> list[CollectionOutcome]:
+def submit_due_collections(ctx: Context, *, now: datetime | None = None) -> list[CollectionOutcome]:
     """For the reconcile timer: advance every collection with data waiting (corpus mode only)."""
-    s = settings or get_settings()
-    if s.training_mode != "corpus":
+    if ctx.settings.training_mode != "corpus":
         return []
-    ledger = ledger or Ledger.from_settings(s)
-    return [advance_collection(name, s, ledger=ledger, backend=backend, now=now) for name in pending_collections(ledger)]
+    return [advance_collection(name, ctx, now=now) for name in pending_collections(ctx.ledger)]
 
 
 # --------------------------------------------------------------------------- retire
 
 
-def retire_dataset(dataset_id: str, settings: Settings | None = None, *, ledger: Ledger | None = None) -> tuple[str, Record | None]:
+def retire_dataset(dataset_id: str, ctx: Context) -> tuple[str, Record | None]:
     """Leave a dataset out of every later corpus (a golden eval file: out of the eval set); its raw
     upload, prepared files and report stay.
 
     Returns ``(what happened, record)``: ``retired``, ``already_retired``, ``missing`` or
     ``not_trainable`` (received or rejected: never in a corpus).
     """
-    s = settings or get_settings()
-    ledger = ledger or Ledger.from_settings(s)
+    s, ledger = ctx.settings, ctx.ledger
     moved = ledger.transition(R.DATASET, dataset_id, (*IN_CORPUS, R.DATASET_EVAL), R.DATASET_RETIRED, retired_at=iso(utcnow()))
     if moved is None:
         current = ledger.get(R.DATASET, dataset_id)
@@ -404,7 +389,7 @@ def retire_dataset(dataset_id: str, settings: Settings | None = None, *, ledger:
         return ("already_retired" if current.state == R.DATASET_RETIRED else "not_trainable"), current
     name = dataset_collection(moved)
     if s.training_mode == "corpus":
-        advance_collection(name, s, ledger=ledger, submit=False)  # e.g. nothing left pending: idle
+        advance_collection(name, ctx, submit=False)  # e.g. nothing left pending: idle
     log.info("dataset %s retired from collection %s", dataset_id, name)
     return "retired", moved
 
@@ -412,7 +397,7 @@ def retire_dataset(dataset_id: str, settings: Settings | None = None, *, ledger:
 def cli_datasets(args: Any) -> int:
     """``python -m shared.cli datasets retire ID``: 0 retired (or already), 1 unknown or not trainable."""
     if args.datasets_command == "retire":
-        what, record = retire_dataset(args.dataset_id)
+        what, record = retire_dataset(args.dataset_id, ctx=context())
         if what == "missing":
             print(f"dataset {args.dataset_id!r} is not in the ledger (see `python -m shared.cli status`)")
             return 1

@@ -17,6 +17,7 @@ from shared.backends import use_backend
 from shared.backends.azureml.backend import AzureMLBackend
 from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE
+from shared.context import context
 from shared.deployment.event_payloads import parse_job_event
 from shared.deployment.job_outcome import handle_job_event
 from shared.ledger import Ledger
@@ -65,7 +66,7 @@ def complete(ledger: Ledger, settings: Any, azure: FakeAzureML, fixtures_dir: An
     azure.add_job(job, "Running", tags={MANAGED_BY_TAG: MANAGED_BY_VALUE, "dataset_id": f"ds-{job}",
                                        "base_model": "Phi-3-mini-4k-instruct"})
     azure.finish_job(job)
-    handle_job_event(parse_job_event(ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), settings, job)))
+    handle_job_event(parse_job_event(ours(load_sample(fixtures_dir, "run_completed.eventgrid.json"), settings, job)), ctx=context())
 
 
 def serving_champion(flow: Any, fixtures_dir: Any) -> str:
@@ -73,8 +74,8 @@ def serving_champion(flow: Any, fixtures_dir: Any) -> str:
     complete(ledger, settings, azure, fixtures_dir, "job_champion_1")
     [endpoint] = [r.id for r in ledger.list(L.ENDPOINT)]
     azure.set_endpoint_state(endpoint, "Succeeded")
-    reconcile()
+    reconcile(ctx=context())
     azure.set_deployment_state(endpoint, "Succeeded")
-    reconcile()
+    reconcile(ctx=context())
     assert ledger.get(L.ENDPOINT, endpoint).state == "succeeded"
     return endpoint

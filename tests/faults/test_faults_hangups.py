@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from localworkspace.workspace import read_pid_file
+from shared.context import context
 from shared.endpoints import lifecycle
 from shared.ledger import MODEL, ROUTE
 from tests.support import tiny_trained_stack, wait_until
@@ -54,7 +55,7 @@ def stack(tmp_path_factory):
         settings, backend, ledger, job, stack_ = base.settings, base.backend, base.ledger, base.job, base.exits
         model = backend.register_model(job, MODEL_NAME)
         ledger.create(MODEL, model.ref, "registered", job_name=job, base_model=model.base_model)
-        ep = lifecycle.deploy_model(model, reason="hangups", settings=settings, ledger=ledger, backend=backend).id
+        ep = lifecycle.deploy_model(model, ctx=context(settings=settings, ledger=ledger, backend=backend), reason="hangups").id
         host = stack_.enter_context(run_host("function_app:app", settings=settings, port=0, poll_interval_s=1.0))
         client = stack_.enter_context(httpx.Client(base_url=host.base_url, timeout=60))
         wait_until(lambda: ledger.get(ROUTE, MODEL_NAME), 300, "the endpoint to serve")

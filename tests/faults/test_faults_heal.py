@@ -26,6 +26,7 @@ import pytest
 
 from localworkspace.workspace import process_alive, read_json, read_pid_file
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+from shared.context import context
 from shared.endpoints import lifecycle
 from shared.ledger import ENDPOINT, JOB, MODEL, ROUTE, Ledger, parse_iso
 from tests.support import tiny_trained_stack, upload_prepared_dataset, wait_until
@@ -51,7 +52,7 @@ def stack(tmp_path_factory):
         def deploy(name):
             model = backend.register_model(job, name)
             ledger.create(MODEL, model.ref, "registered", job_name=job, base_model=model.base_model)
-            return lifecycle.deploy_model(model, reason="faults", settings=settings, ledger=ledger, backend=backend).id
+            return lifecycle.deploy_model(model, ctx=context(settings=settings, ledger=ledger, backend=backend), reason="faults").id
 
         endpoints = {name: deploy(name) for name in MODELS}
         host = stack_.enter_context(run_host("function_app:app", settings=settings, port=0, poll_interval_s=1.0))

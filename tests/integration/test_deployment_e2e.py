@@ -19,6 +19,7 @@ from functions import on_job_event
 from shared import ledger as L
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, JOB_FINAL_STATES, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+from shared.context import context
 from shared.ledger import Ledger
 from shared.reconcile import run as reconciliation
 from shared.settings import use_settings
@@ -154,7 +155,7 @@ def test_local_workspace_job_is_registered_deployed_and_served(storage_settings,
             else:
                 assert receiver.deliveries == []
                 assert ledger.get(L.JOB, job).state == "submitted"  # nobody heard of the completion
-                summary = reconciliation.reconcile()
+                summary = reconciliation.reconcile(ctx=context())
                 assert summary["jobs_polled"] == 1 and summary["models_deploying"] == 1, summary
 
             record = ledger.get(L.JOB, job)
@@ -164,7 +165,7 @@ def test_local_workspace_job_is_registered_deployed_and_served(storage_settings,
             assert ledger.get(L.ENDPOINT, ep).state == "provisioning"
 
             def active():
-                reconciliation.reconcile()
+                reconciliation.reconcile(ctx=context())
                 return ledger.get(L.ROUTE, settings.model_name)
 
             active_record = wait_until(active, DEPLOY_TIMEOUT_S, "the endpoint to serve", every_s=3.0)

@@ -19,6 +19,7 @@ import pytest
 from localworkspace.workspace import process_alive, read_pid_file
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, JOB_FINAL_STATES, MANAGED_BY_TAG, MANAGED_BY_VALUE, FineTuneRequest
+from shared.context import context
 from shared.endpoints import lifecycle
 from shared.ledger import ENDPOINT, JANITOR, MODEL, ROUTE, Ledger
 from shared.settings import use_settings
@@ -95,8 +96,7 @@ def test_timer_deletes_the_endpoint_nobody_calls_and_keeps_the_called_one(storag
         for name in (called_model, silent_model):
             model = backend.register_model(job, name)
             ledger.create(MODEL, model.ref, "registered", job_name=job, base_model=model.base_model)
-            endpoints[name] = lifecycle.deploy_model(model, reason="janitor e2e", settings=settings,
-                                                      ledger=ledger, backend=backend).id
+            endpoints[name] = lifecycle.deploy_model(model, ctx=context(settings=settings, ledger=ledger, backend=backend), reason="janitor e2e").id
 
         with run_host("function_app:app", settings=settings, port=0, poll_interval_s=1.0) as host:
             with Caller(host.base_url, called_model) as caller:

@@ -20,6 +20,7 @@ from shared.backends import use_backend
 from shared.backends.azureml.backend import AzureMLBackend
 from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE
+from shared.context import context
 from shared.deployment.event_payloads import parse_job_event
 from shared.deployment.job_outcome import handle_job_event
 from shared.ledger import Ledger
@@ -87,7 +88,7 @@ def test_a_real_pipeline_event_with_only_system_tags_is_acted_on(flow, fixtures_
     assert parsed.tag(MANAGED_BY_TAG) is None and parsed.run_tags  # system tags only, ours absent
     assert parsed.parent_run_id is None  # the pipeline run itself, not a step
 
-    outcome = handle_job_event(parse_job_event(event))
+    outcome = handle_job_event(parse_job_event(event), ctx=context())
     assert outcome.action not in {"ignored", "error"}, outcome
     assert ledger.get(L.JOB, JOB).state == "completed"
     assert len(azure.calls("PUT", r"/models/")) == 1 and len(azure.calls("PUT", r"/onlineEndpoints/[^/]+$")) == 1
@@ -98,7 +99,7 @@ def test_an_event_naming_another_owner_is_still_ignored(flow, fixtures_dir):
     submitted(ledger, settings, azure)
     event = real_pipeline_event(fixtures_dir, settings, JOB)
     event["data"]["runTags"][MANAGED_BY_TAG] = "someone-else"
-    assert handle_job_event(parse_job_event(event)).reason == "not managed by this app"
+    assert handle_job_event(parse_job_event(event), ctx=context()).reason == "not managed by this app"
     assert azure.requests == []
 
 
@@ -112,12 +113,12 @@ def run_flow(fixtures_dir: Any, settings: Any, ledger: Ledger, azure: FakeAzureM
              job: str) -> dict[str, list[str]]:
     counts: dict[str, list[str]] = {}
     submitted(ledger, settings, azure, job)
-    counts["RunCompleted"] = measure(azure, lambda: handle_job_event(parse_job_event(real_pipeline_event(fixtures_dir, settings, job))))
+    counts["RunCompleted"] = measure(azure, lambda: handle_job_event(parse_job_event(real_pipeline_event(fixtures_dir, settings, job)), ctx=context()))
     [endpoint] = [r for r in ledger.list(L.ENDPOINT) if r.state == "provisioning"]
     azure.set_endpoint_state(endpoint.id, "Succeeded")
-    counts["deployment PUT"] = measure(azure, lambda: reconcile())
+    counts["deployment PUT"] = measure(azure, lambda: reconcile(ctx=context()))
     azure.set_deployment_state(endpoint.id, "Succeeded")
-    counts["traffic"] = measure(azure, lambda: reconcile())
+    counts["traffic"] = measure(azure, lambda: reconcile(ctx=context()))
     assert ledger.get(L.ENDPOINT, endpoint.id).state == "succeeded"
     counts["delete"] = measure(azure, lambda: backend.begin_delete_endpoint(endpoint.id))
     return counts

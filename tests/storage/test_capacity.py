@@ -6,6 +6,7 @@ import pytest
 
 from shared import ledger as L
 from shared.backends.base import ModelRef
+from shared.context import context
 from shared.deployment.job_outcome import deploy_registered_model
 from shared.endpoints import capacity
 from shared.endpoints.lifecycle import deploy_model
@@ -46,12 +47,12 @@ def test_live_deployments_count_candidates_beside_their_champion(env) -> None:
 def test_a_deployment_past_the_cap_is_not_started_and_says_why(env) -> None:
     settings, ledger, ws = env
     first = live_endpoint(ledger, "bot-a")
-    deploy_model(registered(ledger, "bot-b"), reason="test", settings=settings, ledger=ledger, backend=ws)
+    deploy_model(registered(ledger, "bot-b"), ctx=context(settings=settings, ledger=ledger, backend=ws), reason="test")
     assert len(ws.deploys) == 1
 
     model = registered(ledger, "bot-c")
     with pytest.raises(capacity.CapacityError, match="MAX_LIVE_ENDPOINTS=2"):
-        deploy_model(model, reason="test", settings=settings, ledger=ledger, backend=ws)
+        deploy_model(model, ctx=context(settings=settings, ledger=ledger, backend=ws), reason="test")
     assert len(ws.deploys) == 1 and ledger.get(L.ENDPOINT, endpoint_name("bot-c", "1")) is None
     record = ledger.get(L.MODEL, model.ref)
     assert record.state == "registered" and first in record.get("deploy_refused_reason")
@@ -62,11 +63,11 @@ def test_a_deployment_past_the_cap_is_not_started_and_says_why(env) -> None:
     assert "would pass MAX_LIVE_ENDPOINTS=2" in shown  # status says why it is not deployed
 
     # The live endpoint of bot-b redeployed again (idempotent) is no new one: never refused.
-    deploy_model(ModelRef("bot-b", "1", "job-bot-b-1", "b"), reason="again", settings=settings, ledger=ledger, backend=ws)
+    deploy_model(ModelRef("bot-b", "1", "job-bot-b-1", "b"), ctx=context(settings=settings, ledger=ledger, backend=ws), reason="again")
 
     # Room is freed (the janitor deletes bot-a): the next caller starts it, and the refusal is cleared.
     ledger.merge(L.ENDPOINT, first, "deleting")
-    deploy_model(model, reason="test", settings=settings, ledger=ledger, backend=ws)
+    deploy_model(model, ctx=context(settings=settings, ledger=ledger, backend=ws), reason="test")
     assert [e for _, e, _ in ws.deploys][-1] == endpoint_name("bot-c", "1")
     assert ledger.get(L.MODEL, model.ref).get("deploy_refused_reason") is None
 
@@ -75,20 +76,20 @@ def test_a_new_model_refused_at_the_cap_is_deployed_by_reconcile_once_there_is_r
     settings, ledger, ws = env
     live = []
     for name in ("bot-a", "bot-b"):  # two endpoints really live in the workspace
-        live.append(deploy_model(registered(ledger, name), reason="test", settings=settings, ledger=ledger, backend=ws).id)
+        live.append(deploy_model(registered(ledger, name), ctx=context(settings=settings, ledger=ledger, backend=ws), reason="test").id)
         ws.finish_deployment(live[-1])
-    reconcile()
+    reconcile(ctx=context())
     assert {r.id for r in ledger.list(L.ENDPOINT, states={"succeeded"})} == set(live)
     model = registered(ledger, "bot-c")
     outcome = deploy_registered_model(model, ws_context(settings, ledger, ws), reason="job completed")
     assert outcome.action == "refused" and "MAX_LIVE_ENDPOINTS=2" in outcome.reason
     assert ledger.get(L.MODEL, model.ref).state == "deploying" and len(ws.deploys) == 2
 
-    reconcile()  # still no room: nothing starts
+    reconcile(ctx=context())  # still no room: nothing starts
     assert len(ws.deploys) == 2
     ledger.merge(L.ENDPOINT, live[0], "deleting")  # the janitor deletes bot-a
     ws.begin_delete_endpoint(live[0])
-    reconcile()
+    reconcile(ctx=context())
     assert [e for _, e, _ in ws.deploys][2:] == [endpoint_name("bot-c", "1")]
 
 

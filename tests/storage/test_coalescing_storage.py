@@ -12,6 +12,7 @@ import pytest
 
 from shared.backends import use_backend
 from shared.backends.base import COMPLETED, FineTuneRequest
+from shared.context import context
 from shared.datasets.collections import model_name_for
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.ledger import records as R
@@ -87,8 +88,8 @@ def test_a_burst_in_one_collection_is_one_job_on_the_union_then_one_follow_up(co
     (item,) = status["collections"]
     assert item["id"] == "support-bot" and item["state"] == "pending" and len(item["pending"]) == 3 and item["due_at"]
 
-    assert submit_due_collections(s, now=later(1))[0].action == "pending"  # still inside the window
-    (outcome,) = submit_due_collections(s, now=later(61))
+    assert submit_due_collections(context(settings=s), now=later(1))[0].action == "pending"  # still inside the window
+    (outcome,) = submit_due_collections(context(settings=s), now=later(61))
     assert outcome.action == "submitted"
     (request,) = backend.requests
     ids = sorted(d.id for d in datasets)
@@ -103,20 +104,20 @@ def test_a_burst_in_one_collection_is_one_job_on_the_union_then_one_follow_up(co
     assert job.get("collection") == "support-bot" and job.get("corpus_id") == request.corpus_id
     assert job.get("dataset_ids") == ids and job.get("corpus_counts")["rows"] == 100
     assert {d.state for d in ledger.list(DATASET)} == {"submitted"}
-    assert submit_due_collections(s, now=later(120)) == []
+    assert submit_due_collections(context(settings=s), now=later(120)) == []
 
     # a fourth file during the job waits for it, then goes into exactly one follow-up
     trigger(upload(s, "support-bot/day4.jsonl", data(100, 130)))
-    (waiting,) = submit_due_collections(s, now=later(600))
+    (waiting,) = submit_due_collections(context(settings=s), now=later(600))
     assert waiting.action == "waiting_for_job" and len(backend.requests) == 1
     assert collect_status(s, ledger, backend)["collections"][0]["running_job"] == "ftjob-001"
     end_job(ledger, "ftjob-001")
-    (follow_up,) = submit_due_collections(s, now=later(601))
+    (follow_up,) = submit_due_collections(context(settings=s), now=later(601))
     assert follow_up.action == "submitted" and len(backend.requests) == 2
     assert len(backend.requests[1].dataset_ids) == 4
     assert len(corpus_lines(s, backend.requests[1])) == 130
     end_job(ledger, "ftjob-002")
-    assert submit_due_collections(s, now=later(700)) == [] and len(backend.requests) == 2
+    assert submit_due_collections(context(settings=s), now=later(700)) == [] and len(backend.requests) == 2
     assert collect_status(s, ledger, backend)["collections"][0]["state"] == "idle"
 
 
@@ -138,7 +139,7 @@ def test_upload_mode_is_one_job_per_file_at_once(corpus_settings, backend, trigg
     trigger(upload(s, "support-bot/b.jsonl", data(20, 50)))
     assert [r.train_blob.split("/")[0] for r in backend.requests] == ["datasets", "datasets"]
     assert [r.model_name for r in backend.requests] == [s.model_name, s.model_name]
-    assert submit_due_collections(s, now=later(1000)) == []
+    assert submit_due_collections(context(settings=s), now=later(1000)) == []
     assert collect_status(s, Ledger.from_settings(s), backend)["collections"] == []  # no collections in upload mode
 
 
@@ -160,9 +161,9 @@ def test_budget_exhausted_holds_with_its_reason_and_submits_when_raised(corpus_s
     text = render_status(status)
     assert "Collections (1)" in text and "budget reached" in text and "spent $10.00" in text
     assert ledger.get(JOB, "ftjob-001").get("run_started_at")  # the real run time, read once
-    assert submit_due_collections(s)[0].action == "held"  # never dropped: still held next run
+    assert submit_due_collections(context(settings=s))[0].action == "held"  # never dropped: still held next run
     raised = switch(s.replace(finetune_budget_usd=50.0), backend)
-    (outcome,) = submit_due_collections(raised)
+    (outcome,) = submit_due_collections(context(settings=raised))
     assert outcome.action == "submitted" and len(backend.requests) == 2
     assert collect_status(raised, ledger, backend)["collections"][0]["held_reason"] is None
 
@@ -177,7 +178,7 @@ def test_max_running_jobs_across_collections(corpus_settings, backend, trigger) 
     two = next(c for c in collect_status(s, ledger, backend)["collections"] if c["id"] == "two")
     assert "MAX_RUNNING_JOBS=1" in two["held_reason"]
     end_job(ledger, "ftjob-001")
-    assert [o.action for o in submit_due_collections(s)] == ["submitted"]
+    assert [o.action for o in submit_due_collections(context(settings=s))] == ["submitted"]
     assert [r.collection for r in backend.requests] == ["one", "two"]
 
 
@@ -216,7 +217,7 @@ def test_concurrent_deliveries_submit_once(corpus_settings, backend, trigger) ->
     def worker() -> None:
         use_settings(s)
         try:
-            outcomes.append(advance_collection("bot", s, ledger=Ledger.from_settings(s), backend=backend, now=due))
+            outcomes.append(advance_collection("bot", context(settings=s, ledger=Ledger.from_settings(s), backend=backend), now=due))
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -254,8 +255,8 @@ def test_concurrent_deliveries_of_different_uploads(corpus_settings, backend, tr
     assert not errors
     assert len(backend.requests) == 1  # one job while it runs, whatever the interleaving
     end_job(ledger, "ftjob-001")
-    submit_due_collections(s)
-    submit_due_collections(s)
+    submit_due_collections(context(settings=s))
+    submit_due_collections(context(settings=s))
     assert len(backend.requests) <= 2  # the rest, if any, in exactly one follow-up
     assert {d.state for d in ledger.list(DATASET)} == {"submitted"}
     assert set(backend.requests[-1].dataset_ids) == {d.id for d in ledger.list(DATASET)}
@@ -269,7 +270,7 @@ def test_a_crashed_submission_is_finished_without_submitting_twice(corpus_settin
     ledger.create(R.COLLECTION, "bot", R.COLLECTION_PENDING, submit_claim="dead", submit_claimed_at=iso(utcnow()))
     outcome = trigger(upload(s, "bot/a.jsonl", data(0, 30)))
     assert outcome is None and backend.requests == []
-    (taken_over,) = submit_due_collections(s, now=later(s.submit_claim_lease_s + 1))
+    (taken_over,) = submit_due_collections(context(settings=s), now=later(s.submit_claim_lease_s + 1))
     assert taken_over.action == "submitted" and len(backend.requests) == 1
     assert {d.state for d in ledger.list(DATASET)} == {"submitted"}
 
@@ -285,7 +286,7 @@ def test_a_delivery_that_died_after_recording_its_job_is_finished_without_a_seco
     assert dataset.state == "accepted" and backend.requests == []
     # what the dying delivery got done: its job submitted and recorded, the dataset not moved yet
     ledger.create(JOB, "ftjob-crashed", R.JOB_SUBMITTED, collection="bot", corpus_id="c-x", dataset_ids=[dataset.id])
-    outcomes = submit_due_collections(s, now=later(s.submit_claim_lease_s + 1))
+    outcomes = submit_due_collections(context(settings=s), now=later(s.submit_claim_lease_s + 1))
     assert backend.requests == [] and [o.action for o in outcomes] == ["nothing"]
     moved = ledger.get(DATASET, dataset.id)
     assert moved.state == "submitted" and moved.get("job_name") == "ftjob-crashed"
@@ -299,11 +300,11 @@ def test_the_reconcile_timer_submits_a_due_collection(corpus_settings, backend, 
     ledger = Ledger.from_settings(s)
     trigger(upload(s, "one/a.jsonl", data(0, 30)))
     trigger(upload(s, "two/a.jsonl", data(0, 30)))  # held: one job at a time
-    summary = reconcile(s, ledger, backend)
+    summary = reconcile(context(settings=s, ledger=ledger, backend=backend))
     assert summary["collections_held"] == 1 and summary["collections_submitted"] == 0
     assert {"collections_submitted", "collections_held"} <= set(SUMMARY_KEYS)
     end_job(ledger, "ftjob-001")
-    summary = reconcile(s, ledger, backend)
+    summary = reconcile(context(settings=s, ledger=ledger, backend=backend))
     assert summary["collections_submitted"] == 1 and len(backend.requests) == 2
 
 

@@ -20,6 +20,7 @@ from shared.backends.base import (
     ModelRef,
     TransientBackendError,
 )
+from shared.context import context
 from shared.deployment.event_payloads import MalformedEventError, parse_job_event
 from shared.deployment.job_outcome import handle_job_event
 from shared.endpoints import deletion, lifecycle
@@ -54,7 +55,7 @@ def test_completed_job_is_registered_deployed_and_after_reconcile_active(env, fi
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-1", COMPLETED, metrics={"test_loss": 1.0, "base_test_loss": 2.0})
 
-    outcome = handle_job_event(completed_event(fixtures_dir, settings, "job-1"))
+    outcome = handle_job_event(completed_event(fixtures_dir, settings, "job-1"), ctx=context())
 
     model_ref = f"{settings.model_name}:1"
     ep = endpoint_name(settings.model_name, "1")
@@ -73,12 +74,12 @@ def test_completed_job_is_registered_deployed_and_after_reconcile_active(env, fi
     assert ledger.get(L.ROUTE, settings.model_name) is None  # not serving before it succeeded
 
     # Still rolling out: reconcile waits.
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_provisioning"] == 1 and summary["endpoints_activated"] == 0
     assert ledger.get(L.ENDPOINT, ep).state == "provisioning"
 
     ws.finish_deployment(ep)
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_activated"] == 1 and summary["errors"] == 0
     assert ws.endpoints[ep].traffic == {"default": 100}
     ep_record = ledger.get(L.ENDPOINT, ep)
@@ -89,7 +90,7 @@ def test_completed_job_is_registered_deployed_and_after_reconcile_active(env, fi
 
     # Idempotent: another run changes nothing and calls nothing costly.
     before = snapshot(ledger)
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert snapshot(ledger) == before
     assert summary["endpoints_activated"] == 0 and ws.calls["set_traffic"] == 1
     assert ws.calls["register_model"] == 1 and ws.calls["begin_deploy"] == 1
@@ -100,7 +101,7 @@ def test_failed_job_is_recorded_and_nothing_deployed(env, fixtures_dir, schema):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-f", FAILED, error="UserError: out of memory")
 
-    outcome = handle_job_event(status_event(fixtures_dir, settings, "job-f", "failed", schema))
+    outcome = handle_job_event(status_event(fixtures_dir, settings, "job-f", "failed", schema), ctx=context())
 
     assert outcome.action == FAILED
     job = ledger.get(L.JOB, "job-f")
@@ -108,14 +109,14 @@ def test_failed_job_is_recorded_and_nothing_deployed(env, fixtures_dir, schema):
     assert ws.calls["register_model"] == 0 and ws.calls["begin_deploy"] == 0
     assert ledger.list(L.MODEL) == [] and ledger.list(L.ENDPOINT) == []
     # A completed event arriving late does not resurrect it.
-    assert handle_job_event(completed_event(fixtures_dir, settings, "job-f")).action == "done"
+    assert handle_job_event(completed_event(fixtures_dir, settings, "job-f"), ctx=context()).action == "done"
     assert ws.calls["register_model"] == 0
 
 
 def test_canceled_job_is_recorded(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-c", CANCELED, error="canceled by user")
-    assert handle_job_event(status_event(fixtures_dir, settings, "job-c", "Canceled")).action == CANCELED
+    assert handle_job_event(status_event(fixtures_dir, settings, "job-c", "Canceled"), ctx=context()).action == CANCELED
     assert ledger.get(L.JOB, "job-c").state == CANCELED
     assert ws.calls["begin_deploy"] == 0
 
@@ -124,11 +125,11 @@ def test_event_is_only_a_hint_the_workspace_state_decides(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-s", RUNNING)
     # A (stale or early) "completed" while the workspace still says running: nothing happens.
-    assert handle_job_event(completed_event(fixtures_dir, settings, "job-s")).action == "pending"
+    assert handle_job_event(completed_event(fixtures_dir, settings, "job-s"), ctx=context()).action == "pending"
     assert ledger.get(L.JOB, "job-s").state == "submitted" and ws.calls["register_model"] == 0
     # A late "running" status after the job finished still deploys what the workspace reports.
     ws.set_job("job-s", COMPLETED)
-    assert handle_job_event(status_event(fixtures_dir, settings, "job-s", "Running")).action == "deploying"
+    assert handle_job_event(status_event(fixtures_dir, settings, "job-s", "Running"), ctx=context()).action == "deploying"
 
 
 # --------------------------------------------------------------------------- at-least-once delivery
@@ -144,11 +145,11 @@ def test_repeated_and_out_of_order_deliveries_give_one_version_and_one_endpoint(
         completed_event(fixtures_dir, settings, "job-r"),
         status_event(fixtures_dir, settings, "job-r", "Running"),
     ]
-    actions = [handle_job_event(deliveries[0]).action]
+    actions = [handle_job_event(deliveries[0], ctx=context()).action]
     ws.set_job("job-r", COMPLETED)
-    actions += [handle_job_event(d).action for d in deliveries[1:]]
+    actions += [handle_job_event(d, ctx=context()).action for d in deliveries[1:]]
     for _ in range(5):
-        handle_job_event(deliveries[1])
+        handle_job_event(deliveries[1], ctx=context())
 
     assert actions == ["pending", "deploying", "done", "done", "done"]
     assert ws.versions[settings.model_name] == ["1"]
@@ -168,7 +169,7 @@ def test_five_concurrent_deliveries_give_one_version_and_one_endpoint(storage_se
     def deliver():
         barrier.wait()
         try:
-            outcomes.append(handle_job_event(event, settings, Ledger.from_settings(settings), ws))
+            outcomes.append(handle_job_event(event, context(settings=settings, ledger=Ledger.from_settings(settings), backend=ws)))
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
@@ -178,7 +179,7 @@ def test_five_concurrent_deliveries_give_one_version_and_one_endpoint(storage_se
     for t in threads:
         t.join(30)
     # Reconcile may run at the same time as deliveries; it must not double anything either.
-    reconcile()
+    reconcile(ctx=context())
 
     assert errors == []
     assert len(outcomes) == 5
@@ -191,11 +192,11 @@ def test_five_concurrent_deliveries_give_one_version_and_one_endpoint(storage_se
 def test_concurrent_reconciles_activate_once(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-q", COMPLETED)
-    handle_job_event(completed_event(fixtures_dir, settings, "job-q"))
+    handle_job_event(completed_event(fixtures_dir, settings, "job-q"), ctx=context())
     ws.finish_deployment(endpoint_name(settings.model_name, "1"))
     summaries = []
     threads = [
-        threading.Thread(target=lambda: summaries.append(reconcile(settings, Ledger.from_settings(settings), ws)))
+        threading.Thread(target=lambda: summaries.append(reconcile(context(settings=settings, ledger=Ledger.from_settings(settings), backend=ws))))
         for _ in range(4)
     ]
     for t in threads:
@@ -251,7 +252,7 @@ def test_events_that_are_not_ours_do_nothing_and_say_why(env, fixtures_dir, capl
             assert expected_log == "malformed", case  # the trigger logs and drops it (tests/storage/test_job_event_and_reconcile_functions.py)
             continue
         with caplog.at_level(logging.INFO, logger="shared.deployment.job_outcome"):
-            outcome = handle_job_event(event)
+            outcome = handle_job_event(event, ctx=context())
         assert outcome.action == "ignored", case
         assert expected_log in caplog.text, (case, caplog.text)
     assert snapshot(ledger) == before
@@ -262,8 +263,8 @@ def test_workspace_tags_and_parent_are_checked_too(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-t", COMPLETED, tags={"owner": "someone"})
     submit_job(ledger, settings, ws, "job-u", COMPLETED, parent="pipeline-9")
-    assert handle_job_event(completed_event(fixtures_dir, settings, "job-t")).reason == "not managed by this app"
-    assert handle_job_event(completed_event(fixtures_dir, settings, "job-u")).reason == "pipeline child step"
+    assert handle_job_event(completed_event(fixtures_dir, settings, "job-t"), ctx=context()).reason == "not managed by this app"
+    assert handle_job_event(completed_event(fixtures_dir, settings, "job-u"), ctx=context()).reason == "pipeline child step"
     assert ws.calls["register_model"] == 0
 
 
@@ -273,17 +274,17 @@ def test_workspace_tags_and_parent_are_checked_too(env, fixtures_dir):
 def test_lost_event_the_next_reconcile_deploys(env):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-l", RUNNING)
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["jobs_polled"] == 1 and summary["jobs_pending"] == 1 and ws.calls["register_model"] == 0
 
     ws.set_job("job-l", COMPLETED)  # ... and its event never arrives
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["jobs_polled"] == 1 and summary["models_deploying"] == 1
     ep = endpoint_name(settings.model_name, "1")
     assert ledger.get(L.ENDPOINT, ep).state == "provisioning"
 
     ws.finish_deployment(ep)
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["jobs_polled"] == 0 and summary["endpoints_activated"] == 1
     assert ledger.get(L.ROUTE, settings.model_name).get("endpoint") == ep
 
@@ -291,7 +292,7 @@ def test_lost_event_the_next_reconcile_deploys(env):
 def test_reconcile_records_a_failed_job_whose_event_was_lost(env):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-lf", FAILED, error="boom")
-    assert reconcile()["jobs_failed"] == 1
+    assert reconcile(ctx=context())["jobs_failed"] == 1
     assert ledger.get(L.JOB, "job-lf").state == FAILED
 
 
@@ -302,8 +303,8 @@ def test_transient_errors_raise_and_the_retry_finishes_the_work(env, fixtures_di
     for op in ("get_job", "register_model", "begin_deploy"):
         ws.fail_next[op] = TransientBackendError(f"{op}: 503 service unavailable")
         with pytest.raises(TransientBackendError):
-            handle_job_event(event)
-    assert handle_job_event(event).action == "deploying"
+            handle_job_event(event, ctx=context())
+    assert handle_job_event(event, ctx=context()).action == "deploying"
     assert ws.versions[settings.model_name] == ["1"]
     ep = endpoint_name(settings.model_name, "1")
     assert ledger.get(L.ENDPOINT, ep).state == "provisioning" and ws.calls["begin_deploy"] == 2
@@ -314,10 +315,10 @@ def test_permanent_registration_error_is_recorded_not_retried(env, fixtures_dir)
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-pe", COMPLETED)
     ws.fail_next["register_model"] = BackendError("no trained_model output")
-    outcome = handle_job_event(completed_event(fixtures_dir, settings, "job-pe"))
+    outcome = handle_job_event(completed_event(fixtures_dir, settings, "job-pe"), ctx=context())
     assert outcome.action == "error" and "no trained_model output" in outcome.reason
     assert ledger.get(L.JOB, "job-pe").get("register_error") == "no trained_model output"
-    reconcile()
+    reconcile(ctx=context())
     assert ws.calls["register_model"] == 1 and ws.calls["begin_deploy"] == 0
 
 
@@ -333,24 +334,24 @@ def test_permanent_registration_error_is_recorded_not_retried(env, fixtures_dir)
 def test_quality_gate(storage_settings, fixtures_dir, metrics, deployed):
     settings, ledger, ws = install_workspace(storage_settings.replace(quality_gate=True))
     submit_job(ledger, settings, ws, "job-g", COMPLETED, metrics=metrics)
-    outcome = handle_job_event(completed_event(fixtures_dir, settings, "job-g"))
+    outcome = handle_job_event(completed_event(fixtures_dir, settings, "job-g"), ctx=context())
     assert (outcome.action == "deploying") is deployed
     assert (ws.calls["begin_deploy"] == 1) is deployed
     job = ledger.get(L.JOB, "job-g")
     if not deployed:
         assert outcome.action == "gated" and job.get("gated") is True and "did not beat" in job.get("gate_reason")
         assert ws.calls["register_model"] == 0
-        reconcile()  # a gated job stays gated
+        reconcile(ctx=context())  # a gated job stays gated
         assert (
             ws.calls["register_model"] == 0
-            and handle_job_event(completed_event(fixtures_dir, settings, "job-g")).action == "gated"
+            and handle_job_event(completed_event(fixtures_dir, settings, "job-g"), ctx=context()).action == "gated"
         )
 
 
 def test_gate_off_deploys_a_worse_model(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-w", COMPLETED, metrics={"test_loss": 9.0, "base_test_loss": 1.0})
-    assert handle_job_event(completed_event(fixtures_dir, settings, "job-w")).action == "deploying"
+    assert handle_job_event(completed_event(fixtures_dir, settings, "job-w"), ctx=context()).action == "deploying"
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -358,9 +359,9 @@ def test_gate_off_deploys_a_worse_model(env, fixtures_dir):
 
 def _deploy_and_activate(fixtures_dir, settings, ledger, ws, job):
     submit_job(ledger, settings, ws, job, COMPLETED)
-    outcome = handle_job_event(completed_event(fixtures_dir, settings, job))
+    outcome = handle_job_event(completed_event(fixtures_dir, settings, job), ctx=context())
     ws.finish_deployment(outcome.endpoint)
-    reconcile()
+    reconcile(ctx=context())
     return outcome.endpoint
 
 
@@ -385,9 +386,9 @@ def test_replaced_endpoint_deleted_at_once_when_configured(storage_settings, fix
     old = ledger.get(L.ENDPOINT, ep1)
     assert old.state == "deleting" and old.get("delete_reason") == "replaced" and old.get("replaced_by") == ep2
     assert ws.calls["begin_delete_endpoint"] == 1
-    assert reconcile()["endpoints_deleted"] == 0  # still being deleted
+    assert reconcile(ctx=context())["endpoints_deleted"] == 0  # still being deleted
     ws.finish_deletion(ep1)
-    assert reconcile()["endpoints_deleted"] == 1
+    assert reconcile(ctx=context())["endpoints_deleted"] == 1
     assert ledger.get(L.ENDPOINT, ep1).state == "deleted" and ledger.get(L.ENDPOINT, ep1).get("deleted_at")
     assert ledger.get(L.ENDPOINT, ep2).state == "succeeded"
 
@@ -396,12 +397,12 @@ def test_an_older_version_finishing_late_does_not_take_over(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-o1", COMPLETED)
     submit_job(ledger, settings, ws, "job-o2", COMPLETED)
-    ep1 = handle_job_event(completed_event(fixtures_dir, settings, "job-o1")).endpoint
-    ep2 = handle_job_event(completed_event(fixtures_dir, settings, "job-o2")).endpoint
+    ep1 = handle_job_event(completed_event(fixtures_dir, settings, "job-o1"), ctx=context()).endpoint
+    ep2 = handle_job_event(completed_event(fixtures_dir, settings, "job-o2"), ctx=context()).endpoint
     ws.finish_deployment(ep2)
-    reconcile()
+    reconcile(ctx=context())
     ws.finish_deployment(ep1)
-    reconcile()
+    reconcile(ctx=context())
     assert ledger.get(L.ROUTE, settings.model_name).get("endpoint") == ep2
     assert ledger.get(L.ENDPOINT, ep1).state == "succeeded"
 
@@ -409,15 +410,15 @@ def test_an_older_version_finishing_late_does_not_take_over(env, fixtures_dir):
 def test_failed_deployment_is_recorded_with_its_error(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-d", COMPLETED)
-    ep = handle_job_event(completed_event(fixtures_dir, settings, "job-d")).endpoint
+    ep = handle_job_event(completed_event(fixtures_dir, settings, "job-d"), ctx=context()).endpoint
     ws.finish_deployment(ep, ok=False, error="ResourceNotReady: liveness probe failed")
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_failed"] == 1
     record = ledger.get(L.ENDPOINT, ep)
     assert record.state == "failed" and record.get("error") == "ResourceNotReady: liveness probe failed"
     assert ledger.get(L.MODEL, f"{settings.model_name}:1").get("deploy_error") == record.get("error")
     assert ledger.get(L.ROUTE, settings.model_name) is None
-    assert reconcile()["endpoints_failed"] == 0 and ws.calls["begin_deploy"] == 1  # not retried in a loop
+    assert reconcile(ctx=context())["endpoints_failed"] == 0 and ws.calls["begin_deploy"] == 1  # not retried in a loop
 
 
 def test_deploy_model_revives_a_deleted_endpoint_once(env):
@@ -438,9 +439,7 @@ def test_deploy_model_revives_a_deleted_endpoint_once(env):
     threads = [
         threading.Thread(
             target=lambda: records.append(
-                deploy_model(
-                    model, reason="scale from zero", settings=settings, ledger=Ledger.from_settings(settings), backend=ws
-                )
+                deploy_model(model, ctx=context(settings=settings, ledger=Ledger.from_settings(settings), backend=ws), reason="scale from zero")
             )
         )
         for _ in range(5)
@@ -454,7 +453,7 @@ def test_deploy_model_revives_a_deleted_endpoint_once(env):
     record = ledger.get(L.ENDPOINT, ep)
     assert record.get("deploy_reason") == "scale from zero" and record.get("deleted_at") is None
     # Live or provisioning endpoints are returned as they are.
-    assert deploy_model(model, reason="again", backend=ws).state == "provisioning" and ws.calls["begin_deploy"] == 1
+    assert deploy_model(model, ctx=context(backend=ws), reason="again").state == "provisioning" and ws.calls["begin_deploy"] == 1
 
 
 def test_reconcile_restarts_a_deployment_whose_start_was_lost(env, monkeypatch):
@@ -472,16 +471,16 @@ def test_reconcile_restarts_a_deployment_whose_start_was_lost(env, monkeypatch):
         job_name="job-k",
         base_model=model.base_model,
     )
-    assert reconcile()["endpoints_restarted"] == 0  # within the grace period: begin_deploy may be under way
+    assert reconcile(ctx=context())["endpoints_restarted"] == 0  # within the grace period: begin_deploy may be under way
     monkeypatch.setattr(lifecycle, "DEPLOY_RESTART_GRACE", timedelta(0))
-    assert reconcile()["endpoints_restarted"] == 1
+    assert reconcile(ctx=context())["endpoints_restarted"] == 1
     assert ws.deploys[0][:2] == (model, ep)
 
 
 def test_reconcile_deploys_a_model_whose_registrar_stopped(env):
     settings, ledger, ws = env
     ledger.create(L.MODEL, f"{settings.model_name}:4", "registered", job_name="job-m", base_model="b")
-    assert reconcile()["models_deploying"] == 1
+    assert reconcile(ctx=context())["models_deploying"] == 1
     assert ledger.get(L.ENDPOINT, endpoint_name(settings.model_name, "4")).state == "provisioning"
     assert ws.calls["begin_deploy"] == 1
 
@@ -491,30 +490,30 @@ def test_one_broken_record_does_not_stop_reconcile(env):
     submit_job(ledger, settings, ws, "job-b1", COMPLETED)
     submit_job(ledger, settings, ws, "job-b2", COMPLETED)
     ws.fail_next["get_job"] = TransientBackendError("429")
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["errors"] == 1 and summary["models_deploying"] == 1
-    assert reconcile()["models_deploying"] == 1
+    assert reconcile(ctx=context())["models_deploying"] == 1
     assert len(ledger.list(L.ENDPOINT)) == 2
 
 
 def test_reconcile_records_a_janitor_deletion_once_it_is_done_so_scoring_can_revive_it(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-j", COMPLETED)
-    handle_job_event(completed_event(fixtures_dir, settings, "job-j"))
+    handle_job_event(completed_event(fixtures_dir, settings, "job-j"), ctx=context())
     ep = endpoint_name(settings.model_name, "1")
     ws.finish_deployment(ep)
-    reconcile()
+    reconcile(ctx=context())
     # The janitor started an (asynchronous, Azure-like) deletion and recorded "deleting".
     record = ledger.get(L.ENDPOINT, ep)
     ledger.update(record, "deleting", delete_reason="idle: test")
     ws.begin_delete_endpoint(ep)
 
-    reconcile()
+    reconcile(ctx=context())
     assert ledger.get(L.ENDPOINT, ep).state == "deleting"  # still going: nothing recorded, nothing restarted
     assert ws.calls["begin_delete_endpoint"] == 1
 
     ws.finish_deletion(ep)
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_deleted"] == 1
     deleted = ledger.get(L.ENDPOINT, ep)
     assert deleted.state == "deleted" and deleted.get("deleted_at")
@@ -527,18 +526,18 @@ def test_a_lost_deletion_is_restarted_once_whoever_notices_it(env, fixtures_dir,
 
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-l", COMPLETED)
-    handle_job_event(completed_event(fixtures_dir, settings, "job-l"))
+    handle_job_event(completed_event(fixtures_dir, settings, "job-l"), ctx=context())
     ep = endpoint_name(settings.model_name, "1")
     ws.finish_deployment(ep)
-    reconcile()
+    reconcile(ctx=context())
     # The janitor claimed the deletion, then crashed before calling the backend.
     ledger.update(ledger.get(L.ENDPOINT, ep), "deleting", delete_reason="idle: test")
-    assert reconcile()["endpoints_deleting"] == 0 and ws.calls["begin_delete_endpoint"] == 0  # too recent to call lost
+    assert reconcile(ctx=context())["endpoints_deleting"] == 0 and ws.calls["begin_delete_endpoint"] == 0  # too recent to call lost
     monkeypatch.setattr(deletion, "LOST_DELETE_AFTER", timedelta(0))
-    assert reconcile()["endpoints_deleting"] == 1
-    delete_idle_endpoints(settings, ledger, ws)
-    reconcile()
+    assert reconcile(ctx=context())["endpoints_deleting"] == 1
+    delete_idle_endpoints(context(settings=settings, ledger=ledger, backend=ws))
+    reconcile(ctx=context())
     assert ws.calls["begin_delete_endpoint"] == 1  # restarted once, not once per caller
     ws.finish_deletion(ep)
-    report = delete_idle_endpoints(settings, ledger, ws)
+    report = delete_idle_endpoints(context(settings=settings, ledger=ledger, backend=ws))
     assert report.finalized == [ep] and ledger.get(L.ENDPOINT, ep).state == "deleted"

@@ -16,6 +16,7 @@ import pytest
 
 from functions import submissions as submissions_function
 from shared.backends import use_backend
+from shared.context import context
 from shared.ledger import DATASET, JOB, Ledger, iso, parse_iso
 from shared.ledger.records import COLLECTION
 from shared.settings import Settings, use_settings
@@ -75,7 +76,7 @@ def test_a_pending_collection_schedules_one_submission_visible_at_its_due_time(w
     assert ledger.get(COLLECTION, "support-bot").state == "idle"
     # redelivered, then reconcile: nothing more is submitted
     assert submit_when_due(messages[0].content, s) == "nothing"
-    assert submit_due_collections(s) == [] and len(backend.requests) == 1
+    assert submit_due_collections(context(settings=s)) == [] and len(backend.requests) == 1
     assert messages_within(queue, 1.5, visibility_timeout_s=60) == []  # and nothing else was scheduled
 
 
@@ -94,7 +95,7 @@ def test_concurrent_deliveries_submit_once(world: Any, trigger: Any) -> None:
     for t in threads:
         t.start()
     start.wait()
-    reconciled = submit_due_collections(s)  # a reconcile run at the same moment ([]: it found it submitted)
+    reconciled = submit_due_collections(context(settings=s))  # a reconcile run at the same moment ([]: it found it submitted)
     outcomes.append(reconciled[0].action if reconciled else "nothing")
     for t in threads:
         t.join(timeout=60)
@@ -127,7 +128,7 @@ def test_switched_off_nothing_is_scheduled_and_reconcile_submits(world: Any, tri
     assert ledger.get(COLLECTION, "bot").state == "pending"
     queue.create_queue()
     assert messages_within(queue, WINDOW_S + 1.5, visibility_timeout_s=60) == []
-    assert submit_due_collections(off)[0].action == "submitted"
+    assert submit_due_collections(context(settings=off))[0].action == "submitted"
 
 
 def test_the_queue_function_is_a_queue_trigger_on_the_host_storage() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from shared.backends import use_backend
+from shared.context import context
 from shared.datasets.evalset import eval_threshold
 from shared.evaluation import held_out_conversations, load_eval_set
 from shared.ledger import DATASET, Ledger, utcnow
@@ -43,7 +44,7 @@ def test_carved_and_golden_eval_conversations_are_never_trained_on(settings: Set
     trigger(upload(s, "support-bot/eval/golden.jsonl", golden))
     (record,) = ledger.list(DATASET)
     assert record.state == R.DATASET_EVAL and record.get("purpose") == "eval"
-    assert backend.requests == [] and submit_due_collections(s, now=utcnow() + timedelta(seconds=120)) == []  # never pending, no job
+    assert backend.requests == [] and submit_due_collections(context(settings=s), now=utcnow() + timedelta(seconds=120)) == []  # never pending, no job
 
     trigger(upload(s, "support-bot/day1.jsonl", data(0, 200)))
     (request,) = backend.requests
@@ -60,9 +61,9 @@ def test_carved_and_golden_eval_conversations_are_never_trained_on(settings: Set
     assert not {i.prompt[-1]["content"] for i in evalset.items} & trained
     assert all(int(i.id, 16) >= eval_threshold(0.2) for i in evalset.items if i.source == "carved")
     assert {i.reference for i in evalset.items if i.source == "golden"} == {f"{2 * i}, arr!" for i in range(1000, 1012)}
-    conversations = held_out_conversations(s, "support-bot")
+    conversations = held_out_conversations(context(settings=s), "support-bot")
     assert len(conversations) == 20 and all(c[-1]["role"] == "assistant" for c in conversations)
-    assert held_out_conversations(s, "nothing-here") == []
+    assert held_out_conversations(context(settings=s), "nothing-here") == []
 
-    assert retire_dataset(record.id, s)[0] == "retired"  # a golden file can be retired from the eval set
+    assert retire_dataset(record.id, context(settings=s))[0] == "retired"  # a golden file can be retired from the eval set
     assert load_eval_set(s, ledger, "support-bot").counts()["golden"] == 0

@@ -17,6 +17,7 @@ import pytest
 from functions import followup as followup_function
 from shared.backends import use_backend
 from shared.backends.base import EP_DELETED, EP_SUCCEEDED, ModelRef
+from shared.context import context
 from shared.endpoints import deletion, eta, followup, lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import ENDPOINT, MODEL, ROUTE, Ledger, Record, iso, utcnow
@@ -46,8 +47,7 @@ def world(storage_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_starting_a_deployment_schedules_a_delayed_follow_up(world: Any, storage_settings: Settings) -> None:
     ledger, backend, queue = world
     started = time.monotonic()
-    lifecycle.deploy_model(ModelRef(MODEL_NAME, "1", "job-1", "base"), reason="test", settings=storage_settings,
-                           ledger=ledger, backend=backend)
+    lifecycle.deploy_model(ModelRef(MODEL_NAME, "1", "job-1", "base"), ctx=context(settings=storage_settings, ledger=ledger, backend=backend), reason="test")
     assert list(queue.peek_messages()) == []  # not visible before its delay
     messages = messages_within(queue, 10)
     assert time.monotonic() - started >= followup.delay_before(1) - 0.5
@@ -58,8 +58,7 @@ def test_starting_a_deployment_schedules_a_delayed_follow_up(world: Any, storage
 def test_a_follow_up_activates_a_finished_deployment_or_checks_again_later(world: Any, storage_settings: Settings) -> None:
     ledger, backend, queue = world
     ep = endpoint_name(MODEL_NAME, "1")
-    lifecycle.deploy_model(ModelRef(MODEL_NAME, "1", "job-1", "base"), reason="test", settings=storage_settings,
-                           ledger=ledger, backend=backend)
+    lifecycle.deploy_model(ModelRef(MODEL_NAME, "1", "job-1", "base"), ctx=context(settings=storage_settings, ledger=ledger, backend=backend), reason="test")
     messages_within(queue, 10)  # take the first scheduled message out of the way
     # still deploying: checked again later, with a longer delay
     assert follow_up(followup.FollowUp(ep, 1).encode(), storage_settings) == "rescheduled"
@@ -93,8 +92,7 @@ def test_follow_ups_can_be_switched_off(world: Any, storage_settings: Settings) 
     ledger, backend, queue = world
     queue.create_queue()
     off = storage_settings.replace(endpoint_followups=False)
-    lifecycle.deploy_model(ModelRef(MODEL_NAME, "1", "job-1", "base"), reason="test", settings=off,
-                           ledger=ledger, backend=backend)
+    lifecycle.deploy_model(ModelRef(MODEL_NAME, "1", "job-1", "base"), ctx=context(settings=off, ledger=ledger, backend=backend), reason="test")
     assert messages_within(queue, followup.delay_before(1) + 1.5) == []
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from shared import ledger as L
 from shared.backends.base import COMPLETED, EP_FAILED, HEALTH_HEALTHY, HEALTH_UNHEALTHY, EndpointHealth
-from shared.context import Context
+from shared.context import Context, context
 from shared.deployment.job_outcome import handle_job_event
 from shared.endpoints import healing
 from shared.janitor.run import delete_idle_endpoints
@@ -34,9 +34,9 @@ def served(env, fixtures_dir, job="job-h"):
     """A model deployed and serving (succeeded, active): its endpoint name."""
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, job, COMPLETED)
-    ep = handle_job_event(completed_event(fixtures_dir, settings, job)).endpoint
+    ep = handle_job_event(completed_event(fixtures_dir, settings, job), ctx=context()).endpoint
     ws.finish_deployment(ep)
-    reconcile()
+    reconcile(ctx=context())
     assert ledger.get(L.ENDPOINT, ep).state == "succeeded"
     return ep
 
@@ -48,10 +48,10 @@ def die(ws, ep, error="server process died"):
 def test_a_dead_endpoint_is_recorded_redeployed_and_healed(env, fixtures_dir):
     settings, ledger, ws = env
     ep = served(env, fixtures_dir)
-    assert reconcile()["endpoints_unhealthy"] == 0  # healthy: nothing done
+    assert reconcile(ctx=context())["endpoints_unhealthy"] == 0  # healthy: nothing done
     die(ws, ep)
 
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_unhealthy"] == 1 and summary["endpoints_redeployed"] == 1, summary
     record = ledger.get(L.ENDPOINT, ep)
     assert record.state == "provisioning" and record.get("heal_attempts") == 1
@@ -61,13 +61,13 @@ def test_a_dead_endpoint_is_recorded_redeployed_and_healed(env, fixtures_dir):
     assert item["health"] == "healing" and item["heal_attempts"] == 1
 
     ws.finish_deployment(ep)
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_healed"] == 1, summary
     record = ledger.get(L.ENDPOINT, ep)
     assert record.state == "succeeded" and record.get("healed_at") and record.get("heal_seconds") >= 0
     assert record.get("unhealthy_since") is None
     assert ledger.get(L.ROUTE, settings.model_name).get("endpoint") == ep
-    assert reconcile()["endpoints_redeployed"] == 0 and ws.calls["begin_deploy"] == 2
+    assert reconcile(ctx=context())["endpoints_redeployed"] == 0 and ws.calls["begin_deploy"] == 2
 
 
 def test_heal_attempts_are_backed_off_bounded_then_stopped_with_the_reason(env, fixtures_dir):
@@ -86,7 +86,7 @@ def test_heal_attempts_are_backed_off_bounded_then_stopped_with_the_reason(env, 
     deploys = [ws.calls["begin_deploy"]]
     for attempt, wait_s in ((2, 30), (3, 60)):
         ws.finish_deployment(ep, ok=False, error="QuotaExceeded: not enough quota")
-        reconcile_failed = reconcile()  # settles the failed attempt; reconcile's own heal step waits (back-off)
+        reconcile_failed = reconcile(ctx=context())  # settles the failed attempt; reconcile's own heal step waits (back-off)
         assert reconcile_failed["endpoints_failed"] == 1 and reconcile_failed["endpoints_redeployed"] == 0
         failed_at = parse_iso(ledger.get(L.ENDPOINT, ep).updated_at)
         assert run(failed_at + timedelta(seconds=wait_s - 2))["endpoints_redeployed"] == 0  # still backing off
@@ -96,7 +96,7 @@ def test_heal_attempts_are_backed_off_bounded_then_stopped_with_the_reason(env, 
     assert deploys == [2, 3, 4]
 
     ws.finish_deployment(ep, ok=False, error="QuotaExceeded: not enough quota")
-    summary = reconcile()  # the last attempt failed: nothing left, stopped in the same run
+    summary = reconcile(ctx=context())  # the last attempt failed: nothing left, stopped in the same run
     assert summary["endpoints_failed"] == 1 and summary["endpoints_heal_stopped"] == 1, summary
     record = ledger.get(L.ENDPOINT, ep)
     assert record.state == "failed" and record.get("heal_stopped_at")
@@ -113,9 +113,9 @@ def test_heal_attempts_are_backed_off_bounded_then_stopped_with_the_reason(env, 
 def test_a_deployment_that_fails_on_its_own_waits_before_the_first_retry(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-f1", COMPLETED)
-    ep = handle_job_event(completed_event(fixtures_dir, settings, "job-f1")).endpoint
+    ep = handle_job_event(completed_event(fixtures_dir, settings, "job-f1"), ctx=context()).endpoint
     ws.finish_deployment(ep, ok=False, error="ResourceNotReady: liveness probe failed")
-    assert reconcile()["endpoints_redeployed"] == 0 and ws.calls["begin_deploy"] == 1
+    assert reconcile(ctx=context())["endpoints_redeployed"] == 0 and ws.calls["begin_deploy"] == 1
     failed_at = parse_iso(ledger.get(L.ENDPOINT, ep).updated_at)
     summary = Counter()
     healing.heal_endpoints(Context(settings, ledger, ws), summary, now=failed_at + timedelta(seconds=31))
@@ -130,7 +130,7 @@ def test_an_endpoint_replaced_by_a_newer_version_is_not_healed(storage_settings,
     new = served(env, fixtures_dir, "job-r2")
     assert ledger.get(L.ROUTE, settings.model_name).get("endpoint") == new
     die(ws, old)
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_unhealthy"] == 1 and summary["endpoints_redeployed"] == 0
     record = ledger.get(L.ENDPOINT, old)
     assert record.state == "failed" and record.get("heal_stopped_at") and "replaced by" in record.get("heal_stopped_reason")
@@ -179,13 +179,13 @@ def test_the_janitor_keeps_a_healing_endpoint_and_deletes_a_stopped_one_once_idl
     ep = served(env, fixtures_dir)
     die(ws, ep)
     ledger.transition(L.ENDPOINT, ep, {"succeeded"}, "failed", error="unhealthy: died", unhealthy_since="2000-01-01T00:00:00Z")
-    report = delete_idle_endpoints(settings, ledger, ws, now=utcnow() + timedelta(days=2))
+    report = delete_idle_endpoints(context(settings=settings, ledger=ledger, backend=ws), now=utcnow() + timedelta(days=2))
     assert report.deleted == [] and ep in report.kept
     assert "health loop" in next(o.reason for o in report.outcomes if o.name == ep)
 
     stopped_at = utcnow()
     ledger.annotate(L.ENDPOINT, ep, heal_stopped_at=stopped_at.isoformat(), heal_stopped_reason="gave up")
-    assert delete_idle_endpoints(settings, ledger, ws, now=stopped_at + timedelta(minutes=30)).deleted == []
-    report = delete_idle_endpoints(settings, ledger, ws, now=stopped_at + timedelta(minutes=61))
+    assert delete_idle_endpoints(context(settings=settings, ledger=ledger, backend=ws), now=stopped_at + timedelta(minutes=30)).deleted == []
+    report = delete_idle_endpoints(context(settings=settings, ledger=ledger, backend=ws), now=stopped_at + timedelta(minutes=61))
     assert report.deleted == [ep]
     assert ledger.get(L.ENDPOINT, ep).state == "deleting"

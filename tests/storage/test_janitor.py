@@ -17,6 +17,7 @@ from shared.backends.base import (
     EP_SUCCEEDED,
     BackendError,
 )
+from shared.context import context
 from shared.janitor import run as janitor
 from shared.ledger import ENDPOINT, JANITOR, MODEL, ROUTE, Ledger, iso, utcnow
 from shared.settings import use_settings
@@ -46,7 +47,7 @@ def test_deletes_only_idle_managed_endpoints_and_records_why(storage_settings, l
     record(ledger, "untagged", last_activity_minutes_ago=900, now=now)
     ledger.create(ROUTE, "chat-ft", "active", endpoint="idle", model_version="idle", since=iso(ago(500, now)))
 
-    report = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now)
+    report = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend), now=now)
 
     assert backend.delete_calls == ["idle"]
     assert report.deleted == ["idle"]
@@ -73,7 +74,7 @@ def test_deletes_only_idle_managed_endpoints_and_records_why(storage_settings, l
     # Next run, after the backend finished: the record is finalized, nothing is deleted twice.
     backend.finish_deletions()
     later = now + timedelta(minutes=10)
-    second = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=later)
+    second = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend), now=later)
     assert second.finalized == ["idle"] and second.deleted == []
     assert backend.delete_calls == ["idle"]
     rec = ledger.get(ENDPOINT, "idle")
@@ -84,7 +85,7 @@ def test_backend_that_deletes_at_once_is_finalized_in_the_same_run(storage_setti
     now = utcnow()
     backend = FakeEndpointsBackend([endpoint("gone-fast", metric_minutes_ago=120, now=now)], removes_at_once=True)
     record(ledger, "gone-fast", last_activity_minutes_ago=120, now=now)
-    report = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now)
+    report = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend), now=now)
     assert report.deleted == ["gone-fast"] and report.finalized == ["gone-fast"]
     assert ledger.get(ENDPOINT, "gone-fast").state == "deleted"
 
@@ -97,7 +98,7 @@ def test_dry_run_reports_and_deletes_nothing(storage_settings, ledger):
     record(ledger, "busy", last_activity_minutes_ago=1, now=now)
     before = ledger.get(ENDPOINT, "idle")
 
-    report = janitor.delete_idle_endpoints(s, ledger, backend, now=now)
+    report = janitor.delete_idle_endpoints(context(settings=s, ledger=ledger, backend=backend), now=now)
 
     assert backend.delete_calls == []
     assert report.would_delete == ["idle"] and report.deleted == []
@@ -115,7 +116,7 @@ def test_one_failing_delete_does_not_stop_the_others(storage_settings, ledger):
     for n in names:
         record(ledger, n, last_activity_minutes_ago=300, now=now)
 
-    report = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now)
+    report = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend), now=now)
 
     assert backend.delete_calls == names  # idle-c was still tried after idle-b failed
     assert report.deleted == ["idle-a", "idle-c"] and report.failed == ["idle-b"]
@@ -127,7 +128,7 @@ def test_one_failing_delete_does_not_stop_the_others(storage_settings, ledger):
     assert last.get("failed") == [{"name": "idle-b", "error": failed.get("error")}]
 
     backend.failing_deletes.clear()
-    retry = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now + timedelta(minutes=10))
+    retry = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend), now=now + timedelta(minutes=10))
     assert retry.deleted == ["idle-b"]
 
 
@@ -142,7 +143,7 @@ def test_missing_metric_is_unknown_unless_the_ledger_proves_idleness(storage_set
     record(ledger, "ledger-old", last_activity_minutes_ago=120, now=now)
     record(ledger, "ledger-recent", last_activity_minutes_ago=10, now=now)
 
-    report = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now)
+    report = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend), now=now)
 
     assert report.unknown == ["no-evidence"]
     assert report.deleted == ["ledger-old"]
@@ -159,7 +160,7 @@ def test_keep_latest_protects_the_models_active_endpoint(storage_settings, ledge
     record(ledger, "latest", last_activity_minutes_ago=400, now=now)
     ledger.create(ROUTE, "chat-ft", "active", endpoint="latest", model_version="latest")
 
-    report = janitor.delete_idle_endpoints(s, ledger, backend, now=now)
+    report = janitor.delete_idle_endpoints(context(settings=s, ledger=ledger, backend=backend), now=now)
     assert report.deleted == ["old-version"] and report.kept == ["latest"]
 
 
@@ -183,7 +184,7 @@ def test_a_request_recorded_while_deciding_wins(storage_settings, ledger):
     backend = FakeEndpointsBackend([endpoint("idle", metric_minutes_ago=200, now=now)])
     record(ledger, "idle", last_activity_minutes_ago=200, now=now)
 
-    report = janitor.delete_idle_endpoints(storage_settings, racing, backend, now=now)
+    report = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=racing, backend=backend), now=now)
 
     assert backend.delete_calls == []
     assert [o.outcome for o in report.outcomes] == [janitor.SKIPPED]
@@ -194,7 +195,7 @@ def test_backend_unreachable_is_recorded_and_raised(storage_settings, ledger):
     backend = FakeEndpointsBackend([])
     backend.list_error = BackendError("workspace unreachable")
     with pytest.raises(BackendError):
-        janitor.delete_idle_endpoints(storage_settings, ledger, backend)
+        janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend))
     last = ledger.get(JANITOR, "last")
     assert last.state == "failed" and "workspace unreachable" in last.get("error")
 
@@ -257,10 +258,10 @@ def test_a_lost_deletion_call_is_started_again(storage_settings, ledger):
     record(ledger, "half-deleted", state=EP_DELETING, last_activity_minutes_ago=300, now=now)
     ledger.merge(ENDPOINT, "half-deleted", delete_reason="idle: last use 300 min ago")
 
-    soon = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now)
+    soon = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend), now=now)
     assert backend.delete_calls == []  # just claimed: the call may still be on its way
     assert soon.kept == ["half-deleted"]
 
-    later = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now + timedelta(minutes=5))
+    later = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend), now=now + timedelta(minutes=5))
     assert backend.delete_calls == ["half-deleted"]
     assert later.names(janitor.RESTARTED) == ["half-deleted"]

@@ -18,6 +18,7 @@ from azure.storage.blob import BlobClient
 from devhost.app_index import functions_of
 from shared.backends import use_backend
 from shared.backends.base import MANAGED_BY_TAG, MANAGED_BY_VALUE, BackendError
+from shared.context import context
 from shared.datasets.intake import dataset_id_for, submit_pending_datasets
 from shared.ledger import DATASET, JOB, Ledger, iso, utcnow
 from shared.settings import Settings, use_settings
@@ -207,9 +208,9 @@ def test_a_live_claim_blocks_a_second_submission_and_a_stale_one_does_not(storag
     assert backend.requests == []
     # that worker died long ago: the reconcile path (or the next delivery) takes over
     ledger.merge(DATASET, dataset_id, submit_claimed_at=iso(utcnow() - timedelta(seconds=s.submit_claim_lease_s * 2)))
-    (outcome,) = submit_pending_datasets(s)
+    (outcome,) = submit_pending_datasets(context(settings=s))
     assert outcome.status == "submitted" and len(backend.requests) == 1
-    assert submit_pending_datasets(s) == []
+    assert submit_pending_datasets(context(settings=s)) == []
 
 
 def test_a_crash_before_the_decision_is_finished_by_the_next_delivery(storage_settings: Settings, backend: InMemoryWorkspace,

@@ -10,6 +10,7 @@ import random
 import pytest
 
 from shared.backends import use_backend
+from shared.context import Context
 from shared.ledger import DATASET, Ledger
 from shared.ledger import records as R
 from shared.observability import dashboard
@@ -73,7 +74,7 @@ def test_leakage_is_checked_against_the_collections_held_out_set(storage_setting
     rows, lines, extra = planted(random.Random(7))
     asked = []
 
-    def held_out(settings: Settings, collection: str, ledger=None):  # noqa: ANN001, ANN202
+    def held_out(ctx: Context, collection: str):  # noqa: ANN202
         asked.append(collection)
         return extra["held_out"] if collection == "support-bot" else []
 

@@ -20,6 +20,7 @@ from shared.backends.azureml.backend import AzureMLBackend
 from shared.backends.azureml.finetune_parameters import INTERFACE_PATH
 from shared.backends.base import ModelRef
 from shared.cli.commands import main as cli
+from shared.context import context
 from shared.endpoints import lifecycle
 from shared.endpoints.naming import endpoint_name
 from shared.ledger import Ledger
@@ -57,11 +58,11 @@ def serve(settings: Any, ledger: Ledger, azure: FakeAzureML, backend: AzureMLBac
     """Version ``version`` registered, deployed in the fake workspace and settled by reconcile."""
     model = ModelRef(MODEL, version, f"job-{version}", settings.base_model_name)
     ledger.create(L.MODEL, model.ref, "registered", job_name=model.job_name, base_model=model.base_model)
-    ep = lifecycle.deploy_model(model, reason="test", settings=settings, ledger=ledger, backend=backend).id
+    ep = lifecycle.deploy_model(model, ctx=context(settings=settings, ledger=ledger, backend=backend), reason="test").id
     azure.set_endpoint_state(ep, "Succeeded")
-    reconcile()  # the deployment PUT
+    reconcile(ctx=context())  # the deployment PUT
     azure.set_deployment_state(ep, "Succeeded")
-    reconcile()  # traffic, succeeded, the route
+    reconcile(ctx=context())  # traffic, succeeded, the route
     azure.set_endpoint_state(ep, "Succeeded")
     assert ledger.get(L.ENDPOINT, ep).state == "succeeded"
     return ep
@@ -83,7 +84,7 @@ def test_a_failed_deployment_of_the_rolled_back_version_is_resubmitted(flow, cap
     azure.set_deployment_state(ep1, "Failed")
     puts = lambda: azure.calls("PUT", rf"/onlineEndpoints/{ep1}/deployments/")  # noqa: E731
     before = len(puts())
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_unhealthy"] == 1 and summary["endpoints_redeployed"] == 1, summary
     assert summary["endpoints_heal_stopped"] == 0, summary
     record = ledger.get(L.ENDPOINT, ep1)
@@ -93,9 +94,9 @@ def test_a_failed_deployment_of_the_rolled_back_version_is_resubmitted(flow, cap
     assert puts()[-1].body["properties"]["model"].endswith(f"/models/{MODEL}/versions/1"), puts()[-1].body
 
     azure.set_deployment_state(ep1, "Succeeded")
-    reconcile()
+    reconcile(ctx=context())
     azure.set_endpoint_state(ep1, "Succeeded")
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     record = ledger.get(L.ENDPOINT, ep1)
     assert record.state == "succeeded" and record.get("healed_at"), record.fields
     assert ledger.get(L.ROUTE, MODEL).get("endpoint") == ep1  # still the rolled-back version
@@ -110,7 +111,7 @@ def test_the_version_rolled_back_from_is_not_healed(flow, capsys):
     assert cli(["rollback", MODEL, "1"]) == 0
     azure.set_deployment_state(ep2, "Failed")
     before = len(azure.calls("PUT", rf"/onlineEndpoints/{ep2}/deployments/"))
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_unhealthy"] == 1 and summary["endpoints_redeployed"] == 0, summary
     record = ledger.get(L.ENDPOINT, ep2)
     assert record.state == "failed" and "rolled back from version 2" in record.get("heal_stopped_reason")

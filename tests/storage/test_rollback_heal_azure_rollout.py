@@ -17,7 +17,7 @@ import pytest
 
 from shared import ledger as L
 from shared.cli.commands import main as cli
-from shared.context import Context
+from shared.context import Context, context
 from shared.ledger import records as R
 from shared.reconcile.run import reconcile
 from shared.rollout import advance, deployment_name_for
@@ -52,29 +52,29 @@ def test_a_failed_deployment_rolled_back_to_inside_the_endpoint_is_resubmitted(a
     assert f"redeploying version {v1} to endpoint {endpoint}" in capsys.readouterr().out  # the same endpoint
     dep = deployment_name_for(v1)
     azure.set_deployment_state(endpoint, "Succeeded", name=dep)
-    reconcile()
+    reconcile(ctx=context())
     azure.set_endpoint_state(endpoint, "Succeeded")
     route = ledger.get(L.ROUTE, settings.model_name)
     assert (route.get("endpoint"), route.get("model_version")) == (endpoint, v1)
     assert len(ledger.list(L.ENDPOINT)) == 1, "never a second endpoint"
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_unhealthy"] == 0, summary  # it serves under its own deployment name
 
     azure.set_deployment_state(endpoint, "Failed", name=dep)
     puts = lambda: azure.calls("PUT", rf"/onlineEndpoints/{endpoint}/deployments/")  # noqa: E731
     before = len(puts())
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_unhealthy"] == 1 and summary["endpoints_redeployed"] == 1, summary
     assert [p.path.rsplit("/", 1)[-1] for p in puts()[before:]] == [dep], "the deployment that takes the traffic"
     assert puts()[-1].body["properties"]["model"].endswith(f"/models/{settings.model_name}/versions/{v1}")
 
     azure.set_deployment_state(endpoint, "Succeeded", name=dep)
     azure.set_endpoint_state(endpoint, "Succeeded")
-    reconcile()
+    reconcile(ctx=context())
     azure.set_endpoint_state(endpoint, "Succeeded")
     record = ledger.get(L.ENDPOINT, endpoint)
     assert record.state == "succeeded" and record.get("healed_at") and record.get("heal_attempts") == 1, record.fields
-    summary = reconcile()
+    summary = reconcile(ctx=context())
     assert summary["endpoints_unhealthy"] == 0 and summary["endpoints_redeployed"] == 0, summary
     route = ledger.get(L.ROUTE, settings.model_name)
     assert (route.get("endpoint"), route.get("model_version")) == (endpoint, v1)  # still the version rolled back to

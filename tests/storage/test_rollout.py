@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from shared.backends.base import EP_SUCCEEDED, DeploymentMetrics, EndpointInfo, ModelRef
-from shared.context import Context
+from shared.context import Context, context
 from shared.deployment.job_outcome import start_deployment
 from shared.endpoints import lifecycle
 from shared.endpoints.rollback import rollback
@@ -156,7 +156,7 @@ def test_a_failing_candidate_is_rolled_back_by_itself_with_the_figures(world) ->
     judge = StandInJudge(promote=True)
     record = into_canary(ctx, ws, judge)
     ws.metrics[EP] = {"default": DeploymentMetrics(50, 0, 100.0), DEP: DeploymentMetrics(6, 4, 80.0)}
-    summary = reconcile(ctx.settings, ctx.ledger, ws)
+    summary = reconcile(context(settings=ctx.settings, ledger=ctx.ledger, backend=ws))
     record = ctx.ledger.get(R.ROLLOUT, V2.ref)
     assert record.state == R.ROLLOUT_ROLLED_BACK and summary["rollouts_rolled_back"] == 1
     assert "error rate 66.7% over 6 requests" in record.get("reason")
@@ -242,7 +242,7 @@ def test_cli_rollback_moves_traffic_between_the_deployments_of_the_one_endpoint(
     assert advance(ctx.ledger.update(record, canary=canary), ctx).state == R.ROLLOUT_PROMOTED
     assert ws.endpoints[EP].traffic == {DEP: 100}
 
-    done = rollback(MODEL, "1", settings=ctx.settings, ledger=ctx.ledger, backend=ws)
+    done = rollback(MODEL, "1", ctx=context(settings=ctx.settings, ledger=ctx.ledger, backend=ws))
     assert (done.state, done.endpoint) == ("redeploying", EP), "back inside the same endpoint, never another one"
     assert ws.calls["begin_deploy"] == 0 and ws.endpoints[EP].traffic == {DEP: 100}, "version 2 serves meanwhile"
     v1_dep = deployment_name_for("1")

@@ -10,6 +10,7 @@ import pytest
 from shared.backends import use_backend
 from shared.backends.base import EP_SUCCEEDED, BackendError
 from shared.cli import commands as cli
+from shared.context import context
 from shared.janitor import run as janitor
 from shared.ledger import DATASET, JOB, ROUTE, Ledger, iso, utcnow
 from shared.observability.status import collect_status
@@ -38,7 +39,7 @@ def populated(storage_settings, ledger):
     record(ledger, "ep-live", last_activity_minutes_ago=7, model_version="2", now=now)
     record(ledger, "ep-idle", last_activity_minutes_ago=400, model_version="1", now=now)
     ledger.create(ROUTE, "chat-ft", "active", endpoint="ep-live", model_version="2")
-    report = janitor.delete_idle_endpoints(storage_settings, ledger, backend, now=now)
+    report = janitor.delete_idle_endpoints(context(settings=storage_settings, ledger=ledger, backend=backend), now=now)
     assert report.deleted == ["ep-idle"]
     return backend, now
 

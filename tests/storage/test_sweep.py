@@ -11,7 +11,7 @@ import pytest
 from scripts.make_sample_data import write
 from shared import ledger as L
 from shared.backends.base import COMPLETED, RUNNING
-from shared.context import Context
+from shared.context import Context, context
 from shared.deployment.job_outcome import handle_job_event
 from shared.endpoints import healing
 from shared.ledger import iso, utcnow
@@ -39,7 +39,7 @@ def run(env, at):
 def test_an_endpoint_stuck_provisioning_is_failed_then_healed(env, fixtures_dir):
     settings, ledger, ws = env
     submit_job(ledger, settings, ws, "job-p", COMPLETED)
-    ep = handle_job_event(completed_event(fixtures_dir, settings, "job-p")).endpoint
+    ep = handle_job_event(completed_event(fixtures_dir, settings, "job-p"), ctx=context()).endpoint
     limit = sweep.PROVISIONING_TIMEOUT["local"]
     assert run(env, utcnow() + limit - timedelta(minutes=1))["stuck_endpoints_failed"] == 0
     later = utcnow() + limit + timedelta(minutes=1)
@@ -77,7 +77,7 @@ def test_a_dataset_left_received_is_prepared_again_and_submitted(env, tmp_path):
     blob.upload_blob(sample.read_bytes())
     from shared.datasets.intake import prepare_uploaded_blob
 
-    outcome = prepare_uploaded_blob(blob, settings, ledger=ledger, backend=ws)  # the id a delivery computes
+    outcome = prepare_uploaded_blob(blob, context(settings=settings, ledger=ledger, backend=ws))  # the id a delivery computes
     ledger.delete(L.DATASET, outcome.dataset_id)
     # what a delivery killed mid-preparation leaves behind
     ledger.create(L.DATASET, outcome.dataset_id, "received", blob_name="stuck.jsonl")

@@ -221,3 +221,74 @@ def test_the_test_import_check_sees_every_form_of_import(tmp_path: Path) -> None
     assert imports_of_test_modules(tmp_path) == [
         "tests.unit.test_b -> tests.unit.test_a", "tests.unit.test_c -> tests.unit.test_a", "tests.unit.test_d -> tests.unit.test_a",
         "tests.unit.test_e -> tests.unit.conftest"]
+
+
+# --------------------------------------------------------------------------- one way to pass dependencies
+
+DEPENDENCIES = {"settings", "ledger", "backend"}
+# Functions of shared/ that may still take two of settings/ledger/backend with one left to None, each for
+# its reason. Every other domain call takes ``ctx: Context`` (shared/context.py), built by the handler.
+DEPENDENCY_ALLOWED = {
+    # shared.context.context builds the Context itself.
+    "shared/context.py:context": "builds the Context: the one place the missing parts are made",
+    # The views render when the ML backend cannot even be built (a bad credential, an SDK missing):
+    # the ledger part of the page still shows; a Context would need a backend first.
+    "shared/observability/dashboard.py:collect_dashboard": "a view that renders without a backend",
+    "shared/observability/dashboard.py:dashboard_page": "a view that renders without a backend",
+    "shared/observability/dashboard.py:report_page": "a view that renders without a backend",
+    "shared/observability/status.py:collect_status": "a view that renders without a backend",
+    # The spend guard's facts: the backend is read only when a budget is set (status shows them
+    # with no backend at all).
+    "shared/training/submission.py:job_costs": "reads the backend only when a budget needs run times",
+    "shared/training/submission.py:guard_facts": "reads the backend only when a budget needs run times",
+    # Installs a backend instance for a settings object (tests, the local host): the registry itself.
+    "shared/backends/__init__.py:use_backend": "the backend registry: installs one for a settings object",
+    # `plan` prints the Azure ML pipeline job offline: settings and an Azure backend object, no ledger.
+    "shared/cli/plan.py:plan_pipeline_job": "offline and ledger-free: settings plus an optional Azure backend",
+    # One scorer per worker, for the worker's life (pools, caches); not one domain call.
+    "shared/scoring/scorer.py:Scorer.__init__": "a worker-lifetime object that keeps its own parts",
+}
+
+
+def dependency_offenders(source: str, rel: str) -> list[str]:
+    """Functions (and methods) of ``source`` taking two or more of settings/ledger/backend, at
+    least one of them defaulting to None: each call rebuilds what its caller did not pass."""
+    out = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                a = child.args
+                positional = a.posonlyargs + a.args
+                defaults = dict(zip([p.arg for p in positional[len(positional) - len(a.defaults):]], a.defaults, strict=True))
+                defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None})
+                names = {p.arg for p in positional + a.kwonlyargs} & DEPENDENCIES
+                optional = {n for n in names if isinstance(defaults.get(n), ast.Constant) and defaults[n].value is None}
+                if len(names) >= 2 and optional:
+                    out.append(f"{rel}:{prefix}{child.name}")
+    visit(ast.parse(source), "")
+    return out
+
+
+def test_domain_calls_take_one_context_not_optional_settings_ledger_backend() -> None:
+    found = []
+    for path in sorted((ROOT / "shared").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        found += dependency_offenders(path.read_text(encoding="utf-8"), rel)
+    unexpected = sorted(set(found) - set(DEPENDENCY_ALLOWED))
+    assert unexpected == [], ("take `ctx: Context` (shared/context.py) instead of optional settings/ledger/backend, "
+                              "or list the function in DEPENDENCY_ALLOWED with its reason:\n" + "\n".join(unexpected))
+    stale = sorted(set(DEPENDENCY_ALLOWED) - set(found))
+    assert stale == [], f"DEPENDENCY_ALLOWED lists functions that no longer take optional dependencies: {stale}"
+
+
+def test_the_dependency_check_catches_what_it_is_for() -> None:
+    old = ("def reconcile(settings=None, ledger=None, backend=None): ...\n"
+           "def deploy_model(model, *, reason, settings=None, ledger=None, backend=None): ...\n"
+           "class Scorer:\n    def __init__(self, settings, ledger=None): ...\n")
+    assert dependency_offenders(old, "m.py") == ["m.py:reconcile", "m.py:deploy_model", "m.py:Scorer.__init__"]
+    new = ("def reconcile(ctx): ...\ndef deploy_model(model, *, reason, ctx, endpoint=None): ...\n"
+           "def queue_client(name, settings=None): ...\ndef load_eval_set(settings, ledger, collection): ...\n")
+    assert dependency_offenders(new, "m.py") == []
